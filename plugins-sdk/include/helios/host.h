@@ -1,0 +1,183 @@
+/*
+ * helios/host.h - what the core gives a module: one function table.
+ *
+ * The table is append-only. A module built against a newer SDK than the
+ * running core must test HELIOS_API_HAS(api, fn) before calling an entry
+ * that a later minor appended (the core refuses modules of a newer minor, so
+ * this only matters for modules that opt into degrading gracefully).
+ *
+ * Threads: "main" means the main thread (config, services); "worker" means
+ * the worker that owns the request/timer in question. Functions taking a
+ * helios_request must only be called on that request's worker, and only
+ * while the request is alive (between the first hook and on_log). Strings
+ * and buffers returned are borrowed: valid until the next call that changes
+ * the same object, or the end of the request, whichever comes first.
+ */
+#ifndef HELIOS_HOST_H
+#define HELIOS_HOST_H
+
+#include <stdarg.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "types.h"
+
+#define HELIOS_API_HAS(api, fn)                                                    \
+    ((api)->size >= offsetof(helios_host_api, fn) + sizeof((api)->fn) && (api)->fn != NULL)
+
+struct helios_host_api {
+    uint32_t size;      /* sizeof(helios_host_api) of the running core */
+    uint16_t abi_major; /* the running core's ABI version */
+    uint16_t abi_minor;
+
+    /* ---- logging (any thread) ---- */
+
+    /* One line to the error log, prefixed with level and MODULE. */
+    void (*log)(int level, const char *module, const char *fmt, ...)
+        __attribute__((format(printf, 3, 4)));
+
+    /* ---- configuration (main thread, inside config_new) ---- */
+
+    /* HELIOS_CONF_*; NULL node gives HELIOS_CONF_NULL. */
+    int (*conf_kind)(const helios_conf *n);
+    /* Child of a map by key, or NULL. */
+    const helios_conf *(*conf_get)(const helios_conf *map, const char *key);
+    /* Number of items of a sequence or pairs of a map; 0 otherwise. */
+    size_t (*conf_len)(const helios_conf *n);
+    /* I-th item of a sequence or I-th value of a map, or NULL. */
+    const helios_conf *(*conf_at)(const helios_conf *n, size_t i);
+    /* I-th key of a map, or NULL. */
+    const char *(*conf_key_at)(const helios_conf *map, size_t i);
+    /* Text of a scalar (NUL-terminated; the loader refuses NUL bytes in
+     * YAML values), or NULL when N is not a scalar. Strings returned by the
+     * conf_* functions live as long as the generation: a module may keep
+     * them in its config without copying. A NULL map is an empty map for
+     * every conf_* lookup and getter. */
+    const char *(*conf_scalar)(const helios_conf *n);
+    /* Records "file:line:col: key.path: message" for N (main thread). Use
+     * for every rejection in config_new, then return -1. A NULL N means
+     * the instance's own `module:` entry (useful when `config:` is absent). */
+    void (*conf_error)(const helios_conf *n, const char *fmt, ...)
+        __attribute__((format(printf, 2, 3)));
+    /* Records one error per key of MAP not listed in ALLOWED (NULL-ended).
+     * Returns the number of errors. A NULL MAP has no keys. */
+    int (*conf_check_keys)(const helios_conf *map, const char *const *allowed);
+    /* Typed getters on MAP's KEY: 1 = present and valid, 0 = absent (DEF
+     * stored), -1 = invalid (error already recorded). */
+    int (*conf_str)(const helios_conf *map, const char *key, const char *def, const char **out);
+    int (*conf_int)(const helios_conf *map, const char *key, long long def, long long min,
+                    long long max, long long *out);
+    int (*conf_bool)(const helios_conf *map, const char *key, int def, int *out);
+    int (*conf_duration_ms)(const helios_conf *map, const char *key, uint64_t def, uint64_t *out);
+    int (*conf_size)(const helios_conf *map, const char *key, uint64_t def, uint64_t *out);
+    /* Resolves PATH (from config) relative to the directory of the file N
+     * was written in; absolute paths are returned as is. Writes into BUF;
+     * returns 0, or -1 if it does not fit. */
+    int (*conf_path)(const helios_conf *n, const char *path, char *buf, size_t size);
+
+    /* ---- request: read (worker) ---- */
+
+    helios_buf (*req_method)(helios_request *r);
+    /* Raw request target as received ("/a/%2e%2e/b?x=1"). */
+    helios_buf (*req_target)(helios_request *r);
+    /* Percent-decoded, dot-segment-normalised path used for routing. */
+    helios_buf (*req_path)(helios_request *r);
+    /* Query string without '?', possibly empty. */
+    helios_buf (*req_query)(helios_request *r);
+    /* Host (from Host or :authority), without port; may be empty. */
+    helios_buf (*req_host)(helios_request *r);
+    /* "HTTP/1.0", "HTTP/1.1" or "HTTP/2". */
+    const char *(*req_protocol)(helios_request *r);
+    /* The peer's address (the TCP peer, not X-Forwarded-For). */
+    const struct sockaddr *(*req_peer)(helios_request *r);
+    /* The client address after applying trusted_proxies to
+     * X-Forwarded-For; equals req_peer when the peer is not trusted. */
+    const struct sockaddr *(*req_client)(helios_request *r);
+    /* Name of the matched route ("" when unnamed). */
+    const char *(*req_route)(helios_request *r);
+    /* First value of request header NAME (case-insensitive); ptr is NULL
+     * when absent. */
+    helios_buf (*req_header)(helios_request *r, const char *name);
+    size_t (*req_header_count)(helios_request *r);
+    int (*req_header_at)(helios_request *r, size_t i, helios_buf *name, helios_buf *value);
+
+    /* ---- request: change (worker, before the request goes upstream) ---- */
+
+    /* Replace all NAME headers with one; add one more; remove all. Values
+     * with CR, LF or NUL and invalid names are refused (-1). */
+    int (*req_header_set)(helios_request *r, const char *name, const char *value);
+    int (*req_header_add)(helios_request *r, const char *name, const char *value);
+    int (*req_header_remove)(helios_request *r, const char *name);
+
+    /* ---- response (worker) ---- */
+
+    /* Status of the response being produced, 0 before the head is known. */
+    int (*resp_status)(helios_request *r);
+    int (*resp_set_status)(helios_request *r, int status);
+    helios_buf (*resp_header)(helios_request *r, const char *name);
+    int (*resp_header_set)(helios_request *r, const char *name, const char *value);
+    int (*resp_header_add)(helios_request *r, const char *name, const char *value);
+    int (*resp_header_remove)(helios_request *r, const char *name);
+    /* A complete response: status, optional Content-Type, body (copied).
+     * Extra headers may be added with resp_header_* before this call.
+     * Returns 0, or -1 if a response has already started. */
+    int (*respond)(helios_request *r, int status, const char *content_type, const void *body,
+                   size_t len);
+    /* Builds an immutable pre-serialised response once (main thread, in
+     * config_new): HEADERS is NAME, VALUE pairs (NHEADERS pairs). Header
+     * strings and body are copied. Returns NULL and a message in ERR on
+     * invalid input. respond/respond_prepared send no body to HEAD. */
+    helios_prepared *(*prepared_new)(int status, const char *const *headers, size_t nheaders,
+                                     const void *body, size_t len, char *err, size_t errlen);
+    void (*prepared_free)(helios_prepared *p);
+    /* Sends a prepared response (the core adds Date and connection framing). */
+    int (*respond_prepared)(helios_request *r, const helios_prepared *p);
+
+    /* ---- memory and flow (worker) ---- */
+
+    /* Memory freed with the request in one go (after on_log). Never NULL
+     * for sizes up to 1 MiB; NULL above that. */
+    void *(*req_alloc)(helios_request *r, size_t size);
+    /* Continues a request that a hook PAUSEd, with that hook's real result
+     * (CONTINUE, RESPONDED or ERROR). A resume on a finished request is a
+     * no-op; safe to call from within the paused hook's callbacks. */
+    void (*resume)(helios_request *r, int status);
+    /* Runs FN(ARG) on worker W's thread soon. Any thread. Returns 0, -1 if
+     * the worker is stopping (FN is then not called). */
+    int (*post)(helios_worker *w, void (*fn)(void *arg), void *arg);
+    /* One-shot timer on worker W (worker thread only). */
+    helios_timer *(*timer_add)(helios_worker *w, uint64_t ms, void (*fn)(void *arg), void *arg);
+    /* Cancels a timer that has not fired; a fired timer is already freed
+     * and must not be cancelled. */
+    void (*timer_cancel)(helios_timer *t);
+    /* Worker of a request; index 0..n-1 of a worker; number of workers. */
+    helios_worker *(*req_worker)(helios_request *r);
+    unsigned (*worker_index)(helios_worker *w);
+    unsigned (*worker_count)(void);
+    /* Milliseconds of the worker's cached loop clock (monotonic). */
+    uint64_t (*now_ms)(helios_worker *w);
+
+    /* ---- backends (worker: from pick(); otherwise any thread) ---- */
+
+    size_t (*backends_count)(const helios_backends *s);
+    helios_backend *(*backends_at)(const helios_backends *s, size_t i);
+    const char *(*backend_name)(const helios_backend *b);
+    /* "127.0.0.1:9001" / "[::1]:9001". */
+    const char *(*backend_address)(const helios_backend *b);
+    const struct sockaddr *(*backend_sockaddr)(const helios_backend *b);
+    uint32_t (*backend_weight)(const helios_backend *b);
+    /* 1 when the backend may take new requests: healthy, not drained, its
+     * breaker not open. */
+    int (*backend_usable)(const helios_backend *b);
+    /* Requests in flight to B across all workers (atomic, relaxed). */
+    uint32_t (*backend_inflight)(const helios_backend *b);
+    /* Marks B healthy (1) or not (0); from any thread (atomic). Logged when
+     * it changes. */
+    void (*backend_set_healthy)(helios_backend *b, int healthy, const char *why);
+    int (*backend_healthy)(const helios_backend *b);
+    /* 1 if index I of the backend list was already tried by this request;
+     * a NULL T means nothing was tried. */
+    int (*tried_has)(const helios_tried *t, size_t i);
+};
+
+#endif

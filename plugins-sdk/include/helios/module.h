@@ -1,0 +1,153 @@
+/*
+ * helios/module.h - what a module gives the core: one descriptor, with
+ * lifecycle hooks and one hook table per kind it implements.
+ *
+ * A module is a shared object exporting exactly one symbol:
+ *
+ *     const helios_module *helios_module_init(const helios_host_api *api);
+ *
+ * called once, on the main thread, right after dlopen(RTLD_NOW|RTLD_LOCAL).
+ * Keep API in a static; it stays valid until the module is unloaded. Return
+ * the descriptor (static storage), or NULL to refuse loading (log why first).
+ *
+ * Instances: every place the configuration names a module (the global
+ * `modules:` chain, a route's `filters:` or `handler:`, an upstream's
+ * `balancer:`) is one instance, with its own config_new/config_free and its
+ * own per-worker state. A module's .so is loaded once however many instances
+ * it has.
+ */
+#ifndef HELIOS_MODULE_H
+#define HELIOS_MODULE_H
+
+#include "types.h"
+
+typedef struct helios_host_api helios_host_api;
+
+/*
+ * Filter kind: runs around the handler. Request hooks run in chain order
+ * (global `modules:` first, then the route's `filters:`); response hooks in
+ * reverse order. Any hook may be NULL. All run on the request's worker.
+ */
+typedef struct helios_filter_hooks {
+    uint32_t size; /* sizeof(helios_filter_hooks) the module was built with */
+    /* The request head is complete and routed. May read and change request
+     * headers, respond (RESPONDED), or PAUSE. */
+    int (*on_request_headers)(helios_ctx *c);
+    /* A chunk of the request body (LAST set on the final call, which may
+     * carry an empty chunk). The filter may replace *CHUNK with bytes it owns
+     * that stay valid until its next call or the end of the request. */
+    int (*on_request_body)(helios_ctx *c, helios_buf *chunk, int last);
+    /* The response head is known (from the upstream or a handler). May read
+     * and change status and headers. RESPONDED and PAUSE are not allowed
+     * here (treated as ERROR). */
+    int (*on_response_headers)(helios_ctx *c);
+    /* A chunk of the response body; same replacement contract as above. */
+    int (*on_response_body)(helios_ctx *c, helios_buf *chunk, int last);
+    /* After the response is finished or the request aborted; for logging
+     * and releasing what the per-request state holds outside the request
+     * arena. Never fails. */
+    void (*on_log)(helios_ctx *c);
+} helios_filter_hooks;
+
+/* Handler kind: produces the response of a route (`handler:`). */
+typedef struct helios_handler_hooks {
+    uint32_t size;
+    /* Must answer (api->respond*, then RESPONDED) or PAUSE and answer later
+     * before resuming. CONTINUE is treated as ERROR. */
+    int (*handle)(helios_ctx *c);
+} helios_handler_hooks;
+
+/*
+ * Balancer kind: an upstream's `balancer:`. One instance per upstream; its
+ * cfg is shared by all workers (use atomics for shared counters), wstate is
+ * per worker. pick() runs on the request's worker for every attempt.
+ */
+typedef struct helios_balancer_hooks {
+    uint32_t size;
+    /* Returns the index in BACKENDS of the backend to use, or -1 when none is
+     * usable (the client gets 503). Must skip backends for which
+     * api->backend_usable() is 0 and, when another choice exists, those in
+     * TRIED (api->tried_has). BACKENDS is immutable during the call. */
+    int (*pick)(helios_ctx *c, const helios_backends *backends, const helios_tried *tried);
+    /* The backend list of this upstream was replaced (add, remove, weight
+     * change); called on the main thread before the new list is used by any
+     * worker, with the new list. May be NULL. Return non-zero to refuse. */
+    int (*backends_changed)(void *cfg, const helios_backends *backends);
+} helios_balancer_hooks;
+
+/* Service kind: owns something on the main thread (e.g. an admin server). */
+typedef struct helios_service_hooks {
+    uint32_t size;
+    /* After workers started; main thread. Non-zero = startup failure. */
+    int (*start)(void *cfg);
+    /* Before workers stop; main thread. Must join its own threads. */
+    void (*stop)(void *cfg);
+} helios_service_hooks;
+
+/* Health kind: observes upstream outcomes and marks backends up/down. */
+typedef struct helios_health_hooks {
+    uint32_t size;
+    /* After every upstream attempt, on the request's worker. OUTCOME is one
+     * of the HELIOS_OUTCOME_* codes; STATUS the response status or 0. */
+    void (*on_upstream_result)(helios_ctx *c, helios_backend *b, int outcome, int status);
+} helios_health_hooks;
+
+enum {
+    HELIOS_OUTCOME_OK = 0,
+    HELIOS_OUTCOME_CONNECT_FAILED = 1,
+    HELIOS_OUTCOME_RESET = 2,
+    HELIOS_OUTCOME_TIMEOUT = 3,
+    HELIOS_OUTCOME_BAD_RESPONSE = 4,
+};
+
+/*
+ * The descriptor. Fill the header with HELIOS_MODULE_HEADER(name, version).
+ * Fields after `build_sig` may be appended in later minors; the core reads
+ * only what struct_size covers.
+ */
+typedef struct helios_module {
+    uint32_t magic;       /* HELIOS_MODULE_MAGIC */
+    uint16_t abi_major;   /* HELIOS_ABI_MAJOR the module was built with */
+    uint16_t abi_minor;   /* HELIOS_ABI_MINOR the module was built with */
+    uint32_t struct_size; /* sizeof(helios_module) the module was built with */
+    const char *name;     /* must equal the file name without ".so" */
+    const char *version;  /* the module's own version, free-form */
+    const char *build_sig; /* HELIOS_BUILD_SIGNATURE */
+
+    /* Parses one instance's `config:` node (NULL when absent) on the main
+     * thread. On success stores the instance config in *CFG and returns 0.
+     * On failure reports each problem with api->conf_error (which records
+     * file:line:col and key path) and returns -1. Runs again for every
+     * configuration generation (reload). May be NULL: the instance accepts
+     * no keys. */
+    int (*config_new)(const helios_conf *conf, void **cfg);
+    /* Frees what config_new made, on the main thread, once no worker uses
+     * the generation any more. May be NULL. */
+    void (*config_free)(void *cfg);
+    /* Per worker and instance, on that worker's thread before it serves
+     * requests of the generation; *WSTATE starts NULL. Non-zero = failure
+     * (the generation is not started). May be NULL. */
+    int (*worker_init)(void *cfg, helios_worker *w, void **wstate);
+    /* Undoes worker_init, on the worker's thread. May be NULL. */
+    void (*worker_fini)(void *cfg, helios_worker *w, void *wstate);
+
+    /* One table per kind implemented; NULL for the others. */
+    const helios_filter_hooks *filter;
+    const helios_handler_hooks *handler;
+    const helios_balancer_hooks *balancer;
+    const helios_service_hooks *service;
+    const helios_health_hooks *health;
+} helios_module;
+
+#define HELIOS_MODULE_HEADER(name_, version_)                                        \
+    .magic = HELIOS_MODULE_MAGIC, .abi_major = HELIOS_ABI_MAJOR,                     \
+    .abi_minor = HELIOS_ABI_MINOR, .struct_size = sizeof(helios_module), .name = name_, \
+    .version = version_, .build_sig = HELIOS_BUILD_SIGNATURE
+
+/* The entry symbol. Exported with default visibility whatever the flags. */
+#define HELIOS_MODULE_ENTRY                                                           \
+    __attribute__((visibility("default"))) const helios_module *helios_module_init(     \
+        const helios_host_api *api);                                                  \
+    __attribute__((visibility("default"))) const helios_module *helios_module_init
+
+#endif

@@ -1,0 +1,108 @@
+/*
+ * helios/types.h - versions, return codes, buffers and opaque handles.
+ *
+ * Part of the heliosd plugin ABI. Versioning rules:
+ *   - ABI major: anything removed, reordered or resized. The core refuses a
+ *     module built for another major.
+ *   - ABI minor: appended host functions, hooks or fields. A module built for
+ *     a newer minor than the core is refused; an older one loads.
+ * tests/unit/test_abi_hash.c hashes these headers and fails when they change
+ * without a bump here (and an updated hash in that test).
+ */
+#ifndef HELIOS_TYPES_H
+#define HELIOS_TYPES_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define HELIOS_ABI_MAJOR 1
+#define HELIOS_ABI_MINOR 0
+
+/* "HLOS": first field of every module descriptor. */
+#define HELIOS_MODULE_MAGIC 0x484c4f53u
+
+/*
+ * Build signature: what must match between core and module besides the ABI
+ * version because it changes struct layout or allocator behaviour. Compared
+ * as a string; the core prints both on a mismatch.
+ */
+#if defined(__SANITIZE_ADDRESS__)
+#define HELIOS__SIG_SAN "asan"
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define HELIOS__SIG_SAN "asan"
+#endif
+#endif
+#ifndef HELIOS__SIG_SAN
+#define HELIOS__SIG_SAN "nosan"
+#endif
+#if UINTPTR_MAX == 0xffffffffffffffffu
+#define HELIOS__SIG_PTR "lp64"
+#else
+#define HELIOS__SIG_PTR "ilp32"
+#endif
+#define HELIOS_BUILD_SIGNATURE HELIOS__SIG_PTR "-openssl3-" HELIOS__SIG_SAN
+
+/*
+ * Hook return codes. Any other value is treated as HELIOS_ERROR and logged.
+ *   CONTINUE   go on with the next filter / phase.
+ *   RESPONDED  the module produced the response (e.g. api->respond); the
+ *              remaining request filters and the handler are skipped.
+ *   PAUSE      the module will call api->resume(req, status) later, on the
+ *              request's worker thread (use api->post from other threads).
+ *   ERROR      internal failure: the client gets 500 (or the connection is
+ *              closed if the response has started), and a log line.
+ */
+enum {
+    HELIOS_CONTINUE = 0,
+    HELIOS_RESPONDED = 1,
+    HELIOS_PAUSE = 2,
+    HELIOS_ERROR = 3,
+};
+
+/* Log levels for api->log. */
+enum {
+    HELIOS_LOG_ERROR = 0,
+    HELIOS_LOG_WARN = 1,
+    HELIOS_LOG_INFO = 2,
+    HELIOS_LOG_DEBUG = 3,
+};
+
+/* YAML node kinds returned by api->conf_kind. */
+enum {
+    HELIOS_CONF_NULL = 0,
+    HELIOS_CONF_SCALAR = 1,
+    HELIOS_CONF_MAP = 2,
+    HELIOS_CONF_SEQ = 3,
+};
+
+/* A borrowed byte range; not NUL-terminated unless stated. */
+typedef struct helios_buf {
+    const char *ptr;
+    size_t len;
+} helios_buf;
+
+/* Opaque handles; modules only ever hold pointers and use accessors. */
+typedef struct helios_conf helios_conf;         /* read-only YAML node */
+typedef struct helios_request helios_request;   /* one HTTP exchange */
+typedef struct helios_worker helios_worker;     /* one worker thread/loop */
+typedef struct helios_backend helios_backend;   /* one upstream server */
+typedef struct helios_backends helios_backends; /* an upstream's backend list */
+typedef struct helios_tried helios_tried;       /* backends tried by this request */
+typedef struct helios_timer helios_timer;       /* a one-shot worker timer */
+typedef struct helios_prepared helios_prepared; /* a pre-serialised response */
+
+/*
+ * Context passed to every per-request hook. Owned by the core, valid only
+ * during the call; fields may be appended in later minors (check size).
+ */
+typedef struct helios_ctx {
+    uint32_t size;          /* sizeof(helios_ctx) as the core built it */
+    void *cfg;              /* this instance's config, from config_new */
+    void *wstate;           /* this instance's state on this worker */
+    void **rstate;          /* this instance's per-request slot (starts NULL) */
+    helios_request *req;    /* the request */
+    helios_worker *worker;  /* the request's worker */
+} helios_ctx;
+
+#endif
