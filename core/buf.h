@@ -1,0 +1,81 @@
+/*
+ * buf.h - a growable byte queue: append at the end, consume from the front.
+ * Every user states its own cap; the buffer itself only grows on request.
+ */
+#ifndef HX_BUF_H
+#define HX_BUF_H
+
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct hx_buf {
+    char *data;
+    size_t off; /* first unconsumed byte */
+    size_t len; /* end of data */
+    size_t cap;
+} hx_buf;
+
+static inline size_t hx_buf_size(const hx_buf *b) { return b->len - b->off; }
+static inline char *hx_buf_head(const hx_buf *b) { return b->data + b->off; }
+
+/* Makes room for N more bytes at the end; 0 or -1 (out of memory). */
+static inline int hx_buf_reserve(hx_buf *b, size_t n)
+{
+    if (b->cap - b->len >= n)
+        return 0;
+    if (b->off > 0) { /* compact before growing */
+        memmove(b->data, b->data + b->off, b->len - b->off);
+        b->len -= b->off;
+        b->off = 0;
+        if (b->cap - b->len >= n)
+            return 0;
+    }
+    size_t want = b->cap ? b->cap : 4096;
+    while (want - b->len < n)
+        want *= 2;
+    char *p = realloc(b->data, want);
+    if (p == NULL)
+        return -1;
+    b->data = p;
+    b->cap = want;
+    return 0;
+}
+
+static inline int hx_buf_append(hx_buf *b, const void *p, size_t n)
+{
+    if (n == 0)
+        return 0;
+    if (hx_buf_reserve(b, n) != 0)
+        return -1;
+    memcpy(b->data + b->len, p, n);
+    b->len += n;
+    return 0;
+}
+
+static inline void hx_buf_consume(hx_buf *b, size_t n)
+{
+    b->off += n;
+    if (b->off >= b->len)
+        b->off = b->len = 0;
+}
+
+static inline void hx_buf_reset(hx_buf *b) { b->off = b->len = 0; }
+
+/* Gives memory back when a big transfer left a big buffer behind. */
+static inline void hx_buf_shrink(hx_buf *b, size_t keep)
+{
+    if (b->cap > keep && hx_buf_size(b) == 0) {
+        free(b->data);
+        b->data = NULL;
+        b->cap = b->off = b->len = 0;
+    }
+}
+
+static inline void hx_buf_free(hx_buf *b)
+{
+    free(b->data);
+    b->data = NULL;
+    b->off = b->len = b->cap = 0;
+}
+
+#endif

@@ -1,0 +1,195 @@
+/*
+ * http.h - client connections (HTTP/1.1), requests, and the phase machine
+ * that carries a request through routing, filters, the handler or the
+ * proxy, and back.
+ *
+ * Ownership: a connection owns at most one active request (pipelined bytes
+ * wait in the input buffer). A request owns its arena, its upstream
+ * connection while attached, and a reference on its worker's generation
+ * view. helios_request handed to modules is hx_req.
+ */
+#ifndef HX_HTTP_H
+#define HX_HTTP_H
+
+#include <ev.h>
+#include <llhttp.h>
+#include <stdint.h>
+
+#include "arena.h"
+#include "buf.h"
+#include "worker.h"
+
+typedef struct hx_upconn hx_upconn;
+
+typedef struct hx_hdr {
+    helios_buf name;
+    helios_buf value;
+} hx_hdr;
+
+typedef struct hx_hdrs {
+    hx_hdr *v;
+    size_t n, cap;
+} hx_hdrs;
+
+/* Collects header spans that llhttp may deliver in pieces. */
+typedef struct hx_hdr_builder {
+    hx_buf name, value;
+    int in_value;
+    size_t total; /* bytes of all header lines */
+    unsigned count;
+} hx_hdr_builder;
+
+enum hx_req_phase {
+    HX_PH_HEAD = 0,     /* reading the request head */
+    HX_PH_FILTERS,      /* running on_request_headers */
+    HX_PH_HANDLER,      /* a module handler owns the response */
+    HX_PH_PROXY,        /* upstream exchange in progress */
+    HX_PH_RESPONDING,   /* a local response is being written */
+    HX_PH_DONE,         /* response fully queued to the client */
+};
+
+typedef struct hx_req {
+    hx_conn *conn;
+    hx_worker *w;
+    hx_wgen *wg;
+    hx_gen *gen;
+    hx_arena arena;
+
+    /* request head */
+    helios_buf method, target, path, query, host;
+    int http_major, http_minor;
+    int method_id; /* llhttp_method_t */
+    hx_hdrs hdrs;
+    int64_t content_length; /* -1 when absent */
+    int chunked;
+    int has_body;
+    int expect_continue;
+    int continue_sent;
+    int keepalive; /* client wants to keep the connection */
+    int is_head;
+    struct sockaddr_storage client; /* after trusted_proxies */
+
+    const hx_route *route;
+    void **rstates;  /* per instance slot */
+    size_t fidx;     /* next filter for on_request_headers */
+    int paused;      /* a hook returned PAUSE and has not resumed */
+    int phase;
+
+    /* request body */
+    int body_done;      /* whole request body read from the client */
+    int body_discard;   /* body is read and dropped (local responses) */
+    uint64_t bytes_in;  /* request body bytes from the client */
+
+    /* response */
+    int status;
+    hx_hdrs rhdrs;
+    int head_sent;      /* response head queued to the client */
+    int resp_chunked;   /* chunked to the client */
+    int resp_close;     /* close-delimited to the client */
+    int resp_no_body;
+    int64_t resp_length; /* declared length, -1 unknown */
+    uint64_t bytes_out; /* response body bytes queued to the client */
+    int resp_done;      /* last body byte queued */
+    int aborted;        /* the response cannot be completed: close */
+    const char *error_reason; /* why the core answered with an error */
+
+    /* upstream */
+    hx_upconn *up;
+    hx_backend *backend;
+    uint8_t *tried; /* [backends->n] bitmap, lazily */
+    size_t tried_n;
+    unsigned attempts;
+    int upstream_bytes_seen; /* any response byte received */
+    int req_sent_some;       /* any request body byte written upstream */
+    ev_tstamp up_start, up_end;
+    char upstream_addr[64];
+
+    ev_tstamp start;
+    ev_timer deadline; /* whole-request timeout */
+    int log_done;
+
+    hx_arena_block first[]; /* embedded first arena block */
+} hx_req;
+
+enum hx_conn_state {
+    HX_CS_IDLE = 0, /* keep-alive, waiting for the next request */
+    HX_CS_HEAD,     /* reading a request head */
+    HX_CS_ACTIVE,   /* a request is being served */
+    HX_CS_CLOSING,  /* flushing the last bytes, then close */
+};
+
+struct hx_conn {
+    hx_worker *w;
+    hx_lsock *ls;
+    int fd;
+    ev_io rio, wio;
+    ev_timer timer;
+    int state;
+    struct sockaddr_storage peer;
+    socklen_t peer_len;
+
+    llhttp_t parser;
+    hx_buf in;
+    hx_buf out;
+    hx_hdr_builder hb;
+    hx_buf url;
+    int head_paused;   /* parser paused at headers complete */
+    int msg_paused;    /* parser paused at message complete */
+    int reading;       /* rio active */
+    int close_after;   /* close once the current response is flushed */
+    ev_tstamp head_start;
+    ev_tstamp last_io;
+    unsigned head_state; /* raw head validator state */
+    unsigned head_flags; /* C_DEAD, C_ERRSENT, and the enter/leave depth */
+    int err_status;      /* status a parser callback asked for */
+
+    hx_req *req;
+    hx_req *spare; /* reused request allocation */
+    unsigned requests;
+
+    struct hx_conn *prev, *next; /* worker's list */
+};
+
+/* worker.c -> http1.c */
+void hx_conn_accept(hx_lsock *ls, int fd, const struct sockaddr *sa, socklen_t salen);
+/* Graceful stop: idle connections close now, busy ones after their response. */
+void hx_conn_shutdown(hx_conn *c);
+
+/* Request phase machine (request.c) */
+void hx_req_start(hx_req *r);                /* head parsed and validated */
+void hx_req_resume(hx_req *r, int status);   /* module resume */
+void hx_req_error(hx_req *r, int status, const char *reason);
+/* A local response (module respond / error): head + whole body. */
+int hx_req_respond(hx_req *r, int status, const char *ctype, const void *body, size_t len);
+
+/* Response path, shared by local responses and the proxy. */
+int hx_resp_begin(hx_req *r);                       /* filters + head to client */
+int hx_resp_body(hx_req *r, const char *p, size_t n, int last);
+void hx_resp_abort(hx_req *r, const char *why);     /* cannot complete: close */
+
+/* http1.c helpers used by request.c and upstream.c */
+int hx_conn_write(hx_conn *c, const void *p, size_t n); /* queue + try send */
+size_t hx_conn_pending(const hx_conn *c);
+void hx_conn_request_body_wanted(hx_conn *c);           /* resume reading body */
+void hx_req_finish(hx_req *r);                          /* response fully queued */
+
+/* Headers */
+int hx_hdrs_add(hx_arena *a, hx_hdrs *h, const char *name, size_t nlen, const char *value,
+                size_t vlen);
+helios_buf hx_hdrs_get(const hx_hdrs *h, const char *name);
+int hx_hdrs_remove(hx_hdrs *h, const char *name);
+int hx_hdr_name_valid(const char *p, size_t n);
+int hx_hdr_value_valid(const char *p, size_t n);
+
+/* Run code that may finish requests inside the connection's bracket. */
+void hx_conn_enter(hx_conn *c);
+void hx_conn_leave(hx_conn *c);
+void hx_conn_mark_dead(hx_conn *c);
+
+/* Per-request module context */
+void hx_ctx_init(helios_ctx *c, hx_req *r, const hx_instance *inst);
+
+extern const char *const hx_status_text[600];
+const char *hx_reason(int status);
+
+#endif

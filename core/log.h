@@ -1,0 +1,35 @@
+/*
+ * log.h - the error log: one line per event, any thread.
+ *
+ * Each line is formatted into a stack buffer and written with one write(2),
+ * so lines from different threads never interleave.
+ */
+#ifndef HX_LOG_H
+#define HX_LOG_H
+
+#include <stdarg.h>
+
+#include <helios/types.h>
+
+/* Sets the level (HELIOS_LOG_*) and target (NULL = stderr). Main thread.
+ * Returns 0, or -1 if PATH cannot be opened (errno set). */
+int hx_log_open(int level, const char *path);
+/* Reopens the current file (SIGUSR1); no-op for stderr. */
+int hx_log_reopen(void);
+void hx_log_close(void);
+int hx_log_enabled(int level);
+
+void hx_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void hx_vlog(int level, const char *module, const char *fmt, va_list ap)
+    __attribute__((format(printf, 3, 0)));
+
+#define hx_error(...) hx_log(HELIOS_LOG_ERROR, __VA_ARGS__)
+#define hx_warn(...) hx_log(HELIOS_LOG_WARN, __VA_ARGS__)
+#define hx_info(...) hx_log(HELIOS_LOG_INFO, __VA_ARGS__)
+#define hx_debug(...)                                                                     \
+    do {                                                                                  \
+        if (hx_log_enabled(HELIOS_LOG_DEBUG))                                             \
+            hx_log(HELIOS_LOG_DEBUG, __VA_ARGS__);                                        \
+    } while (0)
+
+#endif

@@ -1,0 +1,914 @@
+/*
+ * upstream.c - proxying a request to a backend over HTTP/1.1, with
+ * per-worker keep-alive pools.
+ *
+ * Backpressure: the client's bytes are read only while the upstream output
+ * buffer is below limits.max_body_buffer, and the upstream is read only
+ * while the client output buffer is below it, so a transfer of any size
+ * holds at most about two buffers plus one read per direction.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "upstream.h"
+
+#define HX_UP_READ 65536
+
+typedef struct hx_pool {
+    hx_upconn *idle;
+    unsigned nidle;
+    char pad[64 - sizeof(void *) - sizeof(unsigned)]; /* one cache line per worker */
+} hx_pool;
+
+enum { UP_CONNECTING = 1, UP_ACTIVE, UP_IDLE };
+
+struct hx_upconn {
+    hx_worker *w;
+    hx_backend *b;
+    const hx_upstream *u;
+    int fd;
+    int state;
+    ev_io rio, wio;
+    ev_timer timer;
+    llhttp_t parser;
+    hx_hdr_builder hb;
+    hx_buf out;
+    hx_req *req;
+    ev_tstamp last_io;
+    int reused;
+    int in_parse; /* inside llhttp_execute: closing is deferred */
+    int zombie;   /* closed while in_parse */
+    int reading_paused;  /* client output is full */
+    int resp_complete;
+    int body_queued_all; /* the whole request body is in `out` or sent */
+    unsigned ignored_1xx;
+    hx_upconn *next, *prev;
+};
+
+int hx_is_hop_header(const char *name, size_t n);
+
+static void up_close(hx_upconn *u);
+static void up_fail(hx_upconn *u, int outcome, const char *why);
+static void up_update_timer(hx_upconn *u);
+static const llhttp_settings_t *resp_settings(void);
+
+/* ------------------------------------------------------------------ */
+/* pools                                                               */
+
+int hx_backend_pools_init(hx_backend *b, unsigned nworkers)
+{
+    if (b->pools)
+        return 0;
+    b->pools = calloc(nworkers ? nworkers : 1, sizeof(hx_pool));
+    return b->pools ? 0 : -1;
+}
+
+void hx_backend_pools_free(hx_backend *b)
+{
+    free(b->pools);
+    b->pools = NULL;
+}
+
+static hx_pool *pool_of(hx_worker *w, hx_backend *b) { return &b->pools[w->id]; }
+
+static void pool_remove(hx_upconn *u)
+{
+    hx_pool *p = pool_of(u->w, u->b);
+    if (u->prev)
+        u->prev->next = u->next;
+    else
+        p->idle = u->next;
+    if (u->next)
+        u->next->prev = u->prev;
+    u->next = u->prev = NULL;
+    p->nidle--;
+}
+
+void hx_pools_close_gen(hx_worker *w, hx_gen *g)
+{
+    for (size_t i = 0; i < g->nupstreams; i++) {
+        hx_backends *bs = atomic_load(&g->upstreams[i]->backends);
+        for (size_t j = 0; bs && j < bs->n; j++) {
+            hx_backend *b = bs->v[j];
+            if (b->pools == NULL)
+                continue;
+            hx_pool *p = pool_of(w, b);
+            while (p->idle) {
+                hx_upconn *u = p->idle;
+                pool_remove(u);
+                u->state = 0;
+                up_close(u);
+            }
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ */
+
+static void report_outcome(hx_req *r, hx_backend *b, int outcome, int status)
+{
+    if (outcome != HELIOS_OUTCOME_OK)
+        atomic_fetch_add_explicit(&b->failures, 1, memory_order_relaxed);
+    for (size_t i = 0; i < r->gen->nglobal; i++) {
+        const hx_instance *inst = r->gen->global[i];
+        if (inst->mod->health && inst->mod->health->on_upstream_result) {
+            helios_ctx ctx;
+            hx_ctx_init(&ctx, r, inst);
+            inst->mod->health->on_upstream_result(&ctx, (helios_backend *)b, outcome, status);
+        }
+    }
+}
+
+static void detach_req(hx_upconn *u)
+{
+    hx_req *r = u->req;
+    if (r == NULL)
+        return;
+    r->up = NULL;
+    r->up_end = ev_now(u->w->loop);
+    u->req = NULL;
+    atomic_fetch_sub_explicit(&u->b->inflight, 1, memory_order_relaxed);
+}
+
+static void up_close(hx_upconn *u)
+{
+    detach_req(u);
+    if (u->in_parse) {
+        u->zombie = 1;
+        return;
+    }
+    if (u->state == UP_IDLE)
+        pool_remove(u);
+    ev_io_stop(u->w->loop, &u->rio);
+    ev_io_stop(u->w->loop, &u->wio);
+    ev_timer_stop(u->w->loop, &u->timer);
+    if (u->fd >= 0)
+        close(u->fd);
+    hx_buf_free(&u->out);
+    hx_buf_free(&u->hb.name);
+    hx_buf_free(&u->hb.value);
+    free(u);
+}
+
+static void idle_read_cb(struct ev_loop *loop, ev_io *io, int revents);
+
+/* The exchange finished cleanly: keep the connection if we may. */
+static void up_release(hx_upconn *u)
+{
+    hx_req *r = u->req;
+    int keep = llhttp_should_keep_alive(&u->parser) && u->body_queued_all &&
+               hx_buf_size(&u->out) == 0 && u->u->keepalive_max_idle > 0 && !u->w->stopping &&
+               r && r->wg->current;
+    hx_pool *p = pool_of(u->w, u->b);
+    if (keep && p->nidle >= u->u->keepalive_max_idle)
+        keep = 0;
+    detach_req(u);
+    if (!keep) {
+        up_close(u);
+        return;
+    }
+    ev_io_stop(u->w->loop, &u->rio);
+    ev_io_stop(u->w->loop, &u->wio);
+    ev_set_cb(&u->rio, idle_read_cb);
+    ev_io_start(u->w->loop, &u->rio);
+    u->state = UP_IDLE;
+    u->last_io = ev_now(u->w->loop);
+    u->next = p->idle;
+    u->prev = NULL;
+    if (p->idle)
+        p->idle->prev = u;
+    p->idle = u;
+    p->nidle++;
+    up_update_timer(u);
+}
+
+static void idle_read_cb(struct ev_loop *loop, ev_io *io, int revents)
+{
+    (void)loop;
+    (void)revents;
+    /* an idle backend connection that becomes readable was closed (or
+     * sent garbage): either way it is not reusable */
+    up_close(io->data);
+}
+
+/* 1 = looks alive; checked right before reuse to catch a FIN that libev
+ * has not reported yet. */
+static int up_alive(hx_upconn *u)
+{
+    char b;
+    ssize_t n = recv(u->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
+}
+
+/* ------------------------------------------------------------------ */
+/* request serialisation                                               */
+
+static int conn_header_lists(const hx_req *r, const char *name, size_t n)
+{
+    /* headers named in Connection are hop-by-hop too (RFC 9110 7.6.1) */
+    for (size_t i = 0; i < r->hdrs.n; i++) {
+        const hx_hdr *h = &r->hdrs.v[i];
+        if (h->name.len != 10 || strncasecmp(h->name.ptr, "connection", 10) != 0)
+            continue;
+        const char *p = h->value.ptr, *e = p + h->value.len;
+        while (p < e) {
+            while (p < e && (*p == ' ' || *p == '\t' || *p == ','))
+                p++;
+            const char *s = p;
+            while (p < e && *p != ',' && *p != ' ' && *p != '\t')
+                p++;
+            if ((size_t)(p - s) == n && strncasecmp(s, name, n) == 0)
+                return 1;
+        }
+    }
+    return 0;
+}
+
+static int peer_trusted(const hx_req *r)
+{
+    for (size_t i = 0; i < r->gen->ntrusted; i++)
+        if (hx_cidr_match(&r->gen->trusted[i], (const struct sockaddr *)&r->conn->peer))
+            return 1;
+    return 0;
+}
+
+static int is_named(const hx_hdr *h, const char *name, size_t n)
+{
+    return h->name.len == n && strncasecmp(h->name.ptr, name, n) == 0;
+}
+
+static void append(hx_buf *b, const char *s) { hx_buf_append(b, s, strlen(s)); }
+
+static int serialize_request(hx_req *r, hx_buf *o)
+{
+    hx_buf_append(o, r->method.ptr, r->method.len);
+    hx_buf_append(o, " ", 1);
+    hx_buf_append(o, r->target.ptr, r->target.len);
+    append(o, " HTTP/1.1\r\n");
+    int trusted = peer_trusted(r);
+    char peer[64];
+    hx_addr_ip_str((const struct sockaddr *)&r->conn->peer, peer, sizeof(peer));
+    helios_buf xff = {0}, fwd = {0}, xfp = {0}, xfh = {0};
+    int have_host = 0;
+    for (size_t i = 0; i < r->hdrs.n; i++) {
+        const hx_hdr *h = &r->hdrs.v[i];
+        if (hx_is_hop_header(h->name.ptr, h->name.len) || is_named(h, "content-length", 14) ||
+            conn_header_lists(r, h->name.ptr, h->name.len))
+            continue;
+        if (is_named(h, "x-forwarded-for", 15)) {
+            xff = h->value;
+            continue;
+        }
+        if (is_named(h, "forwarded", 9)) {
+            fwd = h->value;
+            continue;
+        }
+        if (is_named(h, "x-forwarded-proto", 17)) {
+            xfp = h->value;
+            continue;
+        }
+        if (is_named(h, "x-forwarded-host", 16)) {
+            xfh = h->value;
+            continue;
+        }
+        if (is_named(h, "host", 4))
+            have_host = 1;
+        hx_buf_append(o, h->name.ptr, h->name.len);
+        hx_buf_append(o, ": ", 2);
+        hx_buf_append(o, h->value.ptr, h->value.len);
+        hx_buf_append(o, "\r\n", 2);
+    }
+    if (!have_host) {
+        append(o, "Host: ");
+        append(o, r->backend->address);
+        append(o, "\r\n");
+    }
+    /* X-Forwarded-*: extend what a trusted proxy sent, replace the rest */
+    append(o, "X-Forwarded-For: ");
+    if (trusted && xff.len) {
+        hx_buf_append(o, xff.ptr, xff.len);
+        append(o, ", ");
+    }
+    append(o, peer);
+    append(o, "\r\nX-Forwarded-Proto: ");
+    if (trusted && xfp.len)
+        hx_buf_append(o, xfp.ptr, xfp.len);
+    else
+        append(o, "http");
+    if ((trusted && xfh.len) || r->host.len) {
+        append(o, "\r\nX-Forwarded-Host: ");
+        if (trusted && xfh.len)
+            hx_buf_append(o, xfh.ptr, xfh.len);
+        else
+            hx_buf_append(o, r->host.ptr, r->host.len);
+    }
+    append(o, "\r\nForwarded: ");
+    if (trusted && fwd.len) {
+        hx_buf_append(o, fwd.ptr, fwd.len);
+        append(o, ", ");
+    }
+    if (strchr(peer, ':')) {
+        append(o, "for=\"[");
+        append(o, peer);
+        append(o, "]\"");
+    } else {
+        append(o, "for=");
+        append(o, peer);
+    }
+    if (r->host.len) {
+        append(o, ";host=\"");
+        hx_buf_append(o, r->host.ptr, r->host.len);
+        append(o, "\"");
+    }
+    append(o, ";proto=http\r\n");
+    if (r->chunked) {
+        append(o, "Transfer-Encoding: chunked\r\n");
+    } else if (r->content_length >= 0 && (r->has_body || r->method_id == HTTP_POST ||
+                                          r->method_id == HTTP_PUT)) {
+        char cl[48];
+        snprintf(cl, sizeof(cl), "Content-Length: %lld\r\n", (long long)r->content_length);
+        append(o, cl);
+    }
+    if (r->route->upstream->keepalive_max_idle == 0)
+        append(o, "Connection: close\r\n");
+    append(o, "\r\n");
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* I/O                                                                 */
+
+static void up_flush(hx_upconn *u)
+{
+    while (hx_buf_size(&u->out) > 0) {
+        ssize_t n = send(u->fd, hx_buf_head(&u->out), hx_buf_size(&u->out), MSG_NOSIGNAL);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                break;
+            /* the backend stopped reading (it may have answered early):
+             * keep reading its response */
+            hx_buf_reset(&u->out);
+            ev_io_stop(u->w->loop, &u->wio);
+            return;
+        }
+        u->last_io = ev_now(u->w->loop);
+        hx_buf_consume(&u->out, (size_t)n);
+    }
+    if (hx_buf_size(&u->out) > 0) {
+        if (!ev_is_active(&u->wio))
+            ev_io_start(u->w->loop, &u->wio);
+    } else if (ev_is_active(&u->wio)) {
+        ev_io_stop(u->w->loop, &u->wio);
+    }
+}
+
+int hx_proxy_body_writable(const hx_req *r)
+{
+    const hx_upconn *u = r->up;
+    return u && u->state == UP_ACTIVE && !u->resp_complete &&
+           hx_buf_size(&u->out) < r->gen->limits.max_body_buffer;
+}
+
+int hx_proxy_body(hx_req *r, const char *p, size_t n, int last)
+{
+    hx_upconn *u = r->up;
+    if (u == NULL)
+        return 0; /* upstream gone (early response): drop */
+    if (n) {
+        r->req_sent_some = 1;
+        if (r->chunked) {
+            char hdr[24];
+            int hn = snprintf(hdr, sizeof(hdr), "%zx\r\n", n);
+            hx_buf_append(&u->out, hdr, (size_t)hn);
+            hx_buf_append(&u->out, p, n);
+            hx_buf_append(&u->out, "\r\n", 2);
+        } else {
+            hx_buf_append(&u->out, p, n);
+        }
+    }
+    if (last) {
+        if (r->chunked)
+            hx_buf_append(&u->out, "0\r\n\r\n", 5);
+        u->body_queued_all = 1;
+    }
+    up_flush(u);
+    up_update_timer(u);
+    return 0;
+}
+
+static void up_write_cb(struct ev_loop *loop, ev_io *io, int revents)
+{
+    (void)loop;
+    (void)revents;
+    hx_upconn *u = io->data;
+    hx_req *r = u->req;
+    if (r == NULL) {
+        up_close(u);
+        return;
+    }
+    hx_conn *c = r->conn;
+    hx_conn_enter(c);
+    up_flush(u);
+    /* more request body may now fit */
+    if (hx_proxy_body_writable(r) && !r->body_done)
+        hx_conn_request_body_wanted(c);
+    if (r->up == u)
+        up_update_timer(u);
+    hx_conn_leave(c);
+}
+
+static void start_exchange(hx_upconn *u);
+
+static void up_connect_cb(struct ev_loop *loop, ev_io *io, int revents)
+{
+    (void)revents;
+    hx_upconn *u = io->data;
+    int err = 0;
+    socklen_t len = sizeof(err);
+    getsockopt(u->fd, SOL_SOCKET, SO_ERROR, &err, &len);
+    ev_io_stop(loop, &u->wio);
+    hx_req *r = u->req;
+    hx_conn *c = r->conn;
+    hx_conn_enter(c);
+    if (err) {
+        char why[160];
+        snprintf(why, sizeof(why), "connect to %s failed: %s", u->b->address, strerror(err));
+        up_fail(u, HELIOS_OUTCOME_CONNECT_FAILED, why);
+    } else {
+        ev_set_cb(&u->wio, up_write_cb);
+        start_exchange(u);
+    }
+    hx_conn_leave(c);
+}
+
+static void up_read_cb(struct ev_loop *loop, ev_io *io, int revents)
+{
+    (void)revents;
+    hx_upconn *u = io->data;
+    hx_req *r = u->req;
+    if (r == NULL) {
+        up_close(u);
+        return;
+    }
+    hx_conn *c = r->conn;
+    hx_conn_enter(c);
+    char buf[HX_UP_READ];
+    ssize_t n = recv(u->fd, buf, sizeof(buf), 0);
+    if (n > 0) {
+        u->last_io = ev_now(loop);
+        r->upstream_bytes_seen = 1;
+        u->in_parse = 1;
+        llhttp_errno_t e = llhttp_execute(&u->parser, buf, (size_t)n);
+        u->in_parse = 0;
+        if (u->zombie) {
+            up_close(u);
+        } else if (e == HPE_PAUSED) {
+            /* message complete; bytes after it make the conn unusable */
+            const char *pos = llhttp_get_error_pos(&u->parser);
+            if (pos != buf + n)
+                u->body_queued_all = 0;
+            if (u->req == r) {
+                report_outcome(r, u->b, HELIOS_OUTCOME_OK, r->status);
+                up_release(u);
+            }
+        } else if (e != HPE_OK) {
+            char why[200];
+            snprintf(why, sizeof(why), "invalid response from %s: %s", u->b->address,
+                     llhttp_get_error_reason(&u->parser));
+            up_fail(u, HELIOS_OUTCOME_BAD_RESPONSE, why);
+        } else if (u->req == r) {
+            if (hx_conn_pending(c) > r->gen->limits.max_body_buffer) {
+                ev_io_stop(loop, &u->rio);
+                u->reading_paused = 1;
+            }
+            up_update_timer(u);
+        }
+    } else if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
+        int reset = n < 0;
+        if (n == 0 && r->upstream_bytes_seen && llhttp_finish(&u->parser) == HPE_OK &&
+            u->resp_complete) {
+            /* close-delimited body ended */
+            detach_req(u);
+            up_close(u);
+        } else {
+            char why[160];
+            snprintf(why, sizeof(why), "backend %s %s", u->b->address,
+                     reset ? "reset the connection" : "closed the connection");
+            up_fail(u, HELIOS_OUTCOME_RESET, why);
+        }
+    }
+    hx_conn_leave(c);
+}
+
+static void up_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)loop;
+    (void)revents;
+    hx_upconn *u = t->data;
+    if (u->state == UP_IDLE) {
+        up_close(u);
+        return;
+    }
+    hx_req *r = u->req;
+    hx_conn *c = r->conn;
+    hx_conn_enter(c);
+    char why[160];
+    if (u->state == UP_CONNECTING)
+        snprintf(why, sizeof(why), "connect to %s timed out", u->b->address);
+    else if (hx_buf_size(&u->out))
+        snprintf(why, sizeof(why), "sending to %s timed out", u->b->address);
+    else
+        snprintf(why, sizeof(why), "reading from %s timed out", u->b->address);
+    up_fail(u, HELIOS_OUTCOME_TIMEOUT, why);
+    hx_conn_leave(c);
+}
+
+static void up_update_timer(hx_upconn *u)
+{
+    ev_tstamp after = 0;
+    ev_tstamp now = ev_now(u->w->loop);
+    switch (u->state) {
+    case UP_CONNECTING:
+        after = u->u->connect_timeout_ms / 1000.0 - (now - u->last_io);
+        break;
+    case UP_IDLE:
+        after = u->u->keepalive_idle_ms / 1000.0 - (now - u->last_io);
+        break;
+    case UP_ACTIVE:
+        if (hx_buf_size(&u->out))
+            after = u->u->send_timeout_ms / 1000.0 - (now - u->last_io);
+        else if (!u->reading_paused && !u->resp_complete)
+            after = u->u->read_timeout_ms / 1000.0 - (now - u->last_io);
+        break;
+    default:
+        break;
+    }
+    if (after == 0 && u->state == UP_ACTIVE && (u->reading_paused || u->resp_complete)) {
+        ev_timer_stop(u->w->loop, &u->timer);
+        return;
+    }
+    if (after < 0.001)
+        after = 0.001;
+    if (ev_is_active(&u->timer)) {
+        ev_tstamp left = ev_timer_remaining(u->w->loop, &u->timer);
+        if (left > after - 0.05 && left < after + 0.05)
+            return;
+        ev_timer_stop(u->w->loop, &u->timer);
+    }
+    ev_timer_set(&u->timer, after, 0.);
+    ev_timer_start(u->w->loop, &u->timer);
+}
+
+/* ------------------------------------------------------------------ */
+/* response parsing                                                    */
+
+static hx_upconn *U(llhttp_t *p) { return p->data; }
+
+static int up_push_header(hx_upconn *u)
+{
+    hx_req *r = u->req;
+    const char *v = hx_buf_head(&u->hb.value);
+    size_t vl = hx_buf_size(&u->hb.value);
+    while (vl && (v[vl - 1] == ' ' || v[vl - 1] == '\t'))
+        vl--;
+    while (vl && (*v == ' ' || *v == '\t')) {
+        v++;
+        vl--;
+    }
+    if (++u->hb.count > r->gen->limits.max_headers * 2)
+        return -1;
+    if (hx_hdrs_add(&r->arena, &r->rhdrs, hx_buf_head(&u->hb.name), hx_buf_size(&u->hb.name), v,
+                    vl) != 0)
+        return -1;
+    hx_buf_reset(&u->hb.name);
+    hx_buf_reset(&u->hb.value);
+    u->hb.in_value = 0;
+    return 0;
+}
+
+static int r_begin(llhttp_t *p)
+{
+    hx_upconn *u = U(p);
+    hx_buf_reset(&u->hb.name);
+    hx_buf_reset(&u->hb.value);
+    u->hb.in_value = 0;
+    u->hb.total = 0;
+    u->hb.count = 0;
+    if (u->req)
+        u->req->rhdrs.n = 0;
+    return 0;
+}
+
+static int r_field(llhttp_t *p, const char *at, size_t len)
+{
+    hx_upconn *u = U(p);
+    if (u->req == NULL || (u->hb.in_value && up_push_header(u) != 0))
+        return HPE_USER;
+    u->hb.total += len;
+    if (u->hb.total > u->req->gen->limits.max_header_size * 2)
+        return HPE_USER;
+    hx_buf_append(&u->hb.name, at, len);
+    return 0;
+}
+
+static int r_value(llhttp_t *p, const char *at, size_t len)
+{
+    hx_upconn *u = U(p);
+    if (u->req == NULL)
+        return HPE_USER;
+    u->hb.in_value = 1;
+    u->hb.total += len;
+    if (u->hb.total > u->req->gen->limits.max_header_size * 2)
+        return HPE_USER;
+    hx_buf_append(&u->hb.value, at, len);
+    return 0;
+}
+
+static int r_headers_complete(llhttp_t *p)
+{
+    hx_upconn *u = U(p);
+    hx_req *r = u->req;
+    if (r == NULL)
+        return HPE_USER;
+    if ((u->hb.in_value || hx_buf_size(&u->hb.name)) && up_push_header(u) != 0)
+        return HPE_USER;
+    int status = p->status_code;
+    if (status >= 100 && status < 200) {
+        if (status == 101 || ++u->ignored_1xx > 10)
+            return HPE_USER; /* no tunnels here yet */
+        return 0; /* interim response: dropped, the final one follows */
+    }
+    r->status = status;
+    hx_resp_begin(r);
+    if (r->is_head || status == 204 || status == 304)
+        return 1; /* no body whatever the headers say */
+    return 0;
+}
+
+static int r_body(llhttp_t *p, const char *at, size_t len)
+{
+    hx_upconn *u = U(p);
+    if (u->req == NULL || u->req->up != u)
+        return HPE_USER;
+    return hx_resp_body(u->req, at, len, 0) == 0 ? 0 : HPE_USER;
+}
+
+static int r_complete(llhttp_t *p)
+{
+    hx_upconn *u = U(p);
+    hx_req *r = u->req;
+    if (r == NULL)
+        return HPE_USER;
+    if (r->status < 200) {
+        r->rhdrs.n = 0;
+        return 0;
+    }
+    u->resp_complete = 1;
+    hx_resp_body(r, NULL, 0, 1);
+    return HPE_PAUSED;
+}
+
+static const llhttp_settings_t *resp_settings(void)
+{
+    static llhttp_settings_t s;
+    static int init;
+    if (!init) {
+        llhttp_settings_init(&s);
+        s.on_message_begin = r_begin;
+        s.on_header_field = r_field;
+        s.on_header_value = r_value;
+        s.on_headers_complete = r_headers_complete;
+        s.on_body = r_body;
+        s.on_message_complete = r_complete;
+        init = 1;
+    }
+    return &s;
+}
+
+/* ------------------------------------------------------------------ */
+/* choosing, connecting, failing                                       */
+
+static void try_backend(hx_req *r);
+
+/* An attempt failed. Before any byte of response: maybe another try;
+ * otherwise the client gets an error or the response is cut. */
+static void up_fail(hx_upconn *u, int outcome, const char *why)
+{
+    hx_req *r = u->req;
+    if (r == NULL) {
+        up_close(u);
+        return;
+    }
+    int reused = u->reused;
+    hx_backend *b = u->b;
+    int seen = r->upstream_bytes_seen;
+    report_outcome(r, b, outcome, 0);
+    up_close(u);
+    if (r->head_sent) {
+        hx_resp_abort(r, why);
+        return;
+    }
+    /* a kept-alive connection the backend had closed: retry on a fresh one
+     * when nothing of the request body has gone out yet */
+    if (!seen && reused && !r->req_sent_some &&
+        (outcome == HELIOS_OUTCOME_RESET || outcome == HELIOS_OUTCOME_CONNECT_FAILED)) {
+        hx_debug("retrying on a fresh connection: %s", why);
+        r->backend = b;
+        atomic_fetch_add_explicit(&b->inflight, 1, memory_order_relaxed);
+        r->attempts++;
+        try_backend(r);
+        return;
+    }
+    /* connect errors are safe to retry elsewhere: nothing was sent */
+    if (outcome == HELIOS_OUTCOME_CONNECT_FAILED && !r->req_sent_some) {
+        hx_backends *bs = atomic_load(&r->route->upstream->backends);
+        if (r->attempts < bs->n) {
+            hx_warn("%s; trying another backend", why);
+            hx_proxy_start(r);
+            return;
+        }
+    }
+    snprintf(r->upstream_addr, sizeof(r->upstream_addr), "%s", b->address);
+    int status = outcome == HELIOS_OUTCOME_TIMEOUT ? 504 : 502;
+    char *msg = hx_arena_strndup(&r->arena, why, strlen(why));
+    hx_req_error(r, status, msg ? msg : "upstream error");
+}
+
+static void start_exchange(hx_upconn *u)
+{
+    hx_req *r = u->req;
+    u->state = UP_ACTIVE;
+    u->last_io = ev_now(u->w->loop);
+    llhttp_init(&u->parser, HTTP_RESPONSE, resp_settings());
+    u->parser.data = u;
+    u->resp_complete = 0;
+    u->reading_paused = 0;
+    u->body_queued_all = !r->has_body;
+    hx_buf_reset(&u->out);
+    serialize_request(r, &u->out);
+    ev_set_cb(&u->rio, up_read_cb);
+    ev_set_cb(&u->wio, up_write_cb);
+    ev_io_start(u->w->loop, &u->rio);
+    up_flush(u);
+    up_update_timer(u);
+    if (r->has_body && !r->body_done)
+        hx_conn_request_body_wanted(r->conn);
+}
+
+static void try_backend(hx_req *r)
+{
+    hx_worker *w = r->w;
+    hx_backend *b = r->backend;
+    hx_pool *p = pool_of(w, b);
+    snprintf(r->upstream_addr, sizeof(r->upstream_addr), "%s", b->address);
+    if (r->up_start == 0)
+        r->up_start = ev_now(w->loop);
+    /* a pooled connection first */
+    while (p->idle) {
+        hx_upconn *u = p->idle;
+        pool_remove(u);
+        ev_io_stop(w->loop, &u->rio);
+        ev_timer_stop(w->loop, &u->timer);
+        if (!up_alive(u)) {
+            u->state = 0;
+            up_close(u);
+            continue;
+        }
+        u->req = r;
+        u->reused = 1;
+        r->up = u;
+        start_exchange(u);
+        return;
+    }
+    hx_upconn *u = calloc(1, sizeof(*u));
+    if (u == NULL) {
+        atomic_fetch_sub_explicit(&b->inflight, 1, memory_order_relaxed);
+        hx_req_error(r, 500, "out of memory");
+        return;
+    }
+    u->w = w;
+    u->b = b;
+    u->u = r->route->upstream;
+    u->req = r;
+    r->up = u;
+    ev_init(&u->rio, up_read_cb);
+    ev_init(&u->wio, up_connect_cb);
+    ev_init(&u->timer, up_timer_cb);
+    u->rio.data = u->wio.data = u->timer.data = u;
+    u->fd = socket(b->addr.ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (u->fd < 0) {
+        char why[128];
+        snprintf(why, sizeof(why), "socket() for %s: %s", b->address, strerror(errno));
+        up_fail(u, HELIOS_OUTCOME_CONNECT_FAILED, why);
+        return;
+    }
+    int one = 1;
+    setsockopt(u->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    ev_io_set(&u->rio, u->fd, EV_READ);
+    ev_io_set(&u->wio, u->fd, EV_WRITE);
+    u->last_io = ev_now(w->loop);
+    if (connect(u->fd, (struct sockaddr *)&b->addr.ss, b->addr.len) == 0) {
+        ev_set_cb(&u->wio, up_write_cb);
+        start_exchange(u);
+        return;
+    }
+    if (errno != EINPROGRESS) {
+        char why[160];
+        snprintf(why, sizeof(why), "connect to %s failed: %s", b->address, strerror(errno));
+        up_fail(u, HELIOS_OUTCOME_CONNECT_FAILED, why);
+        return;
+    }
+    u->state = UP_CONNECTING;
+    ev_io_start(w->loop, &u->wio);
+    up_update_timer(u);
+}
+
+static int tried_has_impl(const hx_req *r, size_t i)
+{
+    return r && i < r->tried_n && r->tried[i];
+}
+
+int hx_tried_has(const helios_tried *t, size_t i);
+int hx_tried_has(const helios_tried *t, size_t i) { return tried_has_impl((const hx_req *)t, i); }
+
+void hx_proxy_start(hx_req *r)
+{
+    const hx_upstream *up = r->route->upstream;
+    hx_backends *bs = atomic_load(&up->backends);
+    r->phase = HX_PH_PROXY;
+    if (bs == NULL || bs->n == 0) {
+        hx_req_error(r, 503, "upstream has no backends");
+        return;
+    }
+    if (r->tried == NULL || r->tried_n != bs->n) {
+        r->tried = hx_arena_alloc(&r->arena, bs->n);
+        if (r->tried == NULL) {
+            hx_req_error(r, 500, "out of memory");
+            return;
+        }
+        memset(r->tried, 0, bs->n);
+        r->tried_n = bs->n;
+    }
+    const hx_instance *bal = up->balancer;
+    helios_ctx ctx;
+    hx_ctx_init(&ctx, r, bal);
+    int idx = bal->mod->balancer->pick(&ctx, (const helios_backends *)bs,
+                                       (const helios_tried *)r);
+    if (idx < 0 || (size_t)idx >= bs->n || r->tried[idx] ||
+        !atomic_load_explicit(&bs->v[idx]->healthy, memory_order_relaxed) ||
+        atomic_load_explicit(&bs->v[idx]->draining, memory_order_relaxed)) {
+        if (idx >= 0 && (size_t)idx < bs->n && r->tried[idx] && r->attempts < bs->n) {
+            /* the balancer offered a tried one: fall back to any untried usable */
+            idx = -1;
+            for (size_t i = 0; i < bs->n; i++)
+                if (!r->tried[i] && atomic_load(&bs->v[i]->healthy) &&
+                    !atomic_load(&bs->v[i]->draining)) {
+                    idx = (int)i;
+                    break;
+                }
+        } else {
+            idx = -1;
+        }
+        if (idx < 0) {
+            hx_req_error(r, r->attempts ? 502 : 503,
+                         r->attempts ? "every backend failed" : "no usable backend");
+            return;
+        }
+    }
+    hx_backend *b = bs->v[idx];
+    r->tried[idx] = 1;
+    r->attempts++;
+    r->backend = b;
+    atomic_fetch_add_explicit(&b->inflight, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&b->requests, 1, memory_order_relaxed);
+    try_backend(r);
+}
+
+void hx_proxy_client_drained(hx_req *r)
+{
+    hx_upconn *u = r->up;
+    if (u && u->reading_paused && hx_conn_pending(r->conn) < r->gen->limits.max_body_buffer) {
+        u->reading_paused = 0;
+        u->last_io = ev_now(u->w->loop);
+        ev_io_start(u->w->loop, &u->rio);
+        up_update_timer(u);
+    }
+}
+
+void hx_proxy_detach(hx_req *r)
+{
+    hx_upconn *u = r->up;
+    if (u == NULL)
+        return;
+    up_close(u);
+}
