@@ -142,6 +142,7 @@ struct hx_conn {
     unsigned head_state; /* raw head validator state */
     unsigned head_flags; /* C_DEAD, C_ERRSENT, and the enter/leave depth */
     int err_status;      /* status a parser callback asked for */
+    const char *err_reason;
 
     hx_req *req;
     hx_req *spare; /* reused request allocation */

@@ -430,8 +430,8 @@ static int push_header(hx_conn *c)
 
 static int set_error(hx_conn *c, int status, const char *why)
 {
-    c->parser.reason = why;
     c->err_status = status;
+    c->err_reason = why;
     return HPE_USER;
 }
 
@@ -706,8 +706,14 @@ static void conn_parse_error(hx_conn *c, llhttp_errno_t err)
 {
     int status = 400;
     const char *why = llhttp_get_error_reason(&c->parser);
-    if (err == HPE_USER && c->err_status) {
+    if (c->err_status) {
+        /* llhttp reports a callback's refusal as HPE_CB_* "User callback
+         * error"; the callback left the real status and reason here */
         status = c->err_status;
+        why = c->err_reason;
+    } else if (err == HPE_INVALID_TRANSFER_ENCODING) {
+        /* llhttp refuses a non-chunked final coding before our own check */
+        status = 501;
     } else if (why == NULL) {
         why = llhttp_errno_name(err);
     }

@@ -228,6 +228,15 @@ int main(int argc, char **argv)
         return 1;
     }
     hx_server_init_main(loop);
+    /* Watch signals before anything can be observed from outside (the
+     * listeners): a SIGHUP or SIGTERM right after startup must not take
+     * the default action and kill the process. */
+    ev_signal sigs[4];
+    int signums[4] = {SIGHUP, SIGTERM, SIGINT, SIGUSR1};
+    for (int i = 0; i < 4; i++) {
+        ev_signal_init(&sigs[i], sig_cb, signums[i]);
+        ev_signal_start(loop, &sigs[i]);
+    }
     hx_gen *g = build();
     if (g == NULL) {
         fprintf(stderr, "heliosd: not starting: invalid configuration\n");
@@ -262,12 +271,6 @@ int main(int argc, char **argv)
         hx_gen_unref(g);
         hx_modreg_free(&hx_srv.modreg);
         return 1;
-    }
-    ev_signal sigs[4];
-    int signums[4] = {SIGHUP, SIGTERM, SIGINT, SIGUSR1};
-    for (int i = 0; i < 4; i++) {
-        ev_signal_init(&sigs[i], sig_cb, signums[i]);
-        ev_signal_start(loop, &sigs[i]);
     }
     service_start(g);
     hx_info("heliosd %s started: %u worker%s, generation %u, modules from %s", HELIOS_VERSION,

@@ -1,0 +1,22 @@
+#!/bin/sh
+# The whole test suite: builds (if needed) and runs ctest, which runs the C
+# unit tests and the pytest integration tests against the real binary.
+#   packaging/test.sh              normal build (build/)
+#   packaging/test.sh --sanitize   ASan+UBSan build (build-asan/)
+# Extra arguments after -- go to ctest (e.g. -- -R proxy).
+set -eu
+cd "$(dirname "$0")/.."
+san=0
+if [ "${1:-}" = "--sanitize" ]; then
+    san=1
+    shift
+fi
+[ "${1:-}" = "--" ] && shift
+dir=$(SANITIZE=$san sh packaging/build.sh | tail -n 1)
+if [ "$san" = 1 ]; then
+    # detect_leaks: LeakSanitizer runs at exit of every heliosd the tests start
+    export ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:halt_on_error=1:detect_stack_use_after_return=0"
+    export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
+fi
+cd "$dir"
+ctest --output-on-failure -j"$(nproc)" "$@"
