@@ -8,12 +8,16 @@
 #include "module_loader.h"
 
 #include <dlfcn.h>
+#include <elf.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "log.h"
 
@@ -77,6 +81,68 @@ static int check_descriptor(const helios_module *d, const char *path, const char
     return 0;
 }
 
+/*
+ * A module linked against a sanitizer runtime aborts a process without one
+ * from inside dlopen(), before we could name the file. Read its DT_NEEDED
+ * entries first. Returns the offending library name, or NULL.
+ */
+static const char *needs_sanitizer(const char *path, char *lib, size_t liblen)
+{
+#if defined(__SANITIZE_ADDRESS__)
+    (void)path;
+    (void)lib;
+    (void)liblen;
+    return NULL; /* an ASan heliosd carries the runtime itself */
+#else
+    const char *found = NULL;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return NULL;
+    struct stat st;
+    if (fstat(fd, &st) != 0 || (size_t)st.st_size < sizeof(Elf64_Ehdr)) {
+        close(fd);
+        return NULL;
+    }
+    size_t size = (size_t)st.st_size;
+    const unsigned char *m = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
+    close(fd);
+    if (m == MAP_FAILED)
+        return NULL;
+    const Elf64_Ehdr *eh = (const Elf64_Ehdr *)m;
+    if (memcmp(eh->e_ident, ELFMAG, SELFMAG) != 0 || eh->e_ident[EI_CLASS] != ELFCLASS64 ||
+        eh->e_shoff == 0 || eh->e_shentsize != sizeof(Elf64_Shdr) ||
+        eh->e_shoff + (uint64_t)eh->e_shnum * sizeof(Elf64_Shdr) > size)
+        goto out;
+    const Elf64_Shdr *sh = (const Elf64_Shdr *)(m + eh->e_shoff);
+    for (unsigned i = 0; i < eh->e_shnum && !found; i++) {
+        if (sh[i].sh_type != SHT_DYNAMIC || sh[i].sh_link >= eh->e_shnum)
+            continue;
+        const Elf64_Shdr *str = &sh[sh[i].sh_link];
+        if (sh[i].sh_offset + sh[i].sh_size > size || str->sh_offset + str->sh_size > size)
+            goto out;
+        const Elf64_Dyn *d = (const Elf64_Dyn *)(m + sh[i].sh_offset);
+        size_t n = sh[i].sh_size / sizeof(Elf64_Dyn);
+        for (size_t k = 0; k < n && d[k].d_tag != DT_NULL; k++) {
+            if (d[k].d_tag != DT_NEEDED || d[k].d_un.d_val >= str->sh_size)
+                continue;
+            const char *name = (const char *)(m + str->sh_offset + d[k].d_un.d_val);
+            size_t max = str->sh_size - d[k].d_un.d_val;
+            if (strnlen(name, max) == max)
+                continue;
+            if (strncmp(name, "libasan.so", 10) == 0 || strncmp(name, "libubsan.so", 11) == 0 ||
+                strncmp(name, "libclang_rt.", 12) == 0) {
+                snprintf(lib, liblen, "%s", name);
+                found = lib;
+                break;
+            }
+        }
+    }
+out:
+    munmap((void *)m, size);
+    return found;
+#endif
+}
+
 hx_module *hx_module_load(hx_modreg *reg, const char *dir, const char *name, char *err,
                           size_t errlen)
 {
@@ -100,6 +166,15 @@ hx_module *hx_module_load(hx_modreg *reg, const char *dir, const char *name, cha
         return NULL;
     }
 
+    char san[128];
+    if (needs_sanitizer(path, san, sizeof(san))) {
+        snprintf(err, errlen,
+                 "%s: built with a sanitizer runtime (%s) but this heliosd is not "
+                 "(build signature '%s'); rebuild the module without -fsanitize or use an "
+                 "ASan heliosd",
+                 path, san, HELIOS_BUILD_SIGNATURE);
+        return NULL;
+    }
     void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
     if (h == NULL) {
         snprintf(err, errlen, "%s: cannot load: %s", path, dlerror());

@@ -11,7 +11,7 @@ function(helios_add_module name)
   add_library(${name} MODULE ${HM_SOURCES})
   target_link_libraries(${name} PRIVATE helios::sdk ${HM_LIBRARIES})
   set_target_properties(${name} PROPERTIES
-    PREFIX "" C_VISIBILITY_PRESET hidden C_STANDARD 17)
+    PREFIX "" C_VISIBILITY_PRESET hidden C_STANDARD 17 C_EXTENSIONS OFF)
   if(DEFINED HELIOS_BUILD_MODULE_DIR)
     set_target_properties(${name} PROPERTIES LIBRARY_OUTPUT_DIRECTORY "${HELIOS_BUILD_MODULE_DIR}")
     install(TARGETS ${name} LIBRARY DESTINATION "${HELIOS_MODULE_INSTALL_DIR}" COMPONENT runtime)
