@@ -117,14 +117,16 @@ void hx_accesslog_write(const hx_req *r)
                              r->method.ptr ? r->method.len : 1);
         size_t pl = json_esc(path, sizeof(path), r->target.ptr ? r->target.ptr : "",
                              r->target.len);
+        char rt[256];
+        size_t rl = json_esc(rt, sizeof(rt), route, strlen(route));
         n = snprintf(line, sizeof(line),
                      "{\"time\":\"%s\",\"client\":\"%s\",\"method\":\"%.*s\",\"path\":\"%.*s\","
                      "\"protocol\":\"%s\",\"status\":%d,\"bytes_in\":%llu,\"bytes_out\":%llu,"
-                     "\"duration_ms\":%ld,\"route\":\"%s\",\"upstream\":\"%s\","
+                     "\"duration_ms\":%ld,\"route\":\"%.*s\",\"upstream\":\"%s\","
                      "\"upstream_ms\":%ld,\"aborted\":%s}\n",
                      ts, client, (int)ml, method, (int)pl, path, proto, status,
                      (unsigned long long)r->bytes_in, (unsigned long long)r->bytes_out, dur,
-                     route, up, up_ms, r->aborted ? "true" : "false");
+                     (int)rl, rt, up, up_ms, r->aborted ? "true" : "false");
     } else {
         char method[64];
         size_t ml = text_esc(method, sizeof(method), r->method.ptr ? r->method.ptr : "-",

@@ -62,6 +62,7 @@ typedef struct hx_req {
     hx_hdrs hdrs;
     int64_t content_length; /* -1 when absent */
     int chunked;
+    int up_chunked; /* body goes upstream chunked (client's, or filtered) */
     int has_body;
     int expect_continue;
     int continue_sent;

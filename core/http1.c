@@ -984,6 +984,7 @@ static void conn_close(hx_conn *c)
     if (c->next)
         c->next->prev = c->prev;
     c->ls->nconns--;
+    w->nconns--;
     hx_buf_free(&c->in);
     hx_buf_free(&c->out);
     hx_buf_free(&c->hb.name);

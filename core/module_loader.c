@@ -212,6 +212,30 @@ hx_module *hx_module_load(hx_modreg *reg, const char *dir, const char *name, cha
         dlclose(h);
         return NULL;
     }
+    /* every hook table starts with its size; ABI 1.0 sizes are the floor */
+    struct {
+        const void *t;
+        size_t min;
+        const char *what;
+    } tables[] = {
+        {DESC_HAS(d, filter) ? d->filter : NULL, sizeof(helios_filter_hooks), "filter"},
+        {DESC_HAS(d, handler) ? d->handler : NULL, sizeof(helios_handler_hooks), "handler"},
+        {DESC_HAS(d, balancer) ? d->balancer : NULL, sizeof(helios_balancer_hooks), "balancer"},
+        {DESC_HAS(d, service) ? d->service : NULL, sizeof(helios_service_hooks), "service"},
+        {DESC_HAS(d, health) ? d->health : NULL, sizeof(helios_health_hooks), "health"},
+    };
+    for (size_t i = 0; i < sizeof(tables) / sizeof(tables[0]); i++) {
+        if (tables[i].t && *(const uint32_t *)tables[i].t < tables[i].min) {
+            snprintf(err, errlen, "%s: %s hook table has size %u, ABI %d.%d needs at least %zu",
+                     path, tables[i].what, *(const uint32_t *)tables[i].t, HELIOS_ABI_MAJOR,
+                     HELIOS_ABI_MINOR, tables[i].min);
+            free(m->name);
+            free(m->path);
+            free(m);
+            dlclose(h);
+            return NULL;
+        }
+    }
     m->handle = h;
     m->desc = d;
     m->filter = DESC_HAS(d, filter) ? d->filter : NULL;
@@ -256,7 +280,7 @@ static const char *kind_name(hx_kind k)
     case HX_KIND_HANDLER: return "handler";
     case HX_KIND_BALANCER: return "balancer";
     case HX_KIND_SERVICE: return "service";
-    default: return "any";
+    default: return "global module (filter, service or health)";
     }
 }
 
@@ -267,7 +291,8 @@ static int has_kind(const hx_module *m, hx_kind k)
     case HX_KIND_HANDLER: return m->handler != NULL && m->handler->handle != NULL;
     case HX_KIND_BALANCER: return m->balancer != NULL && m->balancer->pick != NULL;
     case HX_KIND_SERVICE: return m->service != NULL;
-    default: return 1;
+    default: /* `modules:` entries: something the core calls without a route */
+        return m->filter != NULL || m->service != NULL || m->health != NULL;
     }
 }
 

@@ -330,6 +330,10 @@ void hx_req_start(hx_req *r)
     if (r->host.ptr == NULL)
         r->host = (helios_buf){"", 0};
 
+    if (r->wg->broken) {
+        hx_req_error(r, 503, "a module failed to initialise on this worker");
+        return;
+    }
     resolve_client(r);
     r->route = hx_route_match(g, r->host.ptr, r->host.len, r->path.ptr, r->path.len,
                               r->method.ptr, r->method.len);
@@ -440,13 +444,25 @@ int hx_is_hop_header(const char *name, size_t n)
     return 0;
 }
 
-static int has_body_filters(const hx_req *r)
+/* 1 when a Connection header in H lists NAME (RFC 9110 7.6.1). */
+int hx_hdrs_connection_lists(const hx_hdrs *h, const char *name, size_t n);
+int hx_hdrs_connection_lists(const hx_hdrs *h, const char *name, size_t n)
 {
-    if (r->route == NULL)
-        return 0;
-    for (size_t i = 0; i < r->route->nfilters; i++)
-        if (r->route->filters[i]->mod->filter->on_response_body)
-            return 1;
+    for (size_t i = 0; i < h->n; i++) {
+        const hx_hdr *c = &h->v[i];
+        if (c->name.len != 10 || strncasecmp(c->name.ptr, "connection", 10) != 0)
+            continue;
+        const char *p = c->value.ptr, *e = p + c->value.len;
+        while (p < e) {
+            while (p < e && (*p == ' ' || *p == '\t' || *p == ','))
+                p++;
+            const char *s = p;
+            while (p < e && *p != ',' && *p != ' ' && *p != '\t')
+                p++;
+            if ((size_t)(p - s) == n && strncasecmp(s, name, n) == 0)
+                return 1;
+        }
+    }
     return 0;
 }
 
@@ -501,7 +517,8 @@ int hx_resp_begin(hx_req *r)
     hx_buf_append(&head, line, (size_t)n);
     for (size_t i = 0; i < r->rhdrs.n; i++) {
         const hx_hdr *h = &r->rhdrs.v[i];
-        if (hx_is_hop_header(h->name.ptr, h->name.len))
+        if (hx_is_hop_header(h->name.ptr, h->name.len) ||
+            hx_hdrs_connection_lists(&r->rhdrs, h->name.ptr, h->name.len))
             continue;
         if (h->name.len == 14 && strncasecmp(h->name.ptr, "content-length", 14) == 0 &&
             (r->resp_chunked || r->resp_close || (r->resp_no_body && !r->is_head &&
@@ -532,7 +549,6 @@ int hx_resp_begin(hx_req *r)
         r->resp_done = 1;
         hx_req_finish(r);
     }
-    (void)has_body_filters;
     return rc < 0 ? 0 : 0;
 }
 

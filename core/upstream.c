@@ -54,6 +54,7 @@ struct hx_upconn {
 };
 
 int hx_is_hop_header(const char *name, size_t n);
+int hx_hdrs_connection_lists(const hx_hdrs *h, const char *name, size_t n);
 
 static void up_close(hx_upconn *u);
 static void up_fail(hx_upconn *u, int outcome, const char *why);
@@ -211,27 +212,6 @@ static int up_alive(hx_upconn *u)
 /* ------------------------------------------------------------------ */
 /* request serialisation                                               */
 
-static int conn_header_lists(const hx_req *r, const char *name, size_t n)
-{
-    /* headers named in Connection are hop-by-hop too (RFC 9110 7.6.1) */
-    for (size_t i = 0; i < r->hdrs.n; i++) {
-        const hx_hdr *h = &r->hdrs.v[i];
-        if (h->name.len != 10 || strncasecmp(h->name.ptr, "connection", 10) != 0)
-            continue;
-        const char *p = h->value.ptr, *e = p + h->value.len;
-        while (p < e) {
-            while (p < e && (*p == ' ' || *p == '\t' || *p == ','))
-                p++;
-            const char *s = p;
-            while (p < e && *p != ',' && *p != ' ' && *p != '\t')
-                p++;
-            if ((size_t)(p - s) == n && strncasecmp(s, name, n) == 0)
-                return 1;
-        }
-    }
-    return 0;
-}
-
 static int peer_trusted(const hx_req *r)
 {
     for (size_t i = 0; i < r->gen->ntrusted; i++)
@@ -261,7 +241,7 @@ static int serialize_request(hx_req *r, hx_buf *o)
     for (size_t i = 0; i < r->hdrs.n; i++) {
         const hx_hdr *h = &r->hdrs.v[i];
         if (hx_is_hop_header(h->name.ptr, h->name.len) || is_named(h, "content-length", 14) ||
-            conn_header_lists(r, h->name.ptr, h->name.len))
+            hx_hdrs_connection_lists(&r->hdrs, h->name.ptr, h->name.len))
             continue;
         if (is_named(h, "x-forwarded-for", 15)) {
             xff = h->value;
@@ -329,7 +309,7 @@ static int serialize_request(hx_req *r, hx_buf *o)
         append(o, "\"");
     }
     append(o, ";proto=http\r\n");
-    if (r->chunked) {
+    if (r->up_chunked) {
         append(o, "Transfer-Encoding: chunked\r\n");
     } else if (r->content_length >= 0 && (r->has_body || r->method_id == HTTP_POST ||
                                           r->method_id == HTTP_PUT)) {
@@ -386,7 +366,7 @@ int hx_proxy_body(hx_req *r, const char *p, size_t n, int last)
         return 0; /* upstream gone (early response): drop */
     if (n) {
         r->req_sent_some = 1;
-        if (r->chunked) {
+        if (r->up_chunked) {
             char hdr[24];
             int hn = snprintf(hdr, sizeof(hdr), "%zx\r\n", n);
             hx_buf_append(&u->out, hdr, (size_t)hn);
@@ -397,7 +377,7 @@ int hx_proxy_body(hx_req *r, const char *p, size_t n, int last)
         }
     }
     if (last) {
-        if (r->chunked)
+        if (r->up_chunked)
             hx_buf_append(&u->out, "0\r\n\r\n", 5);
         u->body_queued_all = 1;
     }
@@ -495,8 +475,9 @@ static void up_read_cb(struct ev_loop *loop, ev_io *io, int revents)
         }
     } else if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
         int reset = n < 0;
-        if (n == 0 && r->upstream_bytes_seen && llhttp_finish(&u->parser) == HPE_OK &&
-            u->resp_complete) {
+        llhttp_errno_t fe = n == 0 && r->upstream_bytes_seen ? llhttp_finish(&u->parser)
+                                                              : HPE_INTERNAL;
+        if ((fe == HPE_OK || fe == HPE_PAUSED) && u->resp_complete) {
             /* close-delimited body ended */
             detach_req(u);
             up_close(u);
@@ -841,9 +822,20 @@ static int tried_has_impl(const hx_req *r, size_t i)
 int hx_tried_has(const helios_tried *t, size_t i);
 int hx_tried_has(const helios_tried *t, size_t i) { return tried_has_impl((const hx_req *)t, i); }
 
+/* A request body filter may change the length: then the client's
+ * Content-Length cannot be forwarded and the body goes chunked. */
+static int request_body_filtered(const hx_req *r)
+{
+    for (size_t i = 0; i < r->route->nfilters; i++)
+        if (r->route->filters[i]->mod->filter->on_request_body)
+            return 1;
+    return 0;
+}
+
 void hx_proxy_start(hx_req *r)
 {
     const hx_upstream *up = r->route->upstream;
+    r->up_chunked = r->chunked || (r->has_body && request_body_filtered(r));
     hx_backends *bs = atomic_load(&up->backends);
     r->phase = HX_PH_PROXY;
     if (bs == NULL || bs->n == 0) {

@@ -153,9 +153,11 @@ static hx_wgen *wgen_new(hx_worker *w, hx_gen *g)
         const hx_instance *inst = g->instances[i];
         if (inst->mod->desc->worker_init &&
             inst->mod->desc->worker_init(inst->cfg, (helios_worker *)w, &v->wstates[i]) != 0) {
-            hx_error("worker %u: module %s: worker_init failed; module disabled on this worker",
-                     w->id, inst->mod->name);
-            v->wstates[i] = NULL;
+            hx_error("worker %u: module %s: worker_init failed; this worker answers 503 "
+                     "for generation %u",
+                     w->id, inst->mod->name, g->id);
+            v->wstates[i] = (void *)-1; /* no worker_fini for it */
+            v->broken = inst->mod->name;
         }
     }
     return v;

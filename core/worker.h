@@ -27,6 +27,7 @@ typedef struct hx_wgen {
     void **wstates; /* [gen->ninstances] */
     long refs;      /* worker-local */
     int current;
+    const char *broken; /* a module's worker_init failed: 503 on this view */
     struct hx_wgen *next; /* worker's list of draining views */
 } hx_wgen;
 

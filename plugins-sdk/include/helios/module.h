@@ -41,7 +41,11 @@ typedef struct helios_filter_hooks {
      * and change status and headers. RESPONDED and PAUSE are not allowed
      * here (treated as ERROR). */
     int (*on_response_headers)(helios_ctx *c);
-    /* A chunk of the response body; same replacement contract as above. */
+    /* A chunk of the response body; same replacement contract as above.
+     * A filter that changes the body's length must remove Content-Length
+     * in on_response_headers (the core then re-frames, chunked or by
+     * close); otherwise the response is cut off as inconsistent. When any
+     * filter has on_request_body, the request body goes upstream chunked. */
     int (*on_response_body)(helios_ctx *c, helios_buf *chunk, int last);
     /* After the response is finished or the request aborted; for logging
      * and releasing what the per-request state holds outside the request
@@ -125,8 +129,9 @@ typedef struct helios_module {
      * the generation any more. May be NULL. */
     void (*config_free)(void *cfg);
     /* Per worker and instance, on that worker's thread before it serves
-     * requests of the generation; *WSTATE starts NULL. Non-zero = failure
-     * (the generation is not started). May be NULL. */
+     * requests of the generation; *WSTATE starts NULL. Non-zero = failure:
+     * logged, and that worker answers 503 instead of serving the generation
+     * (worker_fini is not called for the failed instance). May be NULL. */
     int (*worker_init)(void *cfg, helios_worker *w, void **wstate);
     /* Undoes worker_init, on the worker's thread. May be NULL. */
     void (*worker_fini)(void *cfg, helios_worker *w, void *wstate);
