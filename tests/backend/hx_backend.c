@@ -146,8 +146,9 @@ typedef struct hxb_req {
     bool head_done;  /* later header callbacks are trailers */
     bool cur_expect; /* the field being read is Expect */
     bool name_ok, val_ok;
-    bool echo_body; /* body bytes go back out through the write buffer */
-    bool head_sent; /* a final response head for this request is written */
+    bool echo_body;    /* body bytes go back out through the write buffer */
+    bool echo_chunked; /* ... with the request's chunk framing */
+    bool head_sent;    /* a final response head for this request is written */
     uint16_t name_len, val_len;
     uint16_t bad_status; /* 414/431/500 found by a callback */
     uint32_t url_len, path_off, path_len, query_off, query_len;
@@ -422,7 +423,8 @@ static void put_head(hxb_conn *c, unsigned status, const char *ctype, int framin
     c->req.head_sent = true;
 }
 
-static void respond_body(hxb_conn *c, unsigned status, const char *ctype, const char *body, size_t len)
+static void respond_body(hxb_conn *c, unsigned status, const char *ctype, const char *body,
+                         size_t len)
 {
     put_head(c, status, ctype, HXB_FRAME_LENGTH, len);
     if (!c->req.is_head)
@@ -446,6 +448,13 @@ static void respond_hello(hxb_conn *c)
     put_head(c, 200, "text/plain", HXB_FRAME_LENGTH, hello_len());
     if (!c->req.is_head)
         put_hello_body(c);
+}
+
+/* HTTP/1.0 clients cannot parse chunked framing; they get a body that ends
+ * with the connection instead. */
+static bool can_chunk(const hxb_conn *c)
+{
+    return c->req.http_major > 1 || (c->req.http_major == 1 && c->req.http_minor >= 1);
 }
 
 static void respond_bad_query(hxb_conn *c, const char *msg)
@@ -537,6 +546,8 @@ static void respond_bytes(hxb_conn *c)
         respond_bad_query(c, "/bytes/N: mode must be length, chunked or close\n");
         return;
     }
+    if (frame == HXB_FRAME_CHUNKED && !can_chunk(c))
+        frame = HXB_FRAME_NONE;
     if (frame == HXB_FRAME_NONE)
         c->close_mode = HXB_CLOSE_GRACEFUL;
     put_head(c, 200, "application/octet-stream", frame, n);
@@ -557,6 +568,8 @@ static void respond_die(hxb_conn *c)
         respond_bad_query(c, "/die: mode must be length or chunked\n");
         return;
     }
+    if (frame == HXB_FRAME_CHUNKED && !can_chunk(c))
+        frame = HXB_FRAME_LENGTH;
     /* The head promises a normal response (keep-alive, full length); the
      * point is that the body then stops short. */
     put_head(c, 200, "application/octet-stream", frame, HXB_DIE_LENGTH);
@@ -658,9 +671,10 @@ static void respond_stats(hxb_conn *c, bool reset)
         active += atomic_load_explicit(&s->active, memory_order_relaxed);
     }
     /* The name was checked at startup to need no JSON escaping. */
-    int len = snprintf(body, sizeof body,
-                       "{\"name\":\"%s\",\"connections\":%llu,\"requests\":%llu,\"active\":%lld}\n",
-                       g_name, (unsigned long long)conns, (unsigned long long)reqs, (long long)active);
+    int len =
+        snprintf(body, sizeof body,
+                 "{\"name\":\"%s\",\"connections\":%llu,\"requests\":%llu,\"active\":%lld}\n",
+                 g_name, (unsigned long long)conns, (unsigned long long)reqs, (long long)active);
     respond_body(c, 200, "application/json", body, (size_t)len);
 }
 
@@ -762,9 +776,16 @@ static void head_ready(hxb_conn *c)
     if (r->expect && r->has_body && r->http_major == 1 && r->http_minor >= 1)
         WB_LIT(c, "HTTP/1.1 100 Continue\r\n\r\n");
     if (r->route == HXB_RT_ECHO) {
-        put_head(c, 200, "application/octet-stream", r->chunked ? HXB_FRAME_CHUNKED : HXB_FRAME_LENGTH,
-                 r->content_length);
+        int frame = HXB_FRAME_LENGTH;
+        if (r->chunked && can_chunk(c)) {
+            frame = HXB_FRAME_CHUNKED;
+        } else if (r->chunked) {
+            frame = HXB_FRAME_NONE;
+            r->keep_alive = false; /* the close ends the body */
+        }
+        put_head(c, 200, "application/octet-stream", frame, r->content_length);
         r->echo_body = !r->is_head;
+        r->echo_chunked = r->echo_body && frame == HXB_FRAME_CHUNKED;
     }
 }
 
@@ -779,51 +800,29 @@ static void respond(hxb_conn *c)
         c->close_mode = HXB_CLOSE_GRACEFUL;
 
     switch ((hxb_route)r->route) {
-    case HXB_RT_HELLO:
-        respond_hello(c);
-        break;
+    case HXB_RT_HELLO: respond_hello(c); break;
     case HXB_RT_ECHO:
-        if (r->echo_body && r->chunked)
+        if (r->echo_chunked)
             WB_LIT(c, "0\r\n\r\n");
         break;
-    case HXB_RT_HEADERS:
-        respond_headers(c);
-        break;
-    case HXB_RT_BYTES:
-        respond_bytes(c);
-        break;
-    case HXB_RT_SINK:
-        respond_sink(c);
-        break;
-    case HXB_RT_SLOW:
-        respond_slow(c);
-        break;
-    case HXB_RT_STATUS:
-        respond_status(c);
-        break;
-    case HXB_RT_DIE:
-        respond_die(c);
-        break;
-    case HXB_RT_RESET:
-        c->close_mode = HXB_CLOSE_RESET;
-        break;
-    case HXB_RT_HANG:
-        c->resp.kind = HXB_BODY_HANG;
-        break;
+    case HXB_RT_HEADERS: respond_headers(c); break;
+    case HXB_RT_BYTES: respond_bytes(c); break;
+    case HXB_RT_SINK: respond_sink(c); break;
+    case HXB_RT_SLOW: respond_slow(c); break;
+    case HXB_RT_STATUS: respond_status(c); break;
+    case HXB_RT_DIE: respond_die(c); break;
+    case HXB_RT_RESET: c->close_mode = HXB_CLOSE_RESET; break;
+    case HXB_RT_HANG: c->resp.kind = HXB_BODY_HANG; break;
     case HXB_RT_CLOSE:
         c->close_mode = HXB_CLOSE_GRACEFUL;
         respond_hello(c);
         break;
-    case HXB_RT_STATS:
-        respond_stats(c, false);
-        break;
-    case HXB_RT_STATS_RESET:
-        respond_stats(c, true);
-        break;
+    case HXB_RT_STATS: respond_stats(c, false); break;
+    case HXB_RT_STATS_RESET: respond_stats(c, true); break;
     }
     /* Bytes that arrive before the next message begins must not look like
      * they belong to this one. */
-    r->echo_body = false;
+    r->echo_body = r->echo_chunked = false;
     r->head_sent = false;
 }
 
@@ -1093,7 +1092,7 @@ static int on_chunk_header(llhttp_t *p)
     hxb_conn *c = p->data;
 
     c->req.chunk_size = p->content_length;
-    if (c->req.echo_body && c->req.chunk_size > 0) {
+    if (c->req.echo_chunked && c->req.chunk_size > 0) {
         wb_hex(c, c->req.chunk_size);
         WB_LIT(c, "\r\n");
     }
@@ -1104,7 +1103,7 @@ static int on_chunk_complete(llhttp_t *p)
 {
     hxb_conn *c = p->data;
 
-    if (c->req.echo_body && c->req.chunk_size > 0)
+    if (c->req.echo_chunked && c->req.chunk_size > 0)
         WB_LIT(c, "\r\n");
     c->req.chunk_size = 0;
     return 0;
@@ -1341,9 +1340,7 @@ static void conn_close(hxb_conn *c)
         conn_free(c);
         return;
     case HXB_CLOSE_NONE:
-    case HXB_CLOSE_ABRUPT:
-        conn_free(c);
-        return;
+    case HXB_CLOSE_ABRUPT: conn_free(c); return;
     }
 }
 
@@ -1369,8 +1366,8 @@ static void conn_settle(hxb_conn *c)
         conn_close(c);
         return;
     }
-    bool want_read = !c->peer_eof && c->close_mode == HXB_CLOSE_NONE &&
-                     (c->rlen < HXB_RBUF_SIZE || c->rpos > 0);
+    bool want_read =
+        !c->peer_eof && c->close_mode == HXB_CLOSE_NONE && (c->rlen < HXB_RBUF_SIZE || c->rpos > 0);
     set_watch(c->w->loop, &c->rio, want_read);
     set_watch(c->w->loop, &c->wio, c->want_write);
 }
@@ -1758,7 +1755,8 @@ int main(int argc, char **argv)
             usage(stdout);
             return 0;
         }
-        while (which < sizeof opts / sizeof opts[0] && (v = opt_value(argc, argv, &i, opts[which])) == NULL)
+        while (which < sizeof opts / sizeof opts[0] &&
+               (v = opt_value(argc, argv, &i, opts[which])) == NULL)
             which++;
         if (v == NULL) {
             fprintf(stderr, "hx_backend: unknown argument '%s'\n", argv[i]);
@@ -1781,8 +1779,9 @@ int main(int argc, char **argv)
             nlisten++;
         } else if (which == 1) {
             if (!name_ok(v)) {
-                fprintf(stderr, "hx_backend: --name must be 1..%d printable ASCII characters, "
-                                "without quotes, backslashes or edge spaces\n",
+                fprintf(stderr,
+                        "hx_backend: --name must be 1..%d printable ASCII characters, "
+                        "without quotes, backslashes or edge spaces\n",
                         HXB_NAME_MAX);
                 return 2;
             }
