@@ -2,14 +2,22 @@
 # One command from a fresh Debian 12 machine to a running demo:
 # installs dependencies (as root), builds, starts two demo backends and
 # heliosd on the shipped conf.d/ (http://127.0.0.1:8080). Ctrl-C stops all.
+#   SKIP_DEPS=1               do not run install-deps.sh
+#   SKIP_BUILD=1 BUILD_DIR=D  use an existing build in D (tests do this)
 set -eu
 cd "$(dirname "$0")/.."
-if [ "$(id -u)" = 0 ]; then
+if [ "${SKIP_DEPS:-0}" = 1 ]; then
+    :
+elif [ "$(id -u)" = 0 ]; then
     sh packaging/install-deps.sh
 else
     echo "demo.sh: not root, skipping dependency install (run packaging/install-deps.sh as root)"
 fi
-dir=$(sh packaging/build.sh | tail -n 1)
+if [ "${SKIP_BUILD:-0}" = 1 ]; then
+    dir=${BUILD_DIR:?SKIP_BUILD needs BUILD_DIR}
+else
+    dir=$(sh packaging/build.sh | tail -n 1)
+fi
 pids=""
 cleanup() {
     # shellcheck disable=SC2086
@@ -31,4 +39,6 @@ heliosd demo on http://127.0.0.1:8080 — try:
 Ctrl-C to stop.
 
 MSG
-"$dir/heliosd" -c conf.d
+"$dir/heliosd" -c conf.d &
+pids="$pids $!"
+wait $!

@@ -50,6 +50,7 @@ START_TIMEOUT = 30.0
 STOP_TIMEOUT = 45.0
 IO_TIMEOUT = 20.0
 
+STARTED_RX = re.compile(r"\bstarted\b")
 SANITIZER_MARKERS = ("AddressSanitizer", "LeakSanitizer", "runtime error")
 
 
@@ -139,9 +140,25 @@ def listening_sockets(port, v6=False):
     return n
 
 
+def listening_inodes(port, v6=False):
+    """Socket inodes of the TCP sockets in LISTEN state on PORT: the same
+    inodes before and after a reload mean the sockets were kept open."""
+    path = "/proc/net/tcp6" if v6 else "/proc/net/tcp"
+    out = set()
+    with open(path) as f:
+        next(f)
+        for line in f:
+            parts = line.split()
+            if parts[3] == "0A" and int(parts[1].rsplit(":", 1)[1], 16) == port:
+                out.add(int(parts[9]))
+    return out
+
+
 def is_sanitizer_build():
     """True when HELIOSD is built with ASan (RSS numbers mean little then:
     ASan's quarantine keeps up to 256 MiB of freed memory resident)."""
+    if os.environ.get("HELIOS_SANITIZE", "").lower() in ("1", "on", "true", "yes"):
+        return True
     try:
         data = HELIOSD.read_bytes()
     except OSError:
@@ -507,9 +524,10 @@ def curl(*args, timeout=60):
 class Backend:
     """One hx_backend process on 127.0.0.1."""
 
-    def __init__(self, name, workdir, port=None):
+    def __init__(self, name, workdir, port=None, host="127.0.0.1"):
         self.name = name
-        self.port = port or free_port()
+        self.host = host
+        self.port = port or free_port(host)
         self.workdir = Path(workdir)
         self.proc = None
         self.stdout_lines = []
@@ -518,11 +536,11 @@ class Backend:
 
     @property
     def address(self):
-        return f"127.0.0.1:{self.port}"
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
     def start(self):
         if not HX_BACKEND.exists():
-            pytest.skip(f"test backend not built: {HX_BACKEND}")
+            pytest.fail(f"test backend not built: {HX_BACKEND}")
         err = open(self.errfile, "ab")
         self.proc = subprocess.Popen(
             [str(HX_BACKEND), "--listen", self.address, "--name", self.name],
@@ -553,7 +571,7 @@ class Backend:
                 f"backend {self.name} did not print 'ready' on {self.address}: "
                 f"stdout={self.stdout_lines!r} stderr={self.errfile.read_text(errors='replace')[-2000:]!r}"
             )
-        wait_for(lambda: port_accepts(self.port), START_TIMEOUT, what=f"backend {self.name} to accept")
+        wait_for(lambda: port_accepts(self.port, self.host), START_TIMEOUT, what=f"backend {self.name} to accept")
         return self
 
     def alive(self):
@@ -595,12 +613,12 @@ class Backend:
         raise last
 
     def stats(self):
-        status, _, body = http_request(self.port, "/stats")
+        status, _, body = http_request(self.port, "/stats", host=self.host)
         assert status == 200, f"backend /stats answered {status}"
         return json.loads(body)
 
     def reset_stats(self):
-        http_request(self.port, "/stats/reset")
+        http_request(self.port, "/stats/reset", host=self.host)
 
 
 @pytest.fixture
@@ -739,7 +757,8 @@ class Heliosd:
 
     def start(self, wait=True, extra_args=()):
         if not HELIOSD.exists():
-            pytest.skip(f"heliosd not built: {HELIOSD}")
+            pytest.fail(f"heliosd not built: {HELIOSD}")
+        self._start_mark = self.err_mark()
         out = open(self.stdout_path, "ab")
         err = open(self.stderr_path, "ab")
         self.proc = subprocess.Popen(
@@ -763,9 +782,20 @@ class Heliosd:
                     f"heliosd exited with {self.proc.returncode} during start-up; stderr:\n{self.stderr()[-4000:]}"
                 )
             if port_accepts(port, host, timeout=1.0):
+                self._wait_started()
                 return
             time.sleep(0.05)
         raise AssertionError(f"heliosd did not accept on {host}:{port} within {START_TIMEOUT}s; stderr:\n{self.stderr()[-4000:]}")
+
+    def _wait_started(self, grace=3.0):
+        """Listeners accept a little before the main thread handles
+        signals; the "started" log line (level info) marks the end of the
+        start-up. Without that line (quieter log level), wait GRACE s."""
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            if STARTED_RX.search(self.stderr()[self._start_mark :]) or self.proc.poll() is not None:
+                return
+            time.sleep(0.02)
 
     def alive(self):
         return self.proc is not None and self.proc.poll() is None

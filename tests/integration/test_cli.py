@@ -14,7 +14,7 @@ from conftest import HELIOSD, MODULE_DIR, SOURCE_DIR, free_port, make_config, st
 
 def run(*args, timeout=30):
     if not HELIOSD.exists():
-        pytest.skip(f"heliosd not built: {HELIOSD}")
+        pytest.fail(f"heliosd not built: {HELIOSD}")
     return subprocess.run(
         [str(HELIOSD), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout
     )

@@ -256,3 +256,52 @@ def test_ninety_headers_are_accepted_and_forwarded(proxy):
     got = {k.lower(): v for k, v in json.loads(r.body)["headers"]}
     for k, v in hdrs:
         assert got.get(k.lower()) == v
+
+
+def test_many_pipelined_requests_in_one_send(proxy):
+    sizes = [(i * 7919) % 70000 for i in range(60)]
+    reqs = []
+    for i, n in enumerate(sizes):
+        reqs.append("/hello" if i % 3 == 0 else f"/bytes/{n}?mode={'chunked' if i % 2 else 'length'}")
+    with RawConn(proxy.port, timeout=60) as c:
+        c.send(b"".join(request_bytes("GET", p) for p in reqs))
+        for i, p in enumerate(reqs):
+            r = c.read_response(timeout=60)
+            assert r is not None, f"closed after {i} of {len(reqs)} pipelined responses"
+            assert r.status == 200 and r.complete
+            if p == "/hello":
+                assert r.body == b"hi\n", i
+            else:
+                assert len(r.body) == sizes[i] and pattern_ok(r.body), (i, p, len(r.body))
+
+
+def test_head_to_chunked_upstream_response_has_no_body(proxy):
+    with RawConn(proxy.port) as c:
+        c.send(request_bytes("HEAD", "/bytes/5000?mode=chunked"))
+        r = c.read_response(method="HEAD")
+        assert r.status == 200
+        c.send(request_bytes("GET", "/"))
+        r2 = c.read_response()
+        assert r2 is not None and r2.body == b"hello from a\n", "HEAD response left bytes behind"
+
+
+def test_connection_close_from_client_is_honoured(proxy):
+    for path in ("/hello", "/"):
+        with RawConn(proxy.port) as c:
+            c.send(request_bytes("GET", path, headers=[("Connection", "close")]))
+            r = c.read_response()
+            assert r.status == 200
+            assert (r.header("Connection") or "").lower() == "close"
+            assert c.wait_closed(10), f"{path}: connection left open after Connection: close"
+
+
+def test_post_with_empty_body_and_get_with_body(proxy):
+    with RawConn(proxy.port) as c:
+        c.send(request_bytes("POST", "/echo", headers=[("Content-Length", "0")]))
+        r = c.read_response()
+        assert r.status == 200 and r.body == b""
+        c.send(request_bytes("GET", "/echo", headers=[("Content-Length", "4")], body=b"ping"))
+        r = c.read_response()
+        assert r.status == 200 and r.body == b"ping"
+        c.send(request_bytes("GET", "/hello"))
+        assert c.read_response().body == b"hi\n"

@@ -102,9 +102,9 @@ def config_text(port, name, where):
 def check_config(tmp_path, text, name="heliosd.yaml", module_dir=TEST_MODULE_DIR):
     """Runs heliosd -t on TEXT; returns (CompletedProcess, config path)."""
     if not HELIOSD.exists():
-        pytest.skip(f"heliosd not built: {HELIOSD}")
+        pytest.fail(f"heliosd not built: {HELIOSD}")
     if not (TEST_MODULE_DIR / "rejects_config.so").exists():
-        pytest.skip(f"test modules not built in {TEST_MODULE_DIR}")
+        pytest.fail(f"test modules not built in {TEST_MODULE_DIR}")
     cfg = tmp_path / name
     cfg.write_text(text)
     p = subprocess.run(
@@ -218,7 +218,7 @@ def test_accepted_module_config_passes(tmp_path):
 
 def test_module_loads_and_answers_in_running_heliosd(heliosd):
     if not (TEST_MODULE_DIR / "rejects_config.so").exists():
-        pytest.skip(f"test modules not built in {TEST_MODULE_DIR}")
+        pytest.fail(f"test modules not built in {TEST_MODULE_DIR}")
     port = free_port()
     cfg = make_config(
         port,
@@ -252,7 +252,7 @@ def test_running_heliosd_refuses_to_start_with_broken_module(tmp_path):
     """Not only -t: a real start fails the same way, with the message in
     the error log."""
     if not HELIOSD.exists():
-        pytest.skip(f"heliosd not built: {HELIOSD}")
+        pytest.fail(f"heliosd not built: {HELIOSD}")
     port = free_port()
     text, line, col, keypath = config_text(port, "bad_major", "handler")
     cfg = tmp_path / "heliosd.yaml"

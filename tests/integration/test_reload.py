@@ -27,6 +27,7 @@ from conftest import (
     RawConn,
     free_port,
     http_request,
+    listening_inodes,
     make_config,
     pattern_ok,
     port_accepts,
@@ -88,6 +89,29 @@ def test_sighup_with_invalid_config_keeps_old_one(heliosd, backend):
     wait_for(lambda: body_of(h) == b"v3\n", 15, what="the reloaded body")
 
 
+def test_sighup_as_soon_as_listener_accepts_is_not_fatal(heliosd, backend):
+    """An operator (or a config-management tool) may reload right after the
+    port opens: that SIGHUP must never take the default action (terminate).
+    Races are probabilistic, so try a few starts."""
+    for i in range(8):
+        port = free_port()
+        h = heliosd(config(port, backend), start=False, name=f"early{i}")
+        h.start(wait=False)
+        deadline = time.monotonic() + 30
+        while not port_accepts(port, timeout=1.0):
+            assert h.alive(), f"start-up failed: {h.stderr()[-2000:]}"
+            assert time.monotonic() < deadline, "heliosd never accepted"
+            time.sleep(0.001)
+        h.proc.send_signal(signal.SIGHUP)
+        h._wait_started()
+        if h.wait_exit(0.5) is not None:
+            h.expected_rc = None  # reported here, not again at teardown
+            pytest.fail(f"start {i}: a SIGHUP as soon as the port accepted killed heliosd "
+                        f"(exit {h.rc}); stderr:\n{h.stderr()[-1500:]}")
+        wait_for(lambda: body_of(h) == b"v1\n", 15, what="heliosd to serve after an early SIGHUP")
+        assert h.stop() == 0
+
+
 def test_sighup_with_yaml_syntax_error_keeps_old_one(heliosd, backend):
     port = free_port()
     h = heliosd(config(port, backend))
@@ -113,6 +137,8 @@ def test_reload_adds_and_removes_a_listener(heliosd, backend):
     p1, p2 = free_port(), free_port()
     h = heliosd(config(p1, backend))
     assert refused(p2)
+    kept = listening_inodes(p1)
+    assert kept
     both = [{"address": f"127.0.0.1:{p1}"}, {"address": f"127.0.0.1:{p2}"}]
     h.reload(config(p1, backend, listeners=both))
     wait_for(lambda: port_accepts(p2), 15, what="the new listener")
@@ -131,6 +157,7 @@ def test_reload_adds_and_removes_a_listener(heliosd, backend):
             r = None
         assert r is None or r.body in (b"v1\n", b"v2\n")
     assert body_of(h) == b"v2\n"
+    assert listening_inodes(p1) == kept, "the listener present in every generation was re-created"
 
 
 def test_long_download_completes_across_reload(heliosd, backends):
@@ -167,6 +194,17 @@ def test_long_download_completes_across_reload(heliosd, backends):
     finally:
         conn.close()
     assert h.alive()
+
+
+def reload_n_times(h, port, backend, reloads, interval):
+    """Alternates the static body v2/v1; after each SIGHUP, waits until the
+    new body is served, so every one of the reloads provably took effect."""
+    for k in range(reloads):
+        t0 = time.monotonic()
+        want = b"v2\n" if k % 2 == 0 else b"v1\n"
+        h.reload(config(port, backend, body=want.decode()))
+        wait_for(lambda: body_of(h) == want, 15, what=f"reload {k + 1} to take effect")
+        time.sleep(max(0.0, interval - (time.monotonic() - t0)))
 
 
 def load_with_reloads(h, port, backend, seconds=10.0, reloads=20, threads=4):
@@ -228,9 +266,7 @@ def load_with_reloads(h, port, backend, seconds=10.0, reloads=20, threads=4):
         t.start()
     interval = seconds / (reloads + 1)
     try:
-        for k in range(reloads):
-            time.sleep(interval)
-            h.reload(config(port, backend, body="v2\n" if k % 2 == 0 else "v1\n"))
+        reload_n_times(h, port, backend, reloads, interval)
         time.sleep(interval)
     finally:
         stop.set()
@@ -244,6 +280,7 @@ def test_20_reloads_under_load_lose_no_request(heliosd, backend):
     port = free_port()
     h = heliosd(config(port, backend))
     stats = load_with_reloads(h, port, backend)
+    print(f"load with reloads: {stats['ok']} ok, {stats['stale_retries']} stale keep-alive retries")
     assert stats["failed"] == [], f"{len(stats['failed'])} failed: {stats['failed'][:10]}"
     assert stats["ok"] >= 200, f"load too light to mean anything: {stats}"
     assert h.alive()
@@ -256,15 +293,13 @@ def test_20_reloads_under_wrk_have_no_errors(heliosd, backend):
     port = free_port()
     h = heliosd(config(port, backend))
     wrk = subprocess.Popen(
-        ["wrk", "-t2", "-c16", "-d10s", "--timeout", "10s", f"http://127.0.0.1:{port}/"],
+        ["wrk", "-t2", "-c16", "-d12s", "--timeout", "10s", f"http://127.0.0.1:{port}/"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
     try:
         time.sleep(0.5)
-        for k in range(20):
-            h.reload(config(port, backend, body="v2\n" if k % 2 == 0 else "v1\n"))
-            time.sleep(0.4)
+        reload_n_times(h, port, backend, 20, 0.4)
         out, _ = wrk.communicate(timeout=60)
     finally:
         if wrk.poll() is None:

@@ -89,7 +89,7 @@ def run(cmd, cwd=None, env=None, what=None):
 
 def need_tool(name):
     if shutil.which(name) is None:
-        pytest.skip(f"{name} not installed")
+        pytest.fail(f"{name} not installed (packaging/install-deps.sh installs it)")
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +97,7 @@ def sdk(tmp_path_factory):
     """The SDK installed from HELIOS_BUILD_DIR into a fresh prefix."""
     need_tool("cmake")
     if not (BUILD_DIR / "CMakeCache.txt").exists():
-        pytest.skip(f"no configured build tree at {BUILD_DIR}")
+        pytest.fail(f"no configured build tree at {BUILD_DIR}")
     prefix = tmp_path_factory.mktemp("sdk-prefix")
     run(["cmake", "--install", BUILD_DIR, "--prefix", prefix, "--component", "sdk"], what="cmake --install")
     return prefix
@@ -281,7 +281,7 @@ def check_config_refused(tmp_path, moddir):
 @pytest.fixture(autouse=True)
 def _need_heliosd():
     if not HELIOSD.exists():
-        pytest.skip(f"heliosd not built: {HELIOSD}")
+        pytest.fail(f"heliosd not built: {HELIOSD}")
 
 
 # --------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from conftest import (
 
 GIB = 1 << 30
 RSS_LIMIT_KB = 64 * 1024
+ASAN_QUARANTINE_KB = 256 * 1024
 
 
 @pytest.fixture
@@ -78,10 +79,15 @@ def warm_up(h):
 
 def check_rss(h, sampler, baseline):
     growth = sampler.max - baseline
+    print(f"RSS baseline {baseline} KiB, peak {sampler.max} KiB, growth {growth} KiB, {sampler.samples} samples")
     assert sampler.samples > 5, "RSS was not sampled during the transfer"
+    limit = RSS_LIMIT_KB
     if is_sanitizer_build():
-        pytest.skip(f"ASan build: RSS growth {growth} KiB not meaningful (quarantine); bytes were verified")
-    assert growth < RSS_LIMIT_KB, f"heliosd RSS grew by {growth} KiB (limit {RSS_LIMIT_KB} KiB)"
+        # ASan keeps up to 256 MiB of freed memory in quarantine: the 64 MiB
+        # acceptance figure is for the normal build; here only catch a
+        # transfer that is buffered whole.
+        limit += ASAN_QUARANTINE_KB
+    assert growth < limit, f"heliosd RSS grew by {growth} KiB (limit {limit} KiB)"
 
 
 @pytest.mark.big

@@ -17,6 +17,7 @@ import pytest
 from conftest import (
     RawConn,
     free_port,
+    parse_responses,
     proxy_config,
     request_bytes,
 )
@@ -83,23 +84,44 @@ def test_connection_without_any_request_is_closed(proxy):
 
 
 def test_client_body_timeout(proxy):
+    # /sink answers only after the whole body: nothing may look like success.
     with RawConn(proxy.port, timeout=30) as c:
-        c.send(request_bytes("POST", "/echo", headers=[("Content-Length", "100")]) + b"0123456789")
+        c.send(request_bytes("POST", "/sink", headers=[("Content-Length", "100")]) + b"0123456789")
         start = time.monotonic()
         elapsed = closed_after(c, start)
         data = bytes(c.buf)
         if data:
             assert re.match(rb"HTTP/1.1 (408|400|502|504)", data), data[:200]
-            assert not data.startswith(b"HTTP/1.1 200")
     assert NOT_BEFORE <= elapsed <= FIRE_WITHIN, elapsed
 
 
 def test_client_body_timeout_chunked(proxy):
     with RawConn(proxy.port, timeout=30) as c:
-        c.send(request_bytes("POST", "/echo", headers=[("Transfer-Encoding", "chunked")]) + b"5\r\nabc")
+        c.send(request_bytes("POST", "/sink", headers=[("Transfer-Encoding", "chunked")]) + b"5\r\nabc")
         start = time.monotonic()
         elapsed = closed_after(c, start)
-        assert not bytes(c.buf).startswith(b"HTTP/1.1 200")
+        data = bytes(c.buf)
+        if data:
+            assert re.match(rb"HTTP/1.1 (408|400|502|504)", data), data[:200]
+    assert NOT_BEFORE <= elapsed <= FIRE_WITHIN, elapsed
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked"])
+def test_client_body_timeout_mid_streamed_response(proxy, framing):
+    # /echo starts answering while the body streams in; when the client
+    # stalls, the response that already began must end visibly incomplete.
+    if framing == "length":
+        req = request_bytes("POST", "/echo", headers=[("Content-Length", "100")]) + b"0123456789"
+    else:
+        req = request_bytes("POST", "/echo", headers=[("Transfer-Encoding", "chunked")]) + b"5\r\nabc"
+    with RawConn(proxy.port, timeout=30) as c:
+        c.send(req)
+        start = time.monotonic()
+        elapsed = closed_after(c, start)
+        rs = parse_responses(bytes(c.buf))
+        assert len(rs) <= 1
+        if rs and rs[0].status == 200:
+            assert not rs[0].complete, "a response cut by the client body timeout looked complete"
     assert NOT_BEFORE <= elapsed <= FIRE_WITHIN, elapsed
 
 
@@ -254,3 +276,30 @@ def test_client_write_timeout_drops_stalled_reader(proxy):
         assert eof, "connection still open after client_write timeout"
         assert total < n, "stalled client got the whole body: no client_write timeout"
     assert proxy.get("/")[0] == 200
+
+
+def test_short_client_timeouts_do_not_cut_a_slow_upstream_response(heliosd, backend):
+    # client_header/body/keepalive are about the client; while heliosd waits
+    # on the upstream (read timeout 10s) they must not fire.
+    h = heliosd(proxy_config(free_port(), backend, timeouts=SHORT,
+                             upstream_extra={"timeouts": {"read": "10s"}}))
+    with RawConn(h.port, timeout=30) as c:
+        c.send(request_bytes("GET", "/slow?ms=2500"))
+        r = c.read_response(timeout=30)
+        assert r is not None and r.status == 200, r
+        c.send(request_bytes("GET", "/"))
+        r = c.read_response()
+        assert r is not None and r.status == 200
+
+
+def test_client_body_timeout_is_between_reads_not_total(heliosd, backend):
+    h = heliosd(proxy_config(free_port(), backend, timeouts=SHORT))
+    n = 10
+    with RawConn(h.port, timeout=30) as c:
+        c.send(request_bytes("POST", "/sink", headers=[("Content-Length", str(n * 100))]))
+        for _ in range(n):  # ~2.5 s in all, never 1 s without progress
+            c.send(bytes(100))
+            time.sleep(0.25)
+        r = c.read_response(timeout=30)
+    assert r is not None and r.status == 200
+    assert b'"bytes":1000' in r.body

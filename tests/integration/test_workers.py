@@ -169,3 +169,19 @@ def test_connection_cap_refuses_third_connection_cleanly(heliosd, backend):
     finally:
         c1.close()
         c2.close()
+
+
+@pytest.mark.skipif(not ipv6_available(), reason="no IPv6 on loopback")
+def test_ipv6_backend(heliosd, tmp_path):
+    from conftest import Backend
+
+    b6 = Backend("six", tmp_path, host="::1").start()
+    try:
+        port = free_port()
+        h = heliosd(make_config(port, routes(), {"app": upstream_conf(b6)}))
+        status, headers, body = h.get("/")
+        assert (status, body) == (200, b"hello from six\n")
+        assert headers.get("x-backend") == "six"
+        assert b6.stats()["requests"] >= 1
+    finally:
+        b6.stop()
