@@ -685,8 +685,24 @@ static void upstream_free(hx_upstream *u)
 {
     if (!u)
         return;
-    /* The balancer is owned by gen->instances. */
+    /* The balancer is owned by gen->instances; runtime changes left their
+     * replaced lists, removed backends and switched balancers here. */
     backends_free(atomic_load(&u->backends));
+    for (size_t i = 0; i < u->nretired; i++) {
+        free(u->retired[i]->v);
+        free(u->retired[i]);
+    }
+    free(u->retired);
+    for (size_t i = 0; i < u->nremoved; i++) {
+        free(u->removed[i]->name);
+        free(u->removed[i]->address);
+        free(u->removed[i]->pools);
+        free(u->removed[i]);
+    }
+    free(u->removed);
+    for (size_t i = 0; i < u->nswitched; i++)
+        hx_instance_free(u->switched[i]);
+    free(u->switched);
     free(u->name);
     free(u);
 }

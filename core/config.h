@@ -28,6 +28,7 @@ typedef struct hx_backend {
     _Atomic int draining;      /* set by the admin API: no new requests */
     _Atomic uint64_t requests; /* totals, relaxed */
     _Atomic uint64_t failures;
+    _Atomic int removed;       /* taken out at runtime: never pooled again */
     const hx_conf_node *node;
     /* keep-alive pools, one per worker, set up by the core when the
      * generation starts (upstream.c); config.c leaves it NULL */
@@ -43,8 +44,18 @@ typedef struct hx_backends {
 typedef struct hx_upstream {
     char *name;
     unsigned index;
-    hx_instance *balancer;
+    hx_instance *balancer;          /* from the configuration */
+    hx_instance *_Atomic balancer_rt; /* set by a runtime switch, else NULL */
     hx_backends *_Atomic backends;
+    /* Runtime changes keep what they replace until the generation ends, so
+     * a worker holding an older list or instance never sees freed memory.
+     * Guarded by the control lock (control.c). */
+    hx_backends **retired;  /* old lists: arrays only, backends shared */
+    size_t nretired;
+    hx_backend **removed;   /* backends no longer in the current list */
+    size_t nremoved;
+    hx_instance **switched; /* balancer instances created at runtime */
+    size_t nswitched;
     /* keep-alive pool, per worker and backend */
     unsigned keepalive_max_idle;
     uint64_t keepalive_idle_ms;

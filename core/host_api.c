@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "control.h"
 #include "http.h"
 #include "log.h"
 #include "module_loader.h"
@@ -484,6 +485,21 @@ static int api_backend_healthy(const helios_backend *b)
 
 int hx_tried_has(const helios_tried *t, size_t i);
 
+static int api_backend_draining(const helios_backend *b)
+{
+    return atomic_load_explicit(&BE(b)->draining, memory_order_relaxed);
+}
+
+static uint64_t api_backend_requests(const helios_backend *b)
+{
+    return atomic_load_explicit(&BE(b)->requests, memory_order_relaxed);
+}
+
+static uint64_t api_backend_failures(const helios_backend *b)
+{
+    return atomic_load_explicit(&BE(b)->failures, memory_order_relaxed);
+}
+
 const helios_host_api hx_host_api = {
     .size = sizeof(helios_host_api),
     .abi_major = HELIOS_ABI_MAJOR,
@@ -548,4 +564,16 @@ const helios_host_api hx_host_api = {
     .backend_set_healthy = api_backend_set_healthy,
     .backend_healthy = api_backend_healthy,
     .tried_has = hx_tried_has,
+    .ctl_backend_add = hx_ctl_backend_add,
+    .ctl_backend_remove = hx_ctl_backend_remove,
+    .ctl_backend_weight = hx_ctl_backend_weight,
+    .ctl_backend_drain = hx_ctl_backend_drain,
+    .ctl_balancer_set = hx_ctl_balancer_set,
+    .ctl_backends_walk = hx_ctl_backends_walk,
+    .ctl_balancer_name = hx_ctl_balancer_name,
+    .ctl_upstreams_count = hx_ctl_upstreams_count,
+    .ctl_upstream_name = hx_ctl_upstream_name,
+    .backend_draining = api_backend_draining,
+    .backend_requests = api_backend_requests,
+    .backend_failures = api_backend_failures,
 };

@@ -23,6 +23,7 @@
 
 #include "accesslog.h"
 #include "config.h"
+#include "control.h"
 #include "log.h"
 #include "worker.h"
 
@@ -124,23 +125,28 @@ static void service_stop(hx_gen *g)
 static void reload(void)
 {
     hx_info("reloading configuration from %s", hx_srv.conf_path);
+    /* runtime control calls (admin API) wait while the generation changes */
+    hx_ctl_lock();
     hx_gen *g = build();
     if (g == NULL) {
         hx_srv.reload_failures++;
         hx_error("reload failed: the running configuration (generation %u) stays",
                  hx_srv.gen->id);
+        hx_ctl_unlock();
         return;
     }
     if (hx_workers_switch(g) != 0) {
         hx_srv.reload_failures++;
         hx_error("reload failed: cannot open listeners; generation %u stays", hx_srv.gen->id);
         hx_gen_unref(g);
+        hx_ctl_unlock();
         return;
     }
     /* services belong to a generation: stop the old ones, start the new */
     service_stop(hx_srv.gen);
     hx_gen *old = hx_srv.gen;
     hx_srv.gen = g;
+    hx_ctl_unlock();
     hx_log_open(g->logging.level, g->logging.error_log);
     hx_accesslog_open(&g->logging);
     service_start(g);

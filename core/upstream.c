@@ -93,24 +93,33 @@ static void pool_remove(hx_upconn *u)
     p->nidle--;
 }
 
+static void pool_drain(hx_worker *w, hx_backend *b)
+{
+    if (b->pools == NULL)
+        return;
+    hx_pool *p = pool_of(w, b);
+    while (p->idle) {
+        hx_upconn *u = p->idle;
+        pool_remove(u);
+        u->state = 0;
+        up_close(u);
+    }
+}
+
 void hx_pools_close_gen(hx_worker *w, hx_gen *g)
 {
     for (size_t i = 0; i < g->nupstreams; i++) {
-        hx_backends *bs = atomic_load(&g->upstreams[i]->backends);
-        for (size_t j = 0; bs && j < bs->n; j++) {
-            hx_backend *b = bs->v[j];
-            if (b->pools == NULL)
-                continue;
-            hx_pool *p = pool_of(w, b);
-            while (p->idle) {
-                hx_upconn *u = p->idle;
-                pool_remove(u);
-                u->state = 0;
-                up_close(u);
-            }
-        }
+        hx_upstream *up = g->upstreams[i];
+        hx_backends *bs = atomic_load(&up->backends);
+        for (size_t j = 0; bs && j < bs->n; j++)
+            pool_drain(w, bs->v[j]);
+        /* workers are all done with this generation: no lock needed */
+        for (size_t j = 0; j < up->nremoved; j++)
+            pool_drain(w, up->removed[j]);
     }
 }
+
+void hx_pool_drain_backend(hx_worker *w, hx_backend *b) { pool_drain(w, b); }
 
 /* ------------------------------------------------------------------ */
 
@@ -166,6 +175,7 @@ static void up_release(hx_upconn *u)
 {
     hx_req *r = u->req;
     int keep = llhttp_should_keep_alive(&u->parser) && u->body_queued_all &&
+               !atomic_load_explicit(&u->b->removed, memory_order_relaxed) &&
                hx_buf_size(&u->out) == 0 && u->u->keepalive_max_idle > 0 && !u->w->stopping &&
                r && r->wg->current;
     hx_pool *p = pool_of(u->w, u->b);
@@ -851,9 +861,13 @@ void hx_proxy_start(hx_req *r)
         memset(r->tried, 0, bs->n);
         r->tried_n = bs->n;
     }
-    const hx_instance *bal = up->balancer;
-    helios_ctx ctx;
-    hx_ctx_init(&ctx, r, bal);
+    const hx_instance *bal = r->wg->bal[up->index];
+    helios_ctx ctx = {.size = sizeof(ctx),
+                      .cfg = bal->cfg,
+                      .wstate = r->wg->bal_ws[up->index],
+                      .rstate = NULL,
+                      .req = (helios_request *)r,
+                      .worker = (helios_worker *)r->w};
     int idx = bal->mod->balancer->pick(&ctx, (const helios_backends *)bs,
                                        (const helios_tried *)r);
     if (idx < 0 || (size_t)idx >= bs->n || r->tried[idx] ||

@@ -25,6 +25,8 @@ void hx_pools_close_gen(hx_worker *w, hx_gen *g);
 /* Pools per backend: an array of per-worker pool heads allocated with the
  * backend (config.c calls this). */
 int hx_backend_pools_init(hx_backend *b, unsigned nworkers);
+/* Worker thread: closes W's idle connections to B (B was removed). */
+void hx_pool_drain_backend(hx_worker *w, hx_backend *b);
 void hx_backend_pools_free(hx_backend *b);
 
 #endif

@@ -118,6 +118,14 @@ static void wgen_fini(hx_wgen *v)
         if (inst->mod->desc->worker_fini && v->wstates[i] != (void *)-1)
             inst->mod->desc->worker_fini(inst->cfg, (helios_worker *)w, v->wstates[i]);
     }
+    for (size_t i = v->nextra; i-- > 0;) {
+        hx_instance *inst = v->extra[i].inst;
+        if (inst->mod->desc->worker_fini)
+            inst->mod->desc->worker_fini(inst->cfg, (helios_worker *)w, v->extra[i].ws);
+    }
+    free(v->extra);
+    free(v->bal);
+    free(v->bal_ws);
     hx_pools_close_gen(w, g);
     hx_wgen **pp = &w->draining;
     while (*pp && *pp != v)
@@ -145,7 +153,12 @@ static hx_wgen *wgen_new(hx_worker *w, hx_gen *g)
     v->gen = g;
     v->w = w;
     v->wstates = calloc(g->ninstances + 1, sizeof(void *));
-    if (v->wstates == NULL) {
+    v->bal = calloc(g->nupstreams + 1, sizeof(*v->bal));
+    v->bal_ws = calloc(g->nupstreams + 1, sizeof(*v->bal_ws));
+    if (v->wstates == NULL || v->bal == NULL || v->bal_ws == NULL) {
+        free(v->wstates);
+        free(v->bal);
+        free(v->bal_ws);
         free(v);
         return NULL;
     }
@@ -159,6 +172,10 @@ static hx_wgen *wgen_new(hx_worker *w, hx_gen *g)
             v->wstates[i] = (void *)-1; /* no worker_fini for it */
             v->broken = inst->mod->name;
         }
+    }
+    for (size_t i = 0; i < g->nupstreams; i++) {
+        v->bal[i] = g->upstreams[i]->balancer;
+        v->bal_ws[i] = v->wstates[v->bal[i]->slot];
     }
     return v;
 }

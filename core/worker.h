@@ -28,6 +28,15 @@ typedef struct hx_wgen {
     long refs;      /* worker-local */
     int current;
     const char *broken; /* a module's worker_init failed: 503 on this view */
+    /* Balancer per upstream as this worker sees it: the configured one
+     * until a runtime switch reaches this worker (control.c). */
+    hx_instance **bal; /* [gen->nupstreams] */
+    void **bal_ws;
+    struct hx_wextra {
+        hx_instance *inst;
+        void *ws;
+    } *extra; /* switched-in balancers' worker states, finalised with the view */
+    size_t nextra;
     struct hx_wgen *next; /* worker's list of draining views */
 } hx_wgen;
 

@@ -178,6 +178,51 @@ struct helios_host_api {
     /* 1 if index I of the backend list was already tried by this request;
      * a NULL T means nothing was tried. */
     int (*tried_has)(const helios_tried *t, size_t i);
+
+    /* ---- control plane (any thread; typically a service thread such as
+     * the admin API). Calls may block (name resolution, a lock shared with
+     * reloads), so keep them off request hot paths. They are serialised
+     * with each other and with reloads, act on the running generation, take
+     * effect for requests that start afterwards, and never disturb
+     * requests in flight. Names, not handles, so nothing dangles across a
+     * reload. Each returns 0, or -1 with a message in ERR (which may be
+     * NULL): an unknown upstream or backend, a duplicate name, a bad
+     * address, or a balancer module that does not load or rejects its
+     * configuration. A runtime change lasts until the next reload or
+     * restart, which rebuild everything from the configuration files. ---- */
+
+    /* Appends a backend (ADDRESS as in the configuration; WEIGHT 1..10000). */
+    int (*ctl_backend_add)(const char *upstream, const char *name, const char *address,
+                           uint32_t weight, char *err, size_t errlen);
+    /* Removes a backend: no new requests; those in flight complete. */
+    int (*ctl_backend_remove)(const char *upstream, const char *name, char *err, size_t errlen);
+    /* Changes a backend's weight (1..10000). */
+    int (*ctl_backend_weight)(const char *upstream, const char *name, uint32_t weight, char *err,
+                              size_t errlen);
+    /* Drains (1) or undrains (0) a backend: a drained backend is not
+     * usable for new requests; requests in flight complete. */
+    int (*ctl_backend_drain)(const char *upstream, const char *name, int drain, char *err,
+                             size_t errlen);
+    /* Switches the upstream to balancer module MODULE with no `config:`.
+     * Every worker moves to it at its next loop iteration; requests keep
+     * the backend they already have. */
+    int (*ctl_balancer_set)(const char *upstream, const char *module, char *err, size_t errlen);
+
+    /* A JSON-free snapshot of one upstream for reporting: calls FN once per
+     * backend with its state, under the control lock (do not call ctl_*
+     * from FN). Returns the number of backends, or -1 if unknown. */
+    long (*ctl_backends_walk)(const char *upstream,
+                              void (*fn)(void *arg, const helios_backend *b), void *arg);
+    /* Name of the balancer module an upstream uses now, or NULL. */
+    const char *(*ctl_balancer_name)(const char *upstream);
+    /* Number of upstreams in the running generation; the I-th name copied
+     * into BUF (0, or -1 when I is out of range or BUF too small). */
+    size_t (*ctl_upstreams_count)(void);
+    int (*ctl_upstream_name)(size_t i, char *buf, size_t size);
+    /* Draining flag and totals of a backend (atomic, relaxed). */
+    int (*backend_draining)(const helios_backend *b);
+    uint64_t (*backend_requests)(const helios_backend *b);
+    uint64_t (*backend_failures)(const helios_backend *b);
 };
 
 #endif

@@ -1,0 +1,27 @@
+/*
+ * control.h - runtime changes to the running generation (host API ctl_*).
+ * Any thread; serialised by one mutex that reloads also hold.
+ */
+#ifndef HX_CONTROL_H
+#define HX_CONTROL_H
+
+#include <helios.h>
+
+void hx_ctl_lock(void);
+void hx_ctl_unlock(void);
+
+int hx_ctl_backend_add(const char *upstream, const char *name, const char *address,
+                       uint32_t weight, char *err, size_t errlen);
+int hx_ctl_backend_remove(const char *upstream, const char *name, char *err, size_t errlen);
+int hx_ctl_backend_weight(const char *upstream, const char *name, uint32_t weight, char *err,
+                          size_t errlen);
+int hx_ctl_backend_drain(const char *upstream, const char *name, int drain, char *err,
+                         size_t errlen);
+int hx_ctl_balancer_set(const char *upstream, const char *module, char *err, size_t errlen);
+long hx_ctl_backends_walk(const char *upstream, void (*fn)(void *, const helios_backend *),
+                          void *arg);
+const char *hx_ctl_balancer_name(const char *upstream);
+size_t hx_ctl_upstreams_count(void);
+int hx_ctl_upstream_name(size_t i, char *buf, size_t size);
+
+#endif
