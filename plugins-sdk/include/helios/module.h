@@ -73,9 +73,14 @@ typedef struct helios_balancer_hooks {
      * api->backend_usable() is 0 and, when another choice exists, those in
      * TRIED (api->tried_has). BACKENDS is immutable during the call. */
     int (*pick)(helios_ctx *c, const helios_backends *backends, const helios_tried *tried);
-    /* The backend list of this upstream was replaced (add, remove, weight
-     * change); called on the main thread before the new list is used by any
-     * worker, with the new list. May be NULL. Return non-zero to refuse. */
+    /* The backend list of this upstream was replaced (a backend added or
+     * removed at runtime); called on the control thread before any worker
+     * sees the new list, with the new list. Weight, drain and health changes
+     * do not replace the list: read them on every pick. Workers may still
+     * pick from an older list for a while; lists are never freed or reused
+     * before the generation ends, so comparing list pointers is a safe way
+     * to notice a change in per-worker state. May be NULL. Non-zero refuses
+     * the change. */
     int (*backends_changed)(void *cfg, const helios_backends *backends);
 } helios_balancer_hooks;
 
