@@ -59,6 +59,35 @@ static inline void hx_buf_consume(hx_buf *b, size_t n)
         b->off = b->len = 0;
 }
 
+/* Decimal / hex digits of V into OUT (no NUL); returns the length. The
+ * response path formats numbers per request, without printf. */
+static inline size_t hx_u64_dec(char *out, unsigned long long v)
+{
+    char tmp[20];
+    size_t n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    for (size_t i = 0; i < n; i++)
+        out[i] = tmp[n - 1 - i];
+    return n;
+}
+
+static inline size_t hx_u64_hex(char *out, unsigned long long v)
+{
+    static const char digits[] = "0123456789abcdef";
+    char tmp[16];
+    size_t n = 0;
+    do {
+        tmp[n++] = digits[v & 15];
+        v >>= 4;
+    } while (v);
+    for (size_t i = 0; i < n; i++)
+        out[i] = tmp[n - 1 - i];
+    return n;
+}
+
 static inline void hx_buf_reset(hx_buf *b) { b->off = b->len = 0; }
 
 /* Gives memory back when a big transfer left a big buffer behind. */

@@ -138,6 +138,7 @@ struct hx_conn {
     int msg_paused;    /* parser paused at message complete */
     int reading;       /* rio active */
     int close_after;   /* close once the current response is flushed */
+    int half_closed;   /* the client shut down its side: read no more */
     ev_tstamp head_start;
     ev_tstamp last_io;
     unsigned head_state; /* raw head validator state */
@@ -170,7 +171,8 @@ int hx_resp_body(hx_req *r, const char *p, size_t n, int last);
 void hx_resp_abort(hx_req *r, const char *why);     /* cannot complete: close */
 
 /* http1.c helpers used by request.c and upstream.c */
-int hx_conn_write(hx_conn *c, const void *p, size_t n); /* queue + try send */
+int hx_conn_write(hx_conn *c, const void *p, size_t n); /* queue; sent at flush */
+void hx_conn_flush(hx_conn *c); /* send what is queued (conn_leave does it) */
 size_t hx_conn_pending(const hx_conn *c);
 void hx_conn_request_body_wanted(hx_conn *c);           /* resume reading body */
 void hx_req_finish(hx_req *r);                          /* response fully queued */

@@ -162,33 +162,38 @@ static long head_validate(hx_conn *c, const char *p, size_t n)
 
 size_t hx_conn_pending(const hx_conn *c) { return hx_buf_size(&c->out); }
 
+/* Output is queued and sent once per event-loop pass (hx_conn_flush, run
+ * by conn_leave): a response head, its body and chunk framing leave in one
+ * send(2) instead of several. */
 int hx_conn_write(hx_conn *c, const void *p, size_t n)
 {
-    if (c->fd < 0)
+    if (c->fd < 0 || (c->head_flags & C_DEAD))
         return -1;
-    if (hx_buf_size(&c->out) == 0 && !ev_is_active(&c->wio)) {
-        /* fast path: straight to the socket, buffer only the rest */
-        ssize_t w = send(c->fd, p, n, MSG_NOSIGNAL);
-        if (w < 0) {
-            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
-                c->head_flags |= C_DEAD;
-                return -1;
-            }
-            w = 0;
-        }
-        c->last_io = ev_now(c->w->loop);
-        p = (const char *)p + w;
-        n -= (size_t)w;
-        if (n == 0)
-            return 0;
-    }
     if (hx_buf_append(&c->out, p, n) != 0) {
         c->head_flags |= C_DEAD;
         return -1;
     }
-    if (!ev_is_active(&c->wio))
-        ev_io_start(c->w->loop, &c->wio);
     return 0;
+}
+
+void hx_conn_flush(hx_conn *c)
+{
+    if (c->fd < 0 || (c->head_flags & C_DEAD) || ev_is_active(&c->wio))
+        return; /* a pending EV_WRITE will do it */
+    while (hx_buf_size(&c->out) > 0) {
+        ssize_t w = send(c->fd, hx_buf_head(&c->out), hx_buf_size(&c->out), MSG_NOSIGNAL);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno != EAGAIN && errno != EWOULDBLOCK)
+                c->head_flags |= C_DEAD;
+            break;
+        }
+        c->last_io = ev_now(c->w->loop);
+        hx_buf_consume(&c->out, (size_t)w);
+    }
+    if (hx_buf_size(&c->out) > 0 && !(c->head_flags & C_DEAD))
+        ev_io_start(c->w->loop, &c->wio);
 }
 
 static void conn_write_cb(struct ev_loop *loop, ev_io *io, int revents)
@@ -335,6 +340,7 @@ static void conn_leave(hx_conn *c)
     if ((c->head_flags >> C_BUSY_SHIFT) != 0)
         return;
     for (int guard = 0; guard < 1000; guard++) {
+        hx_conn_flush(c);
         if (c->head_flags & C_DEAD) {
             conn_close(c);
             return;
@@ -380,9 +386,9 @@ static void conn_leave(hx_conn *c)
         break;
     }
     /* Resume reading when there is room and something to read for. */
-    int want = c->state != HX_CS_CLOSING &&
-               (c->state == HX_CS_IDLE || c->state == HX_CS_HEAD ||
-                (c->req && !c->req->body_done && !c->head_paused)) &&
+    /* Keep reading (pipelined bytes wait in the buffer) unless the buffer
+     * is full: toggling the watcher per request costs an epoll_ctl. */
+    int want = c->state != HX_CS_CLOSING && !c->half_closed &&
                hx_buf_size(&c->in) < (c->req ? c->req->gen->limits.max_body_buffer
                                              : c->w->wgen->gen->limits.max_header_size +
                                                    c->w->wgen->gen->limits.max_request_line);
@@ -824,6 +830,7 @@ static void conn_read_cb(struct ev_loop *loop, ev_io *io, int revents)
             /* half-close after a full request: keep answering */
             ev_io_stop(loop, &c->rio);
             c->reading = 0;
+            c->half_closed = 1;
             c->close_after = 1;
             conn_leave(c);
             return;

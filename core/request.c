@@ -393,7 +393,7 @@ int hx_req_respond(hx_req *r, int status, const char *ctype, const void *body, s
         hx_hdrs_add(&r->arena, &r->rhdrs, "Content-Type", 12, ctype, strlen(ctype));
     }
     char cl[24];
-    int n = snprintf(cl, sizeof(cl), "%zu", len);
+    int n = (int)hx_u64_dec(cl, len);
     hx_hdrs_remove(&r->rhdrs, "content-length");
     if (status >= 200 && status != 204 && status != 304)
         hx_hdrs_add(&r->arena, &r->rhdrs, "Content-Length", 14, cl, (size_t)n);
@@ -510,11 +510,17 @@ int hx_resp_begin(hx_req *r)
     if (!keep)
         c->close_after = 1;
 
-    /* serialise */
-    hx_buf head = {0};
+    /* serialise straight into the connection's output */
+    hx_buf *head = &c->out;
     char line[64];
-    int n = snprintf(line, sizeof(line), "HTTP/1.1 %d %s\r\n", status, hx_reason(status));
-    hx_buf_append(&head, line, (size_t)n);
+    const char *reason = hx_reason(status);
+    size_t rl = strlen(reason);
+    memcpy(line, "HTTP/1.1 ", 9);
+    size_t n = 9 + hx_u64_dec(line + 9, (unsigned)status);
+    line[n++] = ' ';
+    hx_buf_append(head, line, n);
+    hx_buf_append(head, reason, rl);
+    hx_buf_append(head, "\r\n", 2);
     for (size_t i = 0; i < r->rhdrs.n; i++) {
         const hx_hdr *h = &r->rhdrs.v[i];
         if (hx_is_hop_header(h->name.ptr, h->name.len) ||
@@ -530,26 +536,24 @@ int hx_resp_begin(hx_req *r)
             hx_warn("dropping invalid response header '%.*s'", (int)h->name.len, h->name.ptr);
             continue;
         }
-        hx_buf_append(&head, h->name.ptr, h->name.len);
-        hx_buf_append(&head, ": ", 2);
-        hx_buf_append(&head, h->value.ptr, h->value.len);
-        hx_buf_append(&head, "\r\n", 2);
+        hx_buf_append(head, h->name.ptr, h->name.len);
+        hx_buf_append(head, ": ", 2);
+        hx_buf_append(head, h->value.ptr, h->value.len);
+        hx_buf_append(head, "\r\n", 2);
     }
     if (r->resp_chunked)
-        hx_buf_append(&head, "Transfer-Encoding: chunked\r\n", 28);
+        hx_buf_append(head, "Transfer-Encoding: chunked\r\n", 28);
     if (!keep)
-        hx_buf_append(&head, "Connection: close\r\n", 19);
+        hx_buf_append(head, "Connection: close\r\n", 19);
     else if (r->http_minor == 0)
-        hx_buf_append(&head, "Connection: keep-alive\r\n", 24);
-    hx_buf_append(&head, "\r\n", 2);
+        hx_buf_append(head, "Connection: keep-alive\r\n", 24);
+    hx_buf_append(head, "\r\n", 2);
     r->head_sent = 1;
-    int rc = hx_conn_write(c, hx_buf_head(&head), hx_buf_size(&head));
-    hx_buf_free(&head);
     if (r->resp_no_body) {
         r->resp_done = 1;
         hx_req_finish(r);
     }
-    return rc < 0 ? 0 : 0;
+    return 0;
 }
 
 int hx_resp_body(hx_req *r, const char *p, size_t n, int last)
@@ -580,8 +584,10 @@ int hx_resp_body(hx_req *r, const char *p, size_t n, int last)
         }
         if (r->resp_chunked) {
             char hdr[24];
-            int hn = snprintf(hdr, sizeof(hdr), "%zx\r\n", chunk.len);
-            hx_conn_write(c, hdr, (size_t)hn);
+            size_t hn = hx_u64_hex(hdr, chunk.len);
+            hdr[hn++] = '\r';
+            hdr[hn++] = '\n';
+            hx_conn_write(c, hdr, hn);
             hx_conn_write(c, chunk.ptr, chunk.len);
             hx_conn_write(c, "\r\n", 2);
         } else {

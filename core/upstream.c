@@ -210,15 +210,6 @@ static void idle_read_cb(struct ev_loop *loop, ev_io *io, int revents)
     up_close(io->data);
 }
 
-/* 1 = looks alive; checked right before reuse to catch a FIN that libev
- * has not reported yet. */
-static int up_alive(hx_upconn *u)
-{
-    char b;
-    ssize_t n = recv(u->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
-    return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
-}
-
 /* ------------------------------------------------------------------ */
 /* request serialisation                                               */
 
@@ -324,8 +315,9 @@ static int serialize_request(hx_req *r, hx_buf *o)
     } else if (r->content_length >= 0 && (r->has_body || r->method_id == HTTP_POST ||
                                           r->method_id == HTTP_PUT)) {
         char cl[48];
-        snprintf(cl, sizeof(cl), "Content-Length: %lld\r\n", (long long)r->content_length);
-        append(o, cl);
+        append(o, "Content-Length: ");
+        hx_buf_append(o, cl, hx_u64_dec(cl, (unsigned long long)r->content_length));
+        append(o, "\r\n");
     }
     if (r->route->upstream->keepalive_max_idle == 0)
         append(o, "Connection: close\r\n");
@@ -378,8 +370,10 @@ int hx_proxy_body(hx_req *r, const char *p, size_t n, int last)
         r->req_sent_some = 1;
         if (r->up_chunked) {
             char hdr[24];
-            int hn = snprintf(hdr, sizeof(hdr), "%zx\r\n", n);
-            hx_buf_append(&u->out, hdr, (size_t)hn);
+            size_t hn = hx_u64_hex(hdr, n);
+            hdr[hn++] = '\r';
+            hdr[hn++] = '\n';
+            hx_buf_append(&u->out, hdr, hn);
             hx_buf_append(&u->out, p, n);
             hx_buf_append(&u->out, "\r\n", 2);
         } else {
@@ -477,6 +471,7 @@ static void up_read_cb(struct ev_loop *loop, ev_io *io, int revents)
                      llhttp_get_error_reason(&u->parser));
             up_fail(u, HELIOS_OUTCOME_BAD_RESPONSE, why);
         } else if (u->req == r) {
+            hx_conn_flush(c);
             if (hx_conn_pending(c) > r->gen->limits.max_body_buffer) {
                 ev_io_stop(loop, &u->rio);
                 u->reading_paused = 1;
@@ -761,20 +756,21 @@ static void try_backend(hx_req *r)
     hx_worker *w = r->w;
     hx_backend *b = r->backend;
     hx_pool *p = pool_of(w, b);
-    snprintf(r->upstream_addr, sizeof(r->upstream_addr), "%s", b->address);
+    size_t al = strlen(b->address);
+    if (al >= sizeof(r->upstream_addr))
+        al = sizeof(r->upstream_addr) - 1;
+    memcpy(r->upstream_addr, b->address, al);
+    r->upstream_addr[al] = '\0';
     if (r->up_start == 0)
         r->up_start = ev_now(w->loop);
-    /* a pooled connection first */
-    while (p->idle) {
+    /* A pooled connection first. A backend that closed it while idle was
+     * noticed by idle_read_cb; one that closes it right now is caught by
+     * the stale-connection retry in up_fail. */
+    if (p->idle) {
         hx_upconn *u = p->idle;
         pool_remove(u);
         ev_io_stop(w->loop, &u->rio);
         ev_timer_stop(w->loop, &u->timer);
-        if (!up_alive(u)) {
-            u->state = 0;
-            up_close(u);
-            continue;
-        }
         u->req = r;
         u->reused = 1;
         r->up = u;
