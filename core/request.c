@@ -512,6 +512,7 @@ int hx_resp_begin(hx_req *r)
 
     /* serialise straight into the connection's output */
     hx_buf *head = &c->out;
+    int has_connection = hx_hdrs_get(&r->rhdrs, "connection").ptr != NULL;
     char line[64];
     const char *reason = hx_reason(status);
     size_t rl = strlen(reason);
@@ -524,7 +525,7 @@ int hx_resp_begin(hx_req *r)
     for (size_t i = 0; i < r->rhdrs.n; i++) {
         const hx_hdr *h = &r->rhdrs.v[i];
         if (hx_is_hop_header(h->name.ptr, h->name.len) ||
-            hx_hdrs_connection_lists(&r->rhdrs, h->name.ptr, h->name.len))
+            (has_connection && hx_hdrs_connection_lists(&r->rhdrs, h->name.ptr, h->name.len)))
             continue;
         if (h->name.len == 14 && strncasecmp(h->name.ptr, "content-length", 14) == 0 &&
             (r->resp_chunked || r->resp_close || (r->resp_no_body && !r->is_head &&

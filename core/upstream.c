@@ -239,10 +239,11 @@ static int serialize_request(hx_req *r, hx_buf *o)
     hx_addr_ip_str((const struct sockaddr *)&r->conn->peer, peer, sizeof(peer));
     helios_buf xff = {0}, fwd = {0}, xfp = {0}, xfh = {0};
     int have_host = 0;
+    int has_connection = hx_hdrs_get(&r->hdrs, "connection").ptr != NULL;
     for (size_t i = 0; i < r->hdrs.n; i++) {
         const hx_hdr *h = &r->hdrs.v[i];
         if (hx_is_hop_header(h->name.ptr, h->name.len) || is_named(h, "content-length", 14) ||
-            hx_hdrs_connection_lists(&r->hdrs, h->name.ptr, h->name.len))
+            (has_connection && hx_hdrs_connection_lists(&r->hdrs, h->name.ptr, h->name.len)))
             continue;
         if (is_named(h, "x-forwarded-for", 15)) {
             xff = h->value;
