@@ -142,11 +142,14 @@ static void reload(void)
         hx_ctl_unlock();
         return;
     }
-    /* services belong to a generation: stop the old ones, start the new */
-    service_stop(hx_srv.gen);
     hx_gen *old = hx_srv.gen;
     hx_srv.gen = g;
+    /* Unlock before stopping services: a service's stop() joins its thread,
+     * which may be waiting for this lock inside a ctl_* call. Control calls
+     * made in between act on the new generation. */
     hx_ctl_unlock();
+    /* services belong to a generation: stop the old ones, start the new */
+    service_stop(old);
     hx_log_open(g->logging.level, g->logging.error_log);
     hx_accesslog_open(&g->logging);
     service_start(g);

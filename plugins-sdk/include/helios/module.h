@@ -123,8 +123,9 @@ typedef struct helios_module {
     const char *version;  /* the module's own version, free-form */
     const char *build_sig; /* HELIOS_BUILD_SIGNATURE */
 
-    /* Parses one instance's `config:` node (NULL when absent) on the main
-     * thread. On success stores the instance config in *CFG and returns 0.
+    /* Parses one instance's `config:` node (NULL when absent), on the main
+     * thread or, for a balancer switched in at runtime (ctl_balancer_set),
+     * on the thread making that call; never two at once. On success stores the instance config in *CFG and returns 0.
      * On failure reports each problem with api->conf_error (which records
      * file:line:col and key path) and returns -1. Runs again for every
      * configuration generation (reload). May be NULL: the instance accepts
