@@ -128,6 +128,7 @@ struct hx_conn {
     int state;
     struct sockaddr_storage peer;
     socklen_t peer_len;
+    char peer_ip[46]; /* formatted once per connection: X-Forwarded-For etc. */
 
     llhttp_t parser;
     hx_buf in;
@@ -173,6 +174,8 @@ void hx_resp_abort(hx_req *r, const char *why);     /* cannot complete: close */
 /* http1.c helpers used by request.c and upstream.c */
 int hx_conn_write(hx_conn *c, const void *p, size_t n); /* queue; sent at flush */
 void hx_conn_flush(hx_conn *c); /* send what is queued (conn_leave does it) */
+struct iovec;
+int hx_conn_writev(hx_conn *c, const struct iovec *iov, int cnt); /* big pieces */
 size_t hx_conn_pending(const hx_conn *c);
 void hx_conn_request_body_wanted(hx_conn *c);           /* resume reading body */
 void hx_req_finish(hx_req *r);                          /* response fully queued */

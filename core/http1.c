@@ -19,6 +19,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "accesslog.h"
@@ -27,6 +28,7 @@
 #include "upstream.h"
 
 #define HX_READ_CHUNK 16384
+#define HX_WRITEV_MIN 4096 /* below this, copying and coalescing is cheaper */
 #define HX_REQ_ARENA 4096
 
 /* head validator states */
@@ -173,6 +175,61 @@ int hx_conn_write(hx_conn *c, const void *p, size_t n)
         c->head_flags |= C_DEAD;
         return -1;
     }
+    return 0;
+}
+
+/* Large body pieces skip the copy: what is queued and the pieces go out in
+ * one writev(2); only what the socket does not take is buffered. */
+int hx_conn_writev(hx_conn *c, const struct iovec *iov, int cnt)
+{
+    size_t total = 0;
+    for (int i = 0; i < cnt; i++)
+        total += iov[i].iov_len;
+    if (c->fd < 0 || (c->head_flags & C_DEAD))
+        return -1;
+    if (total < HX_WRITEV_MIN || ev_is_active(&c->wio) || cnt > 7) {
+        for (int i = 0; i < cnt; i++)
+            if (hx_conn_write(c, iov[i].iov_base, iov[i].iov_len) != 0)
+                return -1;
+        return 0;
+    }
+    struct iovec v[8];
+    int n = 0;
+    size_t queued = hx_buf_size(&c->out);
+    if (queued)
+        v[n++] = (struct iovec){hx_buf_head(&c->out), queued};
+    for (int i = 0; i < cnt; i++)
+        v[n++] = iov[i];
+    ssize_t w;
+    do {
+        w = writev(c->fd, v, n);
+    } while (w < 0 && errno == EINTR);
+    if (w < 0) {
+        if (errno != EAGAIN && errno != EWOULDBLOCK) {
+            c->head_flags |= C_DEAD;
+            return -1;
+        }
+        w = 0;
+    }
+    c->last_io = ev_now(c->w->loop);
+    size_t done = (size_t)w;
+    size_t from_out = done < queued ? done : queued;
+    hx_buf_consume(&c->out, from_out);
+    done -= from_out;
+    for (int i = 0; i < cnt; i++) {
+        size_t len = iov[i].iov_len;
+        if (done >= len) {
+            done -= len;
+            continue;
+        }
+        if (hx_buf_append(&c->out, (const char *)iov[i].iov_base + done, len - done) != 0) {
+            c->head_flags |= C_DEAD;
+            return -1;
+        }
+        done = 0;
+    }
+    if (hx_buf_size(&c->out) > 0)
+        ev_io_start(c->w->loop, &c->wio);
     return 0;
 }
 
@@ -929,6 +986,7 @@ void hx_conn_accept(hx_lsock *ls, int fd, const struct sockaddr *sa, socklen_t s
     c->fd = fd;
     memcpy(&c->peer, sa, salen);
     c->peer_len = salen;
+    hx_addr_ip_str(sa, c->peer_ip, sizeof(c->peer_ip));
     llhttp_init(&c->parser, HTTP_REQUEST, req_settings());
     c->parser.data = c;
     ev_io_init(&c->rio, conn_read_cb, fd, EV_READ);

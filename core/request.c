@@ -3,6 +3,7 @@
  * filter chain, handlers, and the response path (filters, framing).
  */
 #include <arpa/inet.h>
+#include <sys/uio.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
@@ -588,11 +589,11 @@ int hx_resp_body(hx_req *r, const char *p, size_t n, int last)
             size_t hn = hx_u64_hex(hdr, chunk.len);
             hdr[hn++] = '\r';
             hdr[hn++] = '\n';
-            hx_conn_write(c, hdr, hn);
-            hx_conn_write(c, chunk.ptr, chunk.len);
-            hx_conn_write(c, "\r\n", 2);
+            struct iovec v[3] = {{hdr, hn}, {(void *)chunk.ptr, chunk.len}, {"\r\n", 2}};
+            hx_conn_writev(c, v, 3);
         } else {
-            hx_conn_write(c, chunk.ptr, chunk.len);
+            struct iovec v[1] = {{(void *)chunk.ptr, chunk.len}};
+            hx_conn_writev(c, v, 1);
         }
         r->bytes_out += chunk.len;
     }

@@ -235,8 +235,7 @@ static int serialize_request(hx_req *r, hx_buf *o)
     hx_buf_append(o, r->target.ptr, r->target.len);
     append(o, " HTTP/1.1\r\n");
     int trusted = peer_trusted(r);
-    char peer[64];
-    hx_addr_ip_str((const struct sockaddr *)&r->conn->peer, peer, sizeof(peer));
+    const char *peer = r->conn->peer_ip;
     helios_buf xff = {0}, fwd = {0}, xfp = {0}, xfh = {0};
     int have_host = 0;
     int has_connection = hx_hdrs_get(&r->hdrs, "connection").ptr != NULL;
