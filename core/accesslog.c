@@ -109,6 +109,13 @@ void hx_accesslog_write(const hx_req *r)
     const char *route = r->route && r->route->name ? r->route->name : "-";
     const char *up = r->upstream_addr[0] ? r->upstream_addr : "-";
     const char *proto = r->http_minor == 0 ? "HTTP/1.0" : "HTTP/1.1";
+    static const char *const brk[] = {"closed", "open", "half-open"};
+    const char *health = "-", *breaker = "-";
+    if (r->backend) {
+        health = atomic_load(&r->backend->healthy) ? "up" : "down";
+        int bs = atomic_load(&r->backend->breaker);
+        breaker = bs >= 0 && bs <= 2 ? brk[bs] : "-";
+    }
     int status = r->aborted && r->status == 0 ? 0 : r->status;
     int n;
     if (al_format == HX_LOG_FMT_JSON) {
@@ -123,10 +130,12 @@ void hx_accesslog_write(const hx_req *r)
                      "{\"time\":\"%s\",\"client\":\"%s\",\"method\":\"%.*s\",\"path\":\"%.*s\","
                      "\"protocol\":\"%s\",\"status\":%d,\"bytes_in\":%llu,\"bytes_out\":%llu,"
                      "\"duration_ms\":%ld,\"route\":\"%.*s\",\"upstream\":\"%s\","
-                     "\"upstream_ms\":%ld,\"aborted\":%s}\n",
+                     "\"upstream_ms\":%ld,\"tries\":%u,\"backend_health\":\"%s\","
+                     "\"breaker\":\"%s\",\"aborted\":%s}\n",
                      ts, client, (int)ml, method, (int)pl, path, proto, status,
                      (unsigned long long)r->bytes_in, (unsigned long long)r->bytes_out, dur,
-                     (int)rl, rt, up, up_ms, r->aborted ? "true" : "false");
+                     (int)rl, rt, up, up_ms, r->attempts, health, breaker,
+                     r->aborted ? "true" : "false");
     } else {
         char method[64];
         size_t ml = text_esc(method, sizeof(method), r->method.ptr ? r->method.ptr : "-",
@@ -135,10 +144,10 @@ void hx_accesslog_write(const hx_req *r)
                              r->target.len);
         n = snprintf(line, sizeof(line),
                      "%s %s \"%.*s %.*s %s\" %d %llu %llu %ld route=%s upstream=%s "
-                     "upstream_ms=%ld%s\n",
+                     "upstream_ms=%ld tries=%u backend=%s breaker=%s%s\n",
                      ts, client, (int)ml, method, (int)pl, path, proto, status,
                      (unsigned long long)r->bytes_in, (unsigned long long)r->bytes_out, dur,
-                     route, up, up_ms, r->aborted ? " aborted" : "");
+                     route, up, up_ms, r->attempts, health, breaker, r->aborted ? " aborted" : "");
     }
     if (n > 0) {
         if ((size_t)n >= sizeof(line)) {

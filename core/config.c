@@ -709,7 +709,10 @@ static void upstream_free(hx_upstream *u)
 
 static hx_upstream *parse_upstream(build *b, const char *name, const hx_conf_node *un)
 {
-    static const char *const keys[] = {"balancer", "backends", "keepalive", "timeouts", NULL};
+    static const char *const keys[] = {"balancer", "backends", "keepalive", "timeouts",
+                                       "retries",  NULL};
+    static const char *const re_keys[] = {"tries", "on", "per_try_timeout", "budget_percent",
+                                          "budget_min", NULL};
     static const char *const ka_keys[] = {"max_idle", "idle_timeout", NULL};
     static const char *const to_keys[] = {"connect", "read", "send", NULL};
     int ok = 1;
@@ -758,6 +761,49 @@ static hx_upstream *parse_upstream(build *b, const char *name, const hx_conf_nod
         hx_conf_duration_ms(to, "read", 60000, &u->read_timeout_ms) < 0 ||
         hx_conf_duration_ms(to, "send", 60000, &u->send_timeout_ms) < 0)
         ok = 0;
+
+    const hx_conf_node *re = opt_map(un, "retries", re_keys);
+    long long tries = 3, pct = 20, bmin = 3;
+    if (hx_conf_int(re, "tries", 3, 1, 10, &tries) < 0 ||
+        hx_conf_duration_ms(re, "per_try_timeout", 0, &u->per_try_timeout_ms) < 0 ||
+        hx_conf_int(re, "budget_percent", 20, 0, 100, &pct) < 0 ||
+        hx_conf_int(re, "budget_min", 3, 0, 1000, &bmin) < 0)
+        ok = 0;
+    u->retry_tries = (unsigned)tries;
+    u->retry_budget_percent = (unsigned)pct;
+    u->retry_budget_min = (unsigned)bmin;
+    atomic_init(&u->retry_balance, (int64_t)bmin * 1000);
+    u->retry_on = HX_RETRY_CONNECT | HX_RETRY_RESET | HX_RETRY_TIMEOUT;
+    const hx_conf_node *on = hx_conf_get(re, "on");
+    if (!is_absent(on)) {
+        static const struct {
+            const char *name;
+            unsigned bit;
+        } conds[] = {{"connect_failure", HX_RETRY_CONNECT}, {"reset", HX_RETRY_RESET},
+                     {"timeout", HX_RETRY_TIMEOUT},         {"502", HX_RETRY_502},
+                     {"503", HX_RETRY_503},                 {"504", HX_RETRY_504}};
+        if (on->kind != HX_CONF_SEQ) {
+            wrong_kind(on, "a list of: connect_failure, reset, timeout, 502, 503, 504");
+            ok = 0;
+        } else {
+            u->retry_on = 0;
+            for (size_t i = 0; i < on->n; i++) {
+                const hx_conf_node *it = on->items[i];
+                size_t k = 0;
+                for (; k < sizeof(conds) / sizeof(conds[0]); k++)
+                    if (it->kind == HX_CONF_SCALAR && strcmp(it->scalar, conds[k].name) == 0)
+                        break;
+                if (k == sizeof(conds) / sizeof(conds[0])) {
+                    hx_conf_error(it, "unknown retry condition '%s' (expected connect_failure, "
+                                      "reset, timeout, 502, 503 or 504)",
+                                  it->kind == HX_CONF_SCALAR ? it->scalar : "?");
+                    ok = 0;
+                } else {
+                    u->retry_on |= conds[k].bit;
+                }
+            }
+        }
+    }
 
     if (!ok || !u->name) {
         upstream_free(u);

@@ -29,6 +29,11 @@ typedef struct hx_backend {
     _Atomic uint64_t requests; /* totals, relaxed */
     _Atomic uint64_t failures;
     _Atomic int removed;       /* taken out at runtime: never pooled again */
+    _Atomic int breaker;       /* HELIOS_BREAKER_*, set by a breaker module */
+    _Atomic uint32_t breaker_max_trials;
+    _Atomic uint32_t trials;   /* half-open attempts in flight */
+    _Atomic uint64_t breaker_transitions[3];
+    _Atomic uint64_t retries;  /* attempts after the first, sent here */
     const hx_conf_node *node;
     /* keep-alive pools, one per worker, set up by the core when the
      * generation starts (upstream.c); config.c leaves it NULL */
@@ -62,8 +67,24 @@ typedef struct hx_upstream {
     uint64_t connect_timeout_ms;
     uint64_t read_timeout_ms; /* between bytes from the upstream */
     uint64_t send_timeout_ms; /* between bytes to the upstream */
+    /* retries (upstream.c) */
+    unsigned retry_tries;      /* attempts in all, first included */
+    unsigned retry_on;         /* HX_RETRY_* bits */
+    uint64_t per_try_timeout_ms; /* waiting for a response head; 0 = read */
+    unsigned retry_budget_percent;
+    unsigned retry_budget_min;
+    _Atomic int64_t retry_balance; /* milli-retries available (budget) */
     const hx_conf_node *node;
 } hx_upstream;
+
+enum {
+    HX_RETRY_CONNECT = 1u << 0, /* connect failed: nothing was sent */
+    HX_RETRY_RESET = 1u << 1,   /* reset/closed before any response byte */
+    HX_RETRY_TIMEOUT = 1u << 2, /* no response head within the per-try timeout */
+    HX_RETRY_502 = 1u << 3,
+    HX_RETRY_503 = 1u << 4,
+    HX_RETRY_504 = 1u << 5,
+};
 
 enum { HX_PATH_ANY = 0, HX_PATH_EXACT, HX_PATH_PREFIX };
 

@@ -459,11 +459,7 @@ static uint32_t api_backend_weight(const helios_backend *b)
     return atomic_load_explicit(&BE(b)->weight, memory_order_relaxed);
 }
 
-static int api_backend_usable(const helios_backend *b)
-{
-    return atomic_load_explicit(&BE(b)->healthy, memory_order_relaxed) &&
-           !atomic_load_explicit(&BE(b)->draining, memory_order_relaxed);
-}
+static int api_backend_usable(const helios_backend *b) { return hx_backend_usable(BE(b)); }
 
 static uint32_t api_backend_inflight(const helios_backend *b)
 {
@@ -484,6 +480,40 @@ static int api_backend_healthy(const helios_backend *b)
 }
 
 int hx_tried_has(const helios_tried *t, size_t i);
+
+static const char *const breaker_names[] = {"closed", "open", "half-open"};
+
+static void api_backend_set_breaker(helios_backend *b, int state, uint32_t max_trials)
+{
+    if (state < HELIOS_BREAKER_CLOSED || state > HELIOS_BREAKER_HALF_OPEN)
+        return;
+    atomic_store(&BE(b)->breaker_max_trials, max_trials);
+    int old = atomic_exchange(&BE(b)->breaker, state);
+    if (old != state) {
+        atomic_fetch_add(&BE(b)->breaker_transitions[state], 1);
+        hx_warn("backend %s (%s): circuit breaker %s -> %s", BE(b)->name, BE(b)->address,
+                breaker_names[old], breaker_names[state]);
+    }
+}
+
+static int api_backend_breaker(const helios_backend *b)
+{
+    return atomic_load_explicit(&BE(b)->breaker, memory_order_relaxed);
+}
+
+static uint64_t api_backend_breaker_transitions(const helios_backend *b, int state)
+{
+    if (state < HELIOS_BREAKER_CLOSED || state > HELIOS_BREAKER_HALF_OPEN)
+        return 0;
+    return atomic_load_explicit(&BE(b)->breaker_transitions[state], memory_order_relaxed);
+}
+
+static uint64_t api_backend_retries(const helios_backend *b)
+{
+    return atomic_load_explicit(&BE(b)->retries, memory_order_relaxed);
+}
+
+static unsigned api_req_attempts(helios_request *r) { return REQ(r)->attempts; }
 
 static int api_backend_draining(const helios_backend *b)
 {
@@ -576,4 +606,9 @@ const helios_host_api hx_host_api = {
     .backend_draining = api_backend_draining,
     .backend_requests = api_backend_requests,
     .backend_failures = api_backend_failures,
+    .backend_set_breaker = api_backend_set_breaker,
+    .backend_breaker = api_backend_breaker,
+    .backend_breaker_transitions = api_backend_breaker_transitions,
+    .backend_retries = api_backend_retries,
+    .req_attempts = api_req_attempts,
 };

@@ -100,6 +100,8 @@ typedef struct hx_req {
     uint8_t *tried; /* [backends->n] bitmap, lazily */
     size_t tried_n;
     unsigned attempts;
+    int trial;       /* the current attempt holds a half-open trial slot */
+    int retry_status; /* a retryable 5xx seen in the response head */
     int upstream_bytes_seen; /* any response byte received */
     int req_sent_some;       /* any request body byte written upstream */
     ev_tstamp up_start, up_end;

@@ -57,6 +57,7 @@ int hx_is_hop_header(const char *name, size_t n);
 int hx_hdrs_connection_lists(const hx_hdrs *h, const char *name, size_t n);
 
 static void up_close(hx_upconn *u);
+static int retry_allowed(hx_req *r, unsigned cond);
 static void up_fail(hx_upconn *u, int outcome, const char *why);
 static void up_update_timer(hx_upconn *u);
 static const llhttp_settings_t *resp_settings(void);
@@ -137,11 +138,51 @@ static void report_outcome(hx_req *r, hx_backend *b, int outcome, int status)
     }
 }
 
+int hx_backend_usable(const hx_backend *b)
+{
+    if (!atomic_load_explicit(&b->healthy, memory_order_relaxed) ||
+        atomic_load_explicit(&b->draining, memory_order_relaxed))
+        return 0;
+    int br = atomic_load_explicit(&b->breaker, memory_order_relaxed);
+    if (br == HELIOS_BREAKER_OPEN)
+        return 0;
+    if (br == HELIOS_BREAKER_HALF_OPEN)
+        return atomic_load_explicit(&b->trials, memory_order_relaxed) <
+               atomic_load_explicit(&b->breaker_max_trials, memory_order_relaxed);
+    return 1;
+}
+
+/* A half-open breaker admits at most max_trials attempts at a time: the
+ * slot is taken here, after the pick, with a CAS so two workers cannot both
+ * take the last one. */
+static int take_trial(hx_req *r, hx_backend *b)
+{
+    if (atomic_load_explicit(&b->breaker, memory_order_acquire) != HELIOS_BREAKER_HALF_OPEN)
+        return 1;
+    uint32_t max = atomic_load(&b->breaker_max_trials);
+    uint32_t cur = atomic_load(&b->trials);
+    while (cur < max)
+        if (atomic_compare_exchange_weak(&b->trials, &cur, cur + 1)) {
+            r->trial = 1;
+            return 1;
+        }
+    return 0;
+}
+
+static void release_trial(hx_req *r, hx_backend *b)
+{
+    if (r->trial) {
+        r->trial = 0;
+        atomic_fetch_sub(&b->trials, 1);
+    }
+}
+
 static void detach_req(hx_upconn *u)
 {
     hx_req *r = u->req;
     if (r == NULL)
         return;
+    release_trial(r, u->b);
     r->up = NULL;
     r->up_end = ev_now(u->w->loop);
     u->req = NULL;
@@ -465,6 +506,16 @@ static void up_read_cb(struct ev_loop *loop, ev_io *io, int revents)
                 report_outcome(r, u->b, HELIOS_OUTCOME_OK, r->status);
                 up_release(u);
             }
+        } else if (e != HPE_OK && r->retry_status && u->req == r) {
+            int st = r->retry_status;
+            r->retry_status = 0;
+            r->rhdrs.n = 0;
+            r->upstream_bytes_seen = 0;
+            report_outcome(r, u->b, HELIOS_OUTCOME_OK, st);
+            hx_info("backend %s answered %d; retrying (attempt %u of %u)", u->b->address, st,
+                    r->attempts + 1, r->route->upstream->retry_tries);
+            up_close(u);
+            hx_proxy_start(r);
         } else if (e != HPE_OK) {
             char why[200];
             snprintf(why, sizeof(why), "invalid response from %s: %s", u->b->address,
@@ -534,7 +585,11 @@ static void up_update_timer(hx_upconn *u)
         if (hx_buf_size(&u->out))
             after = u->u->send_timeout_ms / 1000.0 - (now - u->last_io);
         else if (!u->reading_paused && !u->resp_complete)
-            after = u->u->read_timeout_ms / 1000.0 - (now - u->last_io);
+            after = (u->req && !u->req->upstream_bytes_seen && u->u->per_try_timeout_ms
+                         ? u->u->per_try_timeout_ms
+                         : u->u->read_timeout_ms) /
+                        1000.0 -
+                    (now - u->last_io);
         break;
     default:
         break;
@@ -634,6 +689,13 @@ static int r_headers_complete(llhttp_t *p)
             return HPE_USER; /* no tunnels here yet */
         return 0; /* interim response: dropped, the final one follows */
     }
+    unsigned bit = status == 502 ? HX_RETRY_502 : status == 503 ? HX_RETRY_503
+                 : status == 504 ? HX_RETRY_504 : 0;
+    if (bit && !r->head_sent && retry_allowed(r, bit)) {
+        /* drop this response unseen and try another backend */
+        r->retry_status = status;
+        return HPE_USER;
+    }
     r->status = status;
     hx_resp_begin(r);
     if (r->is_head || status == 204 || status == 304)
@@ -686,6 +748,61 @@ static const llhttp_settings_t *resp_settings(void)
 
 static void try_backend(hx_req *r);
 
+static int idempotent(const hx_req *r)
+{
+    switch (r->method_id) {
+    case HTTP_GET:
+    case HTTP_HEAD:
+    case HTTP_OPTIONS:
+    case HTTP_TRACE:
+    case HTTP_PUT:
+    case HTTP_DELETE:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+/*
+ * May R try again after an attempt ended with COND? Only when the client has
+ * seen nothing yet, the condition is enabled, tries remain, the request can
+ * be replayed (nothing of it was sent when the connect failed; otherwise an
+ * idempotent method with no body byte sent), and the upstream's retry
+ * budget has a token: each request deposits budget_percent % of a token,
+ * each retry spends one, and budget_min tokens are there from the start, so
+ * an outage costs backends at most requests x (1 + budget_percent %) +
+ * budget_min attempts. A failed connect reached no backend, so failing over
+ * from it spends no token (it is still bounded by `tries`).
+ */
+static int retry_allowed(hx_req *r, unsigned cond)
+{
+    hx_upstream *up = r->route->upstream;
+    if (r->head_sent || !(up->retry_on & cond) || r->attempts >= up->retry_tries)
+        return 0;
+    if (r->req_sent_some)
+        return 0;
+    if (cond == HX_RETRY_CONNECT)
+        return 1; /* reached no backend: failover costs none of them anything */
+    if (!idempotent(r))
+        return 0;
+    int64_t bal = atomic_load_explicit(&up->retry_balance, memory_order_relaxed);
+    while (bal >= 1000)
+        if (atomic_compare_exchange_weak(&up->retry_balance, &bal, bal - 1000))
+            return 1;
+    hx_warn("upstream %s: retry budget exhausted, not retrying", up->name);
+    return 0;
+}
+
+static unsigned outcome_cond(int outcome)
+{
+    switch (outcome) {
+    case HELIOS_OUTCOME_CONNECT_FAILED: return HX_RETRY_CONNECT;
+    case HELIOS_OUTCOME_RESET: return HX_RETRY_RESET;
+    case HELIOS_OUTCOME_TIMEOUT: return HX_RETRY_TIMEOUT;
+    default: return 0;
+    }
+}
+
 /* An attempt failed. Before any byte of response: maybe another try;
  * otherwise the client gets an error or the response is cut. */
 static void up_fail(hx_upconn *u, int outcome, const char *why)
@@ -704,27 +821,32 @@ static void up_fail(hx_upconn *u, int outcome, const char *why)
         hx_resp_abort(r, why);
         return;
     }
-    /* a kept-alive connection the backend had closed: retry on a fresh one
-     * when nothing of the request body has gone out yet */
+    /* a kept-alive connection the backend had closed: try once more on a
+     * fresh connection to the same backend when nothing of the request
+     * body has gone out yet (not a retry: the request never reached it) */
     if (!seen && reused && !r->req_sent_some &&
         (outcome == HELIOS_OUTCOME_RESET || outcome == HELIOS_OUTCOME_CONNECT_FAILED)) {
         hx_debug("retrying on a fresh connection: %s", why);
         r->backend = b;
         atomic_fetch_add_explicit(&b->inflight, 1, memory_order_relaxed);
-        r->attempts++;
-        try_backend(r);
-        return;
-    }
-    /* connect errors are safe to retry elsewhere: nothing was sent */
-    if (outcome == HELIOS_OUTCOME_CONNECT_FAILED && !r->req_sent_some) {
-        hx_backends *bs = atomic_load(&r->route->upstream->backends);
-        if (r->attempts < bs->n) {
-            hx_warn("%s; trying another backend", why);
-            hx_proxy_start(r);
+        if (take_trial(r, b)) {
+            try_backend(r);
             return;
         }
+        atomic_fetch_sub_explicit(&b->inflight, 1, memory_order_relaxed);
     }
-    snprintf(r->upstream_addr, sizeof(r->upstream_addr), "%s", b->address);
+    if (!seen && retry_allowed(r, outcome_cond(outcome))) {
+        hx_info("%s; retrying (attempt %u of %u)", why, r->attempts + 1,
+                r->route->upstream->retry_tries);
+        r->upstream_bytes_seen = 0;
+        hx_proxy_start(r);
+        return;
+    }
+    size_t al = strlen(b->address);
+    if (al >= sizeof(r->upstream_addr))
+        al = sizeof(r->upstream_addr) - 1;
+    memcpy(r->upstream_addr, b->address, al);
+    r->upstream_addr[al] = '\0';
     int status = outcome == HELIOS_OUTCOME_TIMEOUT ? 504 : 502;
     char *msg = hx_arena_strndup(&r->arena, why, strlen(why));
     hx_req_error(r, status, msg ? msg : "upstream error");
@@ -779,6 +901,7 @@ static void try_backend(hx_req *r)
     }
     hx_upconn *u = calloc(1, sizeof(*u));
     if (u == NULL) {
+        release_trial(r, b);
         atomic_fetch_sub_explicit(&b->inflight, 1, memory_order_relaxed);
         hx_req_error(r, 500, "out of memory");
         return;
@@ -840,13 +963,22 @@ static int request_body_filtered(const hx_req *r)
 
 void hx_proxy_start(hx_req *r)
 {
-    const hx_upstream *up = r->route->upstream;
+    hx_upstream *up = r->route->upstream;
     r->up_chunked = r->chunked || (r->has_body && request_body_filtered(r));
     hx_backends *bs = atomic_load(&up->backends);
     r->phase = HX_PH_PROXY;
     if (bs == NULL || bs->n == 0) {
         hx_req_error(r, 503, "upstream has no backends");
         return;
+    }
+    if (r->attempts == 0) {
+        /* every request earns budget_percent % of a retry */
+        int64_t cap = 1000 * ((int64_t)up->retry_budget_min + 100);
+        if (atomic_fetch_add_explicit(&up->retry_balance, (int64_t)up->retry_budget_percent * 10,
+                                      memory_order_relaxed) > cap)
+            atomic_fetch_sub_explicit(&up->retry_balance,
+                                      (int64_t)up->retry_budget_percent * 10,
+                                      memory_order_relaxed);
     }
     if (r->tried == NULL || r->tried_n != bs->n) {
         r->tried = hx_arena_alloc(&r->arena, bs->n);
@@ -864,32 +996,44 @@ void hx_proxy_start(hx_req *r)
                       .rstate = NULL,
                       .req = (helios_request *)r,
                       .worker = (helios_worker *)r->w};
-    int idx = bal->mod->balancer->pick(&ctx, (const helios_backends *)bs,
+    /* A pick the core cannot honour (unusable, tried, a half-open breaker
+     * whose trial slots just filled) is marked tried and the balancer asked
+     * again, at most once per backend. */
+    hx_backend *b = NULL;
+    int idx = -1;
+    for (size_t round = 0; round <= bs->n && b == NULL; round++) {
+        idx = bal->mod->balancer->pick(&ctx, (const helios_backends *)bs,
                                        (const helios_tried *)r);
-    if (idx < 0 || (size_t)idx >= bs->n || r->tried[idx] ||
-        !atomic_load_explicit(&bs->v[idx]->healthy, memory_order_relaxed) ||
-        atomic_load_explicit(&bs->v[idx]->draining, memory_order_relaxed)) {
-        if (idx >= 0 && (size_t)idx < bs->n && r->tried[idx] && r->attempts < bs->n) {
-            /* the balancer offered a tried one: fall back to any untried usable */
+        if (idx < 0 || (size_t)idx >= bs->n)
+            break;
+        hx_backend *cand = bs->v[idx];
+        if (r->tried[idx] || !hx_backend_usable(cand)) {
+            /* the balancer offered a tried or unusable one: any untried
+             * usable backend instead, else give up */
             idx = -1;
             for (size_t i = 0; i < bs->n; i++)
-                if (!r->tried[i] && atomic_load(&bs->v[i]->healthy) &&
-                    !atomic_load(&bs->v[i]->draining)) {
+                if (!r->tried[i] && hx_backend_usable(bs->v[i])) {
                     idx = (int)i;
                     break;
                 }
-        } else {
-            idx = -1;
+            if (idx < 0)
+                break;
+            cand = bs->v[idx];
         }
-        if (idx < 0) {
-            hx_req_error(r, r->attempts ? 502 : 503,
-                         r->attempts ? "every backend failed" : "no usable backend");
-            return;
+        if (take_trial(r, cand)) {
+            b = cand;
+        } else {
+            r->tried[idx] = 1;
         }
     }
-    hx_backend *b = bs->v[idx];
+    if (b == NULL) {
+        hx_req_error(r, r->attempts ? 502 : 503,
+                     r->attempts ? "every backend failed" : "no usable backend");
+        return;
+    }
     r->tried[idx] = 1;
-    r->attempts++;
+    if (r->attempts++ > 0)
+        atomic_fetch_add_explicit(&b->retries, 1, memory_order_relaxed);
     r->backend = b;
     atomic_fetch_add_explicit(&b->inflight, 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&b->requests, 1, memory_order_relaxed);

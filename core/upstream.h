@@ -7,6 +7,10 @@
 
 #include "http.h"
 
+/* 1 when B may take a new request: healthy, not draining, breaker not open,
+ * and a half-open breaker with a free trial slot. */
+int hx_backend_usable(const hx_backend *b);
+
 /* Starts proxying R to its route's upstream (phase HX_PH_PROXY). Errors end
  * in a response (502/503/504) through hx_req_error. */
 void hx_proxy_start(hx_req *r);

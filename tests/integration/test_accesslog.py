@@ -35,11 +35,13 @@ from conftest import (
 TEXT_RX = re.compile(
     r'^(?P<time>\S.*?) (?P<client>\S+) "(?P<method>[A-Z]+) (?P<path>\S+) (?P<protocol>HTTP/\d\.\d)" '
     r"(?P<status>\d{3}) (?P<bytes_in>\d+) (?P<bytes_out>\d+) (?P<duration_ms>\d+(?:\.\d+)?) "
-    r"route=(?P<route>\S*) upstream=(?P<upstream>\S*) upstream_ms=(?P<upstream_ms>\S*)$"
+    r"route=(?P<route>\S*) upstream=(?P<upstream>\S*) upstream_ms=(?P<upstream_ms>\S*) "
+    r"tries=(?P<tries>\d+) backend=(?P<backend>up|down|-) breaker=(?P<breaker>closed|open|half-open|-)"
+    r"(?: aborted)?$"
 )
 JSON_KEYS = {
     "time", "client", "method", "path", "protocol", "status", "bytes_in", "bytes_out",
-    "duration_ms", "route", "upstream", "upstream_ms",
+    "duration_ms", "route", "upstream", "upstream_ms", "tries", "backend_health", "breaker",
 }
 NONE_VALUES = (None, "", "-")
 

@@ -223,6 +223,27 @@ struct helios_host_api {
     int (*backend_draining)(const helios_backend *b);
     uint64_t (*backend_requests)(const helios_backend *b);
     uint64_t (*backend_failures)(const helios_backend *b);
+
+    /* ---- circuit breaking (any thread, atomic) ----
+     * A breaker module sets a backend's state; the core enforces it: an
+     * OPEN backend is not usable; a HALF_OPEN one admits at most
+     * MAX_TRIALS requests at a time (the core counts them at pick time and
+     * releases a trial when its attempt ends). Each change of state is
+     * counted per target state and logged. */
+    void (*backend_set_breaker)(helios_backend *b, int state, uint32_t max_trials);
+    int (*backend_breaker)(const helios_backend *b); /* HELIOS_BREAKER_* */
+    /* Number of transitions into STATE since the generation started. */
+    uint64_t (*backend_breaker_transitions)(const helios_backend *b, int state);
+    /* Retries the core made to B (attempts after the first), total. */
+    uint64_t (*backend_retries)(const helios_backend *b);
+    /* The attempt number of the request (1 = first try). */
+    unsigned (*req_attempts)(helios_request *r);
+};
+
+enum {
+    HELIOS_BREAKER_CLOSED = 0,
+    HELIOS_BREAKER_OPEN = 1,
+    HELIOS_BREAKER_HALF_OPEN = 2,
 };
 
 #endif
