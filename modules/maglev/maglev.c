@@ -32,6 +32,7 @@
 #include <sys/socket.h>
 
 #include <helios.h>
+#include <helios/util/reqkey.h>
 
 #define MG_NAME "maglev"
 #define MG_TABLE_DEFAULT 65537
@@ -49,85 +50,13 @@ static const helios_host_api *api;
 
 /* ---- configuration ---- */
 
-/* The `key` setting. This part, and "the request key" below, are the same
- * in ip_hash.c, ip_hash_consistent.c and maglev.c (only the prefix differs):
- * modules share no code, and the three must agree on what a key is, so that
- * switching an upstream's strategy keeps the same notion of "the same
- * client". Change all three together. */
-enum {
-    MG_KEY_CLIENT, /* api->req_client(): the address after trusted_proxies */
-    MG_KEY_HEADER, /* a request header's first value */
-    MG_KEY_COOKIE, /* one cookie of the Cookie header(s) */
-    MG_KEY_PATH,   /* api->req_path(): decoded, normalised, no query */
-};
-
-/* Longest header or cookie name accepted after "header:" / "cookie:". */
-#define MG_KEY_NAME_MAX 128
-
-typedef struct mg_key {
-    int kind;                       /* MG_KEY_* */
-    size_t name_len;                /* of NAME; 0 unless header or cookie */
-    char name[MG_KEY_NAME_MAX + 1]; /* header or cookie name, NUL-terminated */
-} mg_key;
-
-/* RFC 9110 tchar: header names and cookie names (RFC 6265) are tokens. */
-static int mg_is_tchar(unsigned char ch)
-{
-    if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9'))
-        return 1;
-    return ch != '\0' && strchr("!#$%&'*+-.^_`|~", ch) != NULL;
-}
-
-/* Reads `key` from CONF into KEY. Returns 0, or -1 after a located error. */
-static int mg_key_parse(const helios_conf *conf, mg_key *key)
-{
-    const char *s;
-    memset(key, 0, sizeof(*key));
-    if (api->conf_str(conf, "key", "client", &s) < 0)
-        return -1;
-    if (strcmp(s, "client") == 0) {
-        key->kind = MG_KEY_CLIENT;
-        return 0;
-    }
-    if (strcmp(s, "path") == 0) {
-        key->kind = MG_KEY_PATH;
-        return 0;
-    }
-    const char *name = NULL;
-    if (strncmp(s, "header:", 7) == 0) {
-        key->kind = MG_KEY_HEADER;
-        name = s + 7;
-    } else if (strncmp(s, "cookie:", 7) == 0) {
-        key->kind = MG_KEY_COOKIE;
-        name = s + 7;
-    } else {
-        api->conf_error(api->conf_get(conf, "key"),
-                        "\"%s\" is not one of client, path, header:NAME, cookie:NAME", s);
-        return -1;
-    }
-    size_t len = strlen(name);
-    if (len == 0 || len > MG_KEY_NAME_MAX) {
-        api->conf_error(api->conf_get(conf, "key"),
-                        "\"%s\": the name after ':' must have 1 to %d characters", s,
-                        MG_KEY_NAME_MAX);
-        return -1;
-    }
-    for (size_t i = 0; i < len; i++) {
-        if (!mg_is_tchar((unsigned char)name[i])) {
-            api->conf_error(api->conf_get(conf, "key"),
-                            "\"%s\": '%c' is not allowed in a header or cookie name", s, name[i]);
-            return -1;
-        }
-    }
-    memcpy(key->name, name, len + 1);
-    key->name_len = len;
-    return 0;
-}
-
+/* The `key` setting and the request key come from the SDK's
+ * helios/util/reqkey.h, shared with the other hash balancers so that
+ * switching strategies keeps the same notion of "the same client". */
 static const char *const mg_keys[] = {"key", "table_size", NULL};
 
 typedef struct mg_config {
-    mg_key key; /* what a request is hashed on */
+    helios_reqkey key; /* what a request is hashed on */
     uint32_t m; /* table_size: slots per table, prime */
 } mg_config;
 
@@ -144,8 +73,8 @@ static int mg_is_prime(long long v)
 static int mg_config_new(const helios_conf *conf, void **cfg)
 {
     int bad = api->conf_check_keys(conf, mg_keys) > 0;
-    mg_key key;
-    if (mg_key_parse(conf, &key) != 0)
+    helios_reqkey key;
+    if (helios_reqkey_parse(api, conf, &key) != 0)
         bad = 1;
     long long m;
     int got = api->conf_int(conf, "table_size", MG_TABLE_DEFAULT, MG_TABLE_MIN, MG_TABLE_MAX, &m);
@@ -229,161 +158,6 @@ static void mg_worker_fini(void *cfg, helios_worker *w, void *wstate)
     free(st);
 }
 
-/* ---- the request key (same in the three hash balancers, see above) ---- */
-
-/* MurmurHash3's 64-bit finalizer: every input bit affects every output bit,
- * which the FNV loop alone does not give for short keys. */
-static uint64_t mg_mix(uint64_t h)
-{
-    h ^= h >> 33;
-    h *= 0xff51afd7ed558ccdu;
-    h ^= h >> 33;
-    h *= 0xc4ceb9fe1a85ec53u;
-    h ^= h >> 33;
-    return h;
-}
-
-/* FNV-1a over LEN bytes, then the finalizer. Keys are short (an address, a
- * cookie value), so a byte loop costs little and reads simply. */
-static uint64_t mg_hash(const void *data, size_t len, uint64_t seed)
-{
-    const unsigned char *p = data;
-    uint64_t h = 0xcbf29ce484222325u ^ seed;
-    for (size_t i = 0; i < len; i++) {
-        h ^= p[i];
-        h *= 0x100000001b3u;
-    }
-    return mg_mix(h ^ len);
-}
-
-static int mg_is_ows(char ch)
-{
-    return ch == ' ' || ch == '\t';
-}
-
-/*
- * Looks for cookie KEY->name in one Cookie header value ("a=1; b=2").
- * Cookie names are case-sensitive (RFC 6265 5.4). Returns 1 when the name is
- * there, with its value (spaces trimmed, surrounding double quotes removed,
- * possibly empty) in *OUT; 0 when it is not.
- */
-static int mg_cookie_in(helios_buf header, const mg_key *key, helios_buf *out)
-{
-    const char *p = header.ptr, *end = header.ptr + header.len;
-    while (p < end) {
-        const char *semi = memchr(p, ';', (size_t)(end - p));
-        const char *pair_end = semi != NULL ? semi : end;
-        while (p < pair_end && mg_is_ows(*p))
-            p++;
-        const char *eq = memchr(p, '=', (size_t)(pair_end - p));
-        if (eq != NULL) {
-            const char *name_end = eq;
-            while (name_end > p && mg_is_ows(name_end[-1]))
-                name_end--;
-            if ((size_t)(name_end - p) == key->name_len &&
-                memcmp(p, key->name, key->name_len) == 0) {
-                const char *v = eq + 1, *v_end = pair_end;
-                while (v < v_end && mg_is_ows(*v))
-                    v++;
-                while (v_end > v && mg_is_ows(v_end[-1]))
-                    v_end--;
-                if (v_end - v >= 2 && *v == '"' && v_end[-1] == '"') {
-                    v++;
-                    v_end--;
-                }
-                out->ptr = v;
-                out->len = (size_t)(v_end - v);
-                return 1;
-            }
-        }
-        p = pair_end + (pair_end < end); /* past the ';' */
-    }
-    return 0;
-}
-
-static int mg_is_cookie_header(helios_buf name)
-{
-    static const char lower[] = "cookie";
-    if (name.len != sizeof(lower) - 1)
-        return 0;
-    for (size_t i = 0; i < name.len; i++) {
-        unsigned char ch = (unsigned char)name.ptr[i];
-        if (ch >= 'A' && ch <= 'Z')
-            ch = (unsigned char)(ch - 'A' + 'a');
-        if (ch != (unsigned char)lower[i])
-            return 0;
-    }
-    return 1;
-}
-
-/*
- * The value of cookie KEY->name, or {NULL, 0}. The first occurrence wins,
- * across every Cookie header in order (HTTP/2 clients may send one per
- * cookie). The walk over all headers only happens when a Cookie header
- * exists at all.
- */
-static helios_buf mg_cookie(helios_request *r, const mg_key *key)
-{
-    helios_buf found = {NULL, 0};
-    if (api->req_header(r, "cookie").ptr == NULL)
-        return found;
-    size_t n = api->req_header_count(r);
-    for (size_t i = 0; i < n; i++) {
-        helios_buf name, value;
-        if (api->req_header_at(r, i, &name, &value) != 0)
-            break;
-        if (mg_is_cookie_header(name) && mg_cookie_in(value, key, &found))
-            return found;
-    }
-    return found;
-}
-
-/*
- * Hash of the client address: the 4 bytes of an IPv4 address (also when it
- * arrives IPv4-mapped on a dual-stack listener, so both forms hash alike) or
- * the 16 bytes of an IPv6 address (scope id ignored). The whole address,
- * not nginx's first three octets: clients sharing a /24 are not sent to one
- * backend. Anything else (no address) hashes as the empty key.
- */
-static uint64_t mg_client_hash(helios_request *r)
-{
-    static const unsigned char v4mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
-    const struct sockaddr *sa = api->req_client(r);
-    if (sa != NULL && sa->sa_family == AF_INET) {
-        struct sockaddr_in in;
-        memcpy(&in, sa, sizeof(in));
-        return mg_hash(&in.sin_addr, 4, 0);
-    }
-    if (sa != NULL && sa->sa_family == AF_INET6) {
-        struct sockaddr_in6 in6;
-        memcpy(&in6, sa, sizeof(in6));
-        const unsigned char *a = in6.sin6_addr.s6_addr;
-        if (memcmp(a, v4mapped, sizeof(v4mapped)) == 0)
-            return mg_hash(a + 12, 4, 0);
-        return mg_hash(a, 16, 0);
-    }
-    return mg_hash("", 0, 0);
-}
-
-/*
- * The 64-bit hash of this request's key. A header or cookie that is absent,
- * or present with an empty value, falls back to the client address, so
- * requests without the key still stick (per client) instead of all landing
- * on one backend.
- */
-static uint64_t mg_key_hash(helios_request *r, const mg_key *key)
-{
-    helios_buf v = {NULL, 0};
-    switch (key->kind) {
-    case MG_KEY_PATH: v = api->req_path(r); return mg_hash(v.ptr, v.len, 0);
-    case MG_KEY_HEADER: v = api->req_header(r, key->name); break;
-    case MG_KEY_COOKIE: v = mg_cookie(r, key); break;
-    default: break;
-    }
-    if (v.ptr != NULL && v.len > 0)
-        return mg_hash(v.ptr, v.len, 0);
-    return mg_client_hash(r);
-}
 
 /* ---- table ---- */
 
@@ -430,8 +204,8 @@ static int mg_fill(uint16_t *table, uint32_t m, const helios_backends *list, siz
         e[i].name = name != NULL ? name : "";
         e[i].index = (uint32_t)i;
         e[i].weight = seen[i].weight;
-        e[i].pos = (uint32_t)(mg_hash(e[i].name, len, MG_SEED_OFFSET) % m);
-        e[i].skip = (uint32_t)(mg_hash(e[i].name, len, MG_SEED_SKIP) % (m - 1) + 1);
+        e[i].pos = (uint32_t)(helios_hash_bytes(e[i].name, len, MG_SEED_OFFSET) % m);
+        e[i].skip = (uint32_t)(helios_hash_bytes(e[i].name, len, MG_SEED_SKIP) % (m - 1) + 1);
         e[i].target = 0;
         if (e[i].weight > max_weight)
             max_weight = e[i].weight;
@@ -557,7 +331,7 @@ static int mg_walk(mg_worker *st, uint32_t m, const helios_backends *backends,
     }
     if (want == 0)
         return -1;
-    uint32_t stride = (uint32_t)(mg_mix(h) % (m - 1) + 1);
+    uint32_t stride = (uint32_t)(helios_hash_mix(h) % (m - 1) + 1);
     for (uint32_t k = 0; k < m; k++) {
         if (st->seen[st->table[slot]].state == want)
             return st->table[slot];
@@ -601,7 +375,7 @@ static int mg_pick(helios_ctx *c, const helios_backends *backends, const helios_
     if (mg_stale(st, backends, n))
         mg_rebuild(st, cfg, backends, n);
 
-    uint64_t h = mg_key_hash(c->req, &cfg->key);
+    uint64_t h = helios_reqkey_hash(api, c->req, &cfg->key);
     if (!st->built)
         return mg_pick_modulo(h, n, backends, tried);
     uint32_t slot = (uint32_t)(h % cfg->m);

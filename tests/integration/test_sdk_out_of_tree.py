@@ -313,6 +313,9 @@ def test_sdk_install_holds_public_headers_and_build_files_only(sdk):
     # include/helios{.h,/}, and no path back into the source or build tree.
     core_headers = {p.name for p in (SOURCE_DIR / "core").glob("*.h")}
     allowed = {Path("include/helios.h")} | {Path("include/helios") / n for n in public}
+    # header-only helpers (not ABI) ship under helios/util/
+    allowed |= {Path("include") / p.relative_to(src_inc)
+                for p in (src_inc / "helios" / "util").glob("*.h")}
     for f in sdk.rglob("*"):
         if not f.is_file():
             continue
