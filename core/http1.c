@@ -352,26 +352,32 @@ static void req_free(hx_conn *c, hx_req *r)
         free(r);
 }
 
+/* Once per request: filters' on_log in reverse order, then the access log. */
+static void req_log(hx_req *r)
+{
+    if (r->log_done)
+        return;
+    r->log_done = 1;
+    if (r->route) {
+        for (size_t i = r->route->nfilters; i-- > 0;) {
+            const hx_instance *inst = r->route->filters[i];
+            if (inst->mod->filter->on_log) {
+                helios_ctx ctx;
+                hx_ctx_init(&ctx, r, inst);
+                inst->mod->filter->on_log(&ctx);
+            }
+        }
+    }
+    hx_accesslog_write(r);
+}
+
 /* The response is complete and flushed (or the connection is going away):
  * log it, free it, and move on to the next request. */
 static void conn_request_complete(hx_conn *c)
 {
     hx_req *r = c->req;
     c->req = NULL;
-    if (!r->log_done) {
-        r->log_done = 1;
-        if (r->route) {
-            for (size_t i = r->route->nfilters; i-- > 0;) {
-                const hx_instance *inst = r->route->filters[i];
-                if (inst->mod->filter->on_log) {
-                    helios_ctx ctx;
-                    hx_ctx_init(&ctx, r, inst);
-                    inst->mod->filter->on_log(&ctx);
-                }
-            }
-        }
-        hx_accesslog_write(r);
-    }
+    req_log(r);
     int keep = r->keepalive && !r->aborted && r->body_done && !c->close_after &&
                !c->w->stopping;
     c->requests++;
@@ -1016,23 +1022,11 @@ static void conn_close(hx_conn *c)
         hx_req *r = c->req;
         c->req = NULL;
         if (!r->log_done && r->phase != HX_PH_HEAD) {
-            r->log_done = 1;
             if (!r->resp_done)
                 r->aborted = 1;
-            if (r->route) {
-                for (size_t i = r->route->nfilters; i-- > 0;) {
-                    const hx_instance *inst = r->route->filters[i];
-                    if (inst->mod->filter->on_log) {
-                        helios_ctx ctx;
-                        hx_ctx_init(&ctx, r, inst);
-                        inst->mod->filter->on_log(&ctx);
-                    }
-                }
-            }
-            hx_accesslog_write(r);
+            req_log(r);
         } else if (!r->log_done && r->status) {
-            r->log_done = 1;
-            hx_accesslog_write(r);
+            req_log(r); /* an error answered before routing: no filters ran */
         }
         req_free(c, r);
     }
