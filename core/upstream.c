@@ -774,12 +774,23 @@ static int idempotent(const hx_req *r)
  * budget_min attempts. A failed connect reached no backend, so failing over
  * from it spends no token (it is still bounded by `tries`).
  */
+/* Is there anywhere left to go? Checked before a response is dropped or a
+ * token spent, so the last backend's own answer reaches the client. */
+static int untried_usable_left(const hx_req *r)
+{
+    hx_backends *bs = atomic_load(&r->route->upstream->backends);
+    for (size_t i = 0; i < bs->n; i++)
+        if ((i >= r->tried_n || !r->tried[i]) && hx_backend_usable(bs->v[i]))
+            return 1;
+    return 0;
+}
+
 static int retry_allowed(hx_req *r, unsigned cond)
 {
     hx_upstream *up = r->route->upstream;
     if (r->head_sent || !(up->retry_on & cond) || r->attempts >= up->retry_tries)
         return 0;
-    if (r->req_sent_some)
+    if (r->req_sent_some || !untried_usable_left(r))
         return 0;
     if (cond == HX_RETRY_CONNECT)
         return 1; /* reached no backend: failover costs none of them anything */
@@ -972,8 +983,10 @@ void hx_proxy_start(hx_req *r)
         return;
     }
     if (r->attempts == 0) {
-        /* every request earns budget_percent % of a retry */
-        int64_t cap = 1000 * ((int64_t)up->retry_budget_min + 100);
+        /* every request earns budget_percent % of a retry; the balance is
+         * capped at budget_min + 10 retries so a quiet hour cannot bank a
+         * burst that ignores the percentage */
+        int64_t cap = 1000 * ((int64_t)up->retry_budget_min + 10);
         if (atomic_fetch_add_explicit(&up->retry_balance, (int64_t)up->retry_budget_percent * 10,
                                       memory_order_relaxed) > cap)
             atomic_fetch_sub_explicit(&up->retry_balance,
