@@ -515,6 +515,29 @@ static uint64_t api_backend_retries(const helios_backend *b)
 
 static unsigned api_req_attempts(helios_request *r) { return REQ(r)->attempts; }
 
+static int api_req_stats(helios_request *rq, helios_req_stats *out)
+{
+    if (out == NULL || out->size < sizeof(helios_req_stats))
+        return -1; /* a smaller struct would come from a newer core's minor */
+    hx_req *r = REQ(rq);
+    ev_tstamp now = ev_now(r->w->loop);
+    out->status = r->status;
+    out->aborted = r->aborted;
+    out->bytes_in = r->bytes_in;
+    out->bytes_out = r->bytes_out;
+    out->start_ms = (uint64_t)(r->start * 1000.0);
+    out->duration_ms = (uint64_t)((now - r->start) * 1000.0 + 0.5);
+    out->upstream = r->upstream_addr;
+    out->upstream_ms =
+        r->up_start > 0 ? (int64_t)(((r->up_end > 0 ? r->up_end : now) - r->up_start) * 1000.0 + 0.5)
+                        : -1;
+    out->attempts = r->attempts;
+    out->protocol = r->http_minor == 0 ? "HTTP/1.0" : "HTTP/1.1";
+    return 0;
+}
+
+static void *api_worker_ev_loop(helios_worker *w) { return ((hx_worker *)w)->loop; }
+
 static int api_backend_draining(const helios_backend *b)
 {
     return atomic_load_explicit(&BE(b)->draining, memory_order_relaxed);
@@ -611,4 +634,6 @@ const helios_host_api hx_host_api = {
     .backend_breaker_transitions = api_backend_breaker_transitions,
     .backend_retries = api_backend_retries,
     .req_attempts = api_req_attempts,
+    .req_stats = api_req_stats,
+    .worker_ev_loop = api_worker_ev_loop,
 };

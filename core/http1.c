@@ -736,6 +736,14 @@ static int req_body(hx_req *r, const char *at, size_t len, int last)
             helios_ctx ctx;
             hx_ctx_init(&ctx, r, inst);
             int rc = inst->mod->filter->on_request_body(&ctx, &chunk, last);
+            if (rc == HELIOS_RESPONDED && r->head_sent) {
+                /* the module answered (e.g. 413): the unread rest of the
+                 * body makes the connection unusable */
+                hx_proxy_detach(r);
+                r->body_discard = 1;
+                r->conn->close_after = 1;
+                return 0;
+            }
             if (rc != HELIOS_CONTINUE) {
                 hx_error("module %s: on_request_body returned %d", inst->mod->name, rc);
                 return -1;

@@ -238,6 +238,16 @@ struct helios_host_api {
     uint64_t (*backend_retries)(const helios_backend *b);
     /* The attempt number of the request (1 = first try). */
     unsigned (*req_attempts)(helios_request *r);
+
+    /* ---- request facts for logging (worker; typically in on_log) ---- */
+
+    /* Fills OUT (the module sets out->size = sizeof(*out) first; the core
+     * fills only what both know). Strings are borrowed like header values. */
+    int (*req_stats)(helios_request *r, helios_req_stats *out);
+    /* The worker's libev loop (struct ev_loop *), for modules that drive
+     * their own I/O on it (e.g. an async Redis client). Watchers started on
+     * it must be stopped in worker_fini. */
+    void *(*worker_ev_loop)(helios_worker *w);
 };
 
 enum {

@@ -35,7 +35,11 @@ typedef struct helios_filter_hooks {
     int (*on_request_headers)(helios_ctx *c);
     /* A chunk of the request body (LAST set on the final call, which may
      * carry an empty chunk). The filter may replace *CHUNK with bytes it owns
-     * that stay valid until its next call or the end of the request. */
+     * that stay valid until its next call or the end of the request. It may
+     * also refuse the request: call api->respond (while no response has
+     * started) and return RESPONDED; the upstream exchange, if any, is
+     * dropped and the client connection closes after the response, since
+     * the rest of the body is not read. */
     int (*on_request_body)(helios_ctx *c, helios_buf *chunk, int last);
     /* The response head is known (from the upstream or a handler). May read
      * and change status and headers. RESPONDED and PAUSE are not allowed

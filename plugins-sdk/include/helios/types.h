@@ -92,6 +92,21 @@ typedef struct helios_tried helios_tried;       /* backends tried by this reques
 typedef struct helios_timer helios_timer;       /* a one-shot worker timer */
 typedef struct helios_prepared helios_prepared; /* a pre-serialised response */
 
+/* Facts about a finished (or finishing) request, for log modules. */
+typedef struct helios_req_stats {
+    uint32_t size;         /* set by the caller: sizeof(helios_req_stats) */
+    int status;            /* response status, 0 if none was sent */
+    int aborted;           /* the response could not be completed */
+    uint64_t bytes_in;     /* request body bytes received */
+    uint64_t bytes_out;    /* response body bytes sent */
+    uint64_t start_ms;     /* worker clock (now_ms) when the request began */
+    uint64_t duration_ms;  /* until now, or until the response ended */
+    const char *upstream;  /* "addr:port" of the last backend tried, or "" */
+    int64_t upstream_ms;   /* time spent on upstream attempts, -1 if none */
+    unsigned attempts;     /* upstream attempts, 0 if not proxied */
+    const char *protocol;  /* "HTTP/1.0" / "HTTP/1.1" */
+} helios_req_stats;
+
 /*
  * Context passed to every per-request hook. Owned by the core, valid only
  * during the call; fields may be appended in later minors (check size).
