@@ -29,6 +29,9 @@
 
 #define HX_READ_CHUNK 16384
 #define HX_WRITEV_MIN 4096 /* below this, copying and coalescing is cheaper */
+/* After an early answer, at most this much unread request body is read and
+ * dropped to keep the connection; more means closing it. */
+#define HX_DISCARD_MAX (1u << 20)
 #define HX_REQ_ARENA 4096
 
 /* head validator states */
@@ -413,7 +416,11 @@ static void conn_leave(hx_conn *c)
             if (!r->body_done && !r->aborted && !c->close_after) {
                 /* answered before the body was read: drop the rest of it,
                  * unless the client still waits for 100-continue */
-                if (r->expect_continue && !r->continue_sent) {
+                if ((r->expect_continue && !r->continue_sent) || r->chunked ||
+                    (r->content_length >= 0 &&
+                     (uint64_t)r->content_length - r->bytes_in > HX_DISCARD_MAX)) {
+                    /* reading the rest would cost more than a new
+                     * connection (or its size is unknown): close */
                     c->close_after = 1;
                 } else if (!r->body_discard) {
                     r->body_discard = 1;

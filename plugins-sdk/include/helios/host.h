@@ -104,7 +104,8 @@ struct helios_host_api {
     /* ---- request: change (worker, before the request goes upstream) ---- */
 
     /* Replace all NAME headers with one; add one more; remove all. Values
-     * with CR, LF or NUL and invalid names are refused (-1). */
+     * with CR, LF or NUL and invalid names are refused (-1); set and add
+     * return 0, remove the number of headers removed (0 or more). */
     int (*req_header_set)(helios_request *r, const char *name, const char *value);
     int (*req_header_add)(helios_request *r, const char *name, const char *value);
     int (*req_header_remove)(helios_request *r, const char *name);
