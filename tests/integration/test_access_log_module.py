@@ -275,3 +275,40 @@ def test_reload_keeps_logging(heliosd, backend, tmp_path):
         assert http_request(h.port, "/hello")[0] == 200
     lines = wait_marker(h, h.log_path)
     assert len(lines) == 7, lines
+
+
+def test_request_id_and_traceparent_from_request_id_module_reach_the_log(heliosd, backend,
+                                                                         tmp_path):
+    """Issue 6: the ids request_id generates go into the access log. The
+    request_id module sets them on the request in on_request_headers, and
+    access_log reads request headers in on_log, so listing them in
+    `fields` logs exactly the ids the backend and the client saw."""
+    port = free_port()
+    cfg = make_config(
+        port,
+        [static_route("marker", "m\n", match={"prefix": "/marker/"}),
+         proxy_route("app", "app")],
+        {"app": upstream_conf(backend)},
+        logging={"level": "info", "error_log": "stderr", "access_log": "off"},
+        modules=[
+            {"module": "request_id"},
+            {"module": "access_log",
+             "config": {"format": "json", "path": str(tmp_path / "access.log"),
+                        "fields": ["x-request-id", "traceparent"]}},
+        ],
+    )
+    h = heliosd(cfg)
+    status, headers, body = h.get("/headers")
+    assert status == 200
+    rid = headers["x-request-id"]
+    assert re.fullmatch(r"[0-9a-f]{32}", rid), rid
+    seen = {n.lower(): v for n, v in json.loads(body)["headers"]}
+    assert seen["x-request-id"] == rid
+    trace = seen["traceparent"]
+    assert re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-01", trace), trace
+    lines = wait_marker(h, tmp_path / "access.log")
+    app = [json.loads(ln) for ln in lines if '"/headers"' in ln]
+    assert len(app) == 1, lines
+    logged = app[0]["headers"]
+    assert logged["x-request-id"] == rid, app[0]
+    assert logged["traceparent"] == trace, app[0]
