@@ -31,6 +31,7 @@
 #include <unistd.h>
 
 #include <helios.h>
+#include <helios/util/http.h>
 
 #define AL_NAME "access_log"
 #define AL_MAX_FIELDS 16
@@ -86,13 +87,6 @@ typedef struct al_config {
 
 static const char *const al_keys[] = {"format", "path", "fields", "ring_size", NULL};
 
-static int al_is_tchar(unsigned char ch)
-{
-    if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9'))
-        return 1;
-    return ch != '\0' && strchr("!#$%&'*+-.^_`|~", ch) != NULL;
-}
-
 static int al_parse_fields(const helios_conf *n, al_config *c)
 {
     if (n == NULL)
@@ -112,7 +106,7 @@ static int al_parse_fields(const helios_conf *n, al_config *c)
         const char *s = api->conf_scalar(item);
         int ok = s != NULL && *s != '\0' && strlen(s) <= AL_FIELD_NAME_MAX;
         for (const char *p = s; ok && *p; p++)
-            ok = al_is_tchar((unsigned char)*p);
+            ok = helios_http_is_tchar((unsigned char)*p);
         if (!ok) {
             api->conf_error(item,
                             "not a header name (at most %d of letters, digits and "

@@ -22,6 +22,7 @@
 #include <stdlib.h>
 
 #include <helios.h>
+#include <helios/util/backend_table.h>
 
 #define CB_NAME "circuit_breaker"
 /* Backends tracked per instance; past that, extra backends get no breaker
@@ -174,31 +175,12 @@ static int cb_config_new(const helios_conf *conf, void **out)
     return 0;
 }
 
-/* ---- the shared per-backend table ---- */
-
-static size_t cb_hash(const helios_backend *b)
-{
-    uint64_t x = (uint64_t)(uintptr_t)b;
-    x ^= x >> 33;
-    x *= UINT64_C(0xff51afd7ed558ccd);
-    x ^= x >> 33;
-    return (size_t)x;
-}
-
 /* B's slot, claimed on first use; NULL when the table is full. */
 static cb_slot *cb_slot_of(cb_config *cfg, helios_backend *b)
 {
-    size_t h = cb_hash(b);
-    for (size_t k = 0; k < CB_TABLE_CAP; k++) {
-        cb_slot *s = &cfg->slots[(h + k) & (CB_TABLE_CAP - 1)];
-        helios_backend *cur = atomic_load_explicit(&s->key, memory_order_acquire);
-        if (cur == b)
-            return s;
-        if (cur == NULL) {
-            if (atomic_compare_exchange_strong(&s->key, &cur, b) || cur == b)
-                return s;
-        }
-    }
+    long i = helios_backend_table_slot(cfg->slots, sizeof(cb_slot), CB_TABLE_CAP, b);
+    if (i >= 0)
+        return &cfg->slots[i];
     if (!atomic_exchange(&cfg->full_logged, 1))
         api->log(HELIOS_LOG_WARN, CB_NAME,
                  "more than %d backends: backend %s and later ones get no breaker", CB_TABLE_CAP,

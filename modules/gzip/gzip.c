@@ -24,6 +24,7 @@
 #include <zlib.h>
 
 #include <helios.h>
+#include <helios/util/http.h>
 
 #define GZ_NAME "gzip"
 #define GZ_DEFAULT_MIN_LENGTH 256
@@ -56,14 +57,6 @@ typedef struct gz_config {
     int level;           /* zlib level 1..9 */
 } gz_config;
 
-/* RFC 9110 tchar. */
-static int gz_is_tchar(unsigned char ch)
-{
-    if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9'))
-        return 1;
-    return ch != '\0' && strchr("!#$%&'*+-.^_`|~", ch) != NULL;
-}
-
 /* "type/subtype" made of tokens, or "*" for any type. */
 static int gz_media_type_ok(const char *s)
 {
@@ -73,7 +66,7 @@ static int gz_media_type_ok(const char *s)
     if (slash == NULL || slash == s || slash[1] == '\0')
         return 0;
     for (const char *p = s; *p; p++)
-        if (p != slash && !gz_is_tchar((unsigned char)*p))
+        if (p != slash && !helios_http_is_tchar((unsigned char)*p))
             return 0;
     return 1;
 }

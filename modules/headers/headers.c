@@ -20,6 +20,7 @@
 #include <string.h>
 
 #include <helios.h>
+#include <helios/util/http.h>
 
 #define HD_NAME "headers"
 #define HD_DEFAULT_ID_HEADER "X-Request-ID"
@@ -86,38 +87,6 @@ typedef struct hd_config {
     const char *id_header; /* where $request_id is read */
 } hd_config;
 
-static int hd_is_tchar(unsigned char ch)
-{
-    if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9'))
-        return 1;
-    return ch != '\0' && strchr("!#$%&'*+-.^_`|~", ch) != NULL;
-}
-
-static int hd_is_token(const char *s)
-{
-    if (*s == '\0')
-        return 0;
-    for (; *s; s++)
-        if (!hd_is_tchar((unsigned char)*s))
-            return 0;
-    return 1;
-}
-
-/* ASCII-only, so the result does not depend on the process locale. */
-static int hd_name_eq(const char *a, const char *b)
-{
-    for (; *a && *b; a++, b++) {
-        unsigned char x = (unsigned char)*a, y = (unsigned char)*b;
-        if (x >= 'A' && x <= 'Z')
-            x = (unsigned char)(x - 'A' + 'a');
-        if (y >= 'A' && y <= 'Z')
-            y = (unsigned char)(y - 'A' + 'a');
-        if (x != y)
-            return 0;
-    }
-    return *a == *b;
-}
-
 static int hd_is_ident(unsigned char ch)
 {
     return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
@@ -127,13 +96,13 @@ static int hd_is_ident(unsigned char ch)
 /* Checks a configured header name; reports at N and returns -1 if bad. */
 static int hd_check_name(const helios_conf *n, const char *name)
 {
-    if (name == NULL || !hd_is_token(name)) {
+    if (name == NULL || !helios_http_is_token(name)) {
         api->conf_error(n, "invalid header name '%s': use letters, digits and !#$%%&'*+-.^_`|~",
                         name ? name : "");
         return -1;
     }
     for (const char *const *r = hd_reserved; *r; r++) {
-        if (hd_name_eq(name, *r)) {
+        if (helios_http_name_eq(name, *r)) {
             api->conf_error(n, "header '%s' is managed by heliosd and cannot be changed here",
                             name);
             return -1;

@@ -21,6 +21,7 @@
 #include <stdlib.h>
 
 #include <helios.h>
+#include <helios/util/backend_table.h>
 
 #define HP_NAME "health_passive"
 /* Backends tracked per instance; past that, extra backends are not watched
@@ -144,31 +145,12 @@ static int hp_config_new(const helios_conf *conf, void **out)
     return 0;
 }
 
-/* ---- the shared per-backend table ---- */
-
-static size_t hp_hash(const helios_backend *b)
-{
-    uint64_t x = (uint64_t)(uintptr_t)b;
-    x ^= x >> 33;
-    x *= UINT64_C(0xff51afd7ed558ccd);
-    x ^= x >> 33;
-    return (size_t)x;
-}
-
 /* B's slot, claimed on first use; NULL when the table is full. */
 static hp_slot *hp_slot_of(hp_config *cfg, helios_backend *b)
 {
-    size_t h = hp_hash(b);
-    for (size_t k = 0; k < HP_TABLE_CAP; k++) {
-        hp_slot *s = &cfg->slots[(h + k) & (HP_TABLE_CAP - 1)];
-        helios_backend *cur = atomic_load_explicit(&s->key, memory_order_acquire);
-        if (cur == b)
-            return s;
-        if (cur == NULL) {
-            if (atomic_compare_exchange_strong(&s->key, &cur, b) || cur == b)
-                return s;
-        }
-    }
+    long i = helios_backend_table_slot(cfg->slots, sizeof(hp_slot), HP_TABLE_CAP, b);
+    if (i >= 0)
+        return &cfg->slots[i];
     if (!atomic_exchange(&cfg->full_logged, 1))
         api->log(HELIOS_LOG_WARN, HP_NAME,
                  "more than %d backends: backend %s and later ones are not watched", HP_TABLE_CAP,

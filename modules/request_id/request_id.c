@@ -23,6 +23,7 @@
 #include <time.h>
 
 #include <helios.h>
+#include <helios/util/http.h>
 
 #define RI_NAME "request_id"
 #define RI_DEFAULT_HEADER "X-Request-ID"
@@ -55,23 +56,6 @@ typedef struct ri_config {
     ri_cidr *trusted;
     size_t ntrusted;
 } ri_config;
-
-static int ri_is_tchar(unsigned char ch)
-{
-    if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9'))
-        return 1;
-    return ch != '\0' && strchr("!#$%&'*+-.^_`|~", ch) != NULL;
-}
-
-static int ri_is_token(const char *s)
-{
-    if (*s == '\0')
-        return 0;
-    for (; *s; s++)
-        if (!ri_is_tchar((unsigned char)*s))
-            return 0;
-    return 1;
-}
 
 /* "10.0.0.0/8", "::1", "fd00::/8". Returns 0, or -1 (not reported). */
 static int ri_parse_cidr(const char *text, ri_cidr *out)
@@ -129,7 +113,7 @@ static int ri_config_new(const helios_conf *conf, void **cfg)
 
     if (api->conf_str(conf, "header", RI_DEFAULT_HEADER, &c->header) < 0) {
         bad = 1;
-    } else if (!ri_is_token(c->header)) {
+    } else if (!helios_http_is_token(c->header)) {
         api->conf_error(api->conf_get(conf, "header"),
                         "invalid header name '%s': use letters, digits and !#$%%&'*+-.^_`|~",
                         c->header);

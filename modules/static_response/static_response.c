@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include <helios.h>
+#include <helios/util/http.h>
 
 #define SR_NAME "static_response"
 #define SR_DEFAULT_CONTENT_TYPE "text/plain; charset=utf-8"
@@ -52,39 +53,6 @@ typedef struct sr_config {
     helios_prepared *resp; /* status line, headers and body; immutable */
 } sr_config;
 
-/* RFC 9110 tchar: what a header name is made of. */
-static int sr_is_tchar(unsigned char ch)
-{
-    if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9'))
-        return 1;
-    return ch != '\0' && strchr("!#$%&'*+-.^_`|~", ch) != NULL;
-}
-
-static int sr_is_token(const char *s)
-{
-    if (*s == '\0')
-        return 0;
-    for (; *s; s++)
-        if (!sr_is_tchar((unsigned char)*s))
-            return 0;
-    return 1;
-}
-
-/* ASCII-only, so the result does not depend on the process locale. */
-static int sr_name_eq(const char *a, const char *b)
-{
-    for (; *a && *b; a++, b++) {
-        unsigned char x = (unsigned char)*a, y = (unsigned char)*b;
-        if (x >= 'A' && x <= 'Z')
-            x = (unsigned char)(x - 'A' + 'a');
-        if (y >= 'A' && y <= 'Z')
-            y = (unsigned char)(y - 'A' + 'a');
-        if (x != y)
-            return 0;
-    }
-    return *a == *b;
-}
-
 /* CR and LF would split the header (response splitting). A NUL cannot reach
  * us: scalars come NUL-terminated, so one would end the value early. */
 static int sr_value_ok(const char *v)
@@ -107,16 +75,16 @@ static int sr_check_header(const helios_conf *hdrs, size_t i)
     int bad = 0;
 
     /* Errors are reported at the value node: its key path names the header. */
-    if (name == NULL || !sr_is_token(name)) {
+    if (name == NULL || !helios_http_is_token(name)) {
         api->conf_error(vn, "invalid header name '%s': use letters, digits and !#$%%&'*+-.^_`|~",
                         name ? name : "");
         bad = 1;
-    } else if (sr_name_eq(name, "content-type")) {
+    } else if (helios_http_name_eq(name, "content-type")) {
         api->conf_error(vn, "set Content-Type with the content_type key, not under headers");
         bad = 1;
     } else {
         for (const char *const *r = sr_reserved_headers; *r; r++) {
-            if (sr_name_eq(name, *r)) {
+            if (helios_http_name_eq(name, *r)) {
                 api->conf_error(vn, "header '%s' is managed by heliosd and cannot be set here",
                                 name);
                 bad = 1;

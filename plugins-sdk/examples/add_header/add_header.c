@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include <helios.h>
+#include <helios/util/http.h>
 
 #define AH_NAME "add_header"
 #define AH_PING_BODY "pong\n"
@@ -34,23 +35,6 @@ typedef struct ah_config {
     char *value;     /* header value, without CR/LF */
     char *ping_path; /* NULL when ping_path is not set */
 } ah_config;
-
-static int ah_is_tchar(unsigned char ch)
-{
-    if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9'))
-        return 1;
-    return ch != '\0' && strchr("!#$%&'*+-.^_`|~", ch) != NULL;
-}
-
-static int ah_is_token(const char *s)
-{
-    if (*s == '\0')
-        return 0;
-    for (; *s; s++)
-        if (!ah_is_tchar((unsigned char)*s))
-            return 0;
-    return 1;
-}
 
 /* strdup is POSIX, not C17; this keeps the example free of feature macros. */
 static char *ah_strdup(const char *s)
@@ -98,7 +82,7 @@ static int ah_config_new(const helios_conf *conf, void **cfg)
     if (rn == 0) {
         api->conf_error(conf, "missing required key 'name' (the response header to set)");
         bad = 1;
-    } else if (rn == 1 && !ah_is_token(name)) {
+    } else if (rn == 1 && !helios_http_is_token(name)) {
         api->conf_error(api->conf_get(conf, "name"),
                         "'%s' is not a valid header name: use letters, digits and "
                         "!#$%%&'*+-.^_`|~",

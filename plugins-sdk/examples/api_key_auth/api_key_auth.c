@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include <helios.h>
+#include <helios/util/http.h>
 
 #define AK_NAME "api_key_auth"
 #define AK_MAX_KEYS 10000  /* per keys file */
@@ -37,23 +38,6 @@ typedef struct ak_config {
     char **keys; /* each NUL-terminated, no whitespace */
     size_t *key_lens;
 } ak_config;
-
-static int ak_is_tchar(unsigned char ch)
-{
-    if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9'))
-        return 1;
-    return ch != '\0' && strchr("!#$%&'*+-.^_`|~", ch) != NULL;
-}
-
-static int ak_is_token(const char *s)
-{
-    if (*s == '\0')
-        return 0;
-    for (; *s; s++)
-        if (!ak_is_tchar((unsigned char)*s))
-            return 0;
-    return 1;
-}
 
 static int ak_ieq(const char *a, const char *b)
 {
@@ -194,7 +178,7 @@ static int ak_config_new(const helios_conf *conf, void **cfg)
         api->conf_error(conf, "missing required key 'keys_file' (a file with one key per line)");
         bad = 1;
     }
-    if (rh >= 0 && !ak_is_token(header)) {
+    if (rh >= 0 && !helios_http_is_token(header)) {
         api->conf_error(api->conf_get(conf, "header"), "'%s' is not a valid header name", header);
         bad = 1;
     }

@@ -23,6 +23,7 @@
 #include <sys/socket.h>
 
 #include "../../helios.h"
+#include "http.h"
 
 enum {
     HELIOS_REQKEY_CLIENT, /* api->req_client(): the address after trusted_proxies */
@@ -39,14 +40,6 @@ typedef struct helios_reqkey {
     size_t name_len;                       /* of NAME; 0 unless header or cookie */
     char name[HELIOS_REQKEY_NAME_MAX + 1]; /* header or cookie name, NUL-terminated */
 } helios_reqkey;
-
-/* RFC 9110 tchar: header names and cookie names (RFC 6265) are tokens. */
-static inline int helios_reqkey_is_tchar(unsigned char ch)
-{
-    if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9'))
-        return 1;
-    return ch != '\0' && strchr("!#$%&'*+-.^_`|~", ch) != NULL;
-}
 
 /* Reads `key` from CONF into KEY. Returns 0, or -1 after a located error. */
 static inline int helios_reqkey_parse(const helios_host_api *api, const helios_conf *conf,
@@ -84,7 +77,7 @@ static inline int helios_reqkey_parse(const helios_host_api *api, const helios_c
         return -1;
     }
     for (size_t i = 0; i < len; i++) {
-        if (!helios_reqkey_is_tchar((unsigned char)name[i])) {
+        if (!helios_http_is_tchar((unsigned char)name[i])) {
             api->conf_error(api->conf_get(conf, "key"),
                             "\"%s\": '%c' is not allowed in a header or cookie name", s, name[i]);
             return -1;
