@@ -423,3 +423,59 @@ int hx_ctl_upstream_name(size_t i, char *buf, size_t size)
     hx_ctl_unlock();
     return rc;
 }
+
+long hx_ctl_modules_walk(void (*fn)(void *, const helios_module_info *), void *arg)
+{
+    hx_ctl_lock();
+    hx_gen *g = hx_srv.gen;
+    long n = 0;
+    for (hx_module *m = hx_srv.modreg.head; g && m; m = m->next) {
+        helios_module_info info = {
+            .size = sizeof(info),
+            .name = m->name,
+            .version = m->desc->version ? m->desc->version : "",
+            .path = m->path,
+            .abi_major = m->desc->abi_major,
+            .abi_minor = m->desc->abi_minor,
+        };
+        info.kinds = (m->filter ? HELIOS_KIND_FILTER : 0u) | (m->handler ? HELIOS_KIND_HANDLER : 0u) |
+                     (m->balancer ? HELIOS_KIND_BALANCER : 0u) |
+                     (m->service ? HELIOS_KIND_SERVICE : 0u) | (m->health ? HELIOS_KIND_HEALTH : 0u);
+        for (size_t i = 0; i < g->ninstances; i++)
+            if (g->instances[i]->mod == m)
+                info.instances++;
+        for (size_t i = 0; i < g->nupstreams; i++)
+            for (size_t k = 0; k < g->upstreams[i]->nswitched; k++)
+                if (g->upstreams[i]->switched[k]->mod == m)
+                    info.instances++;
+        if (info.instances == 0)
+            continue; /* loaded for an older generation only */
+        n++;
+        if (fn)
+            fn(arg, &info);
+    }
+    hx_ctl_unlock();
+    return n;
+}
+
+int hx_ctl_config_walk(void (*fn)(void *, const helios_conf *), void *arg)
+{
+    hx_ctl_lock();
+    int rc = -1;
+    if (hx_srv.gen && hx_srv.gen->tree) {
+        rc = 0;
+        if (fn)
+            fn(arg, (const helios_conf *)hx_conf_root(hx_srv.gen->tree));
+    }
+    hx_ctl_unlock();
+    return rc;
+}
+
+int (*hx_ctl_reload_impl)(uint32_t *gen, char *err, size_t errlen);
+
+int hx_ctl_reload(uint32_t *gen, char *err, size_t errlen)
+{
+    if (hx_ctl_reload_impl == NULL)
+        return fail(err, errlen, "reload is not available in this process");
+    return hx_ctl_reload_impl(gen, err, errlen);
+}

@@ -24,4 +24,11 @@ const char *hx_ctl_balancer_name(const char *upstream);
 size_t hx_ctl_upstreams_count(void);
 int hx_ctl_upstream_name(size_t i, char *buf, size_t size);
 
+long hx_ctl_modules_walk(void (*fn)(void *, const helios_module_info *), void *arg);
+int hx_ctl_config_walk(void (*fn)(void *, const helios_conf *), void *arg);
+/* Reload on request of a service thread; main.c provides the implementation
+ * (unit tests link the core without it). */
+int hx_ctl_reload(uint32_t *gen, char *err, size_t errlen);
+extern int (*hx_ctl_reload_impl)(uint32_t *gen, char *err, size_t errlen);
+
 #endif

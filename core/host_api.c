@@ -5,6 +5,9 @@
  * module passes in is validated here: modules are third-party code.
  */
 #include <limits.h>
+#include <pthread.h>
+#include <stddef.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -13,6 +16,7 @@
 #include "log.h"
 #include "module_loader.h"
 #include "upstream.h"
+#include "subreq.h"
 
 #define REQ(r) ((hx_req *)(r))
 #define NODE(n) ((const hx_conf_node *)(n))
@@ -517,22 +521,35 @@ static unsigned api_req_attempts(helios_request *r) { return REQ(r)->attempts; }
 
 static int api_req_stats(helios_request *rq, helios_req_stats *out)
 {
-    if (out == NULL || out->size < sizeof(helios_req_stats))
-        return -1; /* a smaller struct would come from a newer core's minor */
+    /* the 1.0 struct ends at protocol; later fields only if covered */
+    if (out == NULL || out->size < offsetof(helios_req_stats, duration_us))
+        return -1;
     hx_req *r = REQ(rq);
     ev_tstamp now = ev_now(r->w->loop);
-    out->status = r->status;
-    out->aborted = r->aborted;
-    out->bytes_in = r->bytes_in;
-    out->bytes_out = r->bytes_out;
-    out->start_ms = (uint64_t)(r->start * 1000.0);
-    out->duration_ms = (uint64_t)((now - r->start) * 1000.0 + 0.5);
-    out->upstream = r->upstream_addr;
-    out->upstream_ms =
-        r->up_start > 0 ? (int64_t)(((r->up_end > 0 ? r->up_end : now) - r->up_start) * 1000.0 + 0.5)
-                        : -1;
-    out->attempts = r->attempts;
-    out->protocol = r->http_minor == 0 ? "HTTP/1.0" : "HTTP/1.1";
+    helios_req_stats s;
+    memset(&s, 0, sizeof(s));
+    s.status = r->status;
+    s.aborted = r->aborted;
+    s.bytes_in = r->bytes_in;
+    s.bytes_out = r->bytes_out;
+    s.start_ms = (uint64_t)(r->start * 1000.0);
+    double dur = now - r->start;
+    s.duration_ms = (uint64_t)(dur * 1000.0 + 0.5);
+    s.duration_us = (uint64_t)(dur * 1e6 + 0.5);
+    s.upstream = r->upstream_addr;
+    if (r->up_start > 0) {
+        double up = (r->up_end > 0 ? r->up_end : now) - r->up_start;
+        s.upstream_ms = (int64_t)(up * 1000.0 + 0.5);
+        s.upstream_us = (int64_t)(up * 1e6 + 0.5);
+    } else {
+        s.upstream_ms = s.upstream_us = -1;
+    }
+    s.attempts = r->attempts;
+    s.protocol = r->http_minor == 0 ? "HTTP/1.0" : "HTTP/1.1";
+    s.upstream_name = r->route && r->route->upstream ? r->route->upstream->name : "";
+    s.backend_name = r->backend ? r->backend->name : "";
+    uint32_t size = out->size < sizeof(s) ? out->size : (uint32_t)sizeof(s);
+    memcpy((char *)out + sizeof(uint32_t), (char *)&s + sizeof(uint32_t), size - sizeof(uint32_t));
     return 0;
 }
 
@@ -551,6 +568,140 @@ static uint64_t api_backend_requests(const helios_backend *b)
 static uint64_t api_backend_failures(const helios_backend *b)
 {
     return atomic_load_explicit(&BE(b)->failures, memory_order_relaxed);
+}
+
+/* ---- ABI 1.1 ---- */
+
+static uint32_t api_generation(void) { return atomic_load(&hx_srv.gen_id); }
+
+static int api_core_stats(helios_core_stats *out)
+{
+    if (out == NULL || out->size < sizeof(uint32_t))
+        return -1;
+    helios_core_stats s;
+    memset(&s, 0, sizeof(s));
+    s.generation = atomic_load(&hx_srv.gen_id);
+    s.workers = hx_srv.nworkers;
+    s.version = HELIOS_VERSION;
+    s.start_time = hx_srv.start_time;
+    s.reloads = hx_srv.reloads;
+    s.reload_failures = hx_srv.reload_failures;
+    for (unsigned i = 0; hx_srv.workers && i < hx_srv.nworkers; i++) {
+        hx_wstats *w = &hx_srv.workers[i].stats;
+#define RD(f) atomic_load_explicit(&w->f, memory_order_relaxed)
+        s.connections_accepted += RD(accepted);
+        s.connections_active += RD(active);
+        s.connections_refused += RD(refused);
+        s.requests += RD(requests);
+        s.requests_active += RD(requests_active);
+        s.bytes_in += RD(bytes_in);
+        s.bytes_out += RD(bytes_out);
+#undef RD
+    }
+    uint32_t size = out->size < sizeof(s) ? out->size : (uint32_t)sizeof(s);
+    memcpy((char *)out + sizeof(uint32_t), (char *)&s + sizeof(uint32_t), size - sizeof(uint32_t));
+    return 0;
+}
+
+typedef struct hx_var {
+    const char *name;
+    helios_buf value;
+    struct hx_var *next;
+} hx_var;
+
+static int api_req_var_set(helios_request *rq, const char *name, const char *value)
+{
+    hx_req *r = REQ(rq);
+    if (name == NULL || name[0] == '\0')
+        return -1;
+    hx_var **pp = &r->vars;
+    for (; *pp; pp = &(*pp)->next)
+        if (strcmp((*pp)->name, name) == 0)
+            break;
+    if (value == NULL) {
+        if (*pp)
+            *pp = (*pp)->next;
+        return 0;
+    }
+    char *v = hx_arena_strndup(&r->arena, value, strlen(value));
+    if (v == NULL)
+        return -1;
+    if (*pp) {
+        (*pp)->value = (helios_buf){v, strlen(v)};
+        return 0;
+    }
+    hx_var *n = hx_arena_alloc(&r->arena, sizeof(*n));
+    char *nm = hx_arena_strndup(&r->arena, name, strlen(name));
+    if (n == NULL || nm == NULL)
+        return -1;
+    *n = (hx_var){nm, {v, strlen(v)}, NULL};
+    *pp = n;
+    return 0;
+}
+
+static helios_buf api_req_var_get(helios_request *rq, const char *name)
+{
+    for (hx_var *v = REQ(rq)->vars; v && name; v = v->next)
+        if (strcmp(v->name, name) == 0)
+            return v->value;
+    return (helios_buf){NULL, 0};
+}
+
+static const char *api_req_upstream(helios_request *rq)
+{
+    const hx_route *rt = REQ(rq)->route;
+    return rt && rt->upstream ? rt->upstream->name : "";
+}
+
+/* Named pointers between modules: a tiny table under a mutex (set on the
+ * main thread at service start/stop, read by service threads). */
+static pthread_mutex_t export_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct {
+    char name[64];
+    void *ptr;
+} exports[32];
+
+static int api_export_set(const char *name, void *ptr)
+{
+    if (name == NULL || strlen(name) >= sizeof(exports[0].name))
+        return -1;
+    int rc = -1;
+    pthread_mutex_lock(&export_lock);
+    size_t free_slot = SIZE_MAX;
+    for (size_t i = 0; i < sizeof(exports) / sizeof(exports[0]); i++) {
+        if (exports[i].name[0] && strcmp(exports[i].name, name) == 0) {
+            exports[i].ptr = ptr;
+            if (ptr == NULL)
+                exports[i].name[0] = '\0';
+            rc = 0;
+            goto out;
+        }
+        if (!exports[i].name[0] && free_slot == SIZE_MAX)
+            free_slot = i;
+    }
+    if (ptr == NULL) {
+        rc = 0;
+    } else if (free_slot != SIZE_MAX) {
+        snprintf(exports[free_slot].name, sizeof(exports[0].name), "%s", name);
+        exports[free_slot].ptr = ptr;
+        rc = 0;
+    }
+out:
+    pthread_mutex_unlock(&export_lock);
+    return rc;
+}
+
+static void *api_export_get(const char *name)
+{
+    void *p = NULL;
+    pthread_mutex_lock(&export_lock);
+    for (size_t i = 0; name && i < sizeof(exports) / sizeof(exports[0]); i++)
+        if (exports[i].name[0] && strcmp(exports[i].name, name) == 0) {
+            p = exports[i].ptr;
+            break;
+        }
+    pthread_mutex_unlock(&export_lock);
+    return p;
 }
 
 const helios_host_api hx_host_api = {
@@ -636,4 +787,22 @@ const helios_host_api hx_host_api = {
     .req_attempts = api_req_attempts,
     .req_stats = api_req_stats,
     .worker_ev_loop = api_worker_ev_loop,
+    .generation = api_generation,
+    .core_stats = api_core_stats,
+    .ctl_reload = hx_ctl_reload,
+    .ctl_modules_walk = hx_ctl_modules_walk,
+    .ctl_config_walk = hx_ctl_config_walk,
+    .req_var_set = api_req_var_set,
+    .req_var_get = api_req_var_get,
+    .req_upstream = api_req_upstream,
+    .export_set = api_export_set,
+    .export_get = api_export_get,
+    .req_body_read = hx_req_body_read,
+    .subreq_new = hx_subreq_new,
+    .subreq_header_add = hx_subreq_header_add,
+    .subreq_send = hx_subreq_send,
+    .subreq_status = hx_subreq_status,
+    .subreq_header_count = hx_subreq_header_count,
+    .subreq_header_at = hx_subreq_header_at,
+    .subreq_cancel = hx_subreq_cancel,
 };

@@ -110,6 +110,8 @@ typedef struct hx_req {
     ev_tstamp start;
     ev_timer deadline; /* whole-request timeout */
     int log_done;
+    int counted; /* in the worker's requests_active */
+    struct hx_var *vars; /* api->req_var_* (arena) */
 
     hx_arena_block first[]; /* embedded first arena block */
 } hx_req;

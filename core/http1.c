@@ -361,6 +361,12 @@ static void req_log(hx_req *r)
     if (r->log_done)
         return;
     r->log_done = 1;
+    hx_worker *w = r->w;
+    HX_STAT_ADD(w, requests, 1);
+    HX_STAT_ADD(w, bytes_in, r->bytes_in);
+    HX_STAT_ADD(w, bytes_out, r->bytes_out);
+    if (r->counted)
+        HX_STAT_ADD(w, requests_active, -1);
     if (r->route) {
         for (size_t i = r->route->nfilters; i-- > 0;) {
             const hx_instance *inst = r->route->filters[i];
@@ -1025,6 +1031,8 @@ void hx_conn_accept(hx_lsock *ls, int fd, const struct sockaddr *sa, socklen_t s
     w->conns = c;
     w->nconns++;
     ls->nconns++;
+    HX_STAT_ADD(w, accepted, 1);
+    HX_STAT_ADD(w, active, 1);
     ev_io_start(w->loop, &c->rio);
     c->reading = 1;
     conn_update_timer(c);
@@ -1059,6 +1067,7 @@ static void conn_close(hx_conn *c)
         c->next->prev = c->prev;
     c->ls->nconns--;
     w->nconns--;
+    HX_STAT_ADD(w, active, -1);
     hx_buf_free(&c->in);
     hx_buf_free(&c->out);
     hx_buf_free(&c->hb.name);

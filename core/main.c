@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 #include <yaml.h>
 #include <zlib.h>
@@ -87,16 +88,30 @@ static void print_errors(hx_conf_tree *t)
     fprintf(stderr, "heliosd: configuration has %zu error%s\n", n, n == 1 ? "" : "s");
 }
 
-static hx_gen *build(void)
+/* Builds a generation from the configuration; errors go to the log and,
+ * when ERR is given, into it one per line (ctl_reload reports them). */
+static hx_gen *build(char *err, size_t errlen)
 {
     hx_conf_tree *tree = NULL;
     hx_gen *g = hx_gen_build(hx_srv.conf_path, hx_srv.module_override,
                              hx_srv.default_module_dir, &hx_srv.modreg, &tree);
     if (g == NULL) {
+        size_t used = 0;
+        if (err && errlen)
+            err[0] = '\0';
         if (tree) {
             size_t n = hx_conf_error_count(tree);
-            for (size_t i = 0; i < n; i++)
+            for (size_t i = 0; i < n; i++) {
                 hx_error("%s", hx_conf_error_at(tree, i));
+                if (err && used + 1 < errlen) {
+                    int k = snprintf(err + used, errlen - used, "%s%s", used ? "\n" : "",
+                                     hx_conf_error_at(tree, i));
+                    if (k > 0)
+                        used += (size_t)k < errlen - used ? (size_t)k : errlen - used - 1;
+                }
+            }
+        } else if (err && errlen) {
+            snprintf(err, errlen, "out of memory reading the configuration");
         }
         hx_conf_tree_free(tree);
     }
@@ -122,40 +137,114 @@ static void service_stop(hx_gen *g)
     }
 }
 
-static void reload(void)
+/* Returns 0 when the new generation is live, -1 when the old one stays
+ * (reasons in ERR when given). */
+static int reload(char *err, size_t errlen)
 {
     hx_info("reloading configuration from %s", hx_srv.conf_path);
     /* runtime control calls (admin API) wait while the generation changes */
     hx_ctl_lock();
-    hx_gen *g = build();
+    hx_gen *g = build(err, errlen);
     if (g == NULL) {
         hx_srv.reload_failures++;
         hx_error("reload failed: the running configuration (generation %u) stays",
                  hx_srv.gen->id);
         hx_ctl_unlock();
-        return;
+        return -1;
     }
     if (hx_workers_switch(g) != 0) {
         hx_srv.reload_failures++;
         hx_error("reload failed: cannot open listeners; generation %u stays", hx_srv.gen->id);
+        if (err && errlen)
+            snprintf(err, errlen, "cannot open the listeners of the new configuration "
+                                  "(see the error log)");
         hx_gen_unref(g);
         hx_ctl_unlock();
-        return;
+        return -1;
     }
     hx_gen *old = hx_srv.gen;
     hx_srv.gen = g;
+    atomic_store(&hx_srv.gen_id, g->id);
+    hx_srv.reloads++;
     /* Unlock before stopping services: a service's stop() joins its thread,
      * which may be waiting for this lock inside a ctl_* call. Control calls
      * made in between act on the new generation. */
     hx_ctl_unlock();
+    /* a service thread waiting in ctl_reload gets its answer now, before
+     * its own service is stopped below */
+    pthread_mutex_lock(&hx_srv.reload_lock);
+    if (hx_srv.reload_wanted && !hx_srv.reload_done) {
+        hx_srv.reload_rc = 0;
+        hx_srv.reload_gen = g->id;
+        hx_srv.reload_done = 1;
+        pthread_cond_broadcast(&hx_srv.reload_cond);
+    }
+    pthread_mutex_unlock(&hx_srv.reload_lock);
     /* services belong to a generation: stop the old ones, start the new */
     service_stop(old);
     hx_log_open(g->logging.level, g->logging.error_log);
     hx_accesslog_open(&g->logging);
     service_start(g);
     hx_gen_unref(old);
-    hx_srv.reloads++;
     hx_info("configuration generation %u is live", g->id);
+    return 0;
+}
+
+/* Main thread: a service thread asked for a reload (ctl_reload). */
+static void reload_async_cb(struct ev_loop *loop, ev_async *a, int revents)
+{
+    (void)loop;
+    (void)a;
+    (void)revents;
+    pthread_mutex_lock(&hx_srv.reload_lock);
+    int wanted = hx_srv.reload_wanted && !hx_srv.reload_done;
+    pthread_mutex_unlock(&hx_srv.reload_lock);
+    if (!wanted)
+        return;
+    char err[sizeof(hx_srv.reload_err)];
+    if (reload(err, sizeof(err)) != 0) {
+        pthread_mutex_lock(&hx_srv.reload_lock);
+        hx_srv.reload_rc = -1;
+        snprintf(hx_srv.reload_err, sizeof(hx_srv.reload_err), "%s", err);
+        hx_srv.reload_done = 1;
+        pthread_cond_broadcast(&hx_srv.reload_cond);
+        pthread_mutex_unlock(&hx_srv.reload_lock);
+    }
+}
+
+/* Host API ctl_reload: any thread but main and the workers. One reload
+ * request at a time; a second caller waits for the first to finish. */
+static int main_ctl_reload(uint32_t *gen, char *err, size_t errlen)
+{
+    static pthread_mutex_t one_at_a_time = PTHREAD_MUTEX_INITIALIZER;
+    if (pthread_equal(pthread_self(), hx_srv.main_thread) || hx_worker_self() != NULL) {
+        if (err && errlen)
+            snprintf(err, errlen, "ctl_reload called from the main thread or a worker");
+        return -1;
+    }
+    pthread_mutex_lock(&one_at_a_time);
+    pthread_mutex_lock(&hx_srv.reload_lock);
+    if (hx_srv.stopping) {
+        pthread_mutex_unlock(&hx_srv.reload_lock);
+        pthread_mutex_unlock(&one_at_a_time);
+        if (err && errlen)
+            snprintf(err, errlen, "heliosd is stopping");
+        return -1;
+    }
+    hx_srv.reload_wanted = 1;
+    hx_srv.reload_done = 0;
+    ev_async_send(hx_srv.loop, &hx_srv.reload_async);
+    while (!hx_srv.reload_done)
+        pthread_cond_wait(&hx_srv.reload_cond, &hx_srv.reload_lock);
+    int rc = hx_srv.reload_rc;
+    if (rc == 0 && gen)
+        *gen = hx_srv.reload_gen;
+    if (rc != 0 && err && errlen)
+        snprintf(err, errlen, "%s", hx_srv.reload_err);
+    hx_srv.reload_wanted = 0;
+    pthread_mutex_unlock(&hx_srv.reload_lock);
+    pthread_mutex_unlock(&one_at_a_time);
+    return rc;
 }
 
 static void sig_cb(struct ev_loop *loop, ev_signal *s, int revents)
@@ -163,7 +252,7 @@ static void sig_cb(struct ev_loop *loop, ev_signal *s, int revents)
     (void)revents;
     switch (s->signum) {
     case SIGHUP:
-        reload();
+        reload(NULL, 0);
         break;
     case SIGUSR1:
         hx_log_reopen();
@@ -172,7 +261,16 @@ static void sig_cb(struct ev_loop *loop, ev_signal *s, int revents)
         break;
     default:
         hx_info("received %s, stopping", s->signum == SIGINT ? "SIGINT" : "SIGTERM");
+        pthread_mutex_lock(&hx_srv.reload_lock);
         hx_srv.stopping = 1;
+        /* a service thread waiting in ctl_reload must not wait forever */
+        if (hx_srv.reload_wanted && !hx_srv.reload_done) {
+            hx_srv.reload_rc = -1;
+            snprintf(hx_srv.reload_err, sizeof(hx_srv.reload_err), "heliosd is stopping");
+            hx_srv.reload_done = 1;
+            pthread_cond_broadcast(&hx_srv.reload_cond);
+        }
+        pthread_mutex_unlock(&hx_srv.reload_lock);
         ev_break(loop, EVBREAK_ALL);
     }
 }
@@ -237,6 +335,12 @@ int main(int argc, char **argv)
         return 1;
     }
     hx_server_init_main(loop);
+    hx_srv.main_thread = pthread_self();
+    hx_ctl_reload_impl = main_ctl_reload;
+    pthread_mutex_init(&hx_srv.reload_lock, NULL);
+    pthread_cond_init(&hx_srv.reload_cond, NULL);
+    ev_async_init(&hx_srv.reload_async, reload_async_cb);
+    ev_async_start(loop, &hx_srv.reload_async);
     /* Watch signals before anything can be observed from outside (the
      * listeners): a SIGHUP or SIGTERM right after startup must not take
      * the default action and kill the process. */
@@ -246,7 +350,7 @@ int main(int argc, char **argv)
         ev_signal_init(&sigs[i], sig_cb, signums[i]);
         ev_signal_start(loop, &sigs[i]);
     }
-    hx_gen *g = build();
+    hx_gen *g = build(NULL, 0);
     if (g == NULL) {
         fprintf(stderr, "heliosd: not starting: invalid configuration\n");
         hx_modreg_free(&hx_srv.modreg);
@@ -264,6 +368,8 @@ int main(int argc, char **argv)
         return 1;
     }
     hx_srv.gen = g;
+    atomic_store(&hx_srv.gen_id, g->id);
+    hx_srv.start_time = (uint64_t)time(NULL);
     /* workers inherit a mask with our signals blocked: only main gets them */
     sigset_t set, old;
     sigemptyset(&set);
@@ -292,6 +398,7 @@ int main(int argc, char **argv)
     hx_workers_stop(grace);
     for (int i = 0; i < 4; i++)
         ev_signal_stop(loop, &sigs[i]);
+    ev_async_stop(loop, &hx_srv.reload_async);
     hx_gen_unref(hx_srv.gen);
     hx_srv.gen = NULL;
     hx_modreg_free(&hx_srv.modreg);

@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -219,7 +220,9 @@ hx_module *hx_module_load(hx_modreg *reg, const char *dir, const char *name, cha
         const char *what;
     } tables[] = {
         {DESC_HAS(d, filter) ? d->filter : NULL, sizeof(helios_filter_hooks), "filter"},
-        {DESC_HAS(d, handler) ? d->handler : NULL, sizeof(helios_handler_hooks), "handler"},
+        /* on_done was appended in 1.1 */
+        {DESC_HAS(d, handler) ? d->handler : NULL, offsetof(helios_handler_hooks, on_done),
+         "handler"},
         {DESC_HAS(d, balancer) ? d->balancer : NULL, sizeof(helios_balancer_hooks), "balancer"},
         {DESC_HAS(d, service) ? d->service : NULL, sizeof(helios_service_hooks), "service"},
         {DESC_HAS(d, health) ? d->health : NULL, sizeof(helios_health_hooks), "health"},

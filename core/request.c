@@ -273,6 +273,8 @@ static void deadline_cb(struct ev_loop *loop, ev_timer *t, int revents)
 void hx_req_start(hx_req *r)
 {
     hx_gen *g = r->gen;
+    r->counted = 1;
+    HX_STAT_ADD(r->w, requests_active, 1);
     /* split target: origin-form, absolute-form, asterisk-form */
     const char *t = r->target.ptr;
     size_t tl = r->target.len;

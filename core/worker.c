@@ -312,6 +312,7 @@ static void accept_cb(struct ev_loop *loop, ev_io *io, int revents)
             ssize_t w = send(fd, busy, sizeof(busy) - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
             (void)w;
             close(fd);
+            HX_STAT_ADD(ls->w, refused, 1);
             hx_warn("listener %s: connection refused: %u connections on worker %u (max %u)",
                     ls->key, ls->nconns, ls->w->id, ls->conf.max_connections);
             continue;
@@ -477,9 +478,11 @@ int hx_workers_start(hx_gen *g)
 {
     hx_lfd *set;
     hx_srv.nworkers = g->workers;
-    hx_srv.workers = calloc(g->workers, sizeof(hx_worker));
+    /* aligned: each worker's counters sit on cache lines of their own */
+    hx_srv.workers = aligned_alloc(_Alignof(hx_worker), g->workers * sizeof(hx_worker));
     if (hx_srv.workers == NULL)
         return -1;
+    memset(hx_srv.workers, 0, g->workers * sizeof(hx_worker));
     if (listeners_prepare(g, &set) != 0)
         return -1;
     setup_pools(g);

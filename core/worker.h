@@ -11,6 +11,7 @@
 
 #include <ev.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 
 #include "config.h"
@@ -57,7 +58,24 @@ typedef struct hx_task {
     struct hx_task *next;
 } hx_task;
 
+/* Counters one worker keeps for api->core_stats: written only by the
+ * worker (relaxed load + store, no read-modify-write), read by anyone. On
+ * their own cache lines so a reader never bounces a worker's hot line. */
+typedef struct hx_wstats {
+    _Atomic uint64_t accepted, active, refused;
+    _Atomic uint64_t requests, requests_active;
+    _Atomic uint64_t bytes_in, bytes_out;
+} hx_wstats;
+
+#define HX_STAT_ADD(w, field, n)                                                          \
+    atomic_store_explicit(&(w)->stats.field,                                              \
+                          atomic_load_explicit(&(w)->stats.field, memory_order_relaxed) + \
+                              (uint64_t)(n),                                              \
+                          memory_order_relaxed)
+
 struct hx_worker {
+    _Alignas(64) hx_wstats stats;
+    char stats_pad_[64];
     unsigned id;
     struct ev_loop *loop;
     pthread_t thread;
@@ -100,6 +118,16 @@ typedef struct hx_server {
     size_t gc_n, gc_cap;
     int stopping;
     unsigned reloads, reload_failures;
+    uint64_t start_time; /* Unix seconds */
+    _Atomic uint32_t gen_id; /* running generation, readable from any thread */
+    /* ctl_reload: a service thread asks main to reload and waits */
+    pthread_t main_thread;
+    ev_async reload_async;
+    pthread_mutex_t reload_lock;
+    pthread_cond_t reload_cond;
+    int reload_wanted, reload_done, reload_rc;
+    uint32_t reload_gen;
+    char reload_err[2048];
 } hx_server;
 
 extern hx_server hx_srv;

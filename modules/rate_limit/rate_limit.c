@@ -354,6 +354,9 @@ static int rl_deny(const rl_config *cfg, helios_request *r, const rl_verdict *v)
     snprintf(buf, sizeof(buf), "%llu", (unsigned long long)(s ? s : 1));
     api->resp_header_set(r, "Retry-After", buf);
     rl_set_headers(cfg, r, v);
+    /* metrics and log modules count refusals by this variable (ABI 1.1) */
+    if (HELIOS_API_HAS(api, req_var_set))
+        api->req_var_set(r, "rate_limit", "limited");
     static const char body[] = "429 Too Many Requests\n";
     if (api->respond(r, 429, "text/plain; charset=utf-8", body, sizeof(body) - 1) != 0)
         return HELIOS_ERROR;

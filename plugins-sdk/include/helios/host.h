@@ -249,6 +249,96 @@ struct helios_host_api {
      * their own I/O on it (e.g. an async Redis client). Watchers started on
      * it must be stopped in worker_fini. */
     void *(*worker_ev_loop)(helios_worker *w);
+
+    /* ==== appended in ABI 1.1 ==== */
+
+    /* ---- operations (any thread unless stated) ---- */
+
+    /* Id of the running configuration generation (1 at startup, +1 for
+     * every successful reload). */
+    uint32_t (*generation)(void);
+    /* Fills OUT (caller sets out->size first) with process-wide counters,
+     * summed over workers. Returns 0. */
+    int (*core_stats)(helios_core_stats *out);
+    /* Reloads the configuration as SIGHUP does and waits for the outcome.
+     * Not on the main thread or a worker (it would wait for itself): call
+     * it from a service's own thread. Returns 0 with the new generation id
+     * in *GEN (may be NULL), or -1 with the reasons (one per line, as the
+     * error log has them) in ERR. The caller's own service instance is
+     * stopped right after (it belongs to the old generation) and the new
+     * generation's instance started: stop() must let a request that is
+     * being answered finish. */
+    int (*ctl_reload)(uint32_t *gen, char *err, size_t errlen);
+    /* Calls FN once per module loaded by the running generation, in load
+     * order, under the control lock. Returns the number of modules. */
+    long (*ctl_modules_walk)(void (*fn)(void *arg, const helios_module_info *m), void *arg);
+    /* Calls FN with the root map of the running generation's merged
+     * configuration (walk it with conf_*), under the control lock: the
+     * nodes stay valid during the call only. Returns 0, -1 if none. */
+    int (*ctl_config_walk)(void (*fn)(void *arg, const helios_conf *root), void *arg);
+
+    /* ---- request variables (worker) ----
+     * Small named strings a module leaves on a request for others to read
+     * (e.g. rate_limit sets "rate_limit" to "limited" when it refuses a
+     * request; metrics and log modules read it). Names are case-sensitive;
+     * both strings are copied into the request. Set replaces, a NULL VALUE
+     * removes. Get returns a borrowed buffer, ptr NULL when unset. */
+    int (*req_var_set)(helios_request *r, const char *name, const char *value);
+    helios_buf (*req_var_get)(helios_request *r, const char *name);
+    /* Name of the upstream the request's route proxies to, or "" for a
+     * route with a handler (worker). */
+    const char *(*req_upstream)(helios_request *r);
+
+    /* ---- exports between modules (any thread) ----
+     * A process-wide registry of named pointers one module offers another
+     * (e.g. metrics offers "metrics.prometheus" for admin_api to serve on
+     * its listener). What the pointer points to is a contract between those
+     * modules (see helios/util/ for the shipped ones). Set it in a service's
+     * start() and clear it (NULL) in stop(): a pointer stays usable by
+     * other services until the generation that set it ends. Set replaces. */
+    int (*export_set)(const char *name, void *ptr);
+    void *(*export_get)(const char *name);
+
+    /* ---- handlers: the request body (worker) ----
+     * A handler asks for the request body once, from handle() or later
+     * while paused. ON_DATA(ARG, CHUNK, LAST, ERROR) then runs on the worker
+     * for each piece as it arrives (CHUNK borrowed for the call), the last
+     * call with LAST set (CHUNK may be empty). ERROR non-zero means the body
+     * cannot be completed (client gone, timeout, bad framing): no more
+     * calls follow. A request without a body gets one call, LAST and empty,
+     * from the worker loop (never from inside req_body_read). Returns 0, or
+     * -1 when the body was already requested or the request is not a
+     * handler's. The body is read at the pace ON_DATA returns: the module
+     * decides how much to keep. */
+    int (*req_body_read)(helios_request *r,
+                         void (*on_data)(void *arg, helios_buf chunk, int last, int error),
+                         void *arg);
+
+    /* ---- subrequests: a module's own requests to upstreams (worker) ----
+     * Go through the upstream's balancer, retries and keep-alive pools
+     * like proxied requests. Build with subreq_new, add headers, then
+     * subreq_send with the whole body. Callbacks run on the worker, never
+     * from inside subreq_send. After on_error, or on_body with LAST, the
+     * subrequest is freed by the core; before that, subreq_cancel frees it
+     * (no callback after). A subrequest made with a PARENT request is
+     * cancelled by the core when the parent ends (after on_done / on_log);
+     * with PARENT NULL it lives until done or cancelled, and a module must
+     * cancel its own in worker_fini. */
+    helios_subreq *(*subreq_new)(helios_worker *w, helios_request *parent, const char *upstream,
+                                 const char *method, const char *target, char *err,
+                                 size_t errlen);
+    /* Host header defaults to the parent's host or the backend's address.
+     * Hop-by-hop headers are refused (-1) as are invalid names/values. */
+    int (*subreq_header_add)(helios_subreq *s, const char *name, const char *value);
+    /* Starts the subrequest; BODY (copied) may be NULL with LEN 0. Returns
+     * 0, or -1 (nothing will be called back; the subrequest is freed). */
+    int (*subreq_send)(helios_subreq *s, const void *body, size_t len,
+                       const helios_subreq_cb *cb, void *arg);
+    /* Response status and headers, valid from on_head until freed. */
+    int (*subreq_status)(helios_subreq *s);
+    size_t (*subreq_header_count)(helios_subreq *s);
+    int (*subreq_header_at)(helios_subreq *s, size_t i, helios_buf *name, helios_buf *value);
+    void (*subreq_cancel)(helios_subreq *s);
 };
 
 enum {

@@ -63,6 +63,11 @@ typedef struct helios_handler_hooks {
     /* Must answer (api->respond*, then RESPONDED) or PAUSE and answer later
      * before resuming. CONTINUE is treated as ERROR. */
     int (*handle)(helios_ctx *c);
+    /* ABI 1.1 (read only when size covers it): after the response is
+     * finished or the request aborted, like a filter's on_log; the place to
+     * cancel timers and subrequests the handler still has for this request
+     * (a resume after this is ignored). May be NULL. */
+    void (*on_done)(helios_ctx *c);
 } helios_handler_hooks;
 
 /*

@@ -16,7 +16,7 @@
 #include <stdint.h>
 
 #define HELIOS_ABI_MAJOR 1
-#define HELIOS_ABI_MINOR 0
+#define HELIOS_ABI_MINOR 1
 
 /* "HLOS": first field of every module descriptor. */
 #define HELIOS_MODULE_MAGIC 0x484c4f53u
@@ -91,10 +91,28 @@ typedef struct helios_backends helios_backends; /* an upstream's backend list */
 typedef struct helios_tried helios_tried;       /* backends tried by this request */
 typedef struct helios_timer helios_timer;       /* a one-shot worker timer */
 typedef struct helios_prepared helios_prepared; /* a pre-serialised response */
+typedef struct helios_subreq helios_subreq;     /* a module's own upstream request (1.1) */
+
+/* Callbacks of a subrequest (ABI 1.1, api->subreq_send); all on the
+ * subrequest's worker. */
+typedef struct helios_subreq_cb {
+    uint32_t size; /* sizeof(helios_subreq_cb) the module was built with */
+    /* The response head arrived: api->subreq_status / subreq_header_* work. */
+    void (*on_head)(void *arg, helios_subreq *s);
+    /* A piece of the response body (borrowed for the call); LAST on the
+     * final one, after which the subrequest is freed. */
+    void (*on_body)(void *arg, helios_subreq *s, helios_buf chunk, int last);
+    /* The subrequest failed before or during the response (no usable
+     * backend 503, connect failure or reset 502, timeout 504, response
+     * cut off 502). STATUS is what a proxied request would have answered;
+     * the subrequest is freed after the call. */
+    void (*on_error)(void *arg, helios_subreq *s, int status, const char *reason);
+} helios_subreq_cb;
 
 /* Facts about a finished (or finishing) request, for log modules. */
 typedef struct helios_req_stats {
-    uint32_t size;         /* set by the caller: sizeof(helios_req_stats) */
+    uint32_t size;         /* set by the caller: sizeof(helios_req_stats); the
+                            * core fills the fields that size covers */
     int status;            /* response status, 0 if none was sent */
     int aborted;           /* the response could not be completed */
     uint64_t bytes_in;     /* request body bytes received */
@@ -105,7 +123,54 @@ typedef struct helios_req_stats {
     int64_t upstream_ms;   /* time spent on upstream attempts, -1 if none */
     unsigned attempts;     /* upstream attempts, 0 if not proxied */
     const char *protocol;  /* "HTTP/1.0" / "HTTP/1.1" */
+    /* appended in ABI 1.1 (filled when the caller's size covers them) */
+    uint64_t duration_us;  /* duration_ms in microseconds */
+    int64_t upstream_us;   /* upstream_ms in microseconds, -1 if none */
+    const char *upstream_name; /* name of the route's upstream, or "" */
+    const char *backend_name;  /* name of the last backend tried, or "" */
 } helios_req_stats;
+
+/* Process-wide counters (ABI 1.1, api->core_stats): summed over workers at
+ * the time of the call; each worker updates its own copy without locks, so
+ * the sum is a consistent-enough snapshot, never torn per field. */
+typedef struct helios_core_stats {
+    uint32_t size;                 /* set by the caller: sizeof(helios_core_stats) */
+    uint32_t generation;           /* id of the running configuration generation */
+    uint32_t workers;              /* worker threads */
+    const char *version;           /* heliosd version string */
+    uint64_t start_time;           /* Unix time (seconds) heliosd started */
+    uint64_t reloads;              /* successful reloads (SIGHUP or ctl_reload) */
+    uint64_t reload_failures;      /* refused reloads (the old generation stayed) */
+    uint64_t connections_accepted; /* client connections accepted, total */
+    uint64_t connections_active;   /* client connections open now */
+    uint64_t connections_refused;  /* closed at accept: per-worker cap (503) */
+    uint64_t requests;             /* requests finished (logged), total */
+    uint64_t requests_active;      /* requests routed and not yet finished */
+    uint64_t bytes_in;             /* request body bytes received, total */
+    uint64_t bytes_out;            /* response body bytes sent, total */
+} helios_core_stats;
+
+/* Kinds a module implements (helios_module_info.kinds). */
+enum {
+    HELIOS_KIND_FILTER = 1u << 0,
+    HELIOS_KIND_HANDLER = 1u << 1,
+    HELIOS_KIND_BALANCER = 1u << 2,
+    HELIOS_KIND_SERVICE = 1u << 3,
+    HELIOS_KIND_HEALTH = 1u << 4,
+};
+
+/* One loaded module (ABI 1.1, api->ctl_modules_walk). Strings live as long
+ * as the process. */
+typedef struct helios_module_info {
+    uint32_t size;       /* sizeof(helios_module_info) as the core built it */
+    const char *name;
+    const char *version; /* the module's own version */
+    const char *path;    /* the .so file it was loaded from */
+    uint16_t abi_major;  /* the ABI the module was built for */
+    uint16_t abi_minor;
+    unsigned kinds;      /* HELIOS_KIND_* bits */
+    unsigned instances;  /* instances in the running generation */
+} helios_module_info;
 
 /*
  * Context passed to every per-request hook. Owned by the core, valid only
