@@ -1072,13 +1072,10 @@ static int parse_route(build *b, const hx_conf_node *rn, size_t idx, hx_route *r
         up = NULL;
     if (is_absent(hd))
         hd = NULL;
-    if (up && hd) {
-        hx_conf_error(up->line > hd->line ? up : hd,
-                      "a route takes exactly one of 'upstream' (proxy) or 'handler' (module), "
-                      "not both");
-        ok = 0;
-    } else if (!up && !hd) {
-        hx_conf_error(rn, "missing 'upstream' or 'handler': a route needs exactly one of them");
+    /* With both, the handler answers and the upstream is where its
+     * subrequests go by default (api->subreq_new with no upstream name). */
+    if (!up && !hd) {
+        hx_conf_error(rn, "missing 'upstream' or 'handler': a route needs one of them");
         ok = 0;
     }
 

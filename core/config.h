@@ -97,8 +97,8 @@ typedef struct hx_route {
     char *path;
     size_t path_len;
     char **methods; /* NULL = any; else NULL-terminated, upper-case */
-    hx_upstream *upstream;    /* exactly one of upstream/handler */
-    hx_instance *handler;
+    hx_upstream *upstream;    /* proxy target; with a handler: its subrequests' default */
+    hx_instance *handler;     /* answers the route when set */
     hx_instance **filters;    /* global chain then the route's own */
     size_t nfilters;
     const hx_conf_node *node;

@@ -155,7 +155,8 @@ static const char *api_req_protocol(helios_request *r)
 
 static const struct sockaddr *api_req_peer(helios_request *r)
 {
-    return (const struct sockaddr *)&REQ(r)->conn->peer;
+    hx_req *q = REQ(r);
+    return q->conn ? (const struct sockaddr *)&q->conn->peer : (const struct sockaddr *)&q->client;
 }
 
 static const struct sockaddr *api_req_client(helios_request *r)

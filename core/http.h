@@ -111,6 +111,13 @@ typedef struct hx_req {
     ev_timer deadline; /* whole-request timeout */
     int log_done;
     int counted; /* in the worker's requests_active */
+    struct hx_sub *sub;  /* this request is a module's subrequest (no conn) */
+    struct hx_sub *subs; /* subrequests made with this request as parent */
+    /* handler reading the body (api->req_body_read) */
+    void (*body_cb)(void *arg, helios_buf chunk, int last, int error);
+    void *body_arg;
+    int body_state; /* 0 not asked, 1 reading, 2 finished */
+    ev_timer body_kick;
     struct hx_var *vars; /* api->req_var_* (arena) */
 
     hx_arena_block first[]; /* embedded first arena block */

@@ -25,6 +25,7 @@
 #include "accesslog.h"
 #include "http.h"
 #include "log.h"
+#include "subreq.h"
 #include "upstream.h"
 
 #define HX_READ_CHUNK 16384
@@ -346,6 +347,8 @@ static void req_free(hx_conn *c, hx_req *r)
 {
     if (ev_is_active(&r->deadline))
         ev_timer_stop(c->w->loop, &r->deadline);
+    hx_req_body_end(r);
+    hx_subs_cancel_all(r);
     hx_proxy_detach(r);
     hx_wgen_unref(r->wg);
     hx_arena_reset(&r->arena);
@@ -367,6 +370,17 @@ static void req_log(hx_req *r)
     HX_STAT_ADD(w, bytes_out, r->bytes_out);
     if (r->counted)
         HX_STAT_ADD(w, requests_active, -1);
+    hx_req_body_end(r);
+    if (r->route && r->route->handler) {
+        const hx_instance *inst = r->route->handler;
+        const helios_handler_hooks *hh = inst->mod->handler;
+        if (hh->size >= offsetof(helios_handler_hooks, on_done) + sizeof(hh->on_done) &&
+            hh->on_done) {
+            helios_ctx ctx;
+            hx_ctx_init(&ctx, r, inst);
+            hh->on_done(&ctx);
+        }
+    }
     if (r->route) {
         for (size_t i = r->route->nfilters; i-- > 0;) {
             const hx_instance *inst = r->route->filters[i];
@@ -765,6 +779,8 @@ static int req_body(hx_req *r, const char *at, size_t len, int last)
     }
     if (r->phase == HX_PH_PROXY)
         return hx_proxy_body(r, chunk.ptr, chunk.len, last);
+    if (hx_req_body_wanted_by_handler(r))
+        hx_req_body_deliver(r, chunk.ptr, chunk.len, last);
     return 0;
 }
 
@@ -776,7 +792,7 @@ static int body_wanted(hx_conn *c)
     hx_req *r = c->req;
     if (r == NULL)
         return 0;
-    if (r->body_discard)
+    if (r->body_discard || hx_req_body_wanted_by_handler(r))
         return 1;
     return r->phase == HX_PH_PROXY && hx_proxy_body_writable(r);
 }

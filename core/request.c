@@ -11,6 +11,7 @@
 #include "http.h"
 #include "log.h"
 #include "router.h"
+#include "subreq.h"
 #include "upstream.h"
 
 const char *hx_reason(int status)
@@ -413,6 +414,10 @@ int hx_req_respond(hx_req *r, int status, const char *ctype, const void *body, s
 
 void hx_req_error(hx_req *r, int status, const char *reason)
 {
+    if (r->sub) {
+        hx_sub_error(r, status, reason);
+        return;
+    }
     if (r->head_sent) {
         hx_resp_abort(r, reason);
         return;
@@ -471,6 +476,8 @@ int hx_hdrs_connection_lists(const hx_hdrs *h, const char *name, size_t n)
 
 int hx_resp_begin(hx_req *r)
 {
+    if (r->sub)
+        return hx_sub_head(r);
     hx_conn *c = r->conn;
     if (r->route) {
         for (size_t i = r->route->nfilters; i-- > 0;) {
@@ -564,6 +571,8 @@ int hx_resp_body(hx_req *r, const char *p, size_t n, int last)
 {
     if (r->resp_done)
         return 0;
+    if (r->sub)
+        return hx_sub_body(r, p, n, last);
     helios_buf chunk = {p, n};
     if (r->route) {
         for (size_t i = r->route->nfilters; i-- > 0;) {
@@ -614,6 +623,10 @@ int hx_resp_body(hx_req *r, const char *p, size_t n, int last)
 
 void hx_resp_abort(hx_req *r, const char *why)
 {
+    if (r->sub) {
+        hx_sub_error(r, 502, why);
+        return;
+    }
     if (r->resp_done && r->phase == HX_PH_DONE)
         return;
     char peer[64];

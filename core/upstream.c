@@ -18,7 +18,26 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "subreq.h"
 #include "upstream.h"
+
+/* Callbacks run inside the owner's bracket: the client connection's, or a
+ * subrequest's (which has none); either may free the request at leave. */
+static void req_enter(hx_req *r)
+{
+    if (r->conn)
+        hx_conn_enter(r->conn);
+    else
+        hx_sub_enter(r);
+}
+
+static void req_leave(hx_req *r, hx_conn *c)
+{
+    if (c)
+        hx_conn_leave(c);
+    else
+        hx_sub_leave(r);
+}
 
 #define HX_UP_READ 65536
 
@@ -271,6 +290,8 @@ static void append(hx_buf *b, const char *s) { hx_buf_append(b, s, strlen(s)); }
 
 static int serialize_request(hx_req *r, hx_buf *o)
 {
+    if (r->sub)
+        return hx_sub_serialize(r, o);
     hx_buf_append(o, r->method.ptr, r->method.len);
     hx_buf_append(o, " ", 1);
     hx_buf_append(o, r->target.ptr, r->target.len);
@@ -442,14 +463,14 @@ static void up_write_cb(struct ev_loop *loop, ev_io *io, int revents)
         return;
     }
     hx_conn *c = r->conn;
-    hx_conn_enter(c);
+    req_enter(r);
     up_flush(u);
     /* more request body may now fit */
-    if (hx_proxy_body_writable(r) && !r->body_done)
+    if (c && hx_proxy_body_writable(r) && !r->body_done)
         hx_conn_request_body_wanted(c);
     if (r->up == u)
         up_update_timer(u);
-    hx_conn_leave(c);
+    req_leave(r, c);
 }
 
 static void start_exchange(hx_upconn *u);
@@ -464,7 +485,7 @@ static void up_connect_cb(struct ev_loop *loop, ev_io *io, int revents)
     ev_io_stop(loop, &u->wio);
     hx_req *r = u->req;
     hx_conn *c = r->conn;
-    hx_conn_enter(c);
+    req_enter(r);
     if (err) {
         char why[160];
         snprintf(why, sizeof(why), "connect to %s failed: %s", u->b->address, strerror(err));
@@ -473,7 +494,7 @@ static void up_connect_cb(struct ev_loop *loop, ev_io *io, int revents)
         ev_set_cb(&u->wio, up_write_cb);
         start_exchange(u);
     }
-    hx_conn_leave(c);
+    req_leave(r, c);
 }
 
 static void up_read_cb(struct ev_loop *loop, ev_io *io, int revents)
@@ -486,7 +507,7 @@ static void up_read_cb(struct ev_loop *loop, ev_io *io, int revents)
         return;
     }
     hx_conn *c = r->conn;
-    hx_conn_enter(c);
+    req_enter(r);
     char buf[HX_UP_READ];
     ssize_t n = recv(u->fd, buf, sizeof(buf), 0);
     if (n > 0) {
@@ -522,8 +543,9 @@ static void up_read_cb(struct ev_loop *loop, ev_io *io, int revents)
                      llhttp_get_error_reason(&u->parser));
             up_fail(u, HELIOS_OUTCOME_BAD_RESPONSE, why);
         } else if (u->req == r) {
-            hx_conn_flush(c);
-            if (hx_conn_pending(c) > r->gen->limits.max_body_buffer) {
+            if (c)
+                hx_conn_flush(c);
+            if (c && hx_conn_pending(c) > r->gen->limits.max_body_buffer) {
                 ev_io_stop(loop, &u->rio);
                 u->reading_paused = 1;
             }
@@ -544,7 +566,7 @@ static void up_read_cb(struct ev_loop *loop, ev_io *io, int revents)
             up_fail(u, HELIOS_OUTCOME_RESET, why);
         }
     }
-    hx_conn_leave(c);
+    req_leave(r, c);
 }
 
 static void up_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
@@ -558,7 +580,7 @@ static void up_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
     }
     hx_req *r = u->req;
     hx_conn *c = r->conn;
-    hx_conn_enter(c);
+    req_enter(r);
     char why[160];
     if (u->state == UP_CONNECTING)
         snprintf(why, sizeof(why), "connect to %s timed out", u->b->address);
@@ -567,7 +589,7 @@ static void up_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
     else
         snprintf(why, sizeof(why), "reading from %s timed out", u->b->address);
     up_fail(u, HELIOS_OUTCOME_TIMEOUT, why);
-    hx_conn_leave(c);
+    req_leave(r, c);
 }
 
 static void up_update_timer(hx_upconn *u)
@@ -875,12 +897,21 @@ static void start_exchange(hx_upconn *u)
     u->body_queued_all = !r->has_body;
     hx_buf_reset(&u->out);
     serialize_request(r, &u->out);
+    if (r->sub) {
+        /* a subrequest's whole body is in memory: queued with the head */
+        helios_buf body = hx_sub_body_bytes(r);
+        if (body.len) {
+            hx_buf_append(&u->out, body.ptr, body.len);
+            r->req_sent_some = 1;
+        }
+        u->body_queued_all = 1;
+    }
     ev_set_cb(&u->rio, up_read_cb);
     ev_set_cb(&u->wio, up_write_cb);
     ev_io_start(u->w->loop, &u->rio);
     up_flush(u);
     up_update_timer(u);
-    if (r->has_body && !r->body_done)
+    if (r->has_body && !r->body_done && r->conn)
         hx_conn_request_body_wanted(r->conn);
 }
 
@@ -1056,7 +1087,8 @@ void hx_proxy_start(hx_req *r)
 void hx_proxy_client_drained(hx_req *r)
 {
     hx_upconn *u = r->up;
-    if (u && u->reading_paused && hx_conn_pending(r->conn) < r->gen->limits.max_body_buffer) {
+    if (u && r->conn && u->reading_paused &&
+        hx_conn_pending(r->conn) < r->gen->limits.max_body_buffer) {
         u->reading_paused = 0;
         u->last_io = ev_now(u->w->loop);
         ev_io_start(u->w->loop, &u->rio);

@@ -321,9 +321,13 @@ struct helios_host_api {
      * from inside subreq_send. After on_error, or on_body with LAST, the
      * subrequest is freed by the core; before that, subreq_cancel frees it
      * (no callback after). A subrequest made with a PARENT request is
-     * cancelled by the core when the parent ends (after on_done / on_log);
-     * with PARENT NULL it lives until done or cancelled, and a module must
-     * cancel its own in worker_fini. */
+     * cancelled by the core when the parent ends (after on_done / on_log).
+     * With PARENT NULL (e.g. work left for after the response) it lives
+     * until it ends, bounded by the upstream's timeouts, and keeps its
+     * generation (and so the module's worker state) alive meanwhile.
+     * UPSTREAM NULL means the parent route's `upstream:`. Subrequests are
+     * not access-logged and get no X-Forwarded-* headers: the module adds
+     * what it wants. */
     helios_subreq *(*subreq_new)(helios_worker *w, helios_request *parent, const char *upstream,
                                  const char *method, const char *target, char *err,
                                  size_t errlen);
