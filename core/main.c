@@ -4,7 +4,10 @@
  *   heliosd -c PATH [-m DIR]     run
  *   heliosd -t -c PATH [-m DIR]  validate and exit 0/1
  *   heliosd -V                   versions
+ *   heliosd compile [-m DIR] app.js -o app.qjsbc
+ *                                the js module's bytecode compiler
  */
+#include <dlfcn.h>
 #include <errno.h>
 #include <ev.h>
 #include <getopt.h>
@@ -15,6 +18,7 @@
 #include <openssl/crypto.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -26,6 +30,7 @@
 #include "config.h"
 #include "control.h"
 #include "log.h"
+#include "module_loader.h"
 #include "worker.h"
 
 void hx_server_init_main(struct ev_loop *loop);
@@ -34,6 +39,7 @@ static void usage(FILE *f)
 {
     fprintf(f, "usage: heliosd -c PATH [-m MODULE_DIR] [-t]\n"
                "       heliosd -V\n"
+               "       heliosd compile [-m MODULE_DIR] SCRIPT.js -o OUT.qjsbc\n"
                "  -c PATH  configuration: a directory (every *.yaml, lexical order, merged)\n"
                "           or one file (default /etc/helios)\n"
                "  -m DIR   module directory (overrides module_path)\n"
@@ -275,8 +281,56 @@ static void sig_cb(struct ev_loop *loop, ev_signal *s, int revents)
     }
 }
 
+/*
+ * `heliosd compile ...`: QuickJS lives in the js module, not the core, so
+ * the subcommand loads js.so (as the server would) and hands it the
+ * arguments through its exported helios_js_compile.
+ */
+static int compile_main(int argc, char **argv)
+{
+    const char *dir = NULL;
+    char **args = calloc((size_t)argc + 1, sizeof(char *));
+    if (args == NULL)
+        return 1;
+    int n = 0;
+    for (int i = 0; i < argc; i++) {
+        if (i > 0 && strcmp(argv[i], "-m") == 0 && i + 1 < argc) {
+            dir = argv[++i];
+            continue;
+        }
+        args[n++] = argv[i];
+    }
+    if (dir == NULL)
+        dir = default_module_dir();
+    char path[PATH_MAX];
+    snprintf(path, sizeof(path), "%s/js.so", dir);
+    void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    if (h == NULL) {
+        fprintf(stderr, "heliosd compile: cannot load the js module: %s\n", dlerror());
+        free(args);
+        return 1;
+    }
+    typedef const helios_module *(*init_fn)(const helios_host_api *);
+    typedef int (*compile_fn)(int, char **);
+    init_fn init = (init_fn)dlsym(h, "helios_module_init");
+    compile_fn compile = (compile_fn)dlsym(h, "helios_js_compile");
+    if (init == NULL || compile == NULL) {
+        fprintf(stderr, "heliosd compile: %s does not export helios_js_compile\n", path);
+        dlclose(h);
+        free(args);
+        return 1;
+    }
+    hx_log_open(HELIOS_LOG_WARN, NULL);
+    int rc = init(&hx_host_api) ? compile(n, args) : 1;
+    dlclose(h);
+    free(args);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
+    if (argc > 1 && strcmp(argv[1], "compile") == 0)
+        return compile_main(argc - 1, argv + 1);
     const char *conf = "/etc/helios";
     int test = 0, opt;
     hx_srv.module_override = NULL;
