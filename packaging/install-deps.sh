@@ -20,7 +20,8 @@ FETCH=""
 command -v node >/dev/null 2>&1 || FETCH="$FETCH nodejs"
 command -v npm >/dev/null 2>&1 || FETCH="$FETCH npm"
 TEST="python3 python3-pytest python3-h2 python3-websockets
- python3-prometheus-client python3-yaml redis-server curl valgrind procps iproute2"
+ python3-prometheus-client python3-yaml python3-jwt python3-cryptography python3-grpcio
+ python3-protobuf openssl redis-server curl valgrind procps iproute2"
 BENCH="wrk nginx-light haproxy nghttp2-client"
 
 apt-get update -q
