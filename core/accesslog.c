@@ -1,5 +1,7 @@
 #include "accesslog.h"
 
+#include <openssl/ssl.h>
+
 #include <errno.h>
 #include <fcntl.h>
 #include <stdatomic.h>
@@ -9,6 +11,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "tls.h"
 
 static _Atomic int al_fd = -1;
 static int al_format;
@@ -117,6 +120,11 @@ void hx_accesslog_write(const hx_req *r)
         breaker = bs >= 0 && bs <= 2 ? brk[bs] : "-";
     }
     int status = r->aborted && r->status == 0 ? 0 : r->status;
+    const char *tlsv = "-", *tlsc = "-";
+    if (r->conn && r->conn->ssl) {
+        tlsv = hx_tls_version(r->conn->ssl);
+        tlsc = hx_tls_cipher(r->conn->ssl);
+    }
     int n;
     if (al_format == HX_LOG_FMT_JSON) {
         char method[64];
@@ -131,10 +139,10 @@ void hx_accesslog_write(const hx_req *r)
                      "\"protocol\":\"%s\",\"status\":%d,\"bytes_in\":%llu,\"bytes_out\":%llu,"
                      "\"duration_ms\":%ld,\"route\":\"%.*s\",\"upstream\":\"%s\","
                      "\"upstream_ms\":%ld,\"tries\":%u,\"backend_health\":\"%s\","
-                     "\"breaker\":\"%s\",\"aborted\":%s}\n",
+                     "\"breaker\":\"%s\",\"tls\":\"%s\",\"cipher\":\"%s\",\"aborted\":%s}\n",
                      ts, client, (int)ml, method, (int)pl, path, proto, status,
                      (unsigned long long)r->bytes_in, (unsigned long long)r->bytes_out, dur,
-                     (int)rl, rt, up, up_ms, r->attempts, health, breaker,
+                     (int)rl, rt, up, up_ms, r->attempts, health, breaker, tlsv, tlsc,
                      r->aborted ? "true" : "false");
     } else {
         char method[64];
@@ -144,10 +152,11 @@ void hx_accesslog_write(const hx_req *r)
                              r->target.len);
         n = snprintf(line, sizeof(line),
                      "%s %s \"%.*s %.*s %s\" %d %llu %llu %ld route=%s upstream=%s "
-                     "upstream_ms=%ld tries=%u backend=%s breaker=%s%s\n",
+                     "upstream_ms=%ld tries=%u backend=%s breaker=%s tls=%s cipher=%s%s\n",
                      ts, client, (int)ml, method, (int)pl, path, proto, status,
                      (unsigned long long)r->bytes_in, (unsigned long long)r->bytes_out, dur,
-                     route, up, up_ms, r->attempts, health, breaker, r->aborted ? " aborted" : "");
+                     route, up, up_ms, r->attempts, health, breaker, tlsv, tlsc,
+                     r->aborted ? " aborted" : "");
     }
     if (n > 0) {
         if ((size_t)n >= sizeof(line)) {

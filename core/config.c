@@ -14,6 +14,7 @@
  * order they appear in the file.
  */
 #include "config.h"
+#include "tls.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -400,7 +401,8 @@ static void parse_modules(build *b, const hx_conf_node *root)
 
 static void parse_listeners(build *b, const hx_conf_node *root)
 {
-    static const char *const keys[] = {"name", "address", "max_connections", "backlog", NULL};
+    static const char *const keys[] = {"name", "address", "max_connections", "backlog", "tls",
+                                       NULL};
     const hx_conf_node *seq = req_seq(root, "listeners", "{address: HOST:PORT}");
     if (!seq)
         return;
@@ -450,6 +452,13 @@ static void parse_listeners(build *b, const hx_conf_node *root)
             ok = 0;
         l->backlog = (int)v;
 
+        const hx_conf_node *tn = hx_conf_get(ln, "tls");
+        if (!is_absent(tn)) {
+            l->tls = hx_tls_new(tn);
+            if (l->tls == NULL)
+                ok = 0;
+        }
+
         char defname[32];
         snprintf(defname, sizeof defname, "listener%zu", i);
         const char *nm = name ? name->scalar : defname;
@@ -462,13 +471,18 @@ static void parse_listeners(build *b, const hx_conf_node *root)
                 ok = 0;
             }
         }
-        if (!ok)
+        if (!ok) {
+            hx_tls_free(l->tls);
+            l->tls = NULL;
             continue;
+        }
         l->name = b_strdup(b, nm);
         l->address = b_strdup(b, addr->scalar);
         if (!l->name || !l->address) {
             free(l->name);
             free(l->address);
+            hx_tls_free(l->tls);
+            l->tls = NULL;
             return;
         }
         g->nlisteners++;
@@ -1166,6 +1180,7 @@ static void gen_free(hx_gen *g, int free_tree)
     for (size_t i = 0; i < g->nlisteners; i++) {
         free(g->listeners[i].name);
         free(g->listeners[i].address);
+        hx_tls_free(g->listeners[i].tls);
     }
     free(g->listeners);
     free(g->trusted);

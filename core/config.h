@@ -110,6 +110,7 @@ typedef struct hx_listener_conf {
     hx_addr addr;
     unsigned max_connections; /* per worker */
     int backlog;
+    struct hx_tls *tls;       /* TLS termination, or NULL (owned by the generation) */
     const hx_conf_node *node;
 } hx_listener_conf;
 

@@ -17,6 +17,7 @@
 #include "module_loader.h"
 #include "upstream.h"
 #include "subreq.h"
+#include "tls.h"
 
 #define REQ(r) ((hx_req *)(r))
 #define NODE(n) ((const hx_conf_node *)(n))
@@ -654,6 +655,31 @@ static const char *api_req_upstream(helios_request *rq)
     return rt && rt->upstream ? rt->upstream->name : "";
 }
 
+static int api_req_tls(helios_request *rq, helios_tls_info *out)
+{
+    hx_req *r = REQ(rq);
+    if (out == NULL || out->size < sizeof(uint32_t) || r->conn == NULL || r->conn->ssl == NULL)
+        return -1;
+    SSL *ssl = r->conn->ssl;
+    helios_tls_info t;
+    memset(&t, 0, sizeof(t));
+    t.version = hx_tls_version(ssl);
+    t.cipher = hx_tls_cipher(ssl);
+    t.sni = hx_tls_sni(ssl);
+    const unsigned char *ap = NULL;
+    unsigned int al = 0;
+    SSL_get0_alpn_selected(ssl, &ap, &al);
+    if (al)
+        t.alpn = hx_arena_strndup(&r->arena, (const char *)ap, al);
+    char subj[512];
+    if (hx_tls_client_subject(ssl, subj, sizeof(subj)) == 0)
+        t.client_subject = hx_arena_strndup(&r->arena, subj, strlen(subj));
+    t.client_verified = hx_tls_client_verified(ssl);
+    uint32_t size = out->size < sizeof(t) ? out->size : (uint32_t)sizeof(t);
+    memcpy((char *)out + sizeof(uint32_t), (char *)&t + sizeof(uint32_t), size - sizeof(uint32_t));
+    return 0;
+}
+
 /* Named pointers between modules: a tiny table under a mutex (set on the
  * main thread at service start/stop, read by service threads). */
 static pthread_mutex_t export_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -806,4 +832,5 @@ const helios_host_api hx_host_api = {
     .subreq_header_count = hx_subreq_header_count,
     .subreq_header_at = hx_subreq_header_at,
     .subreq_cancel = hx_subreq_cancel,
+    .req_tls = api_req_tls,
 };

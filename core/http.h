@@ -134,6 +134,10 @@ struct hx_conn {
     hx_worker *w;
     hx_lsock *ls;
     int fd;
+    struct ssl_st *ssl;  /* TLS, or NULL */
+    int tls_hs;          /* handshake in progress */
+    int tls_rd_wants_write; /* SSL_read needs the socket writable */
+    hx_wgen *hs_wg;      /* keeps the TLS contexts' generation during the handshake */
     ev_io rio, wio;
     ev_timer timer;
     int state;

@@ -22,10 +22,14 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+
 #include "accesslog.h"
 #include "http.h"
 #include "log.h"
 #include "subreq.h"
+#include "tls.h"
 #include "upstream.h"
 
 #define HX_READ_CHUNK 16384
@@ -164,6 +168,131 @@ static long head_validate(hx_conn *c, const char *p, size_t n)
 }
 
 /* ------------------------------------------------------------------ */
+/* transport: plain TCP or TLS                                         */
+
+static ssize_t conn_send(hx_conn *c, const void *p, size_t n)
+{
+    if (c->ssl == NULL)
+        return send(c->fd, p, n, MSG_NOSIGNAL);
+    size_t w = 0;
+    ERR_clear_error();
+    int rc = SSL_write_ex(c->ssl, p, n, &w);
+    if (rc == 1)
+        return (ssize_t)w;
+    switch (SSL_get_error(c->ssl, rc)) {
+    case SSL_ERROR_WANT_WRITE:
+    case SSL_ERROR_WANT_READ:
+        errno = EAGAIN;
+        return -1;
+    default:
+        ERR_clear_error();
+        errno = EPIPE;
+        return -1;
+    }
+}
+
+static ssize_t conn_recv(hx_conn *c, void *p, size_t n)
+{
+    if (c->ssl == NULL)
+        return recv(c->fd, p, n, 0);
+    size_t r = 0;
+    ERR_clear_error();
+    int rc = SSL_read_ex(c->ssl, p, n, &r);
+    if (rc == 1)
+        return (ssize_t)r;
+    switch (SSL_get_error(c->ssl, rc)) {
+    case SSL_ERROR_WANT_READ:
+        errno = EAGAIN;
+        return -1;
+    case SSL_ERROR_WANT_WRITE:
+        /* a TLS message of its own must go out first (e.g. a key update) */
+        c->tls_rd_wants_write = 1;
+        ev_io_start(c->w->loop, &c->wio);
+        errno = EAGAIN;
+        return -1;
+    case SSL_ERROR_ZERO_RETURN:
+        return 0;
+    default:
+        ERR_clear_error();
+        errno = ECONNRESET;
+        return -1;
+    }
+}
+
+/* TLS keeps decrypted bytes of its own that epoll cannot see: when reading
+ * (re)starts with some of them buffered, read them now. */
+static void conn_tls_kick_read(hx_conn *c)
+{
+    if (c->ssl && c->reading && !c->tls_hs && SSL_has_pending(c->ssl))
+        ev_feed_event(c->w->loop, &c->rio, EV_READ);
+}
+
+static void conn_tls_handshake_done(hx_conn *c)
+{
+    c->tls_hs = 0;
+    if (c->hs_wg) {
+        hx_wgen_unref(c->hs_wg);
+        c->hs_wg = NULL;
+    }
+}
+
+/* 1 handshake complete, 0 in progress, -1 failed (the connection dies). */
+static int conn_tls_handshake(hx_conn *c)
+{
+    ERR_clear_error();
+    int rc = SSL_do_handshake(c->ssl);
+    if (rc == 1) {
+        conn_tls_handshake_done(c);
+        if (hx_buf_size(&c->out) == 0 && ev_is_active(&c->wio))
+            ev_io_stop(c->w->loop, &c->wio);
+        return 1;
+    }
+    int e = SSL_get_error(c->ssl, rc);
+    if (e == SSL_ERROR_WANT_READ) {
+        if (ev_is_active(&c->wio))
+            ev_io_stop(c->w->loop, &c->wio);
+        return 0;
+    }
+    if (e == SSL_ERROR_WANT_WRITE) {
+        ev_io_start(c->w->loop, &c->wio);
+        return 0;
+    }
+    unsigned long err = ERR_get_error();
+    char buf[200] = "";
+    if (err)
+        ERR_error_string_n(err, buf, sizeof(buf));
+    ERR_clear_error();
+    hx_info("%s: TLS handshake failed: %s", c->peer_ip,
+            err ? buf : (e == SSL_ERROR_SYSCALL ? "connection closed" : "protocol error"));
+    return -1;
+}
+
+/* The socket became writable for TLS's own sake: 0 to go on writing
+ * queued output, -1 when the event was for the handshake only. */
+static int conn_tls_write_event(hx_conn *c)
+{
+    if (c->tls_hs) {
+        int h = conn_tls_handshake(c);
+        if (h < 0)
+            c->head_flags |= C_DEAD;
+        if (h <= 0)
+            return -1;
+        if (c->reading)
+            ev_feed_event(c->w->loop, &c->rio, EV_READ);
+    }
+    if (c->tls_rd_wants_write) {
+        c->tls_rd_wants_write = 0;
+        if (c->reading)
+            ev_feed_event(c->w->loop, &c->rio, EV_READ);
+        if (hx_buf_size(&c->out) == 0) {
+            ev_io_stop(c->w->loop, &c->wio);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
 /* output                                                              */
 
 size_t hx_conn_pending(const hx_conn *c) { return hx_buf_size(&c->out); }
@@ -191,7 +320,7 @@ int hx_conn_writev(hx_conn *c, const struct iovec *iov, int cnt)
         total += iov[i].iov_len;
     if (c->fd < 0 || (c->head_flags & C_DEAD))
         return -1;
-    if (total < HX_WRITEV_MIN || ev_is_active(&c->wio) || cnt > 7) {
+    if (c->ssl || total < HX_WRITEV_MIN || ev_is_active(&c->wio) || cnt > 7) {
         for (int i = 0; i < cnt; i++)
             if (hx_conn_write(c, iov[i].iov_base, iov[i].iov_len) != 0)
                 return -1;
@@ -242,7 +371,7 @@ void hx_conn_flush(hx_conn *c)
     if (c->fd < 0 || (c->head_flags & C_DEAD) || ev_is_active(&c->wio))
         return; /* a pending EV_WRITE will do it */
     while (hx_buf_size(&c->out) > 0) {
-        ssize_t w = send(c->fd, hx_buf_head(&c->out), hx_buf_size(&c->out), MSG_NOSIGNAL);
+        ssize_t w = conn_send(c, hx_buf_head(&c->out), hx_buf_size(&c->out));
         if (w < 0) {
             if (errno == EINTR)
                 continue;
@@ -262,8 +391,12 @@ static void conn_write_cb(struct ev_loop *loop, ev_io *io, int revents)
     (void)revents;
     hx_conn *c = io->data;
     conn_enter(c);
+    if (c->ssl && conn_tls_write_event(c) != 0) {
+        conn_leave(c);
+        return;
+    }
     while (hx_buf_size(&c->out) > 0) {
-        ssize_t w = send(c->fd, hx_buf_head(&c->out), hx_buf_size(&c->out), MSG_NOSIGNAL);
+        ssize_t w = conn_send(c, hx_buf_head(&c->out), hx_buf_size(&c->out));
         if (w < 0) {
             if (errno == EINTR)
                 continue;
@@ -487,6 +620,7 @@ static void conn_leave(hx_conn *c)
     if (want && !c->reading) {
         ev_io_start(c->w->loop, &c->rio);
         c->reading = 1;
+        conn_tls_kick_read(c);
     } else if (!want && c->reading) {
         ev_io_stop(c->w->loop, &c->rio);
         c->reading = 0;
@@ -912,11 +1046,21 @@ static void conn_read_cb(struct ev_loop *loop, ev_io *io, int revents)
         conn_leave(c);
         return;
     }
-    ssize_t n = recv(c->fd, c->in.data + c->in.len, c->in.cap - c->in.len, 0);
+    if (c->tls_hs) {
+        int h = conn_tls_handshake(c);
+        if (h <= 0) {
+            if (h < 0)
+                c->head_flags |= C_DEAD;
+            conn_leave(c);
+            return;
+        }
+    }
+    ssize_t n = conn_recv(c, c->in.data + c->in.len, c->in.cap - c->in.len);
     if (n > 0) {
         c->in.len += (size_t)n;
         c->last_io = ev_now(loop);
         conn_process(c);
+        conn_tls_kick_read(c);
     } else if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
         /* peer closed or reset */
         if (c->req && c->req->phase != HX_PH_HEAD && !c->req->body_done && !c->msg_paused &&
@@ -1027,6 +1171,19 @@ void hx_conn_accept(hx_lsock *ls, int fd, const struct sockaddr *sa, socklen_t s
     c->w = w;
     c->ls = ls;
     c->fd = fd;
+    if (ls->conf.tls) {
+        c->ssl = hx_tls_accept(ls->conf.tls, fd);
+        if (c->ssl == NULL) {
+            hx_error("cannot create a TLS session for a connection on %s", ls->key);
+            free(c);
+            close(fd);
+            return;
+        }
+        c->tls_hs = 1;
+        /* the SNI and ALPN callbacks read the generation's TLS settings */
+        c->hs_wg = w->wgen;
+        hx_wgen_ref(c->hs_wg);
+    }
     memcpy(&c->peer, sa, salen);
     c->peer_len = salen;
     hx_addr_ip_str(sa, c->peer_ip, sizeof(c->peer_ip));
@@ -1072,6 +1229,17 @@ static void conn_close(hx_conn *c)
     ev_io_stop(w->loop, &c->rio);
     ev_io_stop(w->loop, &c->wio);
     ev_timer_stop(w->loop, &c->timer);
+    if (c->ssl) {
+        if (!c->tls_hs && !(c->head_flags & C_DEAD))
+            SSL_shutdown(c->ssl); /* close_notify, best effort: never waits */
+        ERR_clear_error();
+        SSL_free(c->ssl);
+        c->ssl = NULL;
+    }
+    if (c->hs_wg) {
+        hx_wgen_unref(c->hs_wg);
+        c->hs_wg = NULL;
+    }
     if (c->fd >= 0)
         close(c->fd);
     c->fd = -1;

@@ -341,11 +341,12 @@ static int serialize_request(hx_req *r, hx_buf *o)
         append(o, ", ");
     }
     append(o, peer);
+    const char *scheme = r->conn->ssl ? "https" : "http";
     append(o, "\r\nX-Forwarded-Proto: ");
     if (trusted && xfp.len)
         hx_buf_append(o, xfp.ptr, xfp.len);
     else
-        append(o, "http");
+        append(o, scheme);
     if ((trusted && xfh.len) || r->host.len) {
         append(o, "\r\nX-Forwarded-Host: ");
         if (trusted && xfh.len)
@@ -371,7 +372,9 @@ static int serialize_request(hx_req *r, hx_buf *o)
         hx_buf_append(o, r->host.ptr, r->host.len);
         append(o, "\"");
     }
-    append(o, ";proto=http\r\n");
+    append(o, ";proto=");
+    append(o, scheme);
+    append(o, "\r\n");
     if (r->up_chunked) {
         append(o, "Transfer-Encoding: chunked\r\n");
     } else if (r->content_length >= 0 && (r->has_body || r->method_id == HTTP_POST ||

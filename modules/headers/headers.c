@@ -49,11 +49,34 @@ static const char *const hd_reserved[] = {
     NULL,
 };
 
-enum { HD_LIT, HD_CLIENT_IP, HD_HOST, HD_REQUEST_ID, HD_UPSTREAM, HD_ROUTE };
+enum {
+    HD_LIT,
+    HD_CLIENT_IP,
+    HD_HOST,
+    HD_REQUEST_ID,
+    HD_UPSTREAM,
+    HD_ROUTE,
+    HD_SCHEME,
+    HD_TLS_VERSION,
+    HD_TLS_CIPHER,
+    HD_TLS_SNI,
+    HD_TLS_CLIENT_SUBJECT,
+    HD_TLS_CLIENT_VERIFIED,
+    HD_LAST = HD_TLS_CLIENT_VERIFIED
+};
 
 static const char *const hd_var_names[] = {
-    [HD_CLIENT_IP] = "client_ip", [HD_HOST] = "host",   [HD_REQUEST_ID] = "request_id",
-    [HD_UPSTREAM] = "upstream",   [HD_ROUTE] = "route",
+    [HD_CLIENT_IP] = "client_ip",
+    [HD_HOST] = "host",
+    [HD_REQUEST_ID] = "request_id",
+    [HD_UPSTREAM] = "upstream",
+    [HD_ROUTE] = "route",
+    [HD_SCHEME] = "scheme",
+    [HD_TLS_VERSION] = "tls_version",
+    [HD_TLS_CIPHER] = "tls_cipher",
+    [HD_TLS_SNI] = "tls_sni",
+    [HD_TLS_CLIENT_SUBJECT] = "tls_client_subject",
+    [HD_TLS_CLIENT_VERIFIED] = "tls_client_verified",
 };
 
 /* One piece of a value: literal bytes (pointing into the config text) or a
@@ -165,14 +188,16 @@ static int hd_compile(const helios_conf *n, const char *text, hd_value *v)
             continue;
         }
         int kind = -1;
-        for (int k = HD_CLIENT_IP; k <= HD_ROUTE; k++)
+        for (int k = HD_CLIENT_IP; k <= HD_LAST; k++)
             if ((size_t)(e - s) == strlen(hd_var_names[k]) &&
                 strncmp(s, hd_var_names[k], (size_t)(e - s)) == 0)
                 kind = k;
         if (kind < 0) {
             api->conf_error(n,
                             "unknown variable '$%.*s': use $client_ip, $host, $request_id, "
-                            "$upstream or $route ($$ for a literal $)",
+                            "$upstream, $route, $scheme, $tls_version, $tls_cipher, "
+                            "$tls_sni, $tls_client_subject or $tls_client_verified ($$ for "
+                            "a literal $)",
                             (int)(e - s), s);
             return -1;
         }
@@ -352,7 +377,7 @@ static int hd_config_new(const helios_conf *conf, void **cfg)
 /* The variables of one request, looked up once per phase and only if some
  * value uses them. */
 typedef struct hd_vars {
-    helios_buf v[HD_ROUTE + 1];
+    helios_buf v[HD_LAST + 1];
     char ip[INET6_ADDRSTRLEN];
 } hd_vars;
 
@@ -380,7 +405,18 @@ static void hd_vars_load(helios_ctx *c, int response, hd_vars *vars)
         if (api->req_stats(r, &st) == 0 && st.upstream)
             vars->v[HD_UPSTREAM] = (helios_buf){st.upstream, strlen(st.upstream)};
     }
-    for (int k = 0; k <= HD_ROUTE; k++)
+    helios_tls_info tls = {.size = sizeof(tls)};
+    if (HELIOS_API_HAS(api, req_tls) && api->req_tls(r, &tls) == 0) {
+        vars->v[HD_SCHEME] = (helios_buf){"https", 5};
+        const char *t[] = {tls.version, tls.cipher, tls.sni, tls.client_subject,
+                           tls.client_verified ? "1" : "0"};
+        for (int k = 0; k < 5; k++)
+            if (t[k])
+                vars->v[HD_TLS_VERSION + k] = (helios_buf){t[k], strlen(t[k])};
+    } else {
+        vars->v[HD_SCHEME] = (helios_buf){"http", 4};
+    }
+    for (int k = 0; k <= HD_LAST; k++)
         if (vars->v[k].ptr == NULL)
             vars->v[k] = (helios_buf){"", 0};
 }

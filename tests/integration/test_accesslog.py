@@ -37,11 +37,12 @@ TEXT_RX = re.compile(
     r"(?P<status>\d{3}) (?P<bytes_in>\d+) (?P<bytes_out>\d+) (?P<duration_ms>\d+(?:\.\d+)?) "
     r"route=(?P<route>\S*) upstream=(?P<upstream>\S*) upstream_ms=(?P<upstream_ms>\S*) "
     r"tries=(?P<tries>\d+) backend=(?P<backend>up|down|-) breaker=(?P<breaker>closed|open|half-open|-)"
-    r"(?: aborted)?$"
+    r" tls=(?P<tls>\S+) cipher=(?P<cipher>\S+)(?: aborted)?$"
 )
 JSON_KEYS = {
     "time", "client", "method", "path", "protocol", "status", "bytes_in", "bytes_out",
     "duration_ms", "route", "upstream", "upstream_ms", "tries", "backend_health", "breaker",
+    "tls", "cipher",
 }
 NONE_VALUES = (None, "", "-")
 

@@ -30,6 +30,15 @@ static _Atomic unsigned long done_calls;
 
 #define MAXSUB 8
 
+/* Formats into a temporary first: the line and the name live in the same
+ * struct, which GCC's -Wrestrict cannot tell apart. */
+#define SET_LINE(c, ...)                                                          \
+    do {                                                                          \
+        char tmp_[sizeof((c)->line)];                                             \
+        snprintf(tmp_, sizeof(tmp_), __VA_ARGS__);                                \
+        memcpy((c)->line, tmp_, sizeof(tmp_));                                    \
+    } while (0)
+
 typedef struct call {
     struct st *st;
     char name[64];
@@ -102,7 +111,7 @@ static void on_head(void *arg, helios_subreq *sr)
     }
     if (c->st->cancel_head) {
         api->subreq_cancel(sr);
-        snprintf(c->line, sizeof(c->line), "%s cancelled", c->name);
+        SET_LINE(c, "%s cancelled", c->name);
         c->finished = 1;
         c->st->pending--;
         finish_if_done(c->st);
@@ -117,7 +126,7 @@ static void on_body(void *arg, helios_subreq *sr, helios_buf chunk, int last)
     for (size_t i = 0; i < chunk.len; i++)
         c->sum += (unsigned char)chunk.ptr[i];
     if (last) {
-        snprintf(c->line, sizeof(c->line), "%s %d %s %zu %lu", c->name, c->status,
+        SET_LINE(c, "%s %d %s %zu %lu", c->name, c->status,
                  c->backend[0] ? c->backend : "-", c->len, c->sum);
         c->finished = 1;
         c->st->pending--;
@@ -129,7 +138,7 @@ static void on_error(void *arg, helios_subreq *sr, int status, const char *reaso
 {
     (void)sr;
     call *c = arg;
-    snprintf(c->line, sizeof(c->line), "%s error %d %s", c->name, status, reason);
+    SET_LINE(c, "%s error %d %s", c->name, status, reason);
     c->finished = 1;
     c->st->pending--;
     finish_if_done(c->st);
@@ -146,14 +155,14 @@ static void start_all(st *s, helios_worker *w)
         const char *up = strcmp(c->name, "-") == 0 ? NULL : c->name;
         c->s = api->subreq_new(w, s->r, up, s->method, s->path, err, sizeof(err));
         if (c->s == NULL) {
-            snprintf(c->line, sizeof(c->line), "%s refused %s", c->name, err);
+            SET_LINE(c, "%s refused %s", c->name, err);
             continue;
         }
         if (s->hdr)
             api->subreq_header_add(c->s, "X-Sub", "yes");
         s->pending++;
         if (api->subreq_send(c->s, s->body, s->body_len, &cbs, c) != 0) {
-            snprintf(c->line, sizeof(c->line), "%s refused send", c->name);
+            SET_LINE(c, "%s refused send", c->name);
             s->pending--;
         }
     }

@@ -343,6 +343,11 @@ struct helios_host_api {
     size_t (*subreq_header_count)(helios_subreq *s);
     int (*subreq_header_at)(helios_subreq *s, size_t i, helios_buf *name, helios_buf *value);
     void (*subreq_cancel)(helios_subreq *s);
+
+    /* ---- TLS (worker) ----
+     * Fills OUT (caller sets out->size first) for a request that came over
+     * TLS and returns 0; returns -1 for a plain-text connection. */
+    int (*req_tls)(helios_request *r, helios_tls_info *out);
 };
 
 enum {

@@ -150,6 +150,18 @@ typedef struct helios_core_stats {
     uint64_t bytes_out;            /* response body bytes sent, total */
 } helios_core_stats;
 
+/* TLS facts of a request's connection (ABI 1.1, api->req_tls). Strings are
+ * borrowed for the request. */
+typedef struct helios_tls_info {
+    uint32_t size;              /* set by the caller: sizeof(helios_tls_info) */
+    const char *version;        /* "TLSv1.3" */
+    const char *cipher;         /* "TLS_AES_256_GCM_SHA384" */
+    const char *sni;            /* server name the client asked for, or NULL */
+    const char *alpn;           /* "h2", "http/1.1", or NULL */
+    const char *client_subject; /* client certificate subject, or NULL */
+    int client_verified;        /* 1: a client certificate was presented and verified */
+} helios_tls_info;
+
 /* Kinds a module implements (helios_module_info.kinds). */
 enum {
     HELIOS_KIND_FILTER = 1u << 0,
