@@ -111,7 +111,7 @@ void hx_accesslog_write(const hx_req *r)
         up_ms = (long)(((r->up_end > 0 ? r->up_end : end) - r->up_start) * 1000.0 + 0.5);
     const char *route = r->route && r->route->name ? r->route->name : "-";
     const char *up = r->upstream_addr[0] ? r->upstream_addr : "-";
-    const char *proto = r->http_minor == 0 ? "HTTP/1.0" : "HTTP/1.1";
+    const char *proto = r->http_major == 2 ? "HTTP/2" : r->http_minor == 0 ? "HTTP/1.0" : "HTTP/1.1";
     static const char *const brk[] = {"closed", "open", "half-open"};
     const char *health = "-", *breaker = "-";
     if (r->backend) {

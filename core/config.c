@@ -402,7 +402,7 @@ static void parse_modules(build *b, const hx_conf_node *root)
 static void parse_listeners(build *b, const hx_conf_node *root)
 {
     static const char *const keys[] = {"name", "address", "max_connections", "backlog", "tls",
-                                       NULL};
+                                       "h2c", NULL};
     const hx_conf_node *seq = req_seq(root, "listeners", "{address: HOST:PORT}");
     if (!seq)
         return;
@@ -452,6 +452,8 @@ static void parse_listeners(build *b, const hx_conf_node *root)
             ok = 0;
         l->backlog = (int)v;
 
+        if (hx_conf_bool(ln, "h2c", 1, &l->h2c) < 0)
+            ok = 0;
         const hx_conf_node *tn = hx_conf_get(ln, "tls");
         if (!is_absent(tn)) {
             l->tls = hx_tls_new(tn);
@@ -487,6 +489,41 @@ static void parse_listeners(build *b, const hx_conf_node *root)
         }
         g->nlisteners++;
     }
+}
+
+/* ---- http2 ---- */
+
+static void parse_http2(build *b, const hx_conf_node *root)
+{
+    static const char *const keys[] = {"max_concurrent_streams", "initial_window_size",
+                                       "header_table_size", "max_control_frames", "max_resets",
+                                       "max_continuations", "settings_timeout", NULL};
+    hx_h2_conf *h = &b->gen->http2;
+    const hx_conf_node *n = opt_map(root, "http2", keys);
+    long long v;
+    uint64_t sz;
+    if (hx_conf_int(n, "max_concurrent_streams", 128, 1, 10000, &v) >= 0)
+        h->max_concurrent_streams = (uint32_t)v;
+    if (hx_conf_size(n, "initial_window_size", 256 * 1024, &sz) >= 0) {
+        if (sz < 65535 || sz > 0x7fffffff)
+            hx_conf_error(hx_conf_get(n, "initial_window_size"),
+                          "must be between 64k and 2g - 1");
+        h->initial_window_size = (uint32_t)(sz > 0x7fffffff ? 0x7fffffff : sz);
+    }
+    if (hx_conf_size(n, "header_table_size", 4096, &sz) >= 0) {
+        if (sz > 65536)
+            hx_conf_error(hx_conf_get(n, "header_table_size"), "must be at most 64k");
+        h->header_table_size = (uint32_t)sz;
+    }
+    if (hx_conf_int(n, "max_control_frames", 1000, 10, 1000000, &v) >= 0)
+        h->max_control_frames = (unsigned)v;
+    if (hx_conf_int(n, "max_resets", 100, 1, 100000, &v) >= 0)
+        h->max_resets = (unsigned)v;
+    if (hx_conf_int(n, "max_continuations", 16, 1, 1000, &v) >= 0)
+        h->max_continuations = (unsigned)v;
+    uint64_t ms;
+    if (hx_conf_duration_ms(n, "settings_timeout", 10000, &ms) >= 0)
+        h->settings_timeout_ms = ms ? ms : 10000;
 }
 
 /* ---- trusted_proxies ---- */
@@ -1196,7 +1233,7 @@ static void validate(build *b, const char *path, const char *override, const cha
 {
     static const char *const keys[] = {"workers",  "module_path",     "modules", "listeners",
                                        "trusted_proxies", "timeouts", "limits",  "upstreams",
-                                       "routes",   "logging",         NULL};
+                                       "routes",   "logging",         "http2",   NULL};
     const hx_conf_node *root = hx_conf_root(b->tree);
 
     if (!root || root->kind == HX_CONF_NULL) {
@@ -1220,6 +1257,7 @@ static void validate(build *b, const char *path, const char *override, const cha
         return;
     parse_modules(b, root);
     parse_listeners(b, root);
+    parse_http2(b, root);
     parse_trusted(b, root);
     parse_timeouts(b, root);
     parse_limits(b, root);

@@ -104,6 +104,17 @@ typedef struct hx_route {
     const hx_conf_node *node;
 } hx_route;
 
+/* HTTP/2 settings and defenses (top-level `http2:`). */
+typedef struct hx_h2_conf {
+    uint32_t max_concurrent_streams;
+    uint32_t initial_window_size;
+    uint32_t header_table_size;
+    unsigned max_control_frames; /* per second, per connection */
+    unsigned max_resets;         /* streams reset by the client, per second */
+    unsigned max_continuations;  /* CONTINUATION frames per header block */
+    uint64_t settings_timeout_ms;
+} hx_h2_conf;
+
 typedef struct hx_listener_conf {
     char *name;
     char *address; /* as written */
@@ -111,6 +122,7 @@ typedef struct hx_listener_conf {
     unsigned max_connections; /* per worker */
     int backlog;
     struct hx_tls *tls;       /* TLS termination, or NULL (owned by the generation) */
+    int h2c;                  /* HTTP/2 with prior knowledge on a clear-text listener */
     const hx_conf_node *node;
 } hx_listener_conf;
 
@@ -164,6 +176,7 @@ typedef struct hx_gen {
 
     hx_timeouts timeouts;
     hx_limits limits;
+    hx_h2_conf http2;
     hx_logging logging;
 } hx_gen;
 

@@ -151,7 +151,7 @@ static helios_buf api_req_host(helios_request *r) { return REQ(r)->host; }
 
 static const char *api_req_protocol(helios_request *r)
 {
-    return REQ(r)->http_minor == 0 ? "HTTP/1.0" : "HTTP/1.1";
+    return REQ(r)->http_major == 2 ? "HTTP/2" : REQ(r)->http_minor == 0 ? "HTTP/1.0" : "HTTP/1.1";
 }
 
 static const struct sockaddr *api_req_peer(helios_request *r)
@@ -547,7 +547,7 @@ static int api_req_stats(helios_request *rq, helios_req_stats *out)
         s.upstream_ms = s.upstream_us = -1;
     }
     s.attempts = r->attempts;
-    s.protocol = r->http_minor == 0 ? "HTTP/1.0" : "HTTP/1.1";
+    s.protocol = r->http_major == 2 ? "HTTP/2" : r->http_minor == 0 ? "HTTP/1.0" : "HTTP/1.1";
     s.upstream_name = r->route && r->route->upstream ? r->route->upstream->name : "";
     s.backend_name = r->backend ? r->backend->name : "";
     uint32_t size = out->size < sizeof(s) ? out->size : (uint32_t)sizeof(s);

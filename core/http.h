@@ -112,6 +112,7 @@ typedef struct hx_req {
     int log_done;
     int counted; /* in the worker's requests_active */
     struct hx_sub *sub;  /* this request is a module's subrequest (no conn) */
+    struct hx_h2_stream *h2s; /* an HTTP/2 stream of conn (else HTTP/1.x) */
     struct hx_sub *subs; /* subrequests made with this request as parent */
     /* handler reading the body (api->req_body_read) */
     void (*body_cb)(void *arg, helios_buf chunk, int last, int error);
@@ -135,6 +136,7 @@ struct hx_conn {
     hx_lsock *ls;
     int fd;
     struct ssl_st *ssl;  /* TLS, or NULL */
+    struct hx_h2 *h2;    /* HTTP/2 session, or NULL for HTTP/1.x */
     int tls_hs;          /* handshake in progress */
     int tls_rd_wants_write; /* SSL_read needs the socket writable */
     hx_wgen *hs_wg;      /* keeps the TLS contexts' generation during the handshake */
@@ -193,6 +195,16 @@ struct iovec;
 int hx_conn_writev(hx_conn *c, const struct iovec *iov, int cnt); /* big pieces */
 size_t hx_conn_pending(const hx_conn *c);
 void hx_conn_request_body_wanted(hx_conn *c);           /* resume reading body */
+/* The request can take more of its body now (HTTP/1.1 or HTTP/2). */
+void hx_req_body_wanted(hx_req *r);
+/* Response bytes queued toward the client for R (backpressure). */
+size_t hx_req_pending(const hx_req *r);
+/* Request objects shared by HTTP/1.1 and HTTP/2 (http1.c). */
+hx_req *hx_req_alloc(hx_conn *c);
+void hx_req_release(hx_req *r);  /* frees a request that is not c->req */
+void hx_req_log(hx_req *r);      /* once: on_done, filters' on_log, access log */
+int hx_req_body_in(hx_req *r, const char *p, size_t n, int last); /* body filters, then on */
+int hx_parse_host(hx_req *r, const char *h, size_t n);
 void hx_req_finish(hx_req *r);                          /* response fully queued */
 
 /* Headers */

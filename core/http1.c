@@ -29,6 +29,7 @@
 #include "http.h"
 #include "log.h"
 #include "subreq.h"
+#include "http2.h"
 #include "tls.h"
 #include "upstream.h"
 
@@ -44,6 +45,8 @@ enum { V_BEGIN, V_BEGIN_CR, V_RL, V_RL_CR, V_H_START, V_H_NAME, V_H_VALUE, V_H_C
 
 static const llhttp_settings_t *req_settings(void);
 static void conn_process(hx_conn *c);
+static void req_log(hx_req *r);
+static int req_body(hx_req *r, const char *at, size_t len, int last);
 static void conn_update_timer(hx_conn *c);
 static void conn_close(hx_conn *c);
 
@@ -277,6 +280,13 @@ static int conn_tls_write_event(hx_conn *c)
             c->head_flags |= C_DEAD;
         if (h <= 0)
             return -1;
+        if (hx_tls_alpn_is_h2(c->ssl) && !c->h2) {
+            if (hx_h2_start(c, NULL, 0) != 0) {
+                c->head_flags |= C_DEAD;
+                return -1;
+            }
+            c->state = HX_CS_ACTIVE;
+        }
         if (c->reading)
             ev_feed_event(c->w->loop, &c->rio, EV_READ);
     }
@@ -368,7 +378,13 @@ int hx_conn_writev(hx_conn *c, const struct iovec *iov, int cnt)
 
 void hx_conn_flush(hx_conn *c)
 {
-    if (c->fd < 0 || (c->head_flags & C_DEAD) || ev_is_active(&c->wio))
+    if (c->fd < 0 || (c->head_flags & C_DEAD))
+        return;
+    if (c->h2 && hx_h2_pump(c) != 0) {
+        c->head_flags |= C_DEAD;
+        return;
+    }
+    if (ev_is_active(&c->wio))
         return; /* a pending EV_WRITE will do it */
     while (hx_buf_size(&c->out) > 0) {
         ssize_t w = conn_send(c, hx_buf_head(&c->out), hx_buf_size(&c->out));
@@ -406,6 +422,12 @@ static void conn_write_cb(struct ev_loop *loop, ev_io *io, int revents)
         }
         c->last_io = ev_now(loop);
         hx_buf_consume(&c->out, (size_t)w);
+    }
+    if (c->h2 && hx_buf_size(&c->out) < 65536 && !(c->head_flags & C_DEAD)) {
+        /* room again: serialise more frames (flushed by conn_leave) */
+        ev_io_stop(loop, &c->wio);
+        conn_leave(c);
+        return;
     }
     if (hx_buf_size(&c->out) == 0) {
         ev_io_stop(loop, &c->wio);
@@ -491,6 +513,39 @@ static void req_free(hx_conn *c, hx_req *r)
         free(r);
 }
 
+hx_req *hx_req_alloc(hx_conn *c) { return req_new(c); }
+
+void hx_req_release(hx_req *r)
+{
+    if (ev_is_active(&r->deadline))
+        ev_timer_stop(r->w->loop, &r->deadline);
+    hx_req_body_end(r);
+    hx_subs_cancel_all(r);
+    hx_proxy_detach(r);
+    hx_wgen_unref(r->wg);
+    hx_arena_reset(&r->arena);
+    free(r);
+}
+
+void hx_req_body_wanted(hx_req *r)
+{
+    if (r->h2s)
+        hx_h2_body_wanted(r);
+    else if (r->conn)
+        hx_conn_request_body_wanted(r->conn);
+}
+
+size_t hx_req_pending(const hx_req *r)
+{
+    if (r->h2s)
+        return hx_h2_pending(r);
+    return r->conn ? hx_conn_pending(r->conn) : 0;
+}
+
+void hx_req_log(hx_req *r) { req_log(r); }
+
+int hx_req_body_in(hx_req *r, const char *p, size_t n, int last) { return req_body(r, p, n, last); }
+
 /* Once per request: filters' on_log in reverse order, then the access log. */
 static void req_log(hx_req *r)
 {
@@ -553,11 +608,115 @@ static void conn_request_complete(hx_conn *c)
     c->head_start = ev_now(c->w->loop);
 }
 
+/* Lingering close (nginx's lingering_close): after a GOAWAY to a client
+ * that may still be sending, close our side for writing and read and drop
+ * what comes for a moment, so the kernel does not answer the unread bytes
+ * with a reset that would destroy the GOAWAY before the client reads it. */
+static void linger_read_cb(struct ev_loop *loop, ev_io *io, int revents)
+{
+    (void)loop;
+    (void)revents;
+    hx_conn *c = io->data;
+    char buf[16384];
+    for (int i = 0; i < 16; i++) {
+        ssize_t n = recv(c->fd, buf, sizeof(buf), 0);
+        if (n > 0)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+            return;
+        conn_close(c);
+        return;
+    }
+}
+
+static void linger_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)loop;
+    (void)revents;
+    conn_close(t->data);
+}
+
+static void conn_linger(hx_conn *c)
+{
+    hx_worker *w = c->w;
+    if (c->h2) {
+        c->head_flags += 1u << C_BUSY_SHIFT;
+        hx_h2_free(c);
+        c->head_flags -= 1u << C_BUSY_SHIFT;
+    }
+    if (c->ssl) {
+        ERR_clear_error();
+        SSL_free(c->ssl); /* no close_notify: the peer misbehaved */
+        c->ssl = NULL;
+    }
+    shutdown(c->fd, SHUT_WR);
+    ev_io_stop(w->loop, &c->wio);
+    ev_io_stop(w->loop, &c->rio);
+    ev_set_cb(&c->rio, linger_read_cb);
+    ev_io_start(w->loop, &c->rio);
+    c->reading = 1;
+    ev_timer_stop(w->loop, &c->timer);
+    ev_set_cb(&c->timer, linger_timer_cb);
+    ev_timer_set(&c->timer, 2.0, 0.);
+    ev_timer_start(w->loop, &c->timer);
+}
+
+/* conn_leave for an HTTP/2 connection: finish closed streams, serialise
+ * and send frames, and close when the session is over. */
+static void conn_h2_leave(hx_conn *c)
+{
+    for (int guard = 0; guard < 100; guard++) {
+        c->head_flags += 1u << C_BUSY_SHIFT;
+        hx_h2_reap(c);
+        c->head_flags -= 1u << C_BUSY_SHIFT;
+        hx_conn_flush(c);
+        if (c->head_flags & C_DEAD) {
+            conn_close(c);
+            return;
+        }
+        /* sending END_STREAM may have closed streams: finish them now */
+        c->head_flags += 1u << C_BUSY_SHIFT;
+        hx_h2_reap(c);
+        c->head_flags -= 1u << C_BUSY_SHIFT;
+        if (hx_h2_done(c) && hx_buf_size(&c->out) == 0) {
+            if (hx_h2_killed(c))
+                conn_linger(c);
+            else
+                conn_close(c);
+            return;
+        }
+        /* input held back by backpressure may go on now */
+        if (hx_buf_size(&c->in) > 0 && hx_h2_wants_read(c) && hx_buf_size(&c->out) < 65536) {
+            size_t before = hx_buf_size(&c->in);
+            c->head_flags += 1u << C_BUSY_SHIFT;
+            hx_h2_input(c);
+            c->head_flags -= 1u << C_BUSY_SHIFT;
+            if (hx_buf_size(&c->in) != before)
+                continue;
+        }
+        break;
+    }
+    int want = hx_h2_wants_read(c) && !c->half_closed && hx_buf_size(&c->in) < 65536;
+    if (want && !c->reading) {
+        ev_io_start(c->w->loop, &c->rio);
+        c->reading = 1;
+        conn_tls_kick_read(c);
+    } else if (!want && c->reading) {
+        ev_io_stop(c->w->loop, &c->rio);
+        c->reading = 0;
+    }
+    conn_update_timer(c);
+}
+
 static void conn_leave(hx_conn *c)
 {
     c->head_flags -= 1u << C_BUSY_SHIFT;
     if ((c->head_flags >> C_BUSY_SHIFT) != 0)
         return;
+    if (c->h2) {
+        conn_h2_leave(c);
+        return;
+    }
     for (int guard = 0; guard < 1000; guard++) {
         hx_conn_flush(c);
         if (c->head_flags & C_DEAD) {
@@ -719,7 +878,7 @@ static int on_header_value(llhttp_t *p, const char *at, size_t len)
 }
 
 /* Host without port, lower-cased; 0 or -1 when malformed. */
-static int parse_host(hx_req *r, const char *h, size_t n)
+int hx_parse_host(hx_req *r, const char *h, size_t n)
 {
     size_t end = n;
     if (n > 0 && h[0] == '[') {
@@ -828,7 +987,7 @@ static int on_headers_complete(llhttp_t *p)
         return set_error(c, 400, "more than one Host header");
     if (nhost == 0 && r->http_minor >= 1)
         return set_error(c, 400, "missing Host header");
-    if (nhost && parse_host(r, host.ptr, host.len) != 0)
+    if (nhost && hx_parse_host(r, host.ptr, host.len) != 0)
         return set_error(c, 400, "invalid Host header");
     r->keepalive = llhttp_should_keep_alive(p);
     if (p->upgrade)
@@ -899,10 +1058,12 @@ static int req_body(hx_req *r, const char *at, size_t len, int last)
             int rc = inst->mod->filter->on_request_body(&ctx, &chunk, last);
             if (rc == HELIOS_RESPONDED && r->head_sent) {
                 /* the module answered (e.g. 413): the unread rest of the
-                 * body makes the connection unusable */
+                 * body makes the connection unusable (HTTP/1.x; an HTTP/2
+                 * stream is reset instead) */
                 hx_proxy_detach(r);
                 r->body_discard = 1;
-                r->conn->close_after = 1;
+                if (!r->h2s)
+                    r->conn->close_after = 1;
                 return 0;
             }
             if (rc != HELIOS_CONTINUE) {
@@ -968,6 +1129,25 @@ static void conn_parse_error(hx_conn *c, llhttp_errno_t err)
 
 static void conn_process(hx_conn *c)
 {
+    if (c->h2) {
+        hx_h2_input(c);
+        return;
+    }
+    if (c->requests == 0 && c->req == NULL && c->ls->conf.h2c && c->ssl == NULL &&
+        hx_buf_size(&c->in) > 0) {
+        int pre = hx_h2_preface(hx_buf_head(&c->in), hx_buf_size(&c->in));
+        if (pre == 0)
+            return; /* a prefix of the preface: wait for more */
+        if (pre == 1) {
+            if (hx_h2_start(c, NULL, 0) != 0) {
+                c->head_flags |= C_DEAD;
+                return;
+            }
+            c->state = HX_CS_ACTIVE;
+            hx_h2_input(c);
+            return;
+        }
+    }
     for (;;) {
         if (c->state == HX_CS_CLOSING || (c->head_flags & C_DEAD))
             return;
@@ -1054,6 +1234,14 @@ static void conn_read_cb(struct ev_loop *loop, ev_io *io, int revents)
             conn_leave(c);
             return;
         }
+        if (hx_tls_alpn_is_h2(c->ssl)) {
+            if (hx_h2_start(c, NULL, 0) != 0) {
+                c->head_flags |= C_DEAD;
+                conn_leave(c);
+                return;
+            }
+            c->state = HX_CS_ACTIVE;
+        }
     }
     ssize_t n = conn_recv(c, c->in.data + c->in.len, c->in.cap - c->in.len);
     if (n > 0) {
@@ -1061,6 +1249,8 @@ static void conn_read_cb(struct ev_loop *loop, ev_io *io, int revents)
         c->last_io = ev_now(loop);
         conn_process(c);
         conn_tls_kick_read(c);
+    } else if (c->h2 && (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR))) {
+        c->head_flags |= C_DEAD; /* streams end with the connection */
     } else if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
         /* peer closed or reset */
         if (c->req && c->req->phase != HX_PH_HEAD && !c->req->body_done && !c->msg_paused &&
@@ -1095,6 +1285,17 @@ static void conn_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
     ev_tstamp now = ev_now(loop);
     const hx_gen *g = c->req ? c->req->gen : c->w->wgen->gen;
     const hx_timeouts *to = &g->timeouts;
+    if (c->h2) {
+        ev_tstamp next = 0;
+        if (hx_buf_size(&c->out) > 0 && now - c->last_io >= to->client_write_ms / 1000.0) {
+            hx_info("closing HTTP/2 connection: client write timeout");
+            c->head_flags |= C_DEAD;
+        } else if (hx_h2_check_timeouts(c, now, &next)) {
+            c->close_after = 1;
+        }
+        conn_leave(c);
+        return;
+    }
     if (hx_buf_size(&c->out) > 0) {
         if (now - c->last_io >= to->client_write_ms / 1000.0) {
             hx_info("closing connection: client write timeout");
@@ -1129,7 +1330,12 @@ static void conn_update_timer(hx_conn *c)
     const hx_gen *g = c->req ? c->req->gen : c->w->wgen->gen;
     const hx_timeouts *to = &g->timeouts;
     ev_tstamp now = ev_now(c->w->loop), at = 0;
-    if (hx_buf_size(&c->out) > 0)
+    if (c->h2) {
+        if (hx_buf_size(&c->out) > 0)
+            at = c->last_io + to->client_write_ms / 1000.0;
+        else if (hx_h2_check_timeouts(c, now, &at))
+            at = now; /* due: the timer closes it */
+    } else if (hx_buf_size(&c->out) > 0)
         at = c->last_io + to->client_write_ms / 1000.0;
     else if (c->state == HX_CS_IDLE)
         at = c->last_io + to->keepalive_ms / 1000.0;
@@ -1214,6 +1420,11 @@ void hx_conn_accept(hx_lsock *ls, int fd, const struct sockaddr *sa, socklen_t s
 static void conn_close(hx_conn *c)
 {
     hx_worker *w = c->w;
+    if (c->h2) {
+        c->head_flags += 1u << C_BUSY_SHIFT; /* streams' ends must not recurse here */
+        hx_h2_free(c);
+        c->head_flags -= 1u << C_BUSY_SHIFT;
+    }
     if (c->req) {
         hx_req *r = c->req;
         c->req = NULL;
@@ -1265,7 +1476,9 @@ static void conn_close(hx_conn *c)
 void hx_conn_shutdown(hx_conn *c)
 {
     conn_enter(c);
-    if (c->state == HX_CS_IDLE && c->req == NULL)
+    if (c->h2)
+        hx_h2_shutdown(c);
+    else if (c->state == HX_CS_IDLE && c->req == NULL)
         c->head_flags |= C_DEAD;
     else
         c->close_after = 1;

@@ -9,6 +9,7 @@
 #include <strings.h>
 
 #include "http.h"
+#include "http2.h"
 #include "log.h"
 #include "router.h"
 #include "subreq.h"
@@ -434,7 +435,7 @@ void hx_req_error(hx_req *r, int status, const char *reason)
     char body[128];
     int n = snprintf(body, sizeof(body), "%d %s\n", status, hx_reason(status));
     /* the framing of a request we could not read is not trustworthy */
-    if (!r->body_done && (status == 400 || status == 408 || status == 413))
+    if (!r->body_done && !r->h2s && (status == 400 || status == 408 || status == 413))
         r->conn->close_after = 1;
     hx_req_respond(r, status, "text/plain", body, (size_t)n);
 }
@@ -507,6 +508,19 @@ int hx_resp_begin(hx_req *r)
         for (size_t i = 0; i < cl.len && v >= 0; i++)
             v = (cl.ptr[i] >= '0' && cl.ptr[i] <= '9') ? v * 10 + (cl.ptr[i] - '0') : -1;
         r->resp_length = cl.len ? v : -1;
+    }
+    if (r->h2s) {
+        /* HTTP/2 frames the body itself: no chunking, no Connection */
+        if (hx_h2_resp_head(r) != 0) {
+            hx_resp_abort(r, "cannot send the HTTP/2 response head");
+            return -1;
+        }
+        r->head_sent = 1;
+        if (r->resp_no_body) {
+            r->resp_done = 1;
+            hx_req_finish(r);
+        }
+        return 0;
     }
     int keep = r->keepalive && !c->close_after && !c->w->stopping;
     if (!r->resp_no_body && r->resp_length < 0) {
@@ -595,7 +609,12 @@ int hx_resp_body(hx_req *r, const char *p, size_t n, int last)
             hx_resp_abort(r, "response body longer than its Content-Length");
             return -1;
         }
-        if (r->resp_chunked) {
+        if (r->h2s) {
+            if (hx_h2_resp_data(r, chunk.ptr, chunk.len, 0) != 0) {
+                hx_resp_abort(r, "out of memory");
+                return -1;
+            }
+        } else if (r->resp_chunked) {
             char hdr[24];
             size_t hn = hx_u64_hex(hdr, chunk.len);
             hdr[hn++] = '\r';
@@ -613,7 +632,9 @@ int hx_resp_body(hx_req *r, const char *p, size_t n, int last)
             hx_resp_abort(r, "response body shorter than its Content-Length");
             return -1;
         }
-        if (r->resp_chunked)
+        if (r->h2s)
+            hx_h2_resp_data(r, NULL, 0, 1);
+        else if (r->resp_chunked)
             hx_conn_write(c, "0\r\n\r\n", 5);
         r->resp_done = 1;
         hx_req_finish(r);
@@ -637,7 +658,10 @@ void hx_resp_abort(hx_req *r, const char *why)
     r->error_reason = why;
     r->aborted = 1;
     r->resp_done = 1;
-    r->conn->close_after = 1;
+    if (r->h2s)
+        hx_h2_resp_abort(r);
+    else
+        r->conn->close_after = 1;
     if (!r->head_sent)
         r->head_sent = 1;
     hx_proxy_detach(r);

@@ -430,7 +430,7 @@ static void body_kick_cb(struct ev_loop *loop, ev_timer *t, int revents)
     if (!r->has_body || r->body_done)
         hx_req_body_deliver(r, NULL, 0, 1);
     else
-        hx_conn_request_body_wanted(c);
+        hx_req_body_wanted(r);
     hx_conn_leave(c);
 }
 

@@ -17,7 +17,7 @@
 
 /* HTTP/2 over TLS (ALPN h2): offered by default once the core speaks it. */
 #ifndef HX_HAVE_H2
-#define HX_HAVE_H2 0
+#define HX_HAVE_H2 1
 #endif
 #define HX_TLS_DEFAULT_H2 HX_HAVE_H2
 

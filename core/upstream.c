@@ -393,10 +393,23 @@ static int serialize_request(hx_req *r, hx_buf *o)
 /* ------------------------------------------------------------------ */
 /* I/O                                                                 */
 
+/* The upstream transport: every byte to and from a backend goes through
+ * these two (plain TCP today; TLS to upstreams plugs in here). Same
+ * contract as send(2)/recv(2) on a non-blocking socket. */
+static ssize_t up_send(hx_upconn *u, const void *p, size_t n)
+{
+    return send(u->fd, p, n, MSG_NOSIGNAL);
+}
+
+static ssize_t up_recv(hx_upconn *u, void *p, size_t n)
+{
+    return recv(u->fd, p, n, 0);
+}
+
 static void up_flush(hx_upconn *u)
 {
     while (hx_buf_size(&u->out) > 0) {
-        ssize_t n = send(u->fd, hx_buf_head(&u->out), hx_buf_size(&u->out), MSG_NOSIGNAL);
+        ssize_t n = up_send(u, hx_buf_head(&u->out), hx_buf_size(&u->out));
         if (n < 0) {
             if (errno == EINTR)
                 continue;
@@ -470,7 +483,7 @@ static void up_write_cb(struct ev_loop *loop, ev_io *io, int revents)
     up_flush(u);
     /* more request body may now fit */
     if (c && hx_proxy_body_writable(r) && !r->body_done)
-        hx_conn_request_body_wanted(c);
+        hx_req_body_wanted(r);
     if (r->up == u)
         up_update_timer(u);
     req_leave(r, c);
@@ -512,7 +525,7 @@ static void up_read_cb(struct ev_loop *loop, ev_io *io, int revents)
     hx_conn *c = r->conn;
     req_enter(r);
     char buf[HX_UP_READ];
-    ssize_t n = recv(u->fd, buf, sizeof(buf), 0);
+    ssize_t n = up_recv(u, buf, sizeof(buf));
     if (n > 0) {
         u->last_io = ev_now(loop);
         r->upstream_bytes_seen = 1;
@@ -548,7 +561,7 @@ static void up_read_cb(struct ev_loop *loop, ev_io *io, int revents)
         } else if (u->req == r) {
             if (c)
                 hx_conn_flush(c);
-            if (c && hx_conn_pending(c) > r->gen->limits.max_body_buffer) {
+            if (c && hx_req_pending(r) > r->gen->limits.max_body_buffer) {
                 ev_io_stop(loop, &u->rio);
                 u->reading_paused = 1;
             }
@@ -915,7 +928,7 @@ static void start_exchange(hx_upconn *u)
     up_flush(u);
     up_update_timer(u);
     if (r->has_body && !r->body_done && r->conn)
-        hx_conn_request_body_wanted(r->conn);
+        hx_req_body_wanted(r);
 }
 
 static void try_backend(hx_req *r)
@@ -1091,7 +1104,7 @@ void hx_proxy_client_drained(hx_req *r)
 {
     hx_upconn *u = r->up;
     if (u && r->conn && u->reading_paused &&
-        hx_conn_pending(r->conn) < r->gen->limits.max_body_buffer) {
+        hx_req_pending(r) < r->gen->limits.max_body_buffer) {
         u->reading_paused = 0;
         u->last_io = ev_now(u->w->loop);
         ev_io_start(u->w->loop, &u->rio);
