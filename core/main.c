@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -124,14 +125,19 @@ static hx_gen *build(char *err, size_t errlen)
     return g;
 }
 
-static void service_start(hx_gen *g)
+/* Starts G's services in slot order. Returns the number that failed. */
+static int service_start(hx_gen *g)
 {
+    int failed = 0;
     for (size_t i = 0; i < g->ninstances; i++) {
         hx_instance *inst = g->instances[i];
         if (inst->mod->service && inst->mod->service->start &&
-            inst->mod->service->start(inst->cfg) != 0)
+            inst->mod->service->start(inst->cfg) != 0) {
             hx_error("module %s: service failed to start", inst->mod->name);
+            failed++;
+        }
     }
+    return failed;
 }
 
 static void service_stop(hx_gen *g)
@@ -185,12 +191,22 @@ static int reload(char *err, size_t errlen)
         hx_srv.reload_done = 1;
         pthread_cond_broadcast(&hx_srv.reload_cond);
     }
+    /* from here until the new services run, a ctl_reload must not wait for
+     * main: main may be joining the very thread that asks (service stop) */
+    hx_srv.services_switching = 1;
     pthread_mutex_unlock(&hx_srv.reload_lock);
     /* services belong to a generation: stop the old ones, start the new */
     service_stop(old);
     hx_log_open(g->logging.level, g->logging.error_log);
     hx_accesslog_open(&g->logging);
-    service_start(g);
+    int failed = service_start(g);
+    if (failed)
+        hx_error("generation %u runs without %d service%s that failed to start (see above); "
+                 "fix the configuration and reload",
+                 g->id, failed, failed == 1 ? "" : "s");
+    pthread_mutex_lock(&hx_srv.reload_lock);
+    hx_srv.services_switching = 0;
+    pthread_mutex_unlock(&hx_srv.reload_lock);
     hx_gen_unref(old);
     hx_info("configuration generation %u is live", g->id);
     return 0;
@@ -236,6 +252,17 @@ static int main_ctl_reload(uint32_t *gen, char *err, size_t errlen)
         if (err && errlen)
             snprintf(err, errlen, "heliosd is stopping");
         return -1;
+    }
+    if (hx_srv.services_switching) {
+        /* a reload has just built a new generation from the same files and
+         * is replacing the services (maybe the caller's own): that reload
+         * is this one's answer */
+        uint32_t id = atomic_load(&hx_srv.gen_id);
+        pthread_mutex_unlock(&hx_srv.reload_lock);
+        pthread_mutex_unlock(&one_at_a_time);
+        if (gen)
+            *gen = id;
+        return 0;
     }
     hx_srv.reload_wanted = 1;
     hx_srv.reload_done = 0;
@@ -383,6 +410,13 @@ int main(int argc, char **argv)
     }
 
     signal(SIGPIPE, SIG_IGN);
+    /* every connection costs a descriptor, a proxied one two: use what the
+     * hard limit allows (nginx's worker_rlimit_nofile, automatic) */
+    struct rlimit nof;
+    if (getrlimit(RLIMIT_NOFILE, &nof) == 0 && nof.rlim_cur < nof.rlim_max) {
+        nof.rlim_cur = nof.rlim_max > 1048576 ? 1048576 : nof.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &nof);
+    }
     struct ev_loop *loop = ev_default_loop(EVFLAG_AUTO);
     if (loop == NULL) {
         fprintf(stderr, "heliosd: cannot initialise libev\n");
@@ -441,7 +475,17 @@ int main(int argc, char **argv)
         hx_modreg_free(&hx_srv.modreg);
         return 1;
     }
-    service_start(g);
+    if (service_start(g) != 0) {
+        /* like a listener that cannot bind: refuse to run half-configured */
+        hx_error("not starting: a module service failed to start");
+        fprintf(stderr, "heliosd: not starting: a module service failed to start (see the log)\n");
+        service_stop(g);
+        hx_workers_stop(0);
+        hx_gen_unref(g);
+        hx_srv.gen = NULL;
+        hx_modreg_free(&hx_srv.modreg);
+        return 1;
+    }
     hx_info("heliosd %s started: %u worker%s, generation %u, modules from %s", HELIOS_VERSION,
             g->workers, g->workers == 1 ? "" : "s", g->id, g->module_dir);
 

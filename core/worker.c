@@ -580,7 +580,13 @@ static void stop_task(void *arg)
 
 void hx_workers_stop(uint64_t timeout_ms)
 {
+    if (hx_srv.workers == NULL)
+        return;
+    /* a start that failed early (a listener could not bind) left workers
+     * without a loop: only those that got one have anything to undo */
     for (unsigned i = 0; i < hx_srv.nworkers; i++) {
+        if (hx_srv.workers[i].loop == NULL)
+            continue;
         stop_msg *m = malloc(sizeof(*m));
         if (m == NULL)
             continue;
@@ -599,6 +605,8 @@ void hx_workers_stop(uint64_t timeout_ms)
     /* Threads are gone: tear down what they owned, on this thread. */
     for (unsigned i = 0; i < hx_srv.nworkers; i++) {
         hx_worker *w = &hx_srv.workers[i];
+        if (w->loop == NULL)
+            continue;
         self = w;
         pthread_mutex_lock(&w->qlock);
         w->closed = 1;

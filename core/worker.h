@@ -126,6 +126,7 @@ typedef struct hx_server {
     pthread_mutex_t reload_lock;
     pthread_cond_t reload_cond;
     int reload_wanted, reload_done, reload_rc;
+    int services_switching; /* main is stopping/starting services after a reload */
     uint32_t reload_gen;
     char reload_err[2048];
 } hx_server;

@@ -257,7 +257,9 @@ def test_bad_config_keys_are_located_errors(tmp_path):
         assert re.search(rx, err), f"no line matching {rx!r} in:\n{err}"
 
 
-def test_unknown_upstream_is_reported_at_start(backends, heliosd):
+def test_unknown_upstream_stops_startup(backends, heliosd):
+    """A service that cannot start (here: probes for an upstream that does
+    not exist) stops heliosd at startup with the module's message."""
     a = backends("a")
     port = free_port()
     cfg = make_config(
@@ -266,6 +268,9 @@ def test_unknown_upstream_is_reported_at_start(backends, heliosd):
         {"app": upstream_conf(a)},
         modules=[health(upstreams=["nosuch"])],
     )
-    h = heliosd(cfg)
-    h.wait_stderr(r"no upstream named nosuch", timeout=10)
-    assert h.get("/")[0] == 200
+    h = heliosd(cfg, start=False)
+    h.expected_rc = 1
+    h.start(wait=False)
+    assert h.wait_exit(30) == 1
+    assert "no upstream named nosuch" in h.stderr()
+    assert "not starting: a module service failed to start" in h.stderr()

@@ -267,7 +267,10 @@ struct helios_host_api {
      * error log has them) in ERR. The caller's own service instance is
      * stopped right after (it belongs to the old generation) and the new
      * generation's instance started: stop() must let a request that is
-     * being answered finish. */
+     * being answered finish. A call made while another reload is replacing
+     * the services returns 0 with that reload's generation at once (it was
+     * built from the same files), so it never waits for a main thread that
+     * is stopping the caller. */
     int (*ctl_reload)(uint32_t *gen, char *err, size_t errlen);
     /* Calls FN once per module loaded by the running generation, in load
      * order, under the control lock. Returns the number of modules. */

@@ -96,7 +96,9 @@ typedef struct helios_balancer_hooks {
 /* Service kind: owns something on the main thread (e.g. an admin server). */
 typedef struct helios_service_hooks {
     uint32_t size;
-    /* After workers started; main thread. Non-zero = startup failure. */
+    /* After workers started; main thread. Non-zero = failure (log why): at
+     * startup heliosd then stops and exits 1; after a reload the new
+     * generation runs without this service and the error is logged. */
     int (*start)(void *cfg);
     /* Before workers stop; main thread. Must join its own threads. */
     void (*stop)(void *cfg);
