@@ -1,0 +1,727 @@
+/*
+ * prelude.js - the Web API subset of the js module, in JavaScript.
+ *
+ * Evaluated once per worker runtime before the user's script. It is a
+ * function expression: js.c calls it with `hx`, the object of native
+ * helpers (see js_natives in js.c), and keeps the object it returns
+ * ({dispatch, filterRequest, filterResponse}). Nothing here is reachable
+ * from user code except the globals it defines on purpose.
+ */
+(function (hx) {
+'use strict';
+const G = globalThis;
+
+/* ---- small helpers ---- */
+
+function define(name, value) {
+    Object.defineProperty(G, name, { value, writable: true, configurable: true, enumerable: false });
+}
+
+function errorText(e) {
+    if (e instanceof Error) {
+        let s = e.name + ': ' + e.message;
+        if (e.stack) s += '\n' + String(e.stack).replace(/\n$/, '');
+        return s;
+    }
+    try {
+        return 'uncaught value: ' + (typeof e === 'string' ? e : JSON.stringify(e));
+    } catch (_) {
+        return 'uncaught value: ' + String(e);
+    }
+}
+
+class DOMException extends Error {
+    constructor(message, name) {
+        super(message);
+        this.name = name === undefined ? 'Error' : String(name);
+    }
+}
+define('DOMException', DOMException);
+
+/* Body init -> string | ArrayBuffer | null (what the native side takes). */
+function toBody(body) {
+    if (body === null || body === undefined) return null;
+    if (typeof body === 'string') return body;
+    if (body instanceof ArrayBuffer) return body;
+    if (ArrayBuffer.isView(body))
+        return body.buffer.slice(body.byteOffset, body.byteOffset + body.byteLength);
+    if (body instanceof URLSearchParams) return body.toString();
+    return String(body);
+}
+
+function bodyText(b) {
+    if (b === null || b === undefined) return '';
+    return typeof b === 'string' ? b : hx.decode(b, false, false);
+}
+
+function bodyBuffer(b) {
+    if (b === null || b === undefined) return new ArrayBuffer(0);
+    return typeof b === 'string' ? hx.encode(b) : b.slice(0);
+}
+
+/* ---- console -> heliosd's error log ---- */
+
+function fmt(args) {
+    let out = '';
+    for (let i = 0; i < args.length; i++) {
+        const a = args[i];
+        if (i) out += ' ';
+        if (typeof a === 'string') out += a;
+        else if (a instanceof Error) out += errorText(a);
+        else {
+            let s;
+            try { s = JSON.stringify(a); } catch (_) { s = undefined; }
+            out += s === undefined ? String(a) : s;
+        }
+    }
+    return out;
+}
+const LOG_ERROR = 0, LOG_WARN = 1, LOG_INFO = 2, LOG_DEBUG = 3;
+define('console', {
+    log: (...a) => hx.log(LOG_INFO, fmt(a)),
+    info: (...a) => hx.log(LOG_INFO, fmt(a)),
+    debug: (...a) => hx.log(LOG_DEBUG, fmt(a)),
+    trace: (...a) => hx.log(LOG_DEBUG, fmt(a)),
+    warn: (...a) => hx.log(LOG_WARN, fmt(a)),
+    error: (...a) => hx.log(LOG_ERROR, fmt(a)),
+});
+
+/* ---- Headers ---- */
+
+const TOKEN_RX = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+const BAD_VALUE_RX = /[\r\n\0]/;
+
+function hname(k) {
+    k = String(k);
+    if (!TOKEN_RX.test(k)) throw new TypeError('invalid header name: ' + JSON.stringify(k));
+    return k.toLowerCase();
+}
+
+function hvalue(v) {
+    v = String(v).replace(/^[\t ]+|[\t ]+$/g, '');
+    if (BAD_VALUE_RX.test(v)) throw new TypeError('invalid header value (CR, LF or NUL)');
+    return v;
+}
+
+class Headers {
+    constructor(init) {
+        this._l = []; /* [lower-case name, value] pairs, in order */
+        if (init === undefined || init === null) return;
+        if (init instanceof Headers) {
+            for (const p of init._l) this._l.push([p[0], p[1]]);
+        } else if (typeof init[Symbol.iterator] === 'function') {
+            for (const p of init) {
+                const a = Array.from(p);
+                if (a.length !== 2) throw new TypeError('a header pair must have two items');
+                this.append(a[0], a[1]);
+            }
+        } else if (typeof init === 'object') {
+            for (const k of Object.keys(init)) this.append(k, init[k]);
+        } else {
+            throw new TypeError('Headers: expected an object, an array of pairs or Headers');
+        }
+    }
+    static _flat(flat) { /* from the native side: [name, value, name, value...] */
+        const h = new Headers();
+        for (let i = 0; i + 1 < flat.length; i += 2) h._l.push([flat[i].toLowerCase(), flat[i + 1]]);
+        return h;
+    }
+    append(k, v) { this._l.push([hname(k), hvalue(v)]); }
+    set(k, v) {
+        k = hname(k);
+        v = hvalue(v);
+        const out = [];
+        let done = false;
+        for (const p of this._l) {
+            if (p[0] !== k) out.push(p);
+            else if (!done) { out.push([k, v]); done = true; }
+        }
+        if (!done) out.push([k, v]);
+        this._l = out;
+    }
+    get(k) {
+        k = String(k).toLowerCase();
+        let v = null;
+        for (const p of this._l)
+            if (p[0] === k) v = v === null ? p[1] : v + ', ' + p[1];
+        return v;
+    }
+    getSetCookie() { return this._l.filter(p => p[0] === 'set-cookie').map(p => p[1]); }
+    has(k) {
+        k = String(k).toLowerCase();
+        return this._l.some(p => p[0] === k);
+    }
+    delete(k) {
+        k = String(k).toLowerCase();
+        this._l = this._l.filter(p => p[0] !== k);
+    }
+    forEach(cb, thisArg) {
+        for (const [k, v] of this.entries()) cb.call(thisArg, v, k, this);
+    }
+    *entries() {
+        const names = [...new Set(this._l.map(p => p[0]))].sort();
+        for (const n of names) {
+            if (n === 'set-cookie') {
+                for (const v of this.getSetCookie()) yield [n, v];
+            } else {
+                yield [n, this.get(n)];
+            }
+        }
+    }
+    *keys() { for (const [k] of this.entries()) yield k; }
+    *values() { for (const [, v] of this.entries()) yield v; }
+    [Symbol.iterator]() { return this.entries(); }
+    get [Symbol.toStringTag]() { return 'Headers'; }
+}
+define('Headers', Headers);
+
+/* ---- URLSearchParams ---- */
+
+function formDecode(s) {
+    s = s.replace(/\+/g, ' ');
+    try { return decodeURIComponent(s); } catch (_) { return s; }
+}
+
+function formEncode(s) {
+    return encodeURIComponent(s).replace(/[!'()~]/g, c => '%' + c.charCodeAt(0).toString(16).toUpperCase())
+        .replace(/%20/g, '+');
+}
+
+function parseQuery(q) {
+    const out = [];
+    if (q.startsWith('?')) q = q.slice(1);
+    for (const part of q.split('&')) {
+        if (part === '') continue;
+        const i = part.indexOf('=');
+        out.push(i < 0 ? [formDecode(part), ''] : [formDecode(part.slice(0, i)), formDecode(part.slice(i + 1))]);
+    }
+    return out;
+}
+
+class URLSearchParams {
+    constructor(init) {
+        this._l = [];
+        this._url = null;
+        if (init === undefined || init === null) return;
+        if (init instanceof URLSearchParams) this._l = init._l.map(p => [p[0], p[1]]);
+        else if (typeof init === 'string') this._l = parseQuery(init);
+        else if (typeof init[Symbol.iterator] === 'function')
+            for (const p of init) {
+                const a = Array.from(p);
+                if (a.length !== 2) throw new TypeError('a search parameter pair must have two items');
+                this._l.push([String(a[0]), String(a[1])]);
+            }
+        else if (typeof init === 'object') for (const k of Object.keys(init)) this._l.push([k, String(init[k])]);
+        else this._l = parseQuery(String(init));
+    }
+    _sync() { if (this._url) this._url._q = this.toString(); }
+    get size() { return this._l.length; }
+    append(k, v) { this._l.push([String(k), String(v)]); this._sync(); }
+    delete(k) { k = String(k); this._l = this._l.filter(p => p[0] !== k); this._sync(); }
+    get(k) { k = String(k); const p = this._l.find(p => p[0] === k); return p ? p[1] : null; }
+    getAll(k) { k = String(k); return this._l.filter(p => p[0] === k).map(p => p[1]); }
+    has(k) { k = String(k); return this._l.some(p => p[0] === k); }
+    set(k, v) {
+        k = String(k);
+        v = String(v);
+        const i = this._l.findIndex(p => p[0] === k);
+        if (i < 0) this._l.push([k, v]);
+        else {
+            this._l[i] = [k, v];
+            this._l = this._l.filter((p, j) => j <= i || p[0] !== k);
+        }
+        this._sync();
+    }
+    sort() {
+        this._l = this._l.map((p, i) => [p, i]).sort((a, b) => (a[0][0] < b[0][0] ? -1 : a[0][0] > b[0][0] ? 1 : a[1] - b[1])).map(x => x[0]);
+        this._sync();
+    }
+    forEach(cb, thisArg) { for (const [k, v] of this._l) cb.call(thisArg, v, k, this); }
+    *entries() { for (const p of this._l) yield [p[0], p[1]]; }
+    *keys() { for (const p of this._l) yield p[0]; }
+    *values() { for (const p of this._l) yield p[1]; }
+    [Symbol.iterator]() { return this.entries(); }
+    toString() { return this._l.map(p => formEncode(p[0]) + '=' + formEncode(p[1])).join('&'); }
+}
+define('URLSearchParams', URLSearchParams);
+
+/* ---- URL (special schemes with an authority: http, https, ws, wss, ...) ---- */
+
+const URL_RX = /^([a-zA-Z][a-zA-Z0-9+.\-]*):\/\/(?:([^@\/?#]*)@)?(\[[0-9a-fA-F:.]*\]|[^\/?#:]*)(?::(\d*))?([^?#]*)(\?[^#]*)?(#.*)?$/;
+const DEFAULT_PORTS = { 'http:': '80', 'https:': '443', 'ws:': '80', 'wss:': '443' };
+
+function encodePart(s, extra) {
+    return s.replace(extra, c => encodeURIComponent(c));
+}
+
+function normalizePath(p) {
+    const out = [];
+    const segs = p.split('/');
+    for (let i = 1; i < segs.length; i++) {
+        const s = segs[i];
+        if (s === '..' || s.toLowerCase() === '%2e%2e') {
+            if (out.length) out.pop();
+            if (i === segs.length - 1) out.push('');
+        } else if (s === '.' || s.toLowerCase() === '%2e') {
+            if (i === segs.length - 1) out.push('');
+        } else out.push(s);
+    }
+    return '/' + out.join('/');
+}
+
+class URL {
+    constructor(url, base) {
+        url = String(url).replace(/^[\x00-\x20]+|[\x00-\x20]+$/g, '').replace(/[\t\n\r]/g, '');
+        let m = URL_RX.exec(url);
+        if (!m && base !== undefined) {
+            const b = base instanceof URL ? base : new URL(base);
+            let abs;
+            if (url.startsWith('//')) abs = b.protocol + url;
+            else if (url.startsWith('/')) abs = b.origin + url;
+            else if (url.startsWith('?')) abs = b.origin + b.pathname + url;
+            else if (url.startsWith('#')) abs = b.origin + b.pathname + b.search + url;
+            else if (url === '') abs = b.origin + b.pathname + b.search;
+            else abs = b.origin + b.pathname.replace(/[^/]*$/, '') + url;
+            m = URL_RX.exec(abs);
+        }
+        if (!m) throw new TypeError('Invalid URL: ' + JSON.stringify(url));
+        this._set(m);
+    }
+    _set(m) {
+        this.protocol = m[1].toLowerCase() + ':';
+        const cred = m[2] === undefined ? '' : m[2];
+        const ci = cred.indexOf(':');
+        this.username = ci < 0 ? cred : cred.slice(0, ci);
+        this.password = ci < 0 ? '' : cred.slice(ci + 1);
+        this.hostname = m[3].toLowerCase();
+        if (this.hostname === '') throw new TypeError('Invalid URL: empty host');
+        this._port = m[4] === undefined || m[4] === DEFAULT_PORTS[this.protocol] ? '' : String(Number(m[4]));
+        this._path = normalizePath(encodePart(m[5] || '/', /[\x00-\x20"<>`{}\x7f-\uffff]/g));
+        const q = m[6] === undefined ? '' : m[6].slice(1);
+        this._q = encodePart(q, /[\x00-\x20"#<>\x7f-\uffff]/g);
+        this._hash = m[7] === undefined || m[7] === '#' ? '' : m[7];
+        this._sp = null;
+    }
+    get port() { return this._port; }
+    set port(v) { v = String(v); this._port = v === DEFAULT_PORTS[this.protocol] ? '' : v; }
+    get host() { return this.hostname + (this._port ? ':' + this._port : ''); }
+    set host(v) {
+        const m = /^(\[[^\]]*\]|[^:]*)(?::(\d*))?$/.exec(String(v));
+        if (m) { this.hostname = m[1].toLowerCase(); if (m[2] !== undefined) this.port = m[2]; }
+    }
+    get origin() { return this.protocol + '//' + this.host; }
+    get pathname() { return this._path; }
+    set pathname(v) { v = String(v); this._path = normalizePath(encodePart(v.startsWith('/') ? v : '/' + v, /[\x00-\x20"<>`{}?#\x7f-\uffff]/g)); }
+    get search() { return this._q ? '?' + this._q : ''; }
+    set search(v) {
+        v = String(v);
+        this._q = encodePart(v.startsWith('?') ? v.slice(1) : v, /[\x00-\x20"#<>\x7f-\uffff]/g);
+        if (this._sp) this._sp._l = parseQuery(this._q);
+    }
+    get searchParams() {
+        if (!this._sp) { this._sp = new URLSearchParams(this._q); this._sp._url = this; }
+        return this._sp;
+    }
+    get hash() { return this._hash; }
+    set hash(v) { v = String(v); this._hash = v === '' || v === '#' ? '' : v.startsWith('#') ? v : '#' + v; }
+    get href() {
+        const cred = this.username || this.password
+            ? this.username + (this.password ? ':' + this.password : '') + '@' : '';
+        return this.protocol + '//' + cred + this.host + this._path + this.search + this._hash;
+    }
+    set href(v) {
+        const m = URL_RX.exec(String(v));
+        if (!m) throw new TypeError('Invalid URL: ' + JSON.stringify(String(v)));
+        this._set(m);
+    }
+    toString() { return this.href; }
+    toJSON() { return this.href; }
+    static canParse(u, b) { try { new URL(u, b); return true; } catch (_) { return false; } }
+}
+define('URL', URL);
+
+/* ---- TextEncoder / TextDecoder, atob / btoa ---- */
+
+class TextEncoder {
+    get encoding() { return 'utf-8'; }
+    encode(s) { return new Uint8Array(hx.encode(s === undefined ? '' : String(s))); }
+}
+define('TextEncoder', TextEncoder);
+
+class TextDecoder {
+    constructor(label, opts) {
+        const l = label === undefined ? 'utf-8' : String(label).trim().toLowerCase();
+        if (l !== 'utf-8' && l !== 'utf8' && l !== 'unicode-1-1-utf-8')
+            throw new RangeError('TextDecoder: only utf-8 is supported, not ' + JSON.stringify(l));
+        this.fatal = !!(opts && opts.fatal);
+        this.ignoreBOM = !!(opts && opts.ignoreBOM);
+    }
+    get encoding() { return 'utf-8'; }
+    decode(buf) {
+        if (buf === undefined || buf === null) return '';
+        if (!(buf instanceof ArrayBuffer) && !ArrayBuffer.isView(buf))
+            throw new TypeError('TextDecoder.decode: expected an ArrayBuffer or a view of one');
+        return hx.decode(buf, this.fatal, this.ignoreBOM);
+    }
+}
+define('TextDecoder', TextDecoder);
+
+const B64 = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/';
+const B64_INV = (() => { const t = {}; for (let i = 0; i < 64; i++) t[B64[i]] = i; return t; })();
+
+define('btoa', function btoa(s) {
+    s = String(s);
+    let out = '';
+    for (let i = 0; i < s.length; i += 3) {
+        const a = s.charCodeAt(i), b = s.charCodeAt(i + 1), c = s.charCodeAt(i + 2);
+        if (a > 255 || b > 255 || c > 255)
+            throw new DOMException('btoa: the string has characters outside Latin-1', 'InvalidCharacterError');
+        const n = (a << 16) | ((b || 0) << 8) | (c || 0);
+        out += B64[n >> 18] + B64[(n >> 12) & 63] +
+            (i + 1 < s.length ? B64[(n >> 6) & 63] : '=') + (i + 2 < s.length ? B64[n & 63] : '=');
+    }
+    return out;
+});
+
+define('atob', function atob(s) {
+    s = String(s).replace(/[\t\n\f\r ]/g, '');
+    if (s.length % 4 === 0) s = s.replace(/==?$/, '');
+    if (s.length % 4 === 1 || /[^A-Za-z0-9+/]/.test(s))
+        throw new DOMException('atob: the string is not valid base64', 'InvalidCharacterError');
+    let out = '';
+    for (let i = 0; i < s.length; i += 4) {
+        const n = (B64_INV[s[i]] << 18) | (B64_INV[s[i + 1]] << 12) |
+            ((B64_INV[s[i + 2]] || 0) << 6) | (B64_INV[s[i + 3]] || 0);
+        out += String.fromCharCode(n >> 16);
+        if (i + 2 < s.length) out += String.fromCharCode((n >> 8) & 255);
+        if (i + 3 < s.length) out += String.fromCharCode(n & 255);
+    }
+    return out;
+});
+
+/* ---- crypto ---- */
+
+const HEX = [];
+for (let i = 0; i < 256; i++) HEX.push((i + 256).toString(16).slice(1));
+
+define('crypto', {
+    getRandomValues(view) {
+        if (!ArrayBuffer.isView(view) || view instanceof Float32Array || view instanceof Float64Array ||
+            view instanceof DataView)
+            throw new TypeError('getRandomValues: expected an integer typed array');
+        if (view.byteLength > 65536)
+            throw new DOMException('getRandomValues: at most 65536 bytes', 'QuotaExceededError');
+        hx.random(view);
+        return view;
+    },
+    randomUUID() {
+        const b = hx.random(new Uint8Array(16));
+        b[6] = (b[6] & 0x0f) | 0x40;
+        b[8] = (b[8] & 0x3f) | 0x80;
+        return HEX[b[0]] + HEX[b[1]] + HEX[b[2]] + HEX[b[3]] + '-' + HEX[b[4]] + HEX[b[5]] + '-' +
+            HEX[b[6]] + HEX[b[7]] + '-' + HEX[b[8]] + HEX[b[9]] + '-' + HEX[b[10]] + HEX[b[11]] +
+            HEX[b[12]] + HEX[b[13]] + HEX[b[14]] + HEX[b[15]];
+    },
+});
+
+/* ---- timers (request-scoped, on the worker's loop) ---- */
+
+define('setTimeout', function setTimeout(fn, ms, ...args) {
+    if (typeof fn !== 'function') throw new TypeError('setTimeout: the callback must be a function');
+    ms = Number(ms);
+    if (!(ms > 0)) ms = 0;
+    return hx.setTimeout(args.length ? () => fn(...args) : fn, Math.min(ms, 2147483647));
+});
+define('clearTimeout', function clearTimeout(id) {
+    if (typeof id === 'number') hx.clearTimeout(id);
+});
+define('queueMicrotask', function queueMicrotask(fn) {
+    if (typeof fn !== 'function') throw new TypeError('queueMicrotask: the callback must be a function');
+    Promise.resolve().then(fn);
+});
+
+/* ---- Request / Response ---- */
+
+const NORMALIZED_METHODS = ['DELETE', 'GET', 'HEAD', 'OPTIONS', 'POST', 'PUT', 'PATCH'];
+
+class Request {
+    constructor(input, init) {
+        init = init || {};
+        this._t = null; /* token of the incoming request this one derives from */
+        this._b = undefined; /* own body; undefined: the incoming body (if _t) */
+        if (input instanceof Request) {
+            this._url = input.url;
+            this._m = input.method;
+            this._h = new Headers(input.headers);
+            this._t = input._t;
+            this._b = input._b;
+        } else {
+            this._url = new URL(String(input)).href;
+            this._m = 'GET';
+            this._h = null;
+        }
+        if (init.method !== undefined) {
+            const m = String(init.method);
+            if (!TOKEN_RX.test(m)) throw new TypeError('invalid method: ' + JSON.stringify(m));
+            this._m = NORMALIZED_METHODS.includes(m.toUpperCase()) ? m.toUpperCase() : m;
+        }
+        if (init.headers !== undefined) this._h = new Headers(init.headers);
+        if (init.body !== undefined) {
+            if (this._m === 'GET' || this._m === 'HEAD') {
+                if (init.body !== null) throw new TypeError('a GET or HEAD request cannot have a body');
+            }
+            this._b = toBody(init.body);
+            if (typeof this._b === 'string' && !this.headers.has('content-type'))
+                this._h.set('content-type', 'text/plain;charset=UTF-8');
+        }
+        this.bodyUsed = false;
+    }
+    static _incoming(tok) {
+        const r = Object.create(Request.prototype);
+        r._t = tok;
+        r._url = undefined;
+        r._m = undefined;
+        r._h = null;
+        r._b = undefined;
+        r.bodyUsed = false;
+        return r;
+    }
+    get url() { return this._url === undefined ? (this._url = hx.url(this._t)) : this._url; }
+    get method() { return this._m === undefined ? (this._m = hx.method(this._t)) : this._m; }
+    get headers() {
+        if (this._h === null) this._h = this._t ? Headers._flat(hx.headers(this._t)) : new Headers();
+        return this._h;
+    }
+    get redirect() { return 'manual'; }
+    get signal() { return undefined; }
+    /* -> Promise<string | ArrayBuffer | null> */
+    _bytes() {
+        if (this._b !== undefined) return Promise.resolve(this._b);
+        if (this._t) return hx.body(this._t);
+        return Promise.resolve(null);
+    }
+    text() { this.bodyUsed = true; return this._bytes().then(bodyText); }
+    json() { return this.text().then(JSON.parse); }
+    arrayBuffer() { this.bodyUsed = true; return this._bytes().then(bodyBuffer); }
+    clone() { return new Request(this); }
+}
+define('Request', Request);
+
+const NULL_BODY_STATUS = [101, 204, 205, 304];
+
+class Response {
+    constructor(body, init) {
+        init = init || {};
+        const status = init.status === undefined ? 200 : Number(init.status);
+        if (!(status >= 200 && status <= 599) || status !== Math.floor(status))
+            throw new RangeError('Response: status must be an integer from 200 to 599, not ' + init.status);
+        this.status = status;
+        this.statusText = init.statusText === undefined ? '' : String(init.statusText);
+        this._hi = init.headers;
+        this._h = null;
+        this._b = toBody(body);
+        if (this._b !== null && NULL_BODY_STATUS.includes(status))
+            throw new TypeError('Response: a ' + status + ' response cannot have a body');
+        this.url = '';
+        this.redirected = false;
+        this.bodyUsed = false;
+    }
+    get type() { return 'default'; }
+    get ok() { return this.status >= 200 && this.status < 300; }
+    get headers() {
+        if (this._h === null) {
+            this._h = new Headers(this._hi);
+            if (typeof this._b === 'string' && !this._h.has('content-type'))
+                this._h.set('content-type', 'text/plain;charset=UTF-8');
+        }
+        return this._h;
+    }
+    /* Streams are not supported: the body is the whole payload as a
+     * Uint8Array, enough for `new Response(resp.body, resp)`. */
+    get body() {
+        if (this._b === null) return null;
+        return new Uint8Array(typeof this._b === 'string' ? hx.encode(this._b) : this._b);
+    }
+    text() { this.bodyUsed = true; return Promise.resolve(bodyText(this._b)); }
+    json() { return this.text().then(JSON.parse); }
+    arrayBuffer() { this.bodyUsed = true; return Promise.resolve(bodyBuffer(this._b)); }
+    clone() {
+        const r = new Response(null, this);
+        r._b = this._b;
+        r.url = this.url;
+        return r;
+    }
+    static json(data, init) {
+        init = init || {};
+        const body = JSON.stringify(data);
+        if (body === undefined) throw new TypeError('Response.json: the value cannot be serialised');
+        const h = new Headers(init.headers);
+        if (!h.has('content-type')) h.set('content-type', 'application/json');
+        return new Response(body, { status: init.status, statusText: init.statusText, headers: h });
+    }
+    static redirect(url, status) {
+        status = status === undefined ? 302 : Number(status);
+        if (![301, 302, 303, 307, 308].includes(status))
+            throw new RangeError('Response.redirect: status must be 301, 302, 303, 307 or 308');
+        let loc = String(url);
+        try { loc = new URL(loc).href; } catch (_) { /* relative: sent as given */ }
+        return new Response(null, { status, headers: { location: loc } });
+    }
+    static error() {
+        const r = new Response(null, { status: 500 });
+        return r;
+    }
+}
+define('Response', Response);
+
+/* Headers of a Response as the native side wants them: [[name, value]...]
+ * or null. */
+function headerPairs(r) {
+    if (r._h !== null) return r._h._l;
+    if (r._hi === undefined || r._hi === null) return null;
+    return r.headers._l;
+}
+
+/* ---- fetch ---- */
+
+define('fetch', function fetch(input, init) {
+    let req;
+    try {
+        req = input instanceof Request && init === undefined ? input : new Request(input, init);
+    } catch (e) {
+        return Promise.reject(e);
+    }
+    const u = new URL(req.url);
+    const send = (body) => hx.fetch(req._t, u.hostname, req.method, u.pathname + u.search,
+        req._h === null && req._t === null ? null : req.headers._l, body === undefined ? null : body);
+    const p = req.method === 'GET' || req.method === 'HEAD' ? send(null) : req._bytes().then(send);
+    return p.then(r => {
+        const resp = Object.create(Response.prototype);
+        resp.status = r[0];
+        resp.statusText = r[1];
+        resp._hi = undefined;
+        resp._h = Headers._flat(r[2]);
+        resp._b = r[3];
+        resp.url = u.href;
+        resp.redirected = false;
+        resp.bodyUsed = false;
+        return resp;
+    });
+});
+
+/* ---- dispatch: addEventListener('fetch') or export default { fetch } ---- */
+
+const listeners = [];
+
+class FetchEvent {
+    constructor(request, tok) {
+        this.type = 'fetch';
+        this.request = request;
+        this._tok = tok;
+        this._r = undefined;
+    }
+    respondWith(r) {
+        if (this._r !== undefined) throw new DOMException('respondWith was already called', 'InvalidStateError');
+        this._r = r;
+    }
+    waitUntil(p) { waitUntil(this._tok, p); }
+    passThroughOnException() {}
+}
+
+define('addEventListener', function addEventListener(type, fn) {
+    if (typeof fn !== 'function') throw new TypeError('addEventListener: the listener must be a function');
+    if (type === 'fetch') listeners.push(fn);
+});
+define('removeEventListener', function removeEventListener(type, fn) {
+    const i = listeners.indexOf(fn);
+    if (type === 'fetch' && i >= 0) listeners.splice(i, 1);
+});
+
+function waitUntil(tok, p) {
+    hx.waitBegin(tok);
+    Promise.resolve(p).then(() => hx.waitEnd(tok), e => {
+        hx.log(LOG_ERROR, 'a waitUntil promise was rejected: ' + errorText(e));
+        hx.waitEnd(tok);
+    });
+}
+
+function finish(tok, r) {
+    if (!(r instanceof Response)) {
+        hx.fail(tok, new TypeError('the handler produced ' + (r === null ? 'null' : typeof r) +
+            ', not a Response'));
+        return;
+    }
+    try {
+        hx.respond(tok, r.status, headerPairs(r), r._b);
+    } catch (e) {
+        hx.fail(tok, e);
+    }
+}
+
+function dispatch(tok, env) {
+    const req = Request._incoming(tok);
+    const mod = G.__helios_default;
+    let result;
+    if (mod !== undefined && mod !== null && typeof mod.fetch === 'function') {
+        result = mod.fetch(req, env, { waitUntil: p => waitUntil(tok, p), passThroughOnException() {} });
+    } else if (listeners.length) {
+        const ev = new FetchEvent(req, tok);
+        for (const l of listeners) {
+            l.call(G, ev);
+            if (ev._r !== undefined) break;
+        }
+        /* no respondWith: pass the request to the route's upstream */
+        result = ev._r === undefined ? G.fetch(req) : ev._r;
+    } else {
+        throw new Error('the script has no fetch handler: call addEventListener("fetch", ...) ' +
+            'or export default { fetch(request, env, ctx) { ... } }');
+    }
+    if (result instanceof Response) {
+        finish(tok, result);
+        return;
+    }
+    Promise.resolve(result).then(r => finish(tok, r), e => hx.fail(tok, e));
+}
+
+/* ---- filter mode: onRequest(request, env) / onResponse(response, env) ---- */
+
+function filterRequest(tok, env) {
+    const f = G.onRequest;
+    if (typeof f !== 'function') { hx.pass(tok, null); return; }
+    const req = Request._incoming(tok);
+    const done = r => {
+        if (r instanceof Response) finish(tok, r);
+        else if (r instanceof Request) hx.pass(tok, r._h === null ? null : r._h._l);
+        else hx.pass(tok, req._h === null ? null : req._h._l);
+    };
+    const result = f(req, env);
+    if (result instanceof Response || result instanceof Request || result === undefined) {
+        done(result);
+        return;
+    }
+    Promise.resolve(result).then(done, e => hx.fail(tok, e));
+}
+
+/* The response headers, live (filter mode): reads and writes go straight
+ * to the response heliosd is about to send. */
+class ResponseHeaders {
+    constructor(tok) { this._t = tok; }
+    get(k) { return hx.rh(this._t, 0, String(k).toLowerCase()); }
+    has(k) { return this.get(k) !== null; }
+    set(k, v) { hx.rh(this._t, 1, hname(k), hvalue(v)); }
+    append(k, v) { hx.rh(this._t, 2, hname(k), hvalue(v)); }
+    delete(k) { hx.rh(this._t, 3, String(k).toLowerCase()); }
+}
+
+function filterResponse(tok, env, status) {
+    const f = G.onResponse;
+    if (typeof f !== 'function') return status;
+    const resp = { status, headers: new ResponseHeaders(tok) };
+    const r = f(resp, env);
+    if (r !== undefined && r !== null && typeof r.then === 'function')
+        throw new TypeError('onResponse must be synchronous (it returned a promise)');
+    return r !== undefined && r !== null && typeof r.status === 'number' ? r.status : resp.status;
+}
+
+return { dispatch, filterRequest, filterResponse, errorText };
+})

@@ -1,0 +1,139 @@
+"""The js module's limits (issue 9, point 3): a runaway loop, a 1 GiB
+allocation, deep recursion and a thrown error each give 500 with a log line
+(the stack in the log, never in the response), while a well-behaved
+request on the same worker (`workers: 1`) is still answered promptly."""
+
+import threading
+import time
+
+from conftest import free_port, make_config
+
+SCRIPT = r"""
+addEventListener('fetch', (event) => event.respondWith(handle(event.request)));
+function recurse(n) { return recurse(n + 1) + 1; }
+async function handle(request) {
+  const p = new URL(request.url).pathname;
+  if (p === '/loop') { for (;;) {} }
+  if (p === '/loop-catch') { try { for (;;) {} } catch (e) { return new Response('caught the limit'); } }
+  if (p === '/async-loop') { await new Promise((r) => setTimeout(r, 10)); for (;;) {} }
+  if (p === '/alloc') { const b = new ArrayBuffer(1024 * 1024 * 1024); return new Response('got ' + b.byteLength); }
+  if (p === '/grow') { const a = []; for (;;) a.push('x'.repeat(1000) + a.length); }
+  if (p === '/throw') { throw new Error('secret-detail-42'); }
+  if (p === '/reject') { await null; return Promise.reject(new TypeError('rejected-detail-43')); }
+  if (p === '/recurse') { return new Response(String(recurse(0))); }
+  if (p === '/not-a-response') { return { status: 200 }; }
+  return new Response('fine');
+}
+"""
+
+
+def start(heliosd, tmp_path, **cfg):
+    script = tmp_path / "app.js"
+    script.write_text(SCRIPT)
+    c = {"script": str(script), "cpu_limit": "200ms", "memory_limit": "32MiB"}
+    c.update(cfg)
+    port = free_port()
+    route = {"name": "js", "match": {"prefix": "/"}, "handler": {"module": "js", "config": c}}
+    return heliosd(make_config(port, [route], workers=1))
+
+
+def bad_and_good_together(h, bad_path):
+    """Sends BAD_PATH and, while it runs, a good request on another
+    connection. Returns (bad result, good result, good latency)."""
+    out = {}
+
+    def bad():
+        out["bad"] = h.get(bad_path, timeout=30)
+
+    t = threading.Thread(target=bad)
+    t.start()
+    time.sleep(0.02)
+    t0 = time.monotonic()
+    good = h.get("/", timeout=30)
+    lat = time.monotonic() - t0
+    t.join(60)
+    return out["bad"], good, lat
+
+
+def check_500(result):
+    status, headers, body = result
+    assert status == 500, (status, body)
+    assert body == b"Internal Server Error\n"
+
+
+def test_infinite_loop_gives_500_and_does_not_stall_the_worker(heliosd, tmp_path):
+    h = start(heliosd, tmp_path)
+    bad, good, lat = bad_and_good_together(h, "/loop")
+    check_500(bad)
+    assert good[0] == 200 and good[2] == b"fine"
+    assert lat < 5.0  # waited at most for the 200 ms limit (generous for CI/ASan)
+    h.wait_stderr(r"cpu_limit of 200 ms exceeded in the handler \(route 'js', GET /loop\)")
+    # try/catch cannot swallow the interrupt
+    check_500(h.get("/loop-catch"))
+    # nor can a loop after an await (a promise job)
+    bad, good, lat = bad_and_good_together(h, "/async-loop")
+    check_500(bad)
+    assert good[2] == b"fine"
+    # the runtime keeps serving afterwards
+    for _ in range(5):
+        assert h.get("/")[2] == b"fine"
+
+
+def test_one_gib_allocation_gives_500_and_the_runtime_survives(heliosd, tmp_path):
+    h = start(heliosd, tmp_path)
+    bad, good, _ = bad_and_good_together(h, "/alloc")
+    check_500(bad)
+    assert good[2] == b"fine"
+    h.wait_stderr(r"uncaught exception in the handler \(route 'js', GET /alloc\).*(out of memory|RangeError)")
+    # growing the heap step by step hits memory_limit (or the CPU limit) too
+    check_500(h.get("/grow"))
+    for _ in range(5):
+        assert h.get("/")[2] == b"fine"
+
+
+def test_thrown_error_gives_500_with_the_stack_only_in_the_log(heliosd, tmp_path):
+    h = start(heliosd, tmp_path)
+    bad, good, _ = bad_and_good_together(h, "/throw")
+    check_500(bad)
+    assert b"secret-detail-42" not in bad[2]
+    assert good[2] == b"fine"
+    m = h.wait_stderr(r"uncaught exception in the handler \(route 'js', GET /throw\): Error: secret-detail-42")
+    tail = h.stderr()[m.start():]
+    assert "at handle (" in tail and "app.js:" in tail  # the stack, with file:line
+    check_500(h.get("/reject"))
+    h.wait_stderr(r"TypeError: rejected-detail-43")
+    check_500(h.get("/recurse"))
+    h.wait_stderr(r"(stack overflow|InternalError)")
+    check_500(h.get("/not-a-response"))
+    h.wait_stderr(r"not a Response")
+    assert h.get("/")[2] == b"fine"
+
+
+def test_a_broken_top_level_script_makes_the_worker_answer_503(heliosd, tmp_path):
+    script = tmp_path / "top.js"
+    script.write_text("throw new Error('top-level-boom');\n")
+    port = free_port()
+    route = {"name": "js", "match": {"prefix": "/"}, "handler": {"module": "js", "config": {"script": str(script)}}}
+    h = heliosd(make_config(port, [route], workers=1))
+    status, _, body = h.get("/")
+    assert status == 503
+    assert b"top-level-boom" not in body
+    h.wait_stderr(r"running the script failed on worker 0: Error: top-level-boom")
+
+
+def test_limits_are_validated(heliosd, tmp_path):
+    import subprocess
+
+    from conftest import HELIOSD, MODULE_DIR
+
+    script = tmp_path / "ok.js"
+    script.write_text("addEventListener('fetch', (e) => e.respondWith(new Response('x')));")
+    port = free_port()
+    cfg = {"script": str(script), "memory_limit": "10KiB", "cpu_limit": "0ms", "env": {"A": ["list"]}}
+    route = {"name": "js", "match": {"prefix": "/"}, "handler": {"module": "js", "config": cfg}}
+    h = heliosd(make_config(port, [route]), start=False)
+    proc = subprocess.run([str(HELIOSD), "-t", "-c", str(h.confdir), "-m", str(MODULE_DIR)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert "memory_limit must be at least 1MiB" in proc.stderr
+    assert "env values must be strings" in proc.stderr
