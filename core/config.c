@@ -754,6 +754,7 @@ static void upstream_free(hx_upstream *u)
     for (size_t i = 0; i < u->nswitched; i++)
         hx_instance_free(u->switched[i]);
     free(u->switched);
+    hx_tls_client_free(u->tls);
     free(u->name);
     free(u);
 }
@@ -761,7 +762,7 @@ static void upstream_free(hx_upstream *u)
 static hx_upstream *parse_upstream(build *b, const char *name, const hx_conf_node *un)
 {
     static const char *const keys[] = {"balancer", "backends", "keepalive", "timeouts",
-                                       "retries",  NULL};
+                                       "retries",  "protocol", "tls",       NULL};
     static const char *const re_keys[] = {"tries", "on", "per_try_timeout", "budget_percent",
                                           "budget_min", NULL};
     static const char *const ka_keys[] = {"max_idle", "idle_timeout", NULL};
@@ -854,6 +855,19 @@ static hx_upstream *parse_upstream(build *b, const char *name, const hx_conf_nod
                 }
             }
         }
+    }
+
+    /* protocol: http1 (default) or h2 (h2c, or h2 over TLS with `tls:`) */
+    static const char *const protos[] = {"http1", "h2", NULL};
+    int proto = get_enum(un, "protocol", protos, 0);
+    if (proto < 0)
+        ok = 0;
+    u->protocol = proto == 1 ? HX_PROTO_H2 : HX_PROTO_HTTP1;
+    const hx_conf_node *tn = hx_conf_get(un, "tls");
+    if (!is_absent(tn)) {
+        u->tls = hx_tls_client_new(tn, u->protocol == HX_PROTO_H2);
+        if (u->tls == NULL)
+            ok = 0;
     }
 
     if (!ok || !u->name) {

@@ -74,8 +74,12 @@ typedef struct hx_upstream {
     unsigned retry_budget_percent;
     unsigned retry_budget_min;
     _Atomic int64_t retry_balance; /* milli-retries available (budget) */
+    int protocol;              /* HX_PROTO_* */
+    struct hx_uptls *tls;      /* TLS to the backends, or NULL */
     const hx_conf_node *node;
 } hx_upstream;
+
+enum { HX_PROTO_HTTP1 = 0, HX_PROTO_H2 = 1 };
 
 enum {
     HX_RETRY_CONNECT = 1u << 0, /* connect failed: nothing was sent */

@@ -265,8 +265,12 @@ static int conn_tls_handshake(hx_conn *c)
     if (err)
         ERR_error_string_n(err, buf, sizeof(buf));
     ERR_clear_error();
-    hx_info("%s: TLS handshake failed: %s", c->peer_ip,
-            err ? buf : (e == SSL_ERROR_SYSCALL ? "connection closed" : "protocol error"));
+    /* a peer that connects and goes away (a port probe, a load balancer's
+     * health check) is not worth an info line */
+    int quiet = (e == SSL_ERROR_SYSCALL && err == 0) ||
+                ERR_GET_REASON(err) == SSL_R_UNEXPECTED_EOF_WHILE_READING;
+    hx_log(quiet ? HELIOS_LOG_DEBUG : HELIOS_LOG_INFO, "%s: TLS handshake failed: %s", c->peer_ip,
+           err ? buf : (e == SSL_ERROR_SYSCALL ? "connection closed" : "protocol error"));
     return -1;
 }
 

@@ -623,3 +623,125 @@ int hx_tls_ktls_active(SSL *ssl)
 {
     return BIO_get_ktls_send(SSL_get_wbio(ssl)) ? 1 : 0;
 }
+
+/* ------------------------------------------------------------------ */
+/* TLS to upstreams                                                    */
+
+static const char *const uptls_keys[] = {"ca", "verify", "sni", "verify_name", "cert", "key",
+                                         "ciphers", NULL};
+
+hx_uptls *hx_tls_client_new(const hx_conf_node *n, int h2)
+{
+    const hx_conf_node *m = NULL;
+    if (n && n->kind == HX_CONF_MAP) {
+        if (hx_conf_check_keys(n, uptls_keys) > 0)
+            return NULL;
+        m = n;
+    } else if (!(n && n->kind == HX_CONF_SCALAR &&
+                 (strcmp(n->scalar, "true") == 0 || strcmp(n->scalar, "on") == 0))) {
+        /* `tls: true` verifies against the system's CA store */
+        hx_conf_error(n, "expected a map, e.g. {ca: ca.pem, sni: api.example.com}, or true");
+        return NULL;
+    }
+    hx_uptls *t = calloc(1, sizeof(*t));
+    if (t == NULL)
+        return NULL;
+    t->h2 = h2;
+    int ok = 1;
+    if (hx_conf_bool(m, "verify", 1, &t->verify) < 0)
+        ok = 0;
+    t->ctx = SSL_CTX_new(TLS_client_method());
+    if (t->ctx == NULL) {
+        ossl_error(n, "cannot create a TLS context", NULL);
+        hx_tls_client_free(t);
+        return NULL;
+    }
+    SSL_CTX_set_min_proto_version(t->ctx, TLS1_2_VERSION);
+    SSL_CTX_set_mode(t->ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    SSL_CTX_set_options(t->ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION);
+    static const unsigned char alpn_h2[] = {2, 'h', '2'};
+    static const unsigned char alpn_h11[] = {8, 'h', 't', 't', 'p', '/', '1', '.', '1'};
+    if (h2)
+        SSL_CTX_set_alpn_protos(t->ctx, alpn_h2, sizeof(alpn_h2));
+    else
+        SSL_CTX_set_alpn_protos(t->ctx, alpn_h11, sizeof(alpn_h11));
+    const hx_conf_node *v;
+    char path[4096];
+    if ((v = scalar_at(m, "ca"))) {
+        conf_rel_path(v, v->scalar, path, sizeof(path));
+        if (!readable(v, "CA file", path)) {
+            ok = 0;
+        } else if (SSL_CTX_load_verify_locations(t->ctx, path, NULL) != 1) {
+            ossl_error(v, "cannot load CA file", path);
+            ok = 0;
+        }
+    } else if (SSL_CTX_set_default_verify_paths(t->ctx) != 1) {
+        ERR_clear_error();
+    }
+    if (t->verify)
+        SSL_CTX_set_verify(t->ctx, SSL_VERIFY_PEER, NULL);
+    if ((v = scalar_at(m, "sni")))
+        t->sni = strdup(v->scalar);
+    if ((v = scalar_at(m, "verify_name")))
+        t->verify_name = strdup(v->scalar);
+    else if (t->sni)
+        t->verify_name = strdup(t->sni);
+    const hx_conf_node *cf = scalar_at(m, "cert"), *kf = scalar_at(m, "key");
+    if ((cf != NULL) != (kf != NULL)) {
+        hx_conf_error(m, "a client certificate needs both \"cert\" and \"key\"");
+        ok = 0;
+    } else if (cf) {
+        char kpath[4096];
+        conf_rel_path(cf, cf->scalar, path, sizeof(path));
+        conf_rel_path(kf, kf->scalar, kpath, sizeof(kpath));
+        if (!readable(cf, "certificate file", path) || !readable(kf, "key file", kpath)) {
+            ok = 0;
+        } else if (SSL_CTX_use_certificate_chain_file(t->ctx, path) != 1) {
+            ossl_error(cf, "cannot load certificate file", path);
+            ok = 0;
+        } else if (SSL_CTX_use_PrivateKey_file(t->ctx, kpath, SSL_FILETYPE_PEM) != 1 ||
+                   SSL_CTX_check_private_key(t->ctx) != 1) {
+            ERR_clear_error();
+            hx_conf_error(kf, "key file %s does not match certificate file %s", kpath, path);
+            ok = 0;
+        }
+    }
+    if ((v = scalar_at(m, "ciphers")) && SSL_CTX_set_cipher_list(t->ctx, v->scalar) != 1) {
+        ossl_error(v, "invalid TLS 1.2 cipher list", NULL);
+        ok = 0;
+    }
+    if (!ok) {
+        hx_tls_client_free(t);
+        return NULL;
+    }
+    return t;
+}
+
+void hx_tls_client_free(hx_uptls *t)
+{
+    if (t == NULL)
+        return;
+    SSL_CTX_free(t->ctx);
+    free(t->sni);
+    free(t->verify_name);
+    free(t);
+}
+
+SSL *hx_tls_connect(hx_uptls *t, int fd)
+{
+    SSL *ssl = SSL_new(t->ctx);
+    if (ssl == NULL)
+        return NULL;
+    if (SSL_set_fd(ssl, fd) != 1)
+        goto fail;
+    if (t->sni && SSL_set_tlsext_host_name(ssl, t->sni) != 1)
+        goto fail;
+    if (t->verify && t->verify_name && SSL_set1_host(ssl, t->verify_name) != 1)
+        goto fail;
+    SSL_set_connect_state(ssl);
+    return ssl;
+fail:
+    ERR_clear_error();
+    SSL_free(ssl);
+    return NULL;
+}

@@ -61,4 +61,20 @@ int hx_tls_client_verified(SSL *ssl);
 /* 1 when kTLS carries the send (and receive) side of SSL. */
 int hx_tls_ktls_active(SSL *ssl);
 
+/* ---- TLS to upstreams ---- */
+
+typedef struct hx_uptls {
+    SSL_CTX *ctx;
+    char *sni;         /* server name sent, or NULL */
+    char *verify_name; /* name the certificate must carry (default: sni), or NULL */
+    int verify;        /* verify the chain (and the name when one is known) */
+    int h2;            /* ALPN offers h2 (protocol: h2), else http/1.1 */
+} hx_uptls;
+
+/* Parses an upstream's `tls:` map (or `true`); NULL after an error. */
+hx_uptls *hx_tls_client_new(const hx_conf_node *n, int h2);
+void hx_tls_client_free(hx_uptls *t);
+/* A client SSL on FD, with SNI and name verification set up. */
+SSL *hx_tls_connect(hx_uptls *t, int fd);
+
 #endif

@@ -18,7 +18,12 @@
 #include <unistd.h>
 
 #include "log.h"
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+
 #include "subreq.h"
+#include "tls.h"
 #include "upstream.h"
 
 /* Callbacks run inside the owner's bracket: the client connection's, or a
@@ -63,6 +68,7 @@ struct hx_upconn {
     hx_req *req;
     ev_tstamp last_io;
     int reused;
+    SSL *ssl;     /* TLS to the backend, or NULL */
     int in_parse; /* inside llhttp_execute: closing is deferred */
     int zombie;   /* closed while in_parse */
     int reading_paused;  /* client output is full */
@@ -220,6 +226,13 @@ static void up_close(hx_upconn *u)
     ev_io_stop(u->w->loop, &u->rio);
     ev_io_stop(u->w->loop, &u->wio);
     ev_timer_stop(u->w->loop, &u->timer);
+    if (u->ssl) {
+        if (u->state == UP_IDLE)
+            SSL_shutdown(u->ssl); /* close_notify, best effort */
+        ERR_clear_error();
+        SSL_free(u->ssl);
+        u->ssl = NULL;
+    }
     if (u->fd >= 0)
         close(u->fd);
     hx_buf_free(&u->out);
@@ -265,9 +278,20 @@ static void idle_read_cb(struct ev_loop *loop, ev_io *io, int revents)
 {
     (void)loop;
     (void)revents;
+    hx_upconn *u = io->data;
+    if (u->ssl) {
+        /* TLS 1.3 servers send session tickets after the handshake: those
+         * are not data; only data or the end makes the connection unusable */
+        char b;
+        ERR_clear_error();
+        int rc = SSL_read(u->ssl, &b, 1);
+        if (rc <= 0 && SSL_get_error(u->ssl, rc) == SSL_ERROR_WANT_READ)
+            return;
+        ERR_clear_error();
+    }
     /* an idle backend connection that becomes readable was closed (or
      * sent garbage): either way it is not reusable */
-    up_close(io->data);
+    up_close(u);
 }
 
 /* ------------------------------------------------------------------ */
@@ -398,12 +422,53 @@ static int serialize_request(hx_req *r, hx_buf *o)
  * contract as send(2)/recv(2) on a non-blocking socket. */
 static ssize_t up_send(hx_upconn *u, const void *p, size_t n)
 {
-    return send(u->fd, p, n, MSG_NOSIGNAL);
+    if (u->ssl == NULL)
+        return send(u->fd, p, n, MSG_NOSIGNAL);
+    size_t w = 0;
+    ERR_clear_error();
+    int rc = SSL_write_ex(u->ssl, p, n, &w);
+    if (rc == 1)
+        return (ssize_t)w;
+    switch (SSL_get_error(u->ssl, rc)) {
+    case SSL_ERROR_WANT_WRITE:
+    case SSL_ERROR_WANT_READ:
+        errno = EAGAIN;
+        return -1;
+    default:
+        ERR_clear_error();
+        errno = EPIPE;
+        return -1;
+    }
 }
 
 static ssize_t up_recv(hx_upconn *u, void *p, size_t n)
 {
-    return recv(u->fd, p, n, 0);
+    if (u->ssl == NULL)
+        return recv(u->fd, p, n, 0);
+    size_t r = 0;
+    ERR_clear_error();
+    int rc = SSL_read_ex(u->ssl, p, n, &r);
+    if (rc == 1)
+        return (ssize_t)r;
+    switch (SSL_get_error(u->ssl, rc)) {
+    case SSL_ERROR_WANT_READ:
+    case SSL_ERROR_WANT_WRITE: /* rare (key update); the writer retries */
+        errno = EAGAIN;
+        return -1;
+    case SSL_ERROR_ZERO_RETURN:
+        return 0;
+    default:
+        ERR_clear_error();
+        errno = ECONNRESET;
+        return -1;
+    }
+}
+
+/* Decrypted bytes TLS holds that epoll cannot see: read them now. */
+static void up_tls_kick_read(hx_upconn *u)
+{
+    if (u->ssl && ev_is_active(&u->rio) && SSL_has_pending(u->ssl))
+        ev_feed_event(u->w->loop, &u->rio, EV_READ);
 }
 
 static void up_flush(hx_upconn *u)
@@ -490,6 +555,79 @@ static void up_write_cb(struct ev_loop *loop, ev_io *io, int revents)
 }
 
 static void start_exchange(hx_upconn *u);
+static void up_read_cb(struct ev_loop *loop, ev_io *io, int revents);
+
+/* One step of the TLS handshake with the backend; on success the exchange
+ * starts. Failures are connect failures (retried like them). */
+static void up_tls_step(hx_upconn *u)
+{
+    ERR_clear_error();
+    int rc = SSL_do_handshake(u->ssl);
+    if (rc == 1) {
+        ev_io_stop(u->w->loop, &u->rio);
+        ev_io_stop(u->w->loop, &u->wio);
+        ev_set_cb(&u->rio, up_read_cb);
+        ev_set_cb(&u->wio, up_write_cb);
+        start_exchange(u);
+        return;
+    }
+    int e = SSL_get_error(u->ssl, rc);
+    if (e == SSL_ERROR_WANT_READ) {
+        ev_io_stop(u->w->loop, &u->wio);
+        ev_io_start(u->w->loop, &u->rio);
+        return;
+    }
+    if (e == SSL_ERROR_WANT_WRITE) {
+        ev_io_start(u->w->loop, &u->wio);
+        return;
+    }
+    char why[320], ebuf[200] = "";
+    unsigned long err = ERR_get_error();
+    if (err)
+        ERR_error_string_n(err, ebuf, sizeof(ebuf));
+    long vr = SSL_get_verify_result(u->ssl);
+    ERR_clear_error();
+    snprintf(why, sizeof(why), "TLS handshake with %s failed: %s%s%s", u->b->address,
+             err ? ebuf : "connection closed", vr != X509_V_OK ? "; certificate: " : "",
+             vr != X509_V_OK ? X509_verify_cert_error_string(vr) : "");
+    up_fail(u, HELIOS_OUTCOME_CONNECT_FAILED, why);
+}
+
+static void up_tls_cb(struct ev_loop *loop, ev_io *io, int revents)
+{
+    (void)loop;
+    (void)revents;
+    hx_upconn *u = io->data;
+    hx_req *r = u->req;
+    if (r == NULL) {
+        up_close(u);
+        return;
+    }
+    hx_conn *c = r->conn;
+    req_enter(r);
+    up_tls_step(u);
+    req_leave(r, c);
+}
+
+/* TCP is up: TLS first when the upstream wants it, then the exchange. */
+static void up_connected(hx_upconn *u)
+{
+    ev_io_stop(u->w->loop, &u->wio);
+    if (u->u->tls) {
+        u->ssl = hx_tls_connect(u->u->tls, u->fd);
+        if (u->ssl == NULL) {
+            up_fail(u, HELIOS_OUTCOME_CONNECT_FAILED, "cannot create a TLS session");
+            return;
+        }
+        u->state = UP_CONNECTING; /* the connect timeout covers the handshake */
+        ev_set_cb(&u->rio, up_tls_cb);
+        ev_set_cb(&u->wio, up_tls_cb);
+        up_tls_step(u);
+        return;
+    }
+    ev_set_cb(&u->wio, up_write_cb);
+    start_exchange(u);
+}
 
 static void up_connect_cb(struct ev_loop *loop, ev_io *io, int revents)
 {
@@ -507,8 +645,7 @@ static void up_connect_cb(struct ev_loop *loop, ev_io *io, int revents)
         snprintf(why, sizeof(why), "connect to %s failed: %s", u->b->address, strerror(err));
         up_fail(u, HELIOS_OUTCOME_CONNECT_FAILED, why);
     } else {
-        ev_set_cb(&u->wio, up_write_cb);
-        start_exchange(u);
+        up_connected(u);
     }
     req_leave(r, c);
 }
@@ -566,6 +703,7 @@ static void up_read_cb(struct ev_loop *loop, ev_io *io, int revents)
                 u->reading_paused = 1;
             }
             up_update_timer(u);
+            up_tls_kick_read(u);
         }
     } else if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
         int reset = n < 0;
@@ -986,8 +1124,7 @@ static void try_backend(hx_req *r)
     ev_io_set(&u->wio, u->fd, EV_WRITE);
     u->last_io = ev_now(w->loop);
     if (connect(u->fd, (struct sockaddr *)&b->addr.ss, b->addr.len) == 0) {
-        ev_set_cb(&u->wio, up_write_cb);
-        start_exchange(u);
+        up_connected(u);
         return;
     }
     if (errno != EINPROGRESS) {
@@ -1109,6 +1246,7 @@ void hx_proxy_client_drained(hx_req *r)
         u->last_io = ev_now(u->w->loop);
         ev_io_start(u->w->loop, &u->rio);
         up_update_timer(u);
+        up_tls_kick_read(u);
     }
 }
 
