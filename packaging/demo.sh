@@ -36,6 +36,10 @@ heliosd demo on http://127.0.0.1:8080 — try:
   curl -i http://127.0.0.1:8080/hello      (static_response module)
   curl http://127.0.0.1:8080/              (proxied, round robin over demo-a/demo-b)
   curl http://127.0.0.1:8080/headers       (what the backend received)
+  curl http://127.0.0.1:8080/js            (a JavaScript handler, conf.d/scripts/hello.js)
+  curl http://127.0.0.1:8080/js/backends   (JavaScript fetch() to both backends, merged)
+  curl --http2-prior-knowledge http://127.0.0.1:8080/   (HTTP/2, h2c)
+  curl http://127.0.0.1:9100/metrics       (Prometheus metrics)
 Ctrl-C to stop.
 
 MSG

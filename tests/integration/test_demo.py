@@ -5,13 +5,14 @@ The dependency install and the build are skipped (SKIP_DEPS/SKIP_BUILD):
 CI has just done both; everything else is the script as a newcomer runs it.
 """
 
+import json
 import os
 import signal
 import subprocess
 
 from conftest import SOURCE_DIR, curl, port_accepts, wait_for
 
-DEMO_PORTS = (8080, 9001, 9002)
+DEMO_PORTS = (8080, 9001, 9002, 9100)
 
 
 def test_demo_script_serves_static_and_proxied_responses(tmp_path):
@@ -33,6 +34,15 @@ def test_demo_script_serves_static_and_proxied_responses(tmp_path):
         assert seen == {b"hello from demo-a\n", b"hello from demo-b\n"}, seen
         headers = curl("-s", "http://127.0.0.1:8080/headers").stdout
         assert b"X-Forwarded-For" in headers
+        # the JavaScript route, its fetch() to the demo upstream, HTTP/2, metrics
+        assert curl("-s", "http://127.0.0.1:8080/js").stdout == b"Hello from Helios!\n"
+        merged = json.loads(curl("-s", "http://127.0.0.1:8080/js/backends").stdout)
+        assert sorted(merged["answers"]) == ["hello from demo-a", "hello from demo-b"], merged
+        h2 = curl("-s", "--http2-prior-knowledge", "-o", "/dev/null", "-w", "%{http_version}",
+                  "http://127.0.0.1:8080/")
+        assert h2.stdout == b"2"
+        metrics = curl("-s", "http://127.0.0.1:9100/metrics").stdout.decode()
+        assert "helios_build_info" in metrics and "helios_requests_total" in metrics
     finally:
         os.killpg(proc.pid, signal.SIGINT)
         try:
