@@ -562,7 +562,7 @@ static void parse_timeouts(build *b, const hx_conf_node *root)
 {
     static const char *const keys[] = {"client_header", "client_body", "keepalive",
                                        "client_write",  "request",     "shutdown",
-                                       NULL};
+                                       "tunnel_idle",   NULL};
     const hx_conf_node *m = opt_map(root, "timeouts", keys);
     hx_timeouts *t = &b->gen->timeouts;
     hx_conf_duration_ms(m, "client_header", 10000, &t->client_header_ms);
@@ -571,6 +571,12 @@ static void parse_timeouts(build *b, const hx_conf_node *root)
     hx_conf_duration_ms(m, "client_write", 60000, &t->client_write_ms);
     hx_conf_duration_ms(m, "request", 0, &t->request_ms);
     hx_conf_duration_ms(m, "shutdown", 30000, &t->shutdown_ms);
+    hx_conf_duration_ms(m, "tunnel_idle", 3600000, &t->tunnel_idle_ms);
+    if (t->tunnel_idle_ms == 0) {
+        hx_conf_error(hx_conf_get(m, "tunnel_idle"),
+                      "timeouts.tunnel_idle must be more than 0 (an idle tunnel is closed "
+                      "after it; default 1h)");
+    }
 }
 
 static void parse_limits(build *b, const hx_conf_node *root)
@@ -761,8 +767,9 @@ static void upstream_free(hx_upstream *u)
 
 static hx_upstream *parse_upstream(build *b, const char *name, const hx_conf_node *un)
 {
-    static const char *const keys[] = {"balancer", "backends", "keepalive", "timeouts",
-                                       "retries",  "protocol", "tls",       NULL};
+    static const char *const keys[] = {"balancer", "backends", "keepalive",   "timeouts",
+                                       "retries",  "protocol", "tls",         "max_tunnels",
+                                       NULL};
     static const char *const re_keys[] = {"tries", "on", "per_try_timeout", "budget_percent",
                                           "budget_min", NULL};
     static const char *const ka_keys[] = {"max_idle", "idle_timeout", NULL};
@@ -813,6 +820,12 @@ static hx_upstream *parse_upstream(build *b, const char *name, const hx_conf_nod
         hx_conf_duration_ms(to, "read", 60000, &u->read_timeout_ms) < 0 ||
         hx_conf_duration_ms(to, "send", 60000, &u->send_timeout_ms) < 0)
         ok = 0;
+
+    long long max_tunnels = 0;
+    if (hx_conf_int(un->kind == HX_CONF_MAP ? un : NULL, "max_tunnels", 0, 0, 10000000,
+                    &max_tunnels) < 0)
+        ok = 0;
+    u->max_tunnels = (unsigned)max_tunnels;
 
     const hx_conf_node *re = opt_map(un, "retries", re_keys);
     long long tries = 3, pct = 20, bmin = 3;

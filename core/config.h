@@ -34,6 +34,7 @@ typedef struct hx_backend {
     _Atomic uint32_t trials;   /* half-open attempts in flight */
     _Atomic uint64_t breaker_transitions[3];
     _Atomic uint64_t retries;  /* attempts after the first, sent here */
+    _Atomic uint32_t tunnels;  /* open WebSocket tunnels, across workers (tunnel.c) */
     const hx_conf_node *node;
     /* keep-alive pools, one per worker, set up by the core when the
      * generation starts (upstream.c); config.c leaves it NULL */
@@ -67,6 +68,7 @@ typedef struct hx_upstream {
     uint64_t connect_timeout_ms;
     uint64_t read_timeout_ms; /* between bytes from the upstream */
     uint64_t send_timeout_ms; /* between bytes to the upstream */
+    unsigned max_tunnels;     /* open tunnels per backend, 0 = unlimited */
     /* retries (upstream.c) */
     unsigned retry_tries;      /* attempts in all, first included */
     unsigned retry_on;         /* HX_RETRY_* bits */
@@ -137,6 +139,7 @@ typedef struct hx_timeouts {
     uint64_t client_write_ms;  /* between progress writing to client */
     uint64_t request_ms;       /* whole request, 0 = off */
     uint64_t shutdown_ms;      /* graceful stop */
+    uint64_t tunnel_idle_ms;   /* a tunnel with no byte either way is closed */
 } hx_timeouts;
 
 typedef struct hx_limits {

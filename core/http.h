@@ -14,6 +14,7 @@
 #include <ev.h>
 #include <llhttp.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "arena.h"
 #include "buf.h"
@@ -113,6 +114,9 @@ typedef struct hx_req {
     int counted; /* in the worker's requests_active */
     struct hx_sub *sub;  /* this request is a module's subrequest (no conn) */
     struct hx_h2_stream *h2s; /* an HTTP/2 stream of conn (else HTTP/1.x) */
+    struct hx_h2up_stream *h2up; /* attempt on an HTTP/2 upstream connection */
+    hx_hdrs trailers;    /* response trailers (from an HTTP/2 upstream) */
+    int end_with_head;   /* the upstream's response had no body at all */
     struct hx_sub *subs; /* subrequests made with this request as parent */
     /* handler reading the body (api->req_body_read) */
     void (*body_cb)(void *arg, helios_buf chunk, int last, int error);
@@ -120,6 +124,10 @@ typedef struct hx_req {
     int body_state; /* 0 not asked, 1 reading, 2 finished */
     ev_timer body_kick;
     struct hx_var *vars; /* api->req_var_* (arena) */
+    /* WebSocket tunnel (tunnel.c) */
+    int ws_upgrade;              /* HTTP/1.1 GET with Upgrade: websocket, no body */
+    struct hx_tunnel *tunnel;    /* after the backend's 101: both connections are its */
+    hx_backend *tunnel_slot;     /* holds one of this backend's max_tunnels */
 
     hx_arena_block first[]; /* embedded first arena block */
 } hx_req;
@@ -219,6 +227,30 @@ int hx_hdr_value_valid(const char *p, size_t n);
 void hx_conn_enter(hx_conn *c);
 void hx_conn_leave(hx_conn *c);
 void hx_conn_mark_dead(hx_conn *c);
+
+/* Tunnels (tunnel.c). After a backend's 101 to a WebSocket upgrade, the
+ * client connection and the upstream connection become a byte tunnel that
+ * tunnel.c drives: http1.c and upstream.c stop touching either. */
+/* Upstream side (upstream.c): the transport of U, and its event watchers,
+ * which tunnel.c takes over (their callbacks and data are its own). */
+ssize_t hx_up_send(hx_upconn *u, const void *p, size_t n);
+ssize_t hx_up_recv(hx_upconn *u, void *p, size_t n);
+int hx_up_rd_pending(hx_upconn *u);        /* bytes the transport holds (TLS) */
+void hx_up_shutdown_write(hx_upconn *u);   /* send EOF to the backend */
+void hx_up_tunnel_io(hx_upconn *u, ev_io **rio, ev_io **wio, hx_buf **out);
+/* Client side (http1.c): the connection's transport, plain or TLS. */
+ssize_t hx_conn_send(hx_conn *c, const void *p, size_t n);
+ssize_t hx_conn_recv(hx_conn *c, void *p, size_t n);
+/* upstream.c, from up_read_cb: the backend answered 101 to R; REST are the
+ * bytes after the head (already tunnel payload). */
+void hx_tunnel_start(hx_req *r, hx_upconn *u, const char *rest, size_t n);
+/* http1.c, from conn_close: the connection goes, so does its tunnel (logged). */
+void hx_tunnel_close(hx_req *r);
+/* max_tunnels per backend: 0 taken (or no cap), -1 the backend is full. */
+int hx_tunnel_slot_take(hx_req *r, hx_backend *b);
+void hx_tunnel_slot_release(hx_req *r);
+/* 1 when the Upgrade header value H lists "websocket". */
+int hx_tunnel_is_websocket(helios_buf h);
 
 /* Per-request module context */
 void hx_ctx_init(helios_ctx *c, hx_req *r, const hx_instance *inst);

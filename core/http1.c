@@ -717,6 +717,14 @@ static void conn_leave(hx_conn *c)
     c->head_flags -= 1u << C_BUSY_SHIFT;
     if ((c->head_flags >> C_BUSY_SHIFT) != 0)
         return;
+    if (c->req && c->req->tunnel) {
+        /* tunnel.c drives this connection's I/O now; it only ever asks
+         * for the close (graceful stop leaves it open until the grace
+         * period ends) */
+        if (c->head_flags & C_DEAD)
+            conn_close(c);
+        return;
+    }
     if (c->h2) {
         conn_h2_leave(c);
         return;
@@ -995,7 +1003,12 @@ static int on_headers_complete(llhttp_t *p)
         return set_error(c, 400, "invalid Host header");
     r->keepalive = llhttp_should_keep_alive(p);
     if (p->upgrade)
-        c->close_after = 1; /* no tunnels yet: answer, then close */
+        c->close_after = 1; /* answered normally, then closed (unless tunnelled) */
+    /* WebSocket (tunnel.c): a GET without a body may become a tunnel when
+     * the backend answers 101; any other upgrade is answered as plain HTTP */
+    if (p->upgrade && p->method == HTTP_GET && r->http_minor >= 1 && !r->has_body &&
+        hx_tunnel_is_websocket(hx_hdrs_get(&r->hdrs, "upgrade")))
+        r->ws_upgrade = 1;
     if (!r->has_body)
         return 0; /* message completes right away */
     c->head_paused = 1;
@@ -1429,6 +1442,8 @@ static void conn_close(hx_conn *c)
         hx_h2_free(c);
         c->head_flags -= 1u << C_BUSY_SHIFT;
     }
+    if (c->req && c->req->tunnel)
+        hx_tunnel_close(c->req); /* logs it and closes the upstream side */
     if (c->req) {
         hx_req *r = c->req;
         c->req = NULL;
@@ -1494,3 +1509,7 @@ void hx_conn_shutdown(hx_conn *c)
 void hx_conn_enter(hx_conn *c) { conn_enter(c); }
 void hx_conn_leave(hx_conn *c) { conn_leave(c); }
 void hx_conn_mark_dead(hx_conn *c) { c->head_flags |= C_DEAD; }
+
+/* The transport for tunnel.c (plain or TLS, same contract as send/recv). */
+ssize_t hx_conn_send(hx_conn *c, const void *p, size_t n) { return conn_send(c, p, n); }
+ssize_t hx_conn_recv(hx_conn *c, void *p, size_t n) { return conn_recv(c, p, n); }

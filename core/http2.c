@@ -48,6 +48,7 @@ typedef struct hx_h2_stream {
     int too_large;      /* header list over the limit: 431 */
     int bad;            /* malformed request: 400 */
     int started;        /* hx_req_start ran */
+    int pushing;        /* inside stream_push_body */
     helios_buf authority; /* :authority as sent: becomes Host upstream */
     hx_buf out;         /* response body waiting for DATA frames */
     int out_last;       /* the whole body is in `out` */
@@ -187,11 +188,22 @@ static int stream_takes_body(hx_req *r)
     return r->phase == HX_PH_PROXY && hx_proxy_body_writable(r);
 }
 
+static void stream_push_body_loop(hx_h2_stream *st, hx_h2 *h, hx_req *r);
+
 /* Hands buffered body bytes on while the request takes them. */
 static void stream_push_body(hx_h2_stream *st)
 {
     hx_h2 *h = st->h;
     hx_req *r = st->r;
+    if (st->pushing)
+        return; /* re-entered from the delivery below: the loop goes on */
+    st->pushing = 1;
+    stream_push_body_loop(st, h, r);
+    st->pushing = 0;
+}
+
+static void stream_push_body_loop(hx_h2_stream *st, hx_h2 *h, hx_req *r)
+{
     while (r && st->started && !st->in_delivered_last &&
            (hx_buf_size(&st->in) > 0 || st->in_last)) {
         if (!stream_takes_body(r))
@@ -224,6 +236,26 @@ void hx_h2_body_wanted(hx_req *r)
 /* ------------------------------------------------------------------ */
 /* responses                                                           */
 
+/* The response's trailers (from an HTTP/2 backend: gRPC's grpc-status)
+ * as a HEADERS frame ending the stream. */
+static int submit_trailers(nghttp2_session *s, hx_h2_stream *st)
+{
+    hx_req *r = st->r;
+    nghttp2_nv *nv = hx_arena_alloc(&r->arena, r->trailers.n * sizeof(*nv));
+    if (nv == NULL)
+        return -1;
+    size_t n = 0;
+    for (size_t i = 0; i < r->trailers.n; i++) {
+        hx_hdr *t = &r->trailers.v[i];
+        if (!hx_hdr_name_valid(t->name.ptr, t->name.len) ||
+            !hx_hdr_value_valid(t->value.ptr, t->value.len))
+            continue;
+        nv[n++] = (nghttp2_nv){(uint8_t *)t->name.ptr, (uint8_t *)t->value.ptr, t->name.len,
+                               t->value.len, NGHTTP2_NV_FLAG_NONE};
+    }
+    return nghttp2_submit_trailer(s, st->id, nv, n) == 0 ? 0 : -1;
+}
+
 static ssize_t data_read_cb(nghttp2_session *s, int32_t id, uint8_t *buf, size_t length,
                             uint32_t *flags, nghttp2_data_source *src, void *user)
 {
@@ -241,6 +273,8 @@ static ssize_t data_read_cb(nghttp2_session *s, int32_t id, uint8_t *buf, size_t
         *flags |= NGHTTP2_DATA_FLAG_EOF;
         st->out_eof = 1;
         hx_buf_shrink(&st->out, 0);
+        if (st->r && st->r->trailers.n && submit_trailers(s, st) == 0)
+            *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM; /* the trailers end it */
         /* answered before the client finished its body: tell it to stop */
         if (!st->in_last)
             nghttp2_submit_rst_stream(s, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_NO_ERROR);
@@ -292,7 +326,7 @@ int hx_h2_resp_head(hx_req *r)
             lname[k] = (char)(ch >= 'A' && ch <= 'Z' ? ch + 32 : ch);
         }
         nv[n++] = (nghttp2_nv){(uint8_t *)lname, (uint8_t *)hd->value.ptr, hd->name.len,
-                               hd->value.len, NGHTTP2_NV_FLAG_NO_COPY_NAME};
+                               hd->value.len, NGHTTP2_NV_FLAG_NONE};
     }
     nghttp2_data_provider prd = {.source.ptr = st, .read_callback = data_read_cb};
     int rv = nghttp2_submit_response(h->s, st->id, nv, n, r->resp_no_body ? NULL : &prd);

@@ -500,7 +500,8 @@ int hx_resp_begin(hx_req *r)
         }
     }
     int status = r->status;
-    r->resp_no_body = r->is_head || status == 204 || status == 304 || status < 200;
+    r->resp_no_body = r->is_head || status == 204 || status == 304 || status < 200 ||
+                      r->end_with_head;
     helios_buf cl = hx_hdrs_get(&r->rhdrs, "content-length");
     r->resp_length = -1;
     if (cl.ptr) {
@@ -568,7 +569,11 @@ int hx_resp_begin(hx_req *r)
     }
     if (r->resp_chunked)
         hx_buf_append(head, "Transfer-Encoding: chunked\r\n", 28);
-    if (!keep)
+    if (status == 101 && r->ws_upgrade) {
+        /* WebSocket: the switch is confirmed on this hop too (tunnel.c) */
+        static const char sw[] = "Upgrade: websocket\r\nConnection: upgrade\r\n";
+        hx_buf_append(head, sw, sizeof(sw) - 1);
+    } else if (!keep)
         hx_buf_append(head, "Connection: close\r\n", 19);
     else if (r->http_minor == 0)
         hx_buf_append(head, "Connection: keep-alive\r\n", 24);
@@ -632,10 +637,25 @@ int hx_resp_body(hx_req *r, const char *p, size_t n, int last)
             hx_resp_abort(r, "response body shorter than its Content-Length");
             return -1;
         }
-        if (r->h2s)
-            hx_h2_resp_data(r, NULL, 0, 1);
-        else if (r->resp_chunked)
+        if (r->h2s) {
+            hx_h2_resp_data(r, NULL, 0, 1); /* trailers go with the end (http2.c) */
+        } else if (r->resp_chunked && r->trailers.n) {
+            /* trailers of an HTTP/2 backend (gRPC) on a chunked HTTP/1.1 body */
+            hx_conn_write(c, "0\r\n", 3);
+            for (size_t i = 0; i < r->trailers.n; i++) {
+                const hx_hdr *t = &r->trailers.v[i];
+                if (!hx_hdr_name_valid(t->name.ptr, t->name.len) ||
+                    !hx_hdr_value_valid(t->value.ptr, t->value.len))
+                    continue;
+                hx_conn_write(c, t->name.ptr, t->name.len);
+                hx_conn_write(c, ": ", 2);
+                hx_conn_write(c, t->value.ptr, t->value.len);
+                hx_conn_write(c, "\r\n", 2);
+            }
+            hx_conn_write(c, "\r\n", 2);
+        } else if (r->resp_chunked) {
             hx_conn_write(c, "0\r\n\r\n", 5);
+        }
         r->resp_done = 1;
         hx_req_finish(r);
     }

@@ -22,6 +22,7 @@
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 
+#include "h2up.h"
 #include "subreq.h"
 #include "tls.h"
 #include "upstream.h"
@@ -47,9 +48,9 @@ static void req_leave(hx_req *r, hx_conn *c)
 #define HX_UP_READ 65536
 
 typedef struct hx_pool {
-    hx_upconn *idle;
+    _Alignas(64) hx_upconn *idle; /* one cache line per worker */
     unsigned nidle;
-    char pad[64 - sizeof(void *) - sizeof(unsigned)]; /* one cache line per worker */
+    struct hx_h2up_conn *h2; /* HTTP/2 connections to the backend (h2up.c) */
 } hx_pool;
 
 enum { UP_CONNECTING = 1, UP_ACTIVE, UP_IDLE };
@@ -94,7 +95,9 @@ int hx_backend_pools_init(hx_backend *b, unsigned nworkers)
 {
     if (b->pools)
         return 0;
-    b->pools = calloc(nworkers ? nworkers : 1, sizeof(hx_pool));
+    b->pools = aligned_alloc(64, (nworkers ? nworkers : 1) * sizeof(hx_pool));
+    if (b->pools)
+        memset(b->pools, 0, (nworkers ? nworkers : 1) * sizeof(hx_pool));
     return b->pools ? 0 : -1;
 }
 
@@ -105,6 +108,8 @@ void hx_backend_pools_free(hx_backend *b)
 }
 
 static hx_pool *pool_of(hx_worker *w, hx_backend *b) { return &b->pools[w->id]; }
+
+struct hx_h2up_conn **hx_pool_h2(hx_worker *w, hx_backend *b) { return &pool_of(w, b)->h2; }
 
 static void pool_remove(hx_upconn *u)
 {
@@ -124,6 +129,7 @@ static void pool_drain(hx_worker *w, hx_backend *b)
     if (b->pools == NULL)
         return;
     hx_pool *p = pool_of(w, b);
+    hx_h2up_drain(w, b);
     while (p->idle) {
         hx_upconn *u = p->idle;
         pool_remove(u);
@@ -149,7 +155,7 @@ void hx_pool_drain_backend(hx_worker *w, hx_backend *b) { pool_drain(w, b); }
 
 /* ------------------------------------------------------------------ */
 
-static void report_outcome(hx_req *r, hx_backend *b, int outcome, int status)
+void hx_proxy_report(hx_req *r, hx_backend *b, int outcome, int status)
 {
     if (outcome != HELIOS_OUTCOME_OK)
         atomic_fetch_add_explicit(&b->failures, 1, memory_order_relaxed);
@@ -200,6 +206,15 @@ static void release_trial(hx_req *r, hx_backend *b)
         r->trial = 0;
         atomic_fetch_sub(&b->trials, 1);
     }
+}
+
+/* An attempt on B ends (any protocol): its in-flight count and half-open
+ * trial slot go back. */
+void hx_proxy_attempt_end(hx_req *r, hx_backend *b)
+{
+    release_trial(r, b);
+    r->up_end = ev_now(r->w->loop);
+    atomic_fetch_sub_explicit(&b->inflight, 1, memory_order_relaxed);
 }
 
 static void detach_req(hx_upconn *u)
@@ -305,12 +320,63 @@ static int peer_trusted(const hx_req *r)
     return 0;
 }
 
+static void append(hx_buf *b, const char *s) { hx_buf_append(b, s, strlen(s)); }
+
+/* The X-Forwarded-For / -Proto / -Host and Forwarded values the proxy
+ * sends for R (the same rules as serialize_request: extend what a trusted
+ * proxy sent, replace the rest), for the HTTP/2 upstream side. Strings in
+ * R's arena; *HOST is NULL when there is no host. Returns 0 or -1. */
+int hx_proxy_forwarded(hx_req *r, const char **xff, const char **xfp, const char **xfh,
+                       const char **fwd)
+{
+    int trusted = peer_trusted(r);
+    const char *peer = r->conn->peer_ip;
+    const char *scheme = r->conn->ssl ? "https" : "http";
+    helios_buf cxff = hx_hdrs_get(&r->hdrs, "x-forwarded-for");
+    helios_buf cfwd = hx_hdrs_get(&r->hdrs, "forwarded");
+    helios_buf cxfp = hx_hdrs_get(&r->hdrs, "x-forwarded-proto");
+    helios_buf cxfh = hx_hdrs_get(&r->hdrs, "x-forwarded-host");
+    hx_buf b = {0};
+    if (trusted && cxff.len) {
+        hx_buf_append(&b, cxff.ptr, cxff.len);
+        append(&b, ", ");
+    }
+    append(&b, peer);
+    *xff = hx_arena_strndup(&r->arena, hx_buf_head(&b), hx_buf_size(&b));
+    *xfp = trusted && cxfp.len ? hx_arena_strndup(&r->arena, cxfp.ptr, cxfp.len) : scheme;
+    *xfh = trusted && cxfh.len ? hx_arena_strndup(&r->arena, cxfh.ptr, cxfh.len)
+           : r->host.len       ? hx_arena_strndup(&r->arena, r->host.ptr, r->host.len)
+                               : NULL;
+    hx_buf_reset(&b);
+    if (trusted && cfwd.len) {
+        hx_buf_append(&b, cfwd.ptr, cfwd.len);
+        append(&b, ", ");
+    }
+    if (strchr(peer, ':')) {
+        append(&b, "for=\"[");
+        append(&b, peer);
+        append(&b, "]\"");
+    } else {
+        append(&b, "for=");
+        append(&b, peer);
+    }
+    if (r->host.len) {
+        append(&b, ";host=\"");
+        hx_buf_append(&b, r->host.ptr, r->host.len);
+        append(&b, "\"");
+    }
+    append(&b, ";proto=");
+    append(&b, scheme);
+    *fwd = hx_arena_strndup(&r->arena, hx_buf_head(&b), hx_buf_size(&b));
+    hx_buf_free(&b);
+    return *xff && *fwd ? 0 : -1;
+}
+
 static int is_named(const hx_hdr *h, const char *name, size_t n)
 {
     return h->name.len == n && strncasecmp(h->name.ptr, name, n) == 0;
 }
 
-static void append(hx_buf *b, const char *s) { hx_buf_append(b, s, strlen(s)); }
 
 static int serialize_request(hx_req *r, hx_buf *o)
 {
@@ -408,8 +474,16 @@ static int serialize_request(hx_req *r, hx_buf *o)
         hx_buf_append(o, cl, hx_u64_dec(cl, (unsigned long long)r->content_length));
         append(o, "\r\n");
     }
-    if (r->route->upstream->keepalive_max_idle == 0)
+    if (r->ws_upgrade) {
+        /* WebSocket (tunnel.c): the hop-by-hop upgrade is asked again on
+         * this hop; the connection is never pooled after a 101 */
+        helios_buf up = hx_hdrs_get(&r->hdrs, "upgrade");
+        append(o, "Upgrade: ");
+        hx_buf_append(o, up.ptr, up.len);
+        append(o, "\r\nConnection: upgrade\r\n");
+    } else if (r->route->upstream->keepalive_max_idle == 0) {
         append(o, "Connection: close\r\n");
+    }
     append(o, "\r\n");
     return 0;
 }
@@ -499,6 +573,8 @@ static void up_flush(hx_upconn *u)
 
 int hx_proxy_body_writable(const hx_req *r)
 {
+    if (r->h2up)
+        return hx_h2up_body_writable(r);
     const hx_upconn *u = r->up;
     return u && u->state == UP_ACTIVE && !u->resp_complete &&
            hx_buf_size(&u->out) < r->gen->limits.max_body_buffer;
@@ -506,6 +582,8 @@ int hx_proxy_body_writable(const hx_req *r)
 
 int hx_proxy_body(hx_req *r, const char *p, size_t n, int last)
 {
+    if (r->h2up)
+        return hx_h2up_body(r, p, n, last);
     hx_upconn *u = r->up;
     if (u == NULL)
         return 0; /* upstream gone (early response): drop */
@@ -677,15 +755,20 @@ static void up_read_cb(struct ev_loop *loop, ev_io *io, int revents)
             if (pos != buf + n)
                 u->body_queued_all = 0;
             if (u->req == r) {
-                report_outcome(r, u->b, HELIOS_OUTCOME_OK, r->status);
+                hx_proxy_report(r, u->b, HELIOS_OUTCOME_OK, r->status);
                 up_release(u);
             }
+        } else if (e == HPE_PAUSED_UPGRADE && u->req == r && r->status == 101 &&
+                   r->ws_upgrade && c) {
+            /* the backend switched protocols: a tunnel from here on */
+            const char *pos = llhttp_get_error_pos(&u->parser);
+            hx_tunnel_start(r, u, pos, (size_t)(buf + n - pos));
         } else if (e != HPE_OK && r->retry_status && u->req == r) {
             int st = r->retry_status;
             r->retry_status = 0;
             r->rhdrs.n = 0;
             r->upstream_bytes_seen = 0;
-            report_outcome(r, u->b, HELIOS_OUTCOME_OK, st);
+            hx_proxy_report(r, u->b, HELIOS_OUTCOME_OK, st);
             hx_info("backend %s answered %d; retrying (attempt %u of %u)", u->b->address, st,
                     r->attempts + 1, r->route->upstream->retry_tries);
             up_close(u);
@@ -860,6 +943,15 @@ static int r_headers_complete(llhttp_t *p)
     if ((u->hb.in_value || hx_buf_size(&u->hb.name)) && up_push_header(u) != 0)
         return HPE_USER;
     int status = p->status_code;
+    if (status == 101 && r->ws_upgrade && !r->head_sent &&
+        hx_tunnel_is_websocket(hx_hdrs_get(&r->rhdrs, "upgrade"))) {
+        /* WebSocket accepted: the 101 head goes to the client through the
+         * response filters; llhttp then stops with HPE_PAUSED_UPGRADE and
+         * up_read_cb hands both connections to tunnel.c */
+        r->status = 101;
+        hx_resp_begin(r);
+        return 0;
+    }
     if (status >= 100 && status < 200) {
         if (status == 101 || ++u->ignored_1xx > 10)
             return HPE_USER; /* no tunnels here yet */
@@ -992,6 +1084,13 @@ static unsigned outcome_cond(int outcome)
 
 /* An attempt failed. Before any byte of response: maybe another try;
  * otherwise the client gets an error or the response is cut. */
+static void attempt_failed(hx_req *r, hx_backend *b, int outcome, const char *why, int seen);
+
+void hx_proxy_attempt_failed(hx_req *r, hx_backend *b, int outcome, const char *why)
+{
+    attempt_failed(r, b, outcome, why, r->upstream_bytes_seen);
+}
+
 static void up_fail(hx_upconn *u, int outcome, const char *why)
 {
     hx_req *r = u->req;
@@ -1002,7 +1101,7 @@ static void up_fail(hx_upconn *u, int outcome, const char *why)
     int reused = u->reused;
     hx_backend *b = u->b;
     int seen = r->upstream_bytes_seen;
-    report_outcome(r, b, outcome, 0);
+    hx_proxy_report(r, b, outcome, 0);
     up_close(u);
     if (r->head_sent) {
         hx_resp_abort(r, why);
@@ -1021,6 +1120,17 @@ static void up_fail(hx_upconn *u, int outcome, const char *why)
             return;
         }
         atomic_fetch_sub_explicit(&b->inflight, 1, memory_order_relaxed);
+    }
+    attempt_failed(r, b, outcome, why, seen);
+}
+
+/* After a failed attempt on B (already reported and ended): another try,
+ * or the error to the client. */
+static void attempt_failed(hx_req *r, hx_backend *b, int outcome, const char *why, int seen)
+{
+    if (r->head_sent) {
+        hx_resp_abort(r, why);
+        return;
     }
     if (!seen && retry_allowed(r, outcome_cond(outcome))) {
         hx_info("%s; retrying (attempt %u of %u)", why, r->attempts + 1,
@@ -1159,6 +1269,7 @@ static int request_body_filtered(const hx_req *r)
 void hx_proxy_start(hx_req *r)
 {
     hx_upstream *up = r->route->upstream;
+    hx_tunnel_slot_release(r); /* a retry: the slot was the last backend's */
     r->up_chunked = r->chunked || (r->has_body && request_body_filtered(r));
     hx_backends *bs = atomic_load(&up->backends);
     r->phase = HX_PH_PROXY;
@@ -1228,17 +1339,39 @@ void hx_proxy_start(hx_req *r)
                      r->attempts ? "every backend failed" : "no usable backend");
         return;
     }
+    if (r->ws_upgrade && hx_tunnel_slot_take(r, b) != 0) {
+        /* max_tunnels (tunnel.c): refused before connecting */
+        release_trial(r, b);
+        r->tried[idx] = 1;
+        hx_req_error(r, 503, "backend has max_tunnels tunnels open");
+        return;
+    }
     r->tried[idx] = 1;
     if (r->attempts++ > 0)
         atomic_fetch_add_explicit(&b->retries, 1, memory_order_relaxed);
     r->backend = b;
     atomic_fetch_add_explicit(&b->inflight, 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&b->requests, 1, memory_order_relaxed);
+    if (up->protocol == HX_PROTO_H2 && !r->ws_upgrade) {
+        if (r->up_start == 0)
+            r->up_start = ev_now(r->w->loop);
+        size_t al = strlen(b->address);
+        if (al >= sizeof(r->upstream_addr))
+            al = sizeof(r->upstream_addr) - 1;
+        memcpy(r->upstream_addr, b->address, al);
+        r->upstream_addr[al] = '\0';
+        hx_h2up_start(r, b); /* many requests, few connections */
+        return;
+    }
     try_backend(r);
 }
 
 void hx_proxy_client_drained(hx_req *r)
 {
+    if (r->h2up) {
+        hx_h2up_drained(r);
+        return;
+    }
     hx_upconn *u = r->up;
     if (u && r->conn && u->reading_paused &&
         hx_req_pending(r) < r->gen->limits.max_body_buffer) {
@@ -1252,8 +1385,46 @@ void hx_proxy_client_drained(hx_req *r)
 
 void hx_proxy_detach(hx_req *r)
 {
+    if (r->h2up)
+        hx_h2up_detach(r);
+    hx_tunnel_slot_release(r);
     hx_upconn *u = r->up;
     if (u == NULL)
         return;
     up_close(u);
+}
+
+/* ------------------------------------------------------------------ */
+/* tunnels (tunnel.c): after a 101 the connection is driven from there  */
+
+ssize_t hx_up_send(hx_upconn *u, const void *p, size_t n) { return up_send(u, p, n); }
+
+ssize_t hx_up_recv(hx_upconn *u, void *p, size_t n) { return up_recv(u, p, n); }
+
+/* Decrypted bytes epoll cannot see (TLS to upstreams): none on plain TCP. */
+int hx_up_rd_pending(hx_upconn *u) { return u->ssl && SSL_has_pending(u->ssl); }
+
+/* EOF to the backend: TLS close_notify first, then the TCP FIN. */
+void hx_up_shutdown_write(hx_upconn *u)
+{
+    if (u->ssl) {
+        ERR_clear_error();
+        SSL_shutdown(u->ssl);
+        ERR_clear_error();
+    }
+    shutdown(u->fd, SHUT_WR);
+}
+
+/* Stops everything upstream.c runs on U and lends tunnel.c its watchers
+ * and its output buffer (request bytes not yet sent go first). U stays
+ * attached to its request, so hx_proxy_detach closes it, never pools it. */
+void hx_up_tunnel_io(hx_upconn *u, ev_io **rio, ev_io **wio, hx_buf **out)
+{
+    ev_io_stop(u->w->loop, &u->rio);
+    ev_io_stop(u->w->loop, &u->wio);
+    ev_timer_stop(u->w->loop, &u->timer);
+    u->reading_paused = 0;
+    *rio = &u->rio;
+    *wio = &u->wio;
+    *out = &u->out;
 }

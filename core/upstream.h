@@ -33,4 +33,12 @@ int hx_backend_pools_init(hx_backend *b, unsigned nworkers);
 void hx_pool_drain_backend(hx_worker *w, hx_backend *b);
 void hx_backend_pools_free(hx_backend *b);
 
+/* For the HTTP/2 upstream side (h2up.c). */
+void hx_proxy_report(hx_req *r, hx_backend *b, int outcome, int status);
+void hx_proxy_attempt_end(hx_req *r, hx_backend *b);
+void hx_proxy_attempt_failed(hx_req *r, hx_backend *b, int outcome, const char *why);
+struct hx_h2up_conn **hx_pool_h2(hx_worker *w, hx_backend *b);
+int hx_proxy_forwarded(hx_req *r, const char **xff, const char **xfp, const char **xfh,
+                       const char **fwd);
+
 #endif
