@@ -131,10 +131,13 @@ static int service_start(hx_gen *g)
     int failed = 0;
     for (size_t i = 0; i < g->ninstances; i++) {
         hx_instance *inst = g->instances[i];
-        if (inst->mod->service && inst->mod->service->start &&
-            inst->mod->service->start(inst->cfg) != 0) {
+        if (!inst->mod->service || !inst->mod->service->start)
+            continue;
+        if (inst->mod->service->start(inst->cfg) != 0) {
             hx_error("module %s: service failed to start", inst->mod->name);
             failed++;
+        } else {
+            inst->started = 1;
         }
     }
     return failed;
@@ -144,8 +147,10 @@ static void service_stop(hx_gen *g)
 {
     for (size_t i = g->ninstances; i-- > 0;) {
         hx_instance *inst = g->instances[i];
-        if (inst->mod->service && inst->mod->service->stop)
+        /* only what started: a failed start() cleaned up after itself */
+        if (inst->mod->service && inst->mod->service->stop && inst->started)
             inst->mod->service->stop(inst->cfg);
+        inst->started = 0;
     }
 }
 

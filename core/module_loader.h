@@ -46,6 +46,7 @@ typedef struct hx_instance {
     const hx_conf_node *node;  /* the `{module:, config:}` node (for messages) */
     void *cfg;                 /* from config_new */
     unsigned slot;             /* index in the generation's instance array */
+    int started;               /* service kind: start() succeeded (main.c) */
 } hx_instance;
 
 /*

@@ -38,14 +38,13 @@ typedef struct ticket_key {
 
 static pthread_mutex_t tk_lock = PTHREAD_MUTEX_INITIALIZER;
 static ticket_key tk_ring[3];
-static unsigned tk_rotation = 3600;
 
-void hx_tls_ticket_rotation(unsigned seconds)
-{
-    pthread_mutex_lock(&tk_lock);
-    tk_rotation = seconds ? seconds : 3600;
-    pthread_mutex_unlock(&tk_lock);
-}
+/* Each SSL_CTX points back to its hx_tls (the rotation interval lives
+ * there: a configuration that is only checked, or fails, changes
+ * nothing in the running process). */
+static int tls_ex_index = -1;
+static pthread_once_t tls_ex_once = PTHREAD_ONCE_INIT;
+static void tls_ex_init(void) { tls_ex_index = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, NULL); }
 
 static int tk_fresh(ticket_key *k)
 {
@@ -57,11 +56,11 @@ static int tk_fresh(ticket_key *k)
     return 0;
 }
 
-/* Under tk_lock: rotate when the current key is too old. */
-static int tk_rotate_locked(void)
+/* Under tk_lock: rotate when the current key is older than ROTATION s. */
+static int tk_rotate_locked(unsigned rotation)
 {
     time_t now = time(NULL);
-    if (tk_ring[0].set && now - tk_ring[0].born < (time_t)tk_rotation)
+    if (tk_ring[0].set && now - tk_ring[0].born < (time_t)rotation)
         return 0;
     ticket_key k;
     if (tk_fresh(&k) != 0)
@@ -75,11 +74,12 @@ static int tk_rotate_locked(void)
 static int ticket_cb(SSL *s, unsigned char key_name[16], unsigned char *iv, EVP_CIPHER_CTX *ctx,
                      EVP_MAC_CTX *hctx, int enc)
 {
-    (void)s;
+    const hx_tls *t = SSL_CTX_get_ex_data(SSL_get_SSL_CTX(s), tls_ex_index);
+    unsigned rotation = t && t->ticket_rotation ? t->ticket_rotation : 3600;
     ticket_key k;
     int renew = 0;
     pthread_mutex_lock(&tk_lock);
-    if (tk_rotate_locked() != 0) {
+    if (tk_rotate_locked(rotation) != 0) {
         pthread_mutex_unlock(&tk_lock);
         return -1;
     }
@@ -336,6 +336,8 @@ static SSL_CTX *ctx_new(hx_tls *t, const tls_opts *o, const hx_conf_node *n)
         ossl_error(hx_conf_get(n, "groups"), "invalid groups (curves) list", NULL);
         ok = 0;
     }
+    pthread_once(&tls_ex_once, tls_ex_init);
+    SSL_CTX_set_ex_data(ctx, tls_ex_index, t);
     SSL_CTX_set_tlsext_servername_callback(ctx, sni_cb);
     SSL_CTX_set_tlsext_servername_arg(ctx, t);
     SSL_CTX_set_alpn_select_cb(ctx, alpn_cb, t);
@@ -417,7 +419,7 @@ hx_tls *hx_tls_new(const hx_conf_node *n)
         hx_conf_error(hx_conf_get(n, "session_ticket_rotation"), "must be at least 1s");
         ok = 0;
     } else {
-        hx_tls_ticket_rotation((unsigned)(rot / 1000));
+        t->ticket_rotation = (unsigned)(rot / 1000);
     }
     if (hx_conf_bool(n, "ktls", 0, &t->ktls) < 0)
         ok = 0;
@@ -637,11 +639,23 @@ hx_uptls *hx_tls_client_new(const hx_conf_node *n, int h2)
         if (hx_conf_check_keys(n, uptls_keys) > 0)
             return NULL;
         m = n;
-    } else if (!(n && n->kind == HX_CONF_SCALAR &&
-                 (strcmp(n->scalar, "true") == 0 || strcmp(n->scalar, "on") == 0))) {
+    } else {
         /* `tls: true` verifies against the system's CA store */
-        hx_conf_error(n, "expected a map, e.g. {ca: ca.pem, sni: api.example.com}, or true");
-        return NULL;
+        static const char *const yes[] = {"true", "yes", "on", NULL};
+        static const char *const no[] = {"false", "no", "off", NULL};
+        int on = -1;
+        for (int i = 0; n && n->kind == HX_CONF_SCALAR && !n->quoted && yes[i]; i++) {
+            if (strcasecmp(n->scalar, yes[i]) == 0)
+                on = 1;
+            else if (strcasecmp(n->scalar, no[i]) == 0)
+                on = 0;
+        }
+        if (on != 1) {
+            hx_conf_error(n, on == 0 ? "tls: false is not needed: leave the key out for plain TCP"
+                                     : "expected a map, e.g. {ca: ca.pem, sni: "
+                                       "api.example.com}, or true");
+            return NULL;
+        }
     }
     hx_uptls *t = calloc(1, sizeof(*t));
     if (t == NULL)
@@ -686,6 +700,10 @@ hx_uptls *hx_tls_client_new(const hx_conf_node *n, int h2)
         t->verify_name = strdup(v->scalar);
     else if (t->sni)
         t->verify_name = strdup(t->sni);
+    if (t->verify && t->verify_name == NULL)
+        hx_warn("%s:%u: upstream tls verifies the certificate chain but no name (set sni or "
+                "verify_name to check the backend's name too)",
+                n->file ? n->file : "?", n->line);
     const hx_conf_node *cf = scalar_at(m, "cert"), *kf = scalar_at(m, "key");
     if ((cf != NULL) != (kf != NULL)) {
         hx_conf_error(m, "a client certificate needs both \"cert\" and \"key\"");

@@ -35,6 +35,7 @@ typedef struct hx_tls {
     int alpn_http11;  /* offer http/1.1 */
     int client_auth;  /* 0 off, 1 optional, 2 required */
     int ktls;
+    unsigned ticket_rotation; /* seconds; the key ring itself is process-wide */
 } hx_tls;
 
 /* Parses a listener's `tls:` map (errors recorded on the tree). Returns
@@ -48,8 +49,6 @@ SSL *hx_tls_accept(hx_tls *t, int fd);
 /* ALPN chosen on an established connection: 2 = h2, 1 = http/1.1 or none. */
 int hx_tls_alpn_is_h2(SSL *ssl);
 
-/* Session ticket key rotation interval, process-wide (seconds). */
-void hx_tls_ticket_rotation(unsigned seconds);
 
 /* "TLSv1.3", cipher name, SNI, client subject (NULL when none); the
  * verification result of the client certificate (1 verified). */

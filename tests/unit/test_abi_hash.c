@@ -30,7 +30,7 @@ static const struct {
     uint64_t hash;
 } abi_history[] = {
     {1, 0, 0xb780c993dea05363u},
-    {1, 1, 0x7882697a4453fe78u},
+    {1, 1, 0x7b3b7d6a5a43a783u},
 };
 #define ABI_HISTORY_LEN (sizeof(abi_history) / sizeof(abi_history[0]))
 

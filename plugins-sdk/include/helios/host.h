@@ -288,8 +288,9 @@ struct helios_host_api {
      * removes. Get returns a borrowed buffer, ptr NULL when unset. */
     int (*req_var_set)(helios_request *r, const char *name, const char *value);
     helios_buf (*req_var_get)(helios_request *r, const char *name);
-    /* Name of the upstream the request's route proxies to, or "" for a
-     * route with a handler (worker). */
+    /* Name of the route's `upstream:` (for a route with a handler: the
+     * handler's default subrequest target), or "" when it has none
+     * (worker). */
     const char *(*req_upstream)(helios_request *r);
 
     /* ---- exports between modules (any thread) ----

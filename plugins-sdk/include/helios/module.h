@@ -65,8 +65,9 @@ typedef struct helios_handler_hooks {
     int (*handle)(helios_ctx *c);
     /* ABI 1.1 (read only when size covers it): after the response is
      * finished or the request aborted, like a filter's on_log; the place to
-     * cancel timers and subrequests the handler still has for this request
-     * (a resume after this is ignored). May be NULL. */
+     * cancel timers and posts the handler still has for this request. The
+     * request is gone afterwards: never resume it or call the API on it
+     * (its subrequests are cancelled by the core). May be NULL. */
     void (*on_done)(helios_ctx *c);
 } helios_handler_hooks;
 
@@ -96,7 +97,8 @@ typedef struct helios_balancer_hooks {
 /* Service kind: owns something on the main thread (e.g. an admin server). */
 typedef struct helios_service_hooks {
     uint32_t size;
-    /* After workers started; main thread. Non-zero = failure (log why): at
+    /* After workers started; main thread. Non-zero = failure (log why, and
+     * undo what was done: stop() is not called after a failed start): at
      * startup heliosd then stops and exits 1; after a reload the new
      * generation runs without this service and the error is logged. */
     int (*start)(void *cfg);
