@@ -87,8 +87,9 @@ struct hx_h2up_conn {
 };
 
 static void conn_close(hx_h2up_conn *c, const char *why);
-static void conn_pump(hx_h2up_conn *c);
-static void conn_update(hx_h2up_conn *c);
+/* These return 1 when C was closed (and freed) on the way. */
+static int conn_pump(hx_h2up_conn *c);
+static int conn_update(hx_h2up_conn *c);
 
 /* ------------------------------------------------------------------ */
 /* request brackets                                                    */
@@ -554,7 +555,7 @@ static void conn_close(hx_h2up_conn *c, const char *why)
     free(c);
 }
 
-static void conn_flush(hx_h2up_conn *c)
+static int conn_flush(hx_h2up_conn *c)
 {
     while (hx_buf_size(&c->out) > 0) {
         ssize_t n = c_send(c, hx_buf_head(&c->out), hx_buf_size(&c->out));
@@ -564,7 +565,7 @@ static void conn_flush(hx_h2up_conn *c)
             if (errno == EAGAIN || errno == EWOULDBLOCK)
                 break;
             conn_close(c, "sending to the backend failed");
-            return;
+            return 1;
         }
         c->last_io = ev_now(c->w->loop);
         hx_buf_consume(&c->out, (size_t)n);
@@ -573,13 +574,14 @@ static void conn_flush(hx_h2up_conn *c)
         ev_io_start(c->w->loop, &c->wio);
     else
         ev_io_stop(c->w->loop, &c->wio);
+    return 0;
 }
 
 /* Serialises frames and sends them. */
-static void conn_pump(hx_h2up_conn *c)
+static int conn_pump(hx_h2up_conn *c)
 {
     if (c->state != H2C_READY || c->busy)
-        return;
+        return 0;
     c->busy++;
     while (hx_buf_size(&c->out) < H2UP_OUT_AHEAD) {
         const uint8_t *data;
@@ -587,7 +589,7 @@ static void conn_pump(hx_h2up_conn *c)
         if (n < 0) {
             c->busy--;
             conn_close(c, nghttp2_strerror((int)n));
-            return;
+            return 1;
         }
         if (n == 0)
             break;
@@ -597,11 +599,11 @@ static void conn_pump(hx_h2up_conn *c)
     if (c->zombie) {
         c->zombie = 0;
         conn_close(c, "connection closed");
-        return;
+        return 1;
     }
-    conn_flush(c);
-    if (c->state == H2C_READY)
-        conn_update(c);
+    if (conn_flush(c))
+        return 1;
+    return conn_update(c);
 }
 
 static void conn_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
@@ -618,18 +620,18 @@ static void conn_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
 }
 
 /* Idle timer when no stream is open; the session ending closes too. */
-static void conn_update(hx_h2up_conn *c)
+static int conn_update(hx_h2up_conn *c)
 {
     if (c->state != H2C_READY)
-        return;
+        return 0;
     if (!nghttp2_session_want_read(c->s) && !nghttp2_session_want_write(c->s) &&
         hx_buf_size(&c->out) == 0) {
         conn_close(c, "HTTP/2 session ended");
-        return;
+        return 1;
     }
     if (c->goaway && c->nstreams == 0 && c->queue == NULL) {
         conn_close(c, "HTTP/2 connection drained");
-        return;
+        return 1;
     }
     if (c->nstreams == 0) {
         if (!ev_is_active(&c->timer)) {
@@ -639,6 +641,7 @@ static void conn_update(hx_h2up_conn *c)
     } else if (ev_is_active(&c->timer)) {
         ev_timer_stop(c->w->loop, &c->timer);
     }
+    return 0;
 }
 
 static void submit_queued(hx_h2up_conn *c)
@@ -748,8 +751,12 @@ static void conn_ready(hx_h2up_conn *c)
     c->busy++;
     submit_queued(c);
     c->busy--;
-    conn_pump(c);
-    if (c->state == H2C_READY)
+    if (c->zombie) {
+        c->zombie = 0;
+        conn_close(c, "connection closed");
+        return;
+    }
+    if (conn_pump(c) == 0)
         kick_bodies(c);
 }
 
@@ -846,8 +853,7 @@ static void conn_read_cb(struct ev_loop *loop, ev_io *io, int revents)
         conn_close(c, why);
         return;
     }
-    conn_pump(c);
-    if (c->state == H2C_READY)
+    if (conn_pump(c) == 0)
         kick_bodies(c);
 }
 
@@ -856,12 +862,10 @@ static void conn_write_cb(struct ev_loop *loop, ev_io *io, int revents)
     (void)loop;
     (void)revents;
     hx_h2up_conn *c = io->data;
-    conn_flush(c);
-    if (c->state == H2C_READY && hx_buf_size(&c->out) < H2UP_OUT_AHEAD / 2) {
-        conn_pump(c);
-        if (c->state == H2C_READY)
-            kick_bodies(c);
-    }
+    if (conn_flush(c))
+        return;
+    if (c->state == H2C_READY && hx_buf_size(&c->out) < H2UP_OUT_AHEAD / 2 && conn_pump(c) == 0)
+        kick_bodies(c);
 }
 
 static hx_h2up_conn *conn_new(hx_worker *w, hx_backend *b, const hx_upstream *u)
