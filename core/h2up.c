@@ -117,32 +117,14 @@ static ssize_t c_send(hx_h2up_conn *c, const void *p, size_t n)
 {
     if (c->ssl == NULL)
         return send(c->fd, p, n, MSG_NOSIGNAL);
-    size_t w = 0;
-    ERR_clear_error();
-    int rc = SSL_write_ex(c->ssl, p, n, &w);
-    if (rc == 1)
-        return (ssize_t)w;
-    int e = SSL_get_error(c->ssl, rc);
-    ERR_clear_error();
-    errno = e == SSL_ERROR_WANT_WRITE || e == SSL_ERROR_WANT_READ ? EAGAIN : EPIPE;
-    return -1;
+    return hx_tls_send(c->ssl, p, n);
 }
 
 static ssize_t c_recv(hx_h2up_conn *c, void *p, size_t n)
 {
     if (c->ssl == NULL)
         return recv(c->fd, p, n, 0);
-    size_t r = 0;
-    ERR_clear_error();
-    int rc = SSL_read_ex(c->ssl, p, n, &r);
-    if (rc == 1)
-        return (ssize_t)r;
-    int e = SSL_get_error(c->ssl, rc);
-    ERR_clear_error();
-    if (e == SSL_ERROR_ZERO_RETURN)
-        return 0;
-    errno = e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE ? EAGAIN : ECONNRESET;
-    return -1;
+    return hx_tls_recv(c->ssl, p, n, NULL);
 }
 
 /* ------------------------------------------------------------------ */

@@ -177,49 +177,20 @@ static ssize_t conn_send(hx_conn *c, const void *p, size_t n)
 {
     if (c->ssl == NULL)
         return send(c->fd, p, n, MSG_NOSIGNAL);
-    size_t w = 0;
-    ERR_clear_error();
-    int rc = SSL_write_ex(c->ssl, p, n, &w);
-    if (rc == 1)
-        return (ssize_t)w;
-    switch (SSL_get_error(c->ssl, rc)) {
-    case SSL_ERROR_WANT_WRITE:
-    case SSL_ERROR_WANT_READ:
-        errno = EAGAIN;
-        return -1;
-    default:
-        ERR_clear_error();
-        errno = EPIPE;
-        return -1;
-    }
+    return hx_tls_send(c->ssl, p, n);
 }
 
 static ssize_t conn_recv(hx_conn *c, void *p, size_t n)
 {
     if (c->ssl == NULL)
         return recv(c->fd, p, n, 0);
-    size_t r = 0;
-    ERR_clear_error();
-    int rc = SSL_read_ex(c->ssl, p, n, &r);
-    if (rc == 1)
-        return (ssize_t)r;
-    switch (SSL_get_error(c->ssl, rc)) {
-    case SSL_ERROR_WANT_READ:
-        errno = EAGAIN;
-        return -1;
-    case SSL_ERROR_WANT_WRITE:
-        /* a TLS message of its own must go out first (e.g. a key update) */
+    int want_write = 0;
+    ssize_t r = hx_tls_recv(c->ssl, p, n, &want_write);
+    if (want_write) {
         c->tls_rd_wants_write = 1;
         ev_io_start(c->w->loop, &c->wio);
-        errno = EAGAIN;
-        return -1;
-    case SSL_ERROR_ZERO_RETURN:
-        return 0;
-    default:
-        ERR_clear_error();
-        errno = ECONNRESET;
-        return -1;
     }
+    return r;
 }
 
 /* TLS keeps decrypted bytes of its own that epoll cannot see: when reading

@@ -763,3 +763,36 @@ fail:
     SSL_free(ssl);
     return NULL;
 }
+
+/* ------------------------------------------------------------------ */
+/* I/O with send(2)/recv(2) conventions                                */
+
+ssize_t hx_tls_send(SSL *ssl, const void *p, size_t n)
+{
+    size_t w = 0;
+    ERR_clear_error();
+    int rc = SSL_write_ex(ssl, p, n, &w);
+    if (rc == 1)
+        return (ssize_t)w;
+    int e = SSL_get_error(ssl, rc);
+    ERR_clear_error();
+    errno = e == SSL_ERROR_WANT_WRITE || e == SSL_ERROR_WANT_READ ? EAGAIN : EPIPE;
+    return -1;
+}
+
+ssize_t hx_tls_recv(SSL *ssl, void *p, size_t n, int *want_write)
+{
+    size_t r = 0;
+    ERR_clear_error();
+    int rc = SSL_read_ex(ssl, p, n, &r);
+    if (rc == 1)
+        return (ssize_t)r;
+    int e = SSL_get_error(ssl, rc);
+    ERR_clear_error();
+    if (e == SSL_ERROR_ZERO_RETURN)
+        return 0;
+    if (e == SSL_ERROR_WANT_WRITE && want_write)
+        *want_write = 1; /* a TLS message of its own goes out first (a key update) */
+    errno = e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE ? EAGAIN : ECONNRESET;
+    return -1;
+}

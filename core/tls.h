@@ -12,6 +12,7 @@
 
 #include <openssl/ssl.h>
 #include <stddef.h>
+#include <sys/types.h>
 
 #include "conf.h"
 
@@ -75,5 +76,11 @@ hx_uptls *hx_tls_client_new(const hx_conf_node *n, int h2);
 void hx_tls_client_free(hx_uptls *t);
 /* A client SSL on FD, with SNI and name verification set up. */
 SSL *hx_tls_connect(hx_uptls *t, int fd);
+
+/* send(2)/recv(2) on a TLS session: bytes; 0 for a clean close (recv);
+ * -1 with errno EAGAIN (would block; *WANT_WRITE set when a read must
+ * wait for the socket to be writable), EPIPE or ECONNRESET. */
+ssize_t hx_tls_send(SSL *ssl, const void *p, size_t n);
+ssize_t hx_tls_recv(SSL *ssl, void *p, size_t n, int *want_write);
 
 #endif

@@ -492,50 +492,22 @@ static int serialize_request(hx_req *r, hx_buf *o)
 /* I/O                                                                 */
 
 /* The upstream transport: every byte to and from a backend goes through
- * these two (plain TCP today; TLS to upstreams plugs in here). Same
+ * these two (plain TCP, or TLS with the upstream's `tls:`). Same
  * contract as send(2)/recv(2) on a non-blocking socket. */
 static ssize_t up_send(hx_upconn *u, const void *p, size_t n)
 {
     if (u->ssl == NULL)
         return send(u->fd, p, n, MSG_NOSIGNAL);
-    size_t w = 0;
-    ERR_clear_error();
-    int rc = SSL_write_ex(u->ssl, p, n, &w);
-    if (rc == 1)
-        return (ssize_t)w;
-    switch (SSL_get_error(u->ssl, rc)) {
-    case SSL_ERROR_WANT_WRITE:
-    case SSL_ERROR_WANT_READ:
-        errno = EAGAIN;
-        return -1;
-    default:
-        ERR_clear_error();
-        errno = EPIPE;
-        return -1;
-    }
+    return hx_tls_send(u->ssl, p, n);
 }
 
+/* A read that needs to write first (rare: a key update) waits for the
+ * next event; the writer side retries. */
 static ssize_t up_recv(hx_upconn *u, void *p, size_t n)
 {
     if (u->ssl == NULL)
         return recv(u->fd, p, n, 0);
-    size_t r = 0;
-    ERR_clear_error();
-    int rc = SSL_read_ex(u->ssl, p, n, &r);
-    if (rc == 1)
-        return (ssize_t)r;
-    switch (SSL_get_error(u->ssl, rc)) {
-    case SSL_ERROR_WANT_READ:
-    case SSL_ERROR_WANT_WRITE: /* rare (key update); the writer retries */
-        errno = EAGAIN;
-        return -1;
-    case SSL_ERROR_ZERO_RETURN:
-        return 0;
-    default:
-        ERR_clear_error();
-        errno = ECONNRESET;
-        return -1;
-    }
+    return hx_tls_recv(u->ssl, p, n, NULL);
 }
 
 /* Decrypted bytes TLS holds that epoll cannot see: read them now. */
