@@ -80,6 +80,8 @@ struct hx_h2up_conn {
     int goaway;     /* no new streams (GOAWAY either way, or draining) */
     unsigned busy;  /* inside our own callbacks: closing is deferred */
     int zombie;
+    int closing;    /* conn_close ran once (maybe deferred) */
+    int was_ready;  /* the session was up when closing began */
     hx_h2up_stream *queue, *qtail;
     hx_h2up_stream *open; /* submitted, not yet closed by nghttp2 */
     ev_tstamp last_io;
@@ -150,6 +152,12 @@ static void stream_let_go(hx_h2up_stream *st)
     st->r = NULL;
     r->h2up = NULL;
     hx_proxy_attempt_end(r, st->b);
+    /* response bytes held back for the client are nobody's now: give the
+     * window back, or the shared connection would stall */
+    if (st->unconsumed && st->id > 0 && st->c->s && st->c->state == H2C_READY) {
+        nghttp2_session_consume(st->c->s, st->id, st->unconsumed);
+        st->unconsumed = 0;
+    }
     if (ev_is_active(&st->timer))
         ev_timer_stop(st->c->w->loop, &st->timer);
 }
@@ -489,14 +497,16 @@ static void pool_unlink(hx_h2up_conn *c)
 /* Fails every stream still waiting or open on C, then frees C. */
 static void conn_close(hx_h2up_conn *c, const char *why)
 {
-    if (c->state == H2C_DEAD && c->busy)
-        return;
-    int was_ready = c->state == H2C_READY;
+    if (!c->closing) {
+        c->closing = 1;
+        c->was_ready = c->state == H2C_READY;
+    }
     c->state = H2C_DEAD;
     if (c->busy) {
-        c->zombie = 1;
+        c->zombie = 1; /* the outermost caller closes it */
         return;
     }
+    int was_ready = c->was_ready;
     c->busy++;
     pool_unlink(c);
     ev_io_stop(c->w->loop, &c->rio);
@@ -562,7 +572,14 @@ static int conn_flush(hx_h2up_conn *c)
 /* Serialises frames and sends them. */
 static int conn_pump(hx_h2up_conn *c)
 {
-    if (c->state != H2C_READY || c->busy)
+    if (c->busy)
+        return 0;
+    if (c->zombie) {
+        c->zombie = 0;
+        conn_close(c, "connection closed");
+        return 1;
+    }
+    if (c->state != H2C_READY)
         return 0;
     c->busy++;
     while (hx_buf_size(&c->out) < H2UP_OUT_AHEAD) {

@@ -148,6 +148,7 @@ struct hx_conn {
     int tls_hs;          /* handshake in progress */
     int tls_rd_wants_write; /* SSL_read needs the socket writable */
     hx_wgen *hs_wg;      /* keeps the TLS contexts' generation during the handshake */
+    int lingering;       /* GOAWAY sent: reading and dropping until the peer closes */
     ev_io rio, wio;
     ev_timer timer;
     int state;

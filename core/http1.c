@@ -614,6 +614,7 @@ static void linger_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
 static void conn_linger(hx_conn *c)
 {
     hx_worker *w = c->w;
+    c->lingering = 1;
     if (c->h2) {
         c->head_flags += 1u << C_BUSY_SHIFT;
         hx_h2_free(c);
@@ -643,8 +644,10 @@ static void conn_h2_leave(hx_conn *c)
     for (int guard = 0; guard < 100; guard++) {
         c->head_flags += 1u << C_BUSY_SHIFT;
         hx_h2_reap(c);
-        c->head_flags -= 1u << C_BUSY_SHIFT;
+        /* serialising frames runs data callbacks that reach request and
+         * upstream code: inside the bracket, so nothing re-enters here */
         hx_conn_flush(c);
+        c->head_flags -= 1u << C_BUSY_SHIFT;
         if (c->head_flags & C_DEAD) {
             conn_close(c);
             return;
@@ -660,6 +663,9 @@ static void conn_h2_leave(hx_conn *c)
                 conn_close(c);
             return;
         }
+        /* frames queued while finishing streams (a reset, a window) */
+        if (hx_h2_wants_write(c) && hx_buf_size(&c->out) == 0)
+            continue;
         /* input held back by backpressure may go on now */
         if (hx_buf_size(&c->in) > 0 && hx_h2_wants_read(c) && hx_buf_size(&c->out) < 65536) {
             size_t before = hx_buf_size(&c->in);
@@ -688,6 +694,11 @@ static void conn_leave(hx_conn *c)
     c->head_flags -= 1u << C_BUSY_SHIFT;
     if ((c->head_flags >> C_BUSY_SHIFT) != 0)
         return;
+    if (c->lingering) { /* only the linger's own callbacks close it, or death */
+        if (c->head_flags & C_DEAD)
+            conn_close(c);
+        return;
+    }
     if (c->req && c->req->tunnel) {
         /* tunnel.c drives this connection's I/O now; it only ever asks
          * for the close (graceful stop leaves it open until the grace
@@ -1466,7 +1477,9 @@ static void conn_close(hx_conn *c)
 void hx_conn_shutdown(hx_conn *c)
 {
     conn_enter(c);
-    if (c->h2)
+    if (c->lingering)
+        c->head_flags |= C_DEAD; /* stopping: no need to wait for the peer */
+    else if (c->h2)
         hx_h2_shutdown(c);
     else if (c->state == HX_CS_IDLE && c->req == NULL)
         c->head_flags |= C_DEAD;

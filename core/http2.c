@@ -753,6 +753,8 @@ int hx_h2_wants_read(hx_conn *c)
            hx_buf_size(&c->out) < 4 * H2_OUT_AHEAD;
 }
 
+int hx_h2_wants_write(hx_conn *c) { return c->h2 && nghttp2_session_want_write(c->h2->s); }
+
 int hx_h2_killed(hx_conn *c) { return c->h2 && (c->h2->kill_reason != NULL || c->h2->goaway_sent); }
 
 unsigned hx_h2_active_streams(hx_conn *c) { return c->h2 ? c->h2->nstreams : 0; }
@@ -774,9 +776,10 @@ const char *hx_h2_check_timeouts(hx_conn *c, ev_tstamp now, ev_tstamp *next)
     if (h->nstreams == 0) {
         ev_tstamp at = c->last_io + g->timeouts.keepalive_ms / 1000.0;
         if (now >= at) {
-            nghttp2_submit_goaway(h->s, NGHTTP2_FLAG_NONE,
-                                  nghttp2_session_get_last_proc_stream_id(h->s), NGHTTP2_NO_ERROR,
-                                  NULL, 0);
+            if (!h->goaway_sent)
+                nghttp2_submit_goaway(h->s, NGHTTP2_FLAG_NONE,
+                                      nghttp2_session_get_last_proc_stream_id(h->s),
+                                      NGHTTP2_NO_ERROR, NULL, 0);
             h->goaway_sent = 1;
             return "idle";
         }

@@ -17,6 +17,7 @@ int hx_h2_done(hx_conn *c);
 /* We sent GOAWAY (a broken rule, idle, shutdown): close with a linger. */
 int hx_h2_killed(hx_conn *c);
 int hx_h2_wants_read(hx_conn *c);
+int hx_h2_wants_write(hx_conn *c);
 void hx_h2_reap(hx_conn *c);
 void hx_h2_shutdown(hx_conn *c);
 void hx_h2_free(hx_conn *c);
