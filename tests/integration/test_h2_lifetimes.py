@@ -1,7 +1,9 @@
-"""Review findings for the HTTP/2 (both sides), subrequest, tunnel and TLS
-code: each test either reproduces a bug found in review (and fails until it
-is fixed) or probes a risky lifetime path through the real binary (run it
-under the ASan build: the fixture teardown fails on any sanitizer report).
+"""Lifetime regressions for HTTP/2 (both sides), subrequests and the
+lingering close, found in review: a use-after-free when a pump closed an
+upstream connection, a shared upstream connection stalling after client
+resets (held flow-control window), and a lingering connection holding up
+graceful stop. Run under the ASan build too: the fixture teardown fails on
+any sanitizer report.
 """
 import signal
 import socket
