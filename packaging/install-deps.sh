@@ -13,9 +13,11 @@ export DEBIAN_FRONTEND=noninteractive
 BUILD="build-essential cmake pkg-config git ca-certificates
  libev-dev node-llhttp libnghttp2-dev libssl-dev libjansson-dev libyaml-dev
  zlib1g-dev libjwt-dev libmicrohttpd-dev libhiredis-dev"
-# npm fetches the pinned QuickJS sources (npm package qjsc) at build time. A
-# machine that already has node and npm (e.g. from NodeSource, whose nodejs
-# conflicts with Debian's npm) keeps them.
+# The build itself fetches the pinned QuickJS sources (npm package qjsc) from
+# registry.npmjs.org with CMake and checks their sha512 (modules/js). Node.js
+# is for bench/js.sh (the JS handler against node's http). A machine that
+# already has node and npm (e.g. from NodeSource, whose nodejs conflicts with
+# Debian's npm) keeps them.
 FETCH=""
 command -v node >/dev/null 2>&1 || FETCH="$FETCH nodejs"
 command -v npm >/dev/null 2>&1 || FETCH="$FETCH npm"
