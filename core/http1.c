@@ -656,8 +656,7 @@ static void conn_h2_leave(hx_conn *c)
         c->head_flags += 1u << C_BUSY_SHIFT;
         hx_h2_reap(c);
         c->head_flags -= 1u << C_BUSY_SHIFT;
-        if ((hx_h2_done(c) || (c->half_closed && hx_h2_active_streams(c) == 0)) &&
-            hx_buf_size(&c->out) == 0) {
+        if (hx_h2_done(c) && hx_buf_size(&c->out) == 0) {
             if (hx_h2_killed(c))
                 conn_linger(c);
             else
@@ -1249,13 +1248,11 @@ static void conn_read_cb(struct ev_loop *loop, ev_io *io, int revents)
         c->last_io = ev_now(loop);
         conn_process(c);
         conn_tls_kick_read(c);
-    } else if (c->h2 && n == 0) {
-        /* the client half-closed: open streams still get their answers */
-        ev_io_stop(loop, &c->rio);
-        c->reading = 0;
-        c->half_closed = 1;
-    } else if (c->h2 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
-        c->head_flags |= C_DEAD; /* reset: streams end with the connection */
+    } else if (c->h2 && (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR))) {
+        /* the end of an HTTP/2 connection ends its streams (as nginx does):
+         * a client that only half-closed cannot send WINDOW_UPDATE any more,
+         * so waiting for its answers could wait forever */
+        c->head_flags |= C_DEAD;
     } else if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
         /* peer closed or reset */
         if (c->req && c->req->phase != HX_PH_HEAD && !c->req->body_done && !c->msg_paused &&

@@ -32,6 +32,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -97,6 +98,7 @@ typedef struct js_worker {
     uint64_t deadline; /* monotonic us; 0 = no limit */
     uint64_t t0;       /* start of the outermost run */
     int cpu_hit;       /* the interrupt handler stopped the script */
+    int mem_hit;       /* memory_limit passed: stop the script at the next check */
     int next_timer_id;
     js_rq *rqs; /* every live js_rq of this worker */
 } js_worker;
@@ -159,11 +161,87 @@ static int js_interrupt(JSRuntime *rt, void *opaque)
 {
     (void)rt;
     js_worker *ws = opaque;
+    if (ws->mem_hit)
+        return 1; /* over memory_limit: stop while the reserve lasts */
     if (ws->deadline == 0 || js_now_us() < ws->deadline)
         return 0;
     ws->cpu_hit = 1;
     return 1;
 }
+
+/*
+ * The runtime's allocator: memory_limit with a reserve above it. QuickJS
+ * 2021-03-27 can crash building an error object when an allocation fails
+ * while it is already out of memory (a backtrace's property table), so:
+ *   - a large allocation (an ArrayBuffer, a big string) that would pass
+ *     memory_limit fails at once, and the error it raises is built from
+ *     memory still under the limit;
+ *   - small allocations may go past memory_limit into JS_MEM_RESERVE; the
+ *     first one that does flags the runtime, and the interrupt handler
+ *     stops the script at its next check (every few thousand operations),
+ *     long before the reserve runs out.
+ * Accounting is QuickJS's own (malloc_usable_size plus its overhead).
+ */
+#define JS_MEM_RESERVE (4u << 20)
+#define JS_MEM_BIG (256u << 10)
+#define JS_MALLOC_OVERHEAD 8
+
+static int js_mem_allow(JSMallocState *s, size_t size)
+{
+    if (s->malloc_size + size <= s->malloc_limit)
+        return 1;
+    if (size >= JS_MEM_BIG || s->malloc_size + size > s->malloc_limit + JS_MEM_RESERVE)
+        return 0;
+    js_worker *ws = s->opaque;
+    if (ws)
+        ws->mem_hit = 1;
+    return 1;
+}
+
+static void *js_mem_malloc(JSMallocState *s, size_t size)
+{
+    if (!js_mem_allow(s, size))
+        return NULL;
+    void *p = malloc(size);
+    if (p) {
+        s->malloc_count++;
+        s->malloc_size += malloc_usable_size(p) + JS_MALLOC_OVERHEAD;
+    }
+    return p;
+}
+
+static void js_mem_free(JSMallocState *s, void *p)
+{
+    if (p == NULL)
+        return;
+    s->malloc_count--;
+    s->malloc_size -= malloc_usable_size(p) + JS_MALLOC_OVERHEAD;
+    free(p);
+}
+
+static void *js_mem_realloc(JSMallocState *s, void *p, size_t size)
+{
+    if (p == NULL)
+        return size ? js_mem_malloc(s, size) : NULL;
+    if (size == 0) {
+        js_mem_free(s, p);
+        return NULL;
+    }
+    size_t old = malloc_usable_size(p);
+    if (size > old && !js_mem_allow(s, size - old))
+        return NULL;
+    void *q = realloc(p, size);
+    if (q == NULL)
+        return NULL;
+    s->malloc_size += malloc_usable_size(q);
+    s->malloc_size -= old;
+    return q;
+}
+
+static size_t js_mem_usable(const void *p) { return malloc_usable_size((void *)p); }
+
+static const JSMallocFunctions js_mem_funcs = {js_mem_malloc, js_mem_free, js_mem_realloc,
+                                               js_mem_usable};
 
 static uint64_t js_budget_us(const js_worker *ws, const js_rq *rq)
 {
@@ -345,6 +423,13 @@ static void js_enter(js_worker *ws, js_rq *rq, js_saved *sv)
         ws->t0 = js_now_us();
         ws->deadline = ws->t0 + js_budget_us(ws, rq);
         ws->cpu_hit = 0;
+        /* a new run: memory freed since by the GC counts again */
+        if (ws->mem_hit) {
+            JS_RunGC(ws->rt);
+            JSMemoryUsage mu;
+            JS_ComputeMemoryUsage(ws->rt, &mu);
+            ws->mem_hit = (size_t)mu.malloc_size > ws->cfg->memory_limit;
+        }
     }
 }
 
@@ -437,7 +522,14 @@ static void js_report(js_worker *ws, js_rq *rq, JSValue e, const char *where)
     js_rq_desc(rq, desc, sizeof(desc));
     /* the rest of this run gets a fresh budget so reporting can run */
     ws->deadline = js_now_us() + ws->cfg->cpu_limit_ms * 1000u;
-    if (ws->cpu_hit) {
+    if (ws->mem_hit) {
+        /* stay flagged until a GC at the next run brings usage back down */
+        api->log(HELIOS_LOG_ERROR, JS_NAME,
+                 "%s: memory_limit of %llu bytes exceeded %s (%s): script interrupted (out of "
+                 "memory), 500 sent",
+                 ws->cfg->script, (unsigned long long)ws->cfg->memory_limit, where, desc);
+        ws->cpu_hit = 0;
+    } else if (ws->cpu_hit) {
         ws->cpu_hit = 0;
         api->log(HELIOS_LOG_ERROR, JS_NAME,
                  "%s: cpu_limit of %llu ms exceeded %s (%s): script interrupted, 500 sent",
@@ -1912,7 +2004,7 @@ static int js_worker_init(void *cfgp, helios_worker *w, void **wstate)
     ws->cfg = cfg;
     ws->w = w;
     ws->dispatch = ws->filter_req = ws->filter_resp = ws->error_text = ws->env = JS_UNDEFINED;
-    ws->rt = JS_NewRuntime();
+    ws->rt = JS_NewRuntime2(&js_mem_funcs, ws);
     if (ws->rt == NULL) {
         api->log(HELIOS_LOG_ERROR, JS_NAME, "%s: cannot create a JavaScript runtime", cfg->script);
         js_worker_free(ws);
