@@ -330,7 +330,11 @@ void hx_subs_cancel_all(hx_req *r)
 /* ------------------------------------------------------------------ */
 /* core side                                                           */
 
-static void append(hx_buf *b, const char *s) { hx_buf_append(b, s, strlen(s)); }
+/* always inlined: strlen of a literal folds to a constant */
+static inline __attribute__((always_inline)) void append(hx_buf *b, const char *s)
+{
+    hx_buf_append(b, s, strlen(s));
+}
 
 int hx_sub_serialize(hx_req *r, hx_buf *o)
 {
