@@ -2059,12 +2059,15 @@ static void js_worker_fini(void *cfg, helios_worker *w, void *wstate)
 /* ------------------------------------------------------------------ */
 /* handler hooks                                                       */
 
-static int js_handle(helios_ctx *c)
+/* Starts the script's entry point FN for the request: the handler's
+ * dispatch, or a filter's onRequest (FILTER set). PAUSE until it answers. */
+static int js_begin(helios_ctx *c, JSValueConst fn, int filter, const char *where)
 {
     js_worker *ws = c->wstate;
     js_rq *rq = js_rq_new(ws, c->req);
     if (rq == NULL)
         return HELIOS_ERROR;
+    rq->filter = filter;
     *c->rstate = rq;
     rq->in_hook = 1;
     JSValue tok = js_tok_new(ws, rq);
@@ -2074,12 +2077,18 @@ static int js_handle(helios_ctx *c)
         return HELIOS_ERROR;
     }
     JSValueConst args[2] = {tok, ws->env};
-    js_call(ws, rq, ws->dispatch, 2, args, "in the handler");
+    js_call(ws, rq, fn, 2, args, where);
     JS_FreeValue(ws->ctx, tok);
     rq->in_hook = 0;
     if (!rq->responded)
         return HELIOS_PAUSE;
     return rq->hook_rc;
+}
+
+static int js_handle(helios_ctx *c)
+{
+    js_worker *ws = c->wstate;
+    return js_begin(c, ws->dispatch, 0, "in the handler");
 }
 
 /* The request ended: nothing may use it any more. Subrequests made with
@@ -2115,25 +2124,7 @@ static void js_done(helios_ctx *c)
 static int js_filter_request(helios_ctx *c)
 {
     js_worker *ws = c->wstate;
-    js_rq *rq = js_rq_new(ws, c->req);
-    if (rq == NULL)
-        return HELIOS_ERROR;
-    rq->filter = 1;
-    *c->rstate = rq;
-    rq->in_hook = 1;
-    JSValue tok = js_tok_new(ws, rq);
-    if (JS_IsException(tok)) {
-        JS_FreeValue(ws->ctx, JS_GetException(ws->ctx));
-        rq->in_hook = 0;
-        return HELIOS_ERROR;
-    }
-    JSValueConst args[2] = {tok, ws->env};
-    js_call(ws, rq, ws->filter_req, 2, args, "in onRequest");
-    JS_FreeValue(ws->ctx, tok);
-    rq->in_hook = 0;
-    if (!rq->responded)
-        return HELIOS_PAUSE;
-    return rq->hook_rc;
+    return js_begin(c, ws->filter_req, 1, "in onRequest");
 }
 
 static int js_filter_response(helios_ctx *c)
