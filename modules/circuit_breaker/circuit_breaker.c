@@ -22,6 +22,7 @@
 #include <stdlib.h>
 
 #include <helios.h>
+#include <helios/util/conf.h>
 #include <helios/util/backend_table.h>
 
 #define CB_NAME "circuit_breaker"
@@ -61,35 +62,6 @@ typedef struct cb_config {
     _Atomic int full_logged;
     cb_slot *slots; /* CB_TABLE_CAP entries */
 } cb_config;
-
-/* Parses `statuses:` into STATUSES; each item must be a 5xx code. */
-static int cb_parse_statuses(const helios_conf *conf, uint8_t *statuses)
-{
-    const helios_conf *list = api->conf_get(conf, "statuses");
-    if (list == NULL) {
-        statuses[2] = statuses[3] = statuses[4] = 1; /* 502, 503, 504 */
-        return 0;
-    }
-    if (api->conf_kind(list) != HELIOS_CONF_SEQ) {
-        api->conf_error(list, "expected a list of 5xx status codes, e.g. [500, 502, 503, 504]");
-        return -1;
-    }
-    int bad = 0;
-    for (size_t i = 0; i < api->conf_len(list); i++) {
-        const helios_conf *item = api->conf_at(list, i);
-        const char *s = api->conf_scalar(item);
-        char *end = NULL;
-        long v = s ? strtol(s, &end, 10) : 0;
-        if (s == NULL || *s == '\0' || *end != '\0' || v < 500 || v > 599) {
-            api->conf_error(item, "expected a status code between 500 and 599, got %s%s%s",
-                            s ? "\"" : "", s ? s : "a non-scalar", s ? "\"" : "");
-            bad = 1;
-            continue;
-        }
-        statuses[v - 500] = 1;
-    }
-    return bad ? -1 : 0;
-}
 
 /* A ratio 0..1 written as a decimal number. */
 static int cb_parse_ratio(const helios_conf *conf, double *out)
@@ -150,7 +122,7 @@ static int cb_config_new(const helios_conf *conf, void **out)
     bad |= cb_duration(conf, "open_timeout", 5000, &cfg->open_timeout_ms) < 0;
     bad |= api->conf_int(conf, "max_requests", 1, 1, CB_COUNT_MAX, &max_requests) < 0;
     bad |= api->conf_int(conf, "success_threshold", 2, 1, CB_COUNT_MAX, &success_threshold) < 0;
-    bad |= cb_parse_statuses(conf, cfg->statuses) < 0;
+    bad |= helios_conf_statuses_5xx(api, conf, cfg->statuses) < 0;
     if (!bad && failures == 0 && cfg->failure_ratio == 0) {
         api->conf_error(api->conf_get(conf, "failures"),
                         "the breaker could never open: set failures > 0 or a failure_ratio");

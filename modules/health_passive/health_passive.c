@@ -21,6 +21,7 @@
 #include <stdlib.h>
 
 #include <helios.h>
+#include <helios/util/conf.h>
 #include <helios/util/backend_table.h>
 
 #define HP_NAME "health_passive"
@@ -53,35 +54,6 @@ typedef struct hp_config {
     _Atomic int full_logged;
     hp_slot *slots; /* HP_TABLE_CAP entries */
 } hp_config;
-
-/* Parses `statuses:` into STATUSES; each item must be a 5xx code. */
-static int hp_parse_statuses(const helios_conf *conf, uint8_t *statuses)
-{
-    const helios_conf *list = api->conf_get(conf, "statuses");
-    if (list == NULL) {
-        statuses[2] = statuses[3] = statuses[4] = 1; /* 502, 503, 504 */
-        return 0;
-    }
-    if (api->conf_kind(list) != HELIOS_CONF_SEQ) {
-        api->conf_error(list, "expected a list of 5xx status codes, e.g. [500, 502, 503, 504]");
-        return -1;
-    }
-    int bad = 0;
-    for (size_t i = 0; i < api->conf_len(list); i++) {
-        const helios_conf *item = api->conf_at(list, i);
-        const char *s = api->conf_scalar(item);
-        char *end = NULL;
-        long v = s ? strtol(s, &end, 10) : 0;
-        if (s == NULL || *s == '\0' || *end != '\0' || v < 500 || v > 599) {
-            api->conf_error(item, "expected a status code between 500 and 599, got %s%s%s",
-                            s ? "\"" : "", s ? s : "a non-scalar", s ? "\"" : "");
-            bad = 1;
-            continue;
-        }
-        statuses[v - 500] = 1;
-    }
-    return bad ? -1 : 0;
-}
 
 /* A positive duration: 0 would eject forever or never count. */
 static int hp_duration(const helios_conf *conf, const char *key, uint64_t def, uint64_t *out)
@@ -122,7 +94,7 @@ static int hp_config_new(const helios_conf *conf, void **out)
     bad |= api->conf_int(conf, "failures", 5, 1, HP_FAILURES_MAX, &failures) < 0;
     bad |= hp_duration(conf, "window", 10000, &cfg->window_ms) < 0;
     bad |= hp_duration(conf, "unhealthy_timeout", 30000, &cfg->unhealthy_timeout_ms) < 0;
-    bad |= hp_parse_statuses(conf, cfg->statuses) < 0;
+    bad |= helios_conf_statuses_5xx(api, conf, cfg->statuses) < 0;
     if (bad) {
         hp_config_free(cfg);
         return -1;
