@@ -326,54 +326,105 @@ static inline __attribute__((always_inline)) void append(hx_buf *b, const char *
     hx_buf_append(b, s, strlen(s));
 }
 
-/* The X-Forwarded-For / -Proto / -Host and Forwarded values the proxy
- * sends for R (the same rules as serialize_request: extend what a trusted
- * proxy sent, replace the rest), for the HTTP/2 upstream side. Strings in
- * R's arena; *HOST is NULL when there is no host. Returns 0 or -1. */
+/*
+ * X-Forwarded-For / -Proto / -Host and Forwarded: extend what a trusted
+ * proxy sent, replace the rest. The values are written by these helpers,
+ * shared by the HTTP/1.1 serialiser (straight into the request bytes) and
+ * the HTTP/2 upstream side (hx_proxy_forwarded, as separate strings).
+ */
+typedef struct fwd_in {
+    int trusted;    /* the peer is in trusted_proxies */
+    const char *peer;
+    const char *scheme;
+    helios_buf xff, fwd, xfp, xfh; /* what the client sent */
+} fwd_in;
+
+static void fwd_start(fwd_in *f, hx_req *r)
+{
+    f->trusted = peer_trusted(r);
+    f->peer = r->conn->peer_ip;
+    f->scheme = r->conn->ssl ? "https" : "http";
+}
+
+static void put_xff(hx_buf *o, const fwd_in *f)
+{
+    if (f->trusted && f->xff.len) {
+        hx_buf_append(o, f->xff.ptr, f->xff.len);
+        append(o, ", ");
+    }
+    append(o, f->peer);
+}
+
+static void put_xfp(hx_buf *o, const fwd_in *f)
+{
+    if (f->trusted && f->xfp.len)
+        hx_buf_append(o, f->xfp.ptr, f->xfp.len);
+    else
+        append(o, f->scheme);
+}
+
+/* PREFIX then the value; nothing and 0 when there is no X-Forwarded-Host. */
+static int put_xfh(hx_buf *o, const fwd_in *f, const hx_req *r, const char *prefix)
+{
+    helios_buf v = f->trusted && f->xfh.len ? f->xfh : r->host;
+    if (v.len == 0)
+        return 0;
+    append(o, prefix);
+    hx_buf_append(o, v.ptr, v.len);
+    return 1;
+}
+
+static void put_fwd(hx_buf *o, const fwd_in *f, const hx_req *r)
+{
+    if (f->trusted && f->fwd.len) {
+        hx_buf_append(o, f->fwd.ptr, f->fwd.len);
+        append(o, ", ");
+    }
+    if (strchr(f->peer, ':')) {
+        append(o, "for=\"[");
+        append(o, f->peer);
+        append(o, "]\"");
+    } else {
+        append(o, "for=");
+        append(o, f->peer);
+    }
+    if (r->host.len) {
+        append(o, ";host=\"");
+        hx_buf_append(o, r->host.ptr, r->host.len);
+        append(o, "\"");
+    }
+    append(o, ";proto=");
+    append(o, f->scheme);
+}
+
+static const char *buf_dup(hx_req *r, hx_buf *b)
+{
+    const char *s = hx_arena_strndup(&r->arena, hx_buf_head(b), hx_buf_size(b));
+    hx_buf_reset(b);
+    return s;
+}
+
+/* The four values as strings in R's arena, for the HTTP/2 upstream side;
+ * *XFH is NULL when there is none. Returns 0 or -1. */
 int hx_proxy_forwarded(hx_req *r, const char **xff, const char **xfp, const char **xfh,
                        const char **fwd)
 {
-    int trusted = peer_trusted(r);
-    const char *peer = r->conn->peer_ip;
-    const char *scheme = r->conn->ssl ? "https" : "http";
-    helios_buf cxff = hx_hdrs_get(&r->hdrs, "x-forwarded-for");
-    helios_buf cfwd = hx_hdrs_get(&r->hdrs, "forwarded");
-    helios_buf cxfp = hx_hdrs_get(&r->hdrs, "x-forwarded-proto");
-    helios_buf cxfh = hx_hdrs_get(&r->hdrs, "x-forwarded-host");
+    fwd_in f;
+    fwd_start(&f, r);
+    f.xff = hx_hdrs_get(&r->hdrs, "x-forwarded-for");
+    f.fwd = hx_hdrs_get(&r->hdrs, "forwarded");
+    f.xfp = hx_hdrs_get(&r->hdrs, "x-forwarded-proto");
+    f.xfh = hx_hdrs_get(&r->hdrs, "x-forwarded-host");
     hx_buf b = {0};
-    if (trusted && cxff.len) {
-        hx_buf_append(&b, cxff.ptr, cxff.len);
-        append(&b, ", ");
-    }
-    append(&b, peer);
-    *xff = hx_arena_strndup(&r->arena, hx_buf_head(&b), hx_buf_size(&b));
-    *xfp = trusted && cxfp.len ? hx_arena_strndup(&r->arena, cxfp.ptr, cxfp.len) : scheme;
-    *xfh = trusted && cxfh.len ? hx_arena_strndup(&r->arena, cxfh.ptr, cxfh.len)
-           : r->host.len       ? hx_arena_strndup(&r->arena, r->host.ptr, r->host.len)
-                               : NULL;
-    hx_buf_reset(&b);
-    if (trusted && cfwd.len) {
-        hx_buf_append(&b, cfwd.ptr, cfwd.len);
-        append(&b, ", ");
-    }
-    if (strchr(peer, ':')) {
-        append(&b, "for=\"[");
-        append(&b, peer);
-        append(&b, "]\"");
-    } else {
-        append(&b, "for=");
-        append(&b, peer);
-    }
-    if (r->host.len) {
-        append(&b, ";host=\"");
-        hx_buf_append(&b, r->host.ptr, r->host.len);
-        append(&b, "\"");
-    }
-    append(&b, ";proto=");
-    append(&b, scheme);
-    *fwd = hx_arena_strndup(&r->arena, hx_buf_head(&b), hx_buf_size(&b));
+    put_xff(&b, &f);
+    *xff = buf_dup(r, &b);
+    put_xfp(&b, &f);
+    *xfp = buf_dup(r, &b);
+    *xfh = put_xfh(&b, &f, r, "") ? buf_dup(r, &b) : NULL;
+    put_fwd(&b, &f, r);
+    *fwd = buf_dup(r, &b);
     hx_buf_free(&b);
-    return *xff && *fwd ? 0 : -1;
+    return *xff && *xfp && *fwd ? 0 : -1;
 }
 
 static int is_named(const hx_hdr *h, const char *name, size_t n)
@@ -390,9 +441,8 @@ static int serialize_request(hx_req *r, hx_buf *o)
     hx_buf_append(o, " ", 1);
     hx_buf_append(o, r->target.ptr, r->target.len);
     append(o, " HTTP/1.1\r\n");
-    int trusted = peer_trusted(r);
-    const char *peer = r->conn->peer_ip;
-    helios_buf xff = {0}, fwd = {0}, xfp = {0}, xfh = {0};
+    fwd_in f = {0};
+    fwd_start(&f, r);
     int have_host = 0;
     int has_connection = hx_hdrs_get(&r->hdrs, "connection").ptr != NULL;
     for (size_t i = 0; i < r->hdrs.n; i++) {
@@ -401,19 +451,19 @@ static int serialize_request(hx_req *r, hx_buf *o)
             (has_connection && hx_hdrs_connection_lists(&r->hdrs, h->name.ptr, h->name.len)))
             continue;
         if (is_named(h, "x-forwarded-for", 15)) {
-            xff = h->value;
+            f.xff = h->value;
             continue;
         }
         if (is_named(h, "forwarded", 9)) {
-            fwd = h->value;
+            f.fwd = h->value;
             continue;
         }
         if (is_named(h, "x-forwarded-proto", 17)) {
-            xfp = h->value;
+            f.xfp = h->value;
             continue;
         }
         if (is_named(h, "x-forwarded-host", 16)) {
-            xfh = h->value;
+            f.xfh = h->value;
             continue;
         }
         if (is_named(h, "host", 4))
@@ -428,46 +478,13 @@ static int serialize_request(hx_req *r, hx_buf *o)
         append(o, r->backend->address);
         append(o, "\r\n");
     }
-    /* X-Forwarded-*: extend what a trusted proxy sent, replace the rest */
     append(o, "X-Forwarded-For: ");
-    if (trusted && xff.len) {
-        hx_buf_append(o, xff.ptr, xff.len);
-        append(o, ", ");
-    }
-    append(o, peer);
-    const char *scheme = r->conn->ssl ? "https" : "http";
+    put_xff(o, &f);
     append(o, "\r\nX-Forwarded-Proto: ");
-    if (trusted && xfp.len)
-        hx_buf_append(o, xfp.ptr, xfp.len);
-    else
-        append(o, scheme);
-    if ((trusted && xfh.len) || r->host.len) {
-        append(o, "\r\nX-Forwarded-Host: ");
-        if (trusted && xfh.len)
-            hx_buf_append(o, xfh.ptr, xfh.len);
-        else
-            hx_buf_append(o, r->host.ptr, r->host.len);
-    }
+    put_xfp(o, &f);
+    put_xfh(o, &f, r, "\r\nX-Forwarded-Host: ");
     append(o, "\r\nForwarded: ");
-    if (trusted && fwd.len) {
-        hx_buf_append(o, fwd.ptr, fwd.len);
-        append(o, ", ");
-    }
-    if (strchr(peer, ':')) {
-        append(o, "for=\"[");
-        append(o, peer);
-        append(o, "]\"");
-    } else {
-        append(o, "for=");
-        append(o, peer);
-    }
-    if (r->host.len) {
-        append(o, ";host=\"");
-        hx_buf_append(o, r->host.ptr, r->host.len);
-        append(o, "\"");
-    }
-    append(o, ";proto=");
-    append(o, scheme);
+    put_fwd(o, &f, r);
     append(o, "\r\n");
     if (r->up_chunked) {
         append(o, "Transfer-Encoding: chunked\r\n");
