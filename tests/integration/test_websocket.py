@@ -320,7 +320,12 @@ def test_max_tunnels_gives_503(heliosd, wsb):
         with pytest.raises(websockets.InvalidStatusCode) as e:
             await websockets.connect(f"ws://127.0.0.1:{port}/echo", **CLIENT)
         assert e.value.status_code == 503
-        assert len([ln for ln in wsb.snapshot() if ln.startswith("open")]) == 2  # never connected
+        # the backend prints its "open" lines asynchronously: wait for the two,
+        # then the refused third must never have reached it
+        opened = lambda: len([ln for ln in wsb.snapshot() if ln.startswith("open")])  # noqa: E731
+        wait_for(lambda: opened() >= 2, 10, what="backend to see the two tunnels")
+        await asyncio.sleep(0.2)
+        assert opened() == 2  # the third never connected
         await a.send("still")  # the open ones are not affected
         assert await a.recv() == "still"
         await a.close()
