@@ -1292,7 +1292,7 @@ static void conn_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
         if (hx_buf_size(&c->out) > 0 && now - c->last_io >= to->client_write_ms / 1000.0) {
             hx_info("closing HTTP/2 connection: client write timeout");
             c->head_flags |= C_DEAD;
-        } else if (hx_h2_check_timeouts(c, now, &next)) {
+        } else if (hx_h2_check_timeouts(c, now, &next, 1)) {
             c->close_after = 1;
         }
         conn_leave(c);
@@ -1335,7 +1335,7 @@ static void conn_update_timer(hx_conn *c)
     if (c->h2) {
         if (hx_buf_size(&c->out) > 0)
             at = c->last_io + to->client_write_ms / 1000.0;
-        else if (hx_h2_check_timeouts(c, now, &at))
+        else if (hx_h2_check_timeouts(c, now, &at, 0))
             at = now; /* due: the timer closes it */
     } else if (hx_buf_size(&c->out) > 0)
         at = c->last_io + to->client_write_ms / 1000.0;

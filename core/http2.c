@@ -759,15 +759,18 @@ int hx_h2_killed(hx_conn *c) { return c->h2 && (c->h2->kill_reason != NULL || c-
 
 unsigned hx_h2_active_streams(hx_conn *c) { return c->h2 ? c->h2->nstreams : 0; }
 
-/* Timers: 0 nothing due, or a reason to close the connection. */
-const char *hx_h2_check_timeouts(hx_conn *c, ev_tstamp now, ev_tstamp *next)
+/* Timers: NULL when nothing is due (*NEXT: the earliest deadline), else
+ * why the connection ends; with ACT the GOAWAY is queued too, without it
+ * the check only reads (conn_update_timer). */
+const char *hx_h2_check_timeouts(hx_conn *c, ev_tstamp now, ev_tstamp *next, int act)
 {
     hx_h2 *h = c->h2;
     const hx_gen *g = c->w->wgen->gen;
     if (!h->settings_acked) {
         ev_tstamp at = h->settings_sent + g->http2.settings_timeout_ms / 1000.0;
         if (now >= at) {
-            h2_kill(h, NGHTTP2_SETTINGS_TIMEOUT, "SETTINGS not acknowledged in time");
+            if (act)
+                h2_kill(h, NGHTTP2_SETTINGS_TIMEOUT, "SETTINGS not acknowledged in time");
             return "settings timeout";
         }
         if (*next == 0 || at < *next)
@@ -776,11 +779,12 @@ const char *hx_h2_check_timeouts(hx_conn *c, ev_tstamp now, ev_tstamp *next)
     if (h->nstreams == 0) {
         ev_tstamp at = c->last_io + g->timeouts.keepalive_ms / 1000.0;
         if (now >= at) {
-            if (!h->goaway_sent)
+            if (act && !h->goaway_sent)
                 nghttp2_submit_goaway(h->s, NGHTTP2_FLAG_NONE,
                                       nghttp2_session_get_last_proc_stream_id(h->s),
                                       NGHTTP2_NO_ERROR, NULL, 0);
-            h->goaway_sent = 1;
+            if (act)
+                h->goaway_sent = 1;
             return "idle";
         }
         if (*next == 0 || at < *next)

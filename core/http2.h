@@ -22,7 +22,7 @@ void hx_h2_reap(hx_conn *c);
 void hx_h2_shutdown(hx_conn *c);
 void hx_h2_free(hx_conn *c);
 unsigned hx_h2_active_streams(hx_conn *c);
-const char *hx_h2_check_timeouts(hx_conn *c, ev_tstamp now, ev_tstamp *next);
+const char *hx_h2_check_timeouts(hx_conn *c, ev_tstamp now, ev_tstamp *next, int act);
 int hx_h2_preface(const char *p, size_t n);
 
 /* request.c / upstream.c side */
