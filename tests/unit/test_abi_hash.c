@@ -14,7 +14,7 @@
 #include <helios.h>
 
 #include "hx_test.h"
-#include "module_loader.h"
+#include "config/module_loader.h"
 
 #include <dirent.h>
 #include <stddef.h>
