@@ -21,9 +21,10 @@
 #define _POSIX_C_SOURCE 200809L
 
 #include "config/config.h"
-#include "http/http.h"
+#include "http/conn.h"
 #include "base/log.h"
 #include "config/module_loader.h"
+#include "runtime/runtime.h"
 #include "event/worker.h"
 
 #include <arpa/inet.h>
@@ -181,6 +182,7 @@ int main(int argc, char **argv)
         return 2;
     }
     const char *dir = argv[1];
+    hx_runtime_wire();
     unsigned min_ms = argc > 2 ? (unsigned)atoi(argv[2]) : 200;
     unsigned rounds = argc > 3 ? (unsigned)atoi(argv[3]) : 7;
     if (min_ms == 0 || rounds == 0) {

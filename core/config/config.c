@@ -14,6 +14,8 @@
  * order they appear in the file.
  */
 #include "config/config.h"
+
+#include "base/httputil.h"
 #include "config/tls.h"
 
 #include <ctype.h>
@@ -914,11 +916,6 @@ static void parse_upstreams(build *b, const hx_conf_node *root)
 
 /* ---- routes ---- */
 
-static int is_tchar(int c)
-{
-    return isalnum(c) || (c && strchr("!#$%&'*+-.^_`|~", c) != NULL);
-}
-
 /* Host names are matched case-insensitively, so they are stored lower-case;
  * a leading "*." matches any subdomain (not the bare domain). */
 static int parse_host(build *b, const hx_conf_node *n, hx_route *r)
@@ -1027,7 +1024,7 @@ static int parse_methods(build *b, const hx_conf_node *n, hx_route *r)
         }
         int valid = it->scalar_len > 0;
         for (const char *p = it->scalar; *p && valid; p++)
-            valid = is_tchar((unsigned char)*p);
+            valid = hx_tchar[(unsigned char)*p];
         if (!valid) {
             hx_conf_error(it, "invalid method '%s': expected a token like GET or POST",
                           it->scalar);

@@ -22,6 +22,10 @@
 
 #include "base/log.h"
 
+static const helios_host_api *host_api;
+
+void hx_modules_set_host(const helios_host_api *api) { host_api = api; }
+
 typedef const helios_module *(*hx_entry_fn)(const helios_host_api *api);
 
 static int valid_module_name(const char *name)
@@ -191,7 +195,7 @@ hx_module *hx_module_load(hx_modreg *reg, const char *dir, const char *name, cha
         dlclose(h);
         return NULL;
     }
-    const helios_module *d = entry(&hx_host_api);
+    const helios_module *d = entry(host_api);
     if (d == NULL) {
         snprintf(err, errlen, "%s: helios_module_init returned NULL (the module refused to load)",
                  path);

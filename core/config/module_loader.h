@@ -78,7 +78,8 @@ void hx_instance_free(hx_instance *inst);
  * thread), or NULL: where conf_error(NULL, ...) points. */
 const hx_conf_node *hx_instance_current_node(void);
 
-/* The host API table given to every module. */
-extern const helios_host_api hx_host_api;
+/* The host API table given to every module's entry point: the runtime's
+ * (runtime/host_api.c), set once before any module loads. */
+void hx_modules_set_host(const helios_host_api *api);
 
 #endif

@@ -11,18 +11,22 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
-#include "http/http.h"
+#include "event/worker.h"
+
 #include "base/log.h"
-#include "proxy/upstream.h"
 
 hx_server hx_srv;
 
 static _Thread_local hx_worker *self;
+static hx_worker_hooks hooks;
+
+void hx_worker_set_hooks(const hx_worker_hooks *h) { hooks = *h; }
 
 hx_worker *hx_worker_self(void) { return self; }
 
@@ -126,7 +130,7 @@ static void wgen_fini(hx_wgen *v)
     free(v->extra);
     free(v->bal);
     free(v->bal_ws);
-    hx_pools_close_gen(w, g);
+    hooks.gen_close(w, g);
     hx_wgen **pp = &w->draining;
     while (*pp && *pp != v)
         pp = &(*pp)->next;
@@ -317,7 +321,7 @@ static void accept_cb(struct ev_loop *loop, ev_io *io, int revents)
                     ls->key, ls->nconns, ls->w->id, ls->conf.max_connections);
             continue;
         }
-        hx_conn_accept(ls, fd, (struct sockaddr *)&ss, len);
+        hooks.accept(ls, fd, (struct sockaddr *)&ss, len);
     }
 }
 
@@ -459,7 +463,7 @@ static void setup_pools(hx_gen *g)
     for (size_t i = 0; i < g->nupstreams; i++) {
         hx_backends *bs = atomic_load(&g->upstreams[i]->backends);
         for (size_t j = 0; bs && j < bs->n; j++)
-            hx_backend_pools_init(bs->v[j], hx_srv.nworkers);
+            hooks.backend_init(bs->v[j], hx_srv.nworkers);
     }
 }
 
@@ -568,12 +572,7 @@ static void stop_task(void *arg)
     w->stop_timer.data = w;
     ev_timer_start(w->loop, &w->stop_timer);
     ev_unref(w->loop); /* the stop timer alone must not keep the loop up */
-    hx_conn *c = w->conns;
-    while (c) {
-        hx_conn *next = c->next;
-        hx_conn_shutdown(c);
-        c = next;
-    }
+    hooks.conns_shutdown(w);
     free(m);
     maybe_exit(w);
 }
@@ -619,12 +618,7 @@ void hx_workers_stop(uint64_t timeout_ms)
             free(t);
             t = next;
         }
-        while (w->conns) {
-            hx_conn *c = w->conns;
-            hx_conn_mark_dead(c);
-            hx_conn_enter(c);
-            hx_conn_leave(c);
-        }
+        hooks.conns_kill(w);
         if (w->wgen) {
             hx_wgen *v = w->wgen;
             w->wgen = NULL;

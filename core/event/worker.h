@@ -14,6 +14,8 @@
 #include <stdatomic.h>
 #include <stdint.h>
 
+#include <sys/socket.h>
+
 #include "config/config.h"
 
 typedef struct hx_worker hx_worker;
@@ -132,6 +134,27 @@ typedef struct hx_server {
 } hx_server;
 
 extern hx_server hx_srv;
+
+/*
+ * What a worker calls in the layers above it (http/, proxy/): the runtime
+ * fills these in before the workers start, so event/ names no function of
+ * a higher layer. All run on the worker's thread (backend_init on main).
+ */
+typedef struct hx_worker_hooks {
+    /* A new client connection on LS (http/conn.h). */
+    void (*accept)(hx_lsock *ls, int fd, const struct sockaddr *sa, socklen_t salen);
+    /* Graceful stop: W's idle connections close now, busy ones when done. */
+    void (*conns_shutdown)(hx_worker *w);
+    /* After the workers stopped (main thread): W's connections go now. */
+    void (*conns_kill)(hx_worker *w);
+    /* Per-worker upstream pools of a backend (proxy/upstream.h). */
+    int (*backend_init)(hx_backend *b, unsigned nworkers);
+    /* W lets go of generation G: close its pools of G's backends. */
+    void (*gen_close)(hx_worker *w, hx_gen *g);
+} hx_worker_hooks;
+
+/* Main thread, before hx_workers_start. */
+void hx_worker_set_hooks(const hx_worker_hooks *h);
 
 /* Main thread: starts N workers on generation G with its listening sockets
  * (opened by hx_listeners_open). Returns 0 or -1 with a log line. */

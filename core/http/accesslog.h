@@ -9,7 +9,7 @@
 #ifndef HX_ACCESSLOG_H
 #define HX_ACCESSLOG_H
 
-#include "http/http.h"
+#include "http/conn.h"
 
 int hx_accesslog_open(const hx_logging *cfg); /* main thread */
 int hx_accesslog_reopen(void);                /* SIGUSR1 */

@@ -25,13 +25,11 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
-#include "http/accesslog.h"
-#include "http/http.h"
+#include "http/conn.h"
 #include "base/log.h"
 #include "http/subreq.h"
 #include "http/http2.h"
-#include "config/tls.h"
-#include "proxy/upstream.h"
+#include "http/transport.h"
 
 #define HX_READ_CHUNK 16384
 #define HX_WRITEV_MIN 4096 /* below this, copying and coalescing is cheaper */
@@ -45,8 +43,6 @@ enum { V_BEGIN, V_BEGIN_CR, V_RL, V_RL_CR, V_H_START, V_H_NAME, V_H_VALUE, V_H_C
 
 static const llhttp_settings_t *req_settings(void);
 static void conn_process(hx_conn *c);
-static void req_log(hx_req *r);
-static int req_body(hx_req *r, const char *at, size_t len, int last);
 static void conn_update_timer(hx_conn *c);
 static void conn_close(hx_conn *c);
 
@@ -61,41 +57,6 @@ static void conn_close(hx_conn *c);
 
 static void conn_enter(hx_conn *c) { c->head_flags += 1u << C_BUSY_SHIFT; }
 static void conn_leave(hx_conn *c);
-
-static const unsigned char tchar[256] = {
-    ['!'] = 1, ['#'] = 1, ['$'] = 1, ['%'] = 1, ['&'] = 1, ['\''] = 1, ['*'] = 1, ['+'] = 1,
-    ['-'] = 1, ['.'] = 1, ['^'] = 1, ['_'] = 1, ['`'] = 1, ['|'] = 1, ['~'] = 1,
-    ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1, ['6'] = 1, ['7'] = 1,
-    ['8'] = 1, ['9'] = 1,
-    ['a'] = 1, ['b'] = 1, ['c'] = 1, ['d'] = 1, ['e'] = 1, ['f'] = 1, ['g'] = 1, ['h'] = 1,
-    ['i'] = 1, ['j'] = 1, ['k'] = 1, ['l'] = 1, ['m'] = 1, ['n'] = 1, ['o'] = 1, ['p'] = 1,
-    ['q'] = 1, ['r'] = 1, ['s'] = 1, ['t'] = 1, ['u'] = 1, ['v'] = 1, ['w'] = 1, ['x'] = 1,
-    ['y'] = 1, ['z'] = 1,
-    ['A'] = 1, ['B'] = 1, ['C'] = 1, ['D'] = 1, ['E'] = 1, ['F'] = 1, ['G'] = 1, ['H'] = 1,
-    ['I'] = 1, ['J'] = 1, ['K'] = 1, ['L'] = 1, ['M'] = 1, ['N'] = 1, ['O'] = 1, ['P'] = 1,
-    ['Q'] = 1, ['R'] = 1, ['S'] = 1, ['T'] = 1, ['U'] = 1, ['V'] = 1, ['W'] = 1, ['X'] = 1,
-    ['Y'] = 1, ['Z'] = 1,
-};
-
-int hx_hdr_name_valid(const char *p, size_t n)
-{
-    if (n == 0)
-        return 0;
-    for (size_t i = 0; i < n; i++)
-        if (!tchar[(unsigned char)p[i]])
-            return 0;
-    return 1;
-}
-
-int hx_hdr_value_valid(const char *p, size_t n)
-{
-    for (size_t i = 0; i < n; i++) {
-        unsigned char ch = (unsigned char)p[i];
-        if ((ch < 0x20 && ch != '\t') || ch == 0x7f)
-            return 0;
-    }
-    return 1;
-}
 
 /*
  * Scans N new head bytes. Returns the number of bytes that belong to the
@@ -138,14 +99,14 @@ static long head_validate(hx_conn *c, const char *p, size_t n)
                 st = V_END_CR;
                 break;
             }
-            if (!tchar[ch]) /* obs-fold, bare LF, bad name byte */
+            if (!hx_tchar[ch]) /* obs-fold, bare LF, bad name byte */
                 return -1;
             st = V_H_NAME;
             break;
         case V_H_NAME:
             if (ch == ':')
                 st = V_H_VALUE;
-            else if (!tchar[ch]) /* includes space before the colon */
+            else if (!hx_tchar[ch]) /* includes space before the colon */
                 return -1;
             break;
         case V_H_VALUE:
@@ -175,17 +136,13 @@ static long head_validate(hx_conn *c, const char *p, size_t n)
 
 static ssize_t conn_send(hx_conn *c, const void *p, size_t n)
 {
-    if (c->ssl == NULL)
-        return send(c->fd, p, n, MSG_NOSIGNAL);
-    return hx_tls_send(c->ssl, p, n);
+    return hx_sock_send(c->fd, c->ssl, p, n);
 }
 
 static ssize_t conn_recv(hx_conn *c, void *p, size_t n)
 {
-    if (c->ssl == NULL)
-        return recv(c->fd, p, n, 0);
     int want_write = 0;
-    ssize_t r = hx_tls_recv(c->ssl, p, n, &want_write);
+    ssize_t r = hx_sock_recv(c->fd, c->ssl, p, n, &want_write);
     if (want_write) {
         c->tls_rd_wants_write = 1;
         ev_io_start(c->w->loop, &c->wio);
@@ -408,9 +365,9 @@ static void conn_write_cb(struct ev_loop *loop, ev_io *io, int revents)
         ev_io_stop(loop, &c->wio);
         hx_buf_shrink(&c->out, 65536);
         if (c->req && c->req->up)
-            hx_proxy_client_drained(c->req);
+            hx_proxy->client_drained(c->req);
     } else if (c->req && c->req->up && hx_buf_size(&c->out) < 32768) {
-        hx_proxy_client_drained(c->req);
+        hx_proxy->client_drained(c->req);
     }
     conn_leave(c);
 }
@@ -450,6 +407,7 @@ static void conn_send_error(hx_conn *c, int status, const char *why)
 /* ------------------------------------------------------------------ */
 /* requests                                                            */
 
+/* A connection keeps its last request's memory for the next one. */
 static hx_req *req_new(hx_conn *c)
 {
     hx_req *r = c->spare;
@@ -459,102 +417,18 @@ static hx_req *req_new(hx_conn *c)
         if (r == NULL)
             return NULL;
     }
-    memset(r, 0, sizeof(*r));
-    hx_arena_init(&r->arena, r->first, HX_REQ_ARENA);
-    r->conn = c;
-    r->w = c->w;
-    r->wg = c->w->wgen;
-    hx_wgen_ref(r->wg);
-    r->gen = r->wg->gen;
-    r->content_length = -1;
-    r->resp_length = -1;
-    r->start = ev_now(c->w->loop);
+    hx_req_init(r, &hx_http1_ops, c->w, c, HX_REQ_ARENA);
     memcpy(&r->client, &c->peer, sizeof(c->peer));
     return r;
 }
 
 static void req_free(hx_conn *c, hx_req *r)
 {
-    if (ev_is_active(&r->deadline))
-        ev_timer_stop(c->w->loop, &r->deadline);
-    hx_req_body_end(r);
-    hx_subs_cancel_all(r);
-    hx_proxy_detach(r);
-    hx_wgen_unref(r->wg);
-    hx_arena_reset(&r->arena);
+    hx_req_fini(r);
     if (c->spare == NULL)
         c->spare = r;
     else
         free(r);
-}
-
-hx_req *hx_req_alloc(hx_conn *c) { return req_new(c); }
-
-void hx_req_release(hx_req *r)
-{
-    if (ev_is_active(&r->deadline))
-        ev_timer_stop(r->w->loop, &r->deadline);
-    hx_req_body_end(r);
-    hx_subs_cancel_all(r);
-    hx_proxy_detach(r);
-    hx_wgen_unref(r->wg);
-    hx_arena_reset(&r->arena);
-    free(r);
-}
-
-void hx_req_body_wanted(hx_req *r)
-{
-    if (r->h2s)
-        hx_h2_body_wanted(r);
-    else if (r->conn)
-        hx_conn_request_body_wanted(r->conn);
-}
-
-size_t hx_req_pending(const hx_req *r)
-{
-    if (r->h2s)
-        return hx_h2_pending(r);
-    return r->conn ? hx_conn_pending(r->conn) : 0;
-}
-
-void hx_req_log(hx_req *r) { req_log(r); }
-
-int hx_req_body_in(hx_req *r, const char *p, size_t n, int last) { return req_body(r, p, n, last); }
-
-/* Once per request: filters' on_log in reverse order, then the access log. */
-static void req_log(hx_req *r)
-{
-    if (r->log_done)
-        return;
-    r->log_done = 1;
-    hx_worker *w = r->w;
-    HX_STAT_ADD(w, requests, 1);
-    HX_STAT_ADD(w, bytes_in, r->bytes_in);
-    HX_STAT_ADD(w, bytes_out, r->bytes_out);
-    if (r->counted)
-        HX_STAT_ADD(w, requests_active, -1);
-    hx_req_body_end(r);
-    if (r->route && r->route->handler) {
-        const hx_instance *inst = r->route->handler;
-        const helios_handler_hooks *hh = inst->mod->handler;
-        if (hh->size >= offsetof(helios_handler_hooks, on_done) + sizeof(hh->on_done) &&
-            hh->on_done) {
-            helios_ctx ctx;
-            hx_ctx_init(&ctx, r, inst);
-            hh->on_done(&ctx);
-        }
-    }
-    if (r->route) {
-        for (size_t i = r->route->nfilters; i-- > 0;) {
-            const hx_instance *inst = r->route->filters[i];
-            if (inst->mod->filter->on_log) {
-                helios_ctx ctx;
-                hx_ctx_init(&ctx, r, inst);
-                inst->mod->filter->on_log(&ctx);
-            }
-        }
-    }
-    hx_accesslog_write(r);
 }
 
 /* The response is complete and flushed (or the connection is going away):
@@ -563,7 +437,7 @@ static void conn_request_complete(hx_conn *c)
 {
     hx_req *r = c->req;
     c->req = NULL;
-    req_log(r);
+    hx_req_log(r);
     int keep = r->keepalive && !r->aborted && r->body_done && !c->close_after &&
                !c->w->stopping;
     c->requests++;
@@ -768,7 +642,7 @@ static void conn_leave(hx_conn *c)
                hx_buf_size(&c->in) < (c->req ? c->req->gen->limits.max_body_buffer
                                              : c->w->wgen->gen->limits.max_header_size +
                                                    c->w->wgen->gen->limits.max_request_line);
-    if (c->req && c->req->phase == HX_PH_PROXY && !hx_proxy_body_writable(c->req))
+    if (c->req && c->req->phase == HX_PH_PROXY && !hx_proxy->body_writable(c->req))
         want = 0;
     if (want && !c->reading) {
         ev_io_start(c->w->loop, &c->rio);
@@ -871,42 +745,6 @@ static int on_header_value(llhttp_t *p, const char *at, size_t len)
     return 0;
 }
 
-/* Host without port, lower-cased; 0 or -1 when malformed. */
-int hx_parse_host(hx_req *r, const char *h, size_t n)
-{
-    size_t end = n;
-    if (n > 0 && h[0] == '[') {
-        const char *rb = memchr(h, ']', n);
-        if (rb == NULL)
-            return -1;
-        end = (size_t)(rb - h) + 1;
-        if (end < n && h[end] != ':')
-            return -1;
-    } else {
-        const char *colon = memchr(h, ':', n);
-        if (colon)
-            end = (size_t)(colon - h);
-    }
-    if (end < n) { /* port must be digits */
-        for (size_t i = end + 1; i < n; i++)
-            if (h[i] < '0' || h[i] > '9')
-                return -1;
-    }
-    char *o = hx_arena_alloc(&r->arena, end + 1);
-    if (o == NULL)
-        return -1;
-    for (size_t i = 0; i < end; i++) {
-        unsigned char ch = (unsigned char)h[i];
-        if (ch <= 0x20 || ch == 0x7f || ch == '/' || ch == '\\' || ch == '@')
-            return -1;
-        o[i] = (char)((ch >= 'A' && ch <= 'Z') ? ch + 32 : ch);
-    }
-    o[end] = '\0';
-    r->host.ptr = o;
-    r->host.len = end;
-    return 0;
-}
-
 static int on_headers_complete(llhttp_t *p)
 {
     hx_conn *c = P(p);
@@ -981,7 +819,7 @@ static int on_headers_complete(llhttp_t *p)
         return set_error(c, 400, "more than one Host header");
     if (nhost == 0 && r->http_minor >= 1)
         return set_error(c, 400, "missing Host header");
-    if (nhost && hx_parse_host(r, host.ptr, host.len) != 0)
+    if (nhost && hx_host_parse(&r->arena, host.ptr, host.len, &r->host) != 0)
         return set_error(c, 400, "invalid Host header");
     r->keepalive = llhttp_should_keep_alive(p);
     if (p->upgrade)
@@ -989,7 +827,7 @@ static int on_headers_complete(llhttp_t *p)
     /* WebSocket (tunnel.c): a GET without a body may become a tunnel when
      * the backend answers 101; any other upgrade is answered as plain HTTP */
     if (p->upgrade && p->method == HTTP_GET && r->http_minor >= 1 && !r->has_body &&
-        hx_tunnel_is_websocket(hx_hdrs_get(&r->hdrs, "upgrade")))
+        hx_list_has_token(hx_hdrs_get(&r->hdrs, "upgrade"), "websocket", 9))
         r->ws_upgrade = 1;
     if (!r->has_body)
         return 0; /* message completes right away */
@@ -997,12 +835,10 @@ static int on_headers_complete(llhttp_t *p)
     return HPE_PAUSED;
 }
 
-static int req_body(hx_req *r, const char *at, size_t len, int last);
-
 static int on_body(llhttp_t *p, const char *at, size_t len)
 {
     hx_conn *c = P(p);
-    if (req_body(c->req, at, len, 0) != 0)
+    if (hx_req_body_in(c->req, at, len, 0) != 0)
         return set_error(c, 500, "request body filter failed");
     return 0;
 }
@@ -1013,7 +849,7 @@ static int on_message_complete(llhttp_t *p)
     hx_req *r = c->req;
     if (r->phase == HX_PH_HEAD) {
         r->body_done = 1;
-    } else if (req_body(r, NULL, 0, 1) != 0) {
+    } else if (hx_req_body_in(r, NULL, 0, 1) != 0) {
         return set_error(c, 500, "request body filter failed");
     }
     c->msg_paused = 1;
@@ -1038,46 +874,6 @@ static const llhttp_settings_t *req_settings(void)
     return &s;
 }
 
-/* Request body bytes: through the filters, then to the proxy or dropped. */
-static int req_body(hx_req *r, const char *at, size_t len, int last)
-{
-    r->bytes_in += len;
-    if (last)
-        r->body_done = 1;
-    if (r->body_discard || r->phase == HX_PH_DONE || r->phase == HX_PH_RESPONDING)
-        return 0;
-    helios_buf chunk = {at, len};
-    if (r->route) {
-        for (size_t i = 0; i < r->route->nfilters; i++) {
-            const hx_instance *inst = r->route->filters[i];
-            if (!inst->mod->filter->on_request_body)
-                continue;
-            helios_ctx ctx;
-            hx_ctx_init(&ctx, r, inst);
-            int rc = inst->mod->filter->on_request_body(&ctx, &chunk, last);
-            if (rc == HELIOS_RESPONDED && r->head_sent) {
-                /* the module answered (e.g. 413): the unread rest of the
-                 * body makes the connection unusable (HTTP/1.x; an HTTP/2
-                 * stream is reset instead) */
-                hx_proxy_detach(r);
-                r->body_discard = 1;
-                if (!r->h2s)
-                    r->conn->close_after = 1;
-                return 0;
-            }
-            if (rc != HELIOS_CONTINUE) {
-                hx_error("module %s: on_request_body returned %d", inst->mod->name, rc);
-                return -1;
-            }
-        }
-    }
-    if (r->phase == HX_PH_PROXY)
-        return hx_proxy_body(r, chunk.ptr, chunk.len, last);
-    if (hx_req_body_wanted_by_handler(r))
-        hx_req_body_deliver(r, chunk.ptr, chunk.len, last);
-    return 0;
-}
-
 /* ------------------------------------------------------------------ */
 /* input processing                                                    */
 
@@ -1088,10 +884,10 @@ static int body_wanted(hx_conn *c)
         return 0;
     if (r->body_discard || hx_req_body_wanted_by_handler(r))
         return 1;
-    return r->phase == HX_PH_PROXY && hx_proxy_body_writable(r);
+    return r->phase == HX_PH_PROXY && hx_proxy->body_writable(r);
 }
 
-void hx_conn_request_body_wanted(hx_conn *c)
+void hx_http1_body_wanted(hx_conn *c)
 {
     hx_req *r = c->req;
     if (r && r->expect_continue && !r->continue_sent && !r->body_done && !r->head_sent) {
@@ -1317,7 +1113,7 @@ static void conn_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
                 hx_resp_abort(c->req, "client body timeout");
                 c->head_flags |= C_DEAD;
             } else {
-                hx_proxy_detach(c->req);
+                hx_proxy->detach(c->req);
                 conn_send_error(c, 408, "client body timeout");
             }
         }
@@ -1428,16 +1224,16 @@ static void conn_close(hx_conn *c)
         c->head_flags -= 1u << C_BUSY_SHIFT;
     }
     if (c->req && c->req->tunnel)
-        hx_tunnel_close(c->req); /* logs it and closes the upstream side */
+        hx_proxy->tunnel_close(c->req); /* logs it and closes the upstream side */
     if (c->req) {
         hx_req *r = c->req;
         c->req = NULL;
         if (!r->log_done && r->phase != HX_PH_HEAD) {
             if (!r->resp_done)
                 r->aborted = 1;
-            req_log(r);
+            hx_req_log(r);
         } else if (!r->log_done && r->status) {
-            req_log(r); /* an error answered before routing: no filters ran */
+            hx_req_log(r); /* an error answered before routing: no filters ran */
         }
         req_free(c, r);
     }
@@ -1477,7 +1273,7 @@ static void conn_close(hx_conn *c)
     hx_worker_conn_gone(w);
 }
 
-void hx_conn_shutdown(hx_conn *c)
+static void conn_shutdown(hx_conn *c)
 {
     conn_enter(c);
     if (c->lingering)
@@ -1496,7 +1292,158 @@ void hx_conn_shutdown(hx_conn *c)
 void hx_conn_enter(hx_conn *c) { conn_enter(c); }
 void hx_conn_leave(hx_conn *c) { conn_leave(c); }
 void hx_conn_mark_dead(hx_conn *c) { c->head_flags |= C_DEAD; }
+void hx_conn_req_enter(hx_req *r) { conn_enter(r->conn); }
+void hx_conn_req_leave(hx_req *r) { conn_leave(r->conn); /* may free R */ }
+
+void hx_conns_shutdown(hx_worker *w)
+{
+    hx_conn *c = w->conns;
+    while (c) {
+        hx_conn *next = c->next;
+        conn_shutdown(c);
+        c = next;
+    }
+}
+
+void hx_conns_kill(hx_worker *w)
+{
+    while (w->conns) {
+        hx_conn *c = w->conns;
+        hx_conn_mark_dead(c);
+        conn_enter(c);
+        conn_leave(c);
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* HTTP/1.1 responses: the request layer's write_head and write_body   */
+
+/* always inlined: strlen of a literal folds to a constant */
+static inline __attribute__((always_inline)) void append(hx_buf *b, const char *s)
+{
+    hx_buf_append(b, s, strlen(s));
+}
+
+/* The status line and the headers, straight into the connection's output;
+ * picks the body's framing (length, chunked, or close-delimited). */
+static int http1_write_head(hx_req *r)
+{
+    hx_conn *c = r->conn;
+    int status = r->status;
+    int keep = r->keepalive && !c->close_after && !c->w->stopping;
+    if (!r->resp_no_body && r->resp_length < 0) {
+        if (r->http_minor >= 1) {
+            r->resp_chunked = 1;
+        } else {
+            r->resp_close = 1;
+            keep = 0;
+        }
+    }
+    if (!keep)
+        c->close_after = 1;
+
+    hx_buf *head = &c->out;
+    int has_connection = hx_hdrs_get(&r->rhdrs, "connection").ptr != NULL;
+    char line[64];
+    const char *reason = hx_reason(status);
+    size_t rl = strlen(reason);
+    memcpy(line, "HTTP/1.1 ", 9);
+    size_t n = 9 + hx_u64_dec(line + 9, (unsigned)status);
+    line[n++] = ' ';
+    hx_buf_append(head, line, n);
+    hx_buf_append(head, reason, rl);
+    append(head, "\r\n");
+    for (size_t i = 0; i < r->rhdrs.n; i++) {
+        const hx_hdr *h = &r->rhdrs.v[i];
+        if (hx_is_hop_header(h->name.ptr, h->name.len) ||
+            (has_connection && hx_hdrs_connection_lists(&r->rhdrs, h->name.ptr, h->name.len)))
+            continue;
+        if (h->name.len == 14 && strncasecmp(h->name.ptr, "content-length", 14) == 0 &&
+            (r->resp_chunked || r->resp_close || (r->resp_no_body && !r->is_head &&
+                                                  status != 304)))
+            continue;
+        /* never emit a header that could split the response */
+        if (!hx_hdr_name_valid(h->name.ptr, h->name.len) ||
+            !hx_hdr_value_valid(h->value.ptr, h->value.len)) {
+            hx_warn("dropping invalid response header '%.*s'", (int)h->name.len, h->name.ptr);
+            continue;
+        }
+        hx_buf_append(head, h->name.ptr, h->name.len);
+        append(head, ": ");
+        hx_buf_append(head, h->value.ptr, h->value.len);
+        append(head, "\r\n");
+    }
+    if (r->resp_chunked)
+        append(head, "Transfer-Encoding: chunked\r\n");
+    if (status == 101 && r->ws_upgrade)
+        /* WebSocket: the switch is confirmed on this hop too (tunnel.c) */
+        append(head, "Upgrade: websocket\r\nConnection: upgrade\r\n");
+    else if (!keep)
+        append(head, "Connection: close\r\n");
+    else if (r->http_minor == 0)
+        append(head, "Connection: keep-alive\r\n");
+    append(head, "\r\n");
+    return 0;
+}
+
+static int http1_write_body(hx_req *r, const char *p, size_t n, int last)
+{
+    hx_conn *c = r->conn;
+    if (n > 0) {
+        if (r->resp_chunked) {
+            char hdr[24];
+            size_t hn = hx_u64_hex(hdr, n);
+            hdr[hn++] = '\r';
+            hdr[hn++] = '\n';
+            struct iovec v[3] = {{hdr, hn}, {(void *)p, n}, {"\r\n", 2}};
+            hx_conn_writev(c, v, 3);
+        } else {
+            struct iovec v[1] = {{(void *)p, n}};
+            hx_conn_writev(c, v, 1);
+        }
+    }
+    if (!last || !r->resp_chunked)
+        return 0;
+    if (r->trailers.n == 0) {
+        hx_conn_write(c, "0\r\n\r\n", 5);
+        return 0;
+    }
+    /* trailers of an HTTP/2 backend (gRPC) on a chunked HTTP/1.1 body */
+    hx_conn_write(c, "0\r\n", 3);
+    for (size_t i = 0; i < r->trailers.n; i++) {
+        const hx_hdr *t = &r->trailers.v[i];
+        if (!hx_hdr_name_valid(t->name.ptr, t->name.len) ||
+            !hx_hdr_value_valid(t->value.ptr, t->value.len))
+            continue;
+        hx_conn_write(c, t->name.ptr, t->name.len);
+        hx_conn_write(c, ": ", 2);
+        hx_conn_write(c, t->value.ptr, t->value.len);
+        hx_conn_write(c, "\r\n", 2);
+    }
+    hx_conn_write(c, "\r\n", 2);
+    return 0;
+}
+
+/* What cannot be completed or trusted ends the connection after what is
+ * queued: HTTP/1.x has no other way to tell the client. */
+static void http1_close_after(hx_req *r) { r->conn->close_after = 1; }
+
+static void http1_body_wanted(hx_req *r) { hx_http1_body_wanted(r->conn); }
+
+static size_t http1_pending(const hx_req *r) { return hx_buf_size(&r->conn->out); }
+
+const hx_req_ops hx_http1_ops = {
+    .name = "HTTP/1.x",
+    .write_head = http1_write_head,
+    .write_body = http1_write_body,
+    .abort = http1_close_after,
+    .no_reuse = http1_close_after,
+    .fail = NULL,
+    .body_wanted = http1_body_wanted,
+    .pending = http1_pending,
+    .enter = hx_conn_req_enter,
+    .leave = hx_conn_req_leave,
+};
 
 /* The transport for tunnel.c (plain or TLS, same contract as send/recv). */
-ssize_t hx_conn_send(hx_conn *c, const void *p, size_t n) { return conn_send(c, p, n); }
-ssize_t hx_conn_recv(hx_conn *c, void *p, size_t n) { return conn_recv(c, p, n); }
+

@@ -9,7 +9,7 @@
  *     only then acknowledged with WINDOW_UPDATE, nghttp2_session_consume)
  *     when the request can take them, so flow control is the backpressure;
  *   - responses: hx_resp_begin / hx_resp_body (request.c) call
- *     hx_h2_resp_head / hx_h2_resp_data, which queue per stream and resume
+ *     h2_resp_head / h2_resp_data (through hx_h2_ops), which queue per stream and resume
  *     the stream's DATA; frames are serialised into the connection's output
  *     buffer at flush, at most about 256 KiB ahead of the socket;
  *   - the end: a stream is finished (logged and freed) only at the
@@ -33,7 +33,6 @@
 
 #include "base/log.h"
 #include "http/subreq.h"
-#include "proxy/upstream.h"
 
 #define H2_OUT_AHEAD (256 * 1024) /* serialised frames queued beyond the socket */
 
@@ -110,20 +109,6 @@ static void h2_window(hx_h2 *h)
 /* ------------------------------------------------------------------ */
 /* streams                                                             */
 
-static int method_id(const char *m, size_t n)
-{
-    static const struct {
-        const char *name;
-        int id;
-    } t[] = {{"GET", HTTP_GET},         {"HEAD", HTTP_HEAD},       {"POST", HTTP_POST},
-             {"PUT", HTTP_PUT},         {"DELETE", HTTP_DELETE},   {"OPTIONS", HTTP_OPTIONS},
-             {"TRACE", HTTP_TRACE},     {"PATCH", HTTP_PATCH},     {"CONNECT", HTTP_CONNECT}};
-    for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++)
-        if (strlen(t[i].name) == n && memcmp(m, t[i].name, n) == 0)
-            return t[i].id;
-    return -1;
-}
-
 static void stream_unlink(hx_h2 *h, hx_h2_stream *st)
 {
     if (st->prev)
@@ -152,7 +137,7 @@ static void stream_finish(hx_h2 *h, hx_h2_stream *st)
             if (r->error_reason == NULL)
                 r->error_reason = "stream reset by the client";
         }
-        hx_proxy_detach(r);
+        hx_proxy->detach(r);
         if (st->started || r->status)
             hx_req_log(r);
         r->h2s = NULL;
@@ -185,7 +170,7 @@ static int stream_takes_body(hx_req *r)
         return 1; /* dropped, but still acknowledged */
     if (hx_req_body_wanted_by_handler(r))
         return 1;
-    return r->phase == HX_PH_PROXY && hx_proxy_body_writable(r);
+    return r->phase == HX_PH_PROXY && hx_proxy->body_writable(r);
 }
 
 static void stream_push_body_loop(hx_h2_stream *st, hx_h2 *h, hx_req *r);
@@ -227,7 +212,7 @@ static void stream_push_body_loop(hx_h2_stream *st, hx_h2 *h, hx_req *r)
     }
 }
 
-void hx_h2_body_wanted(hx_req *r)
+static void h2_body_wanted(hx_req *r)
 {
     if (S(r))
         stream_push_body(S(r));
@@ -284,7 +269,7 @@ static ssize_t data_read_cb(nghttp2_session *s, int32_t id, uint8_t *buf, size_t
     }
     hx_req *r = st->r;
     if (r && r->up && hx_buf_size(&st->out) < 65536)
-        hx_proxy_client_drained(r);
+        hx_proxy->client_drained(r);
     return (ssize_t)n;
 }
 
@@ -298,7 +283,7 @@ static int is_h1_only_header(const helios_buf *n)
     return 0;
 }
 
-int hx_h2_resp_head(hx_req *r)
+static int h2_resp_head(hx_req *r)
 {
     hx_h2_stream *st = S(r);
     hx_h2 *h = st->h;
@@ -344,7 +329,7 @@ int hx_h2_resp_head(hx_req *r)
     return 0;
 }
 
-int hx_h2_resp_data(hx_req *r, const char *p, size_t n, int last)
+static int h2_resp_data(hx_req *r, const char *p, size_t n, int last)
 {
     hx_h2_stream *st = S(r);
     if (n && hx_buf_append(&st->out, p, n) != 0)
@@ -358,18 +343,44 @@ int hx_h2_resp_data(hx_req *r, const char *p, size_t n, int last)
     return 0;
 }
 
-size_t hx_h2_pending(const hx_req *r)
+static size_t h2_pending(const hx_req *r)
 {
     const hx_h2_stream *st = r->h2s;
     return st ? hx_buf_size(&st->out) : 0;
 }
 
-void hx_h2_resp_abort(hx_req *r)
+static void h2_resp_abort(hx_req *r)
 {
     hx_h2_stream *st = S(r);
     if (st && !st->closed)
         nghttp2_submit_rst_stream(st->h->s, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_INTERNAL_ERROR);
 }
+
+/* A body chunk from the request layer; the end goes with the trailers. */
+static int h2_write_body(hx_req *r, const char *p, size_t n, int last)
+{
+    if (n && h2_resp_data(r, p, n, 0) != 0) {
+        hx_resp_abort(r, "out of memory");
+        return -1;
+    }
+    if (last)
+        h2_resp_data(r, NULL, 0, 1);
+    return 0;
+}
+
+/* HTTP/2 streams as the request layer sees them (request.h). */
+const hx_req_ops hx_h2_ops = {
+    .name = "HTTP/2",
+    .write_head = h2_resp_head,
+    .write_body = h2_write_body,
+    .abort = h2_resp_abort,
+    .no_reuse = NULL, /* a stream is reset, the connection goes on */
+    .fail = NULL,
+    .body_wanted = h2_body_wanted,
+    .pending = h2_pending,
+    .enter = hx_conn_req_enter,
+    .leave = hx_conn_req_leave,
+};
 
 /* ------------------------------------------------------------------ */
 /* nghttp2 callbacks                                                   */
@@ -415,11 +426,12 @@ static int on_begin_headers(nghttp2_session *s, const nghttp2_frame *f, void *us
     if (h->goaway_sent)
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     hx_h2_stream *st = calloc(1, sizeof(*st));
-    hx_req *r = st ? hx_req_alloc(h->c) : NULL;
+    hx_req *r = st ? hx_req_alloc(&hx_h2_ops, h->c->w, h->c) : NULL;
     if (r == NULL) {
         free(st);
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     }
+    memcpy(&r->client, &h->c->peer, sizeof(h->c->peer));
     st->id = f->hd.stream_id;
     st->h = h;
     st->r = r;
@@ -467,14 +479,14 @@ static int on_header(nghttp2_session *s, const nghttp2_frame *f, const uint8_t *
             r->target = b;
         else if (namelen == 10 && memcmp(n, ":authority", 10) == 0) {
             st->authority = b;
-            if (hx_parse_host(r, copy, valuelen) != 0)
+            if (hx_host_parse(&r->arena, copy, valuelen, &r->host) != 0)
                 st->bad = 1;
         } else if (namelen == 9 && memcmp(n, ":protocol", 9) == 0)
             st->bad = 1; /* extended CONNECT is not offered */
         return 0;
     }
     if (namelen == 4 && memcmp(n, "host", 4) == 0) {
-        if (r->host.ptr == NULL && hx_parse_host(r, v, valuelen) != 0)
+        if (r->host.ptr == NULL && hx_host_parse(&r->arena, v, valuelen, &r->host) != 0)
             st->bad = 1;
     }
     if (namelen == 14 && memcmp(n, "content-length", 14) == 0) {
@@ -529,7 +541,7 @@ static void stream_start(hx_h2 *h, hx_h2_stream *st, int end_stream)
     r->has_body = !end_stream;
     r->chunked = !end_stream && r->content_length < 0;
     if (r->method.ptr)
-        r->method_id = method_id(r->method.ptr, r->method.len);
+        r->method_id = hx_method_id(r->method.ptr, r->method.len);
     r->is_head = r->method_id == HTTP_HEAD;
     join_cookies(r);
     /* the authority is the Host of the HTTP/1.1 request upstream */
@@ -613,7 +625,7 @@ static int on_stream_close(nghttp2_session *s, int32_t id, uint32_t code, void *
         h2_window(h);
         if (code != NGHTTP2_NO_ERROR && ++h->resets > h->max_resets_per_s)
             h2_kill(h, NGHTTP2_ENHANCE_YOUR_CALM, "too many streams reset (rapid reset)");
-        hx_proxy_detach(st->r);
+        hx_proxy->detach(st->r);
     }
     return 0;
 }

@@ -6,7 +6,7 @@
 
 #include <stdint.h>
 
-#include "http/http.h"
+#include "http/conn.h"
 
 typedef struct hx_h2 hx_h2;
 
@@ -25,11 +25,7 @@ unsigned hx_h2_active_streams(hx_conn *c);
 const char *hx_h2_check_timeouts(hx_conn *c, ev_tstamp now, ev_tstamp *next, int act);
 int hx_h2_preface(const char *p, size_t n);
 
-/* request.c / upstream.c side */
-int hx_h2_resp_head(hx_req *r);
-int hx_h2_resp_data(hx_req *r, const char *p, size_t n, int last);
-void hx_h2_resp_abort(hx_req *r);
-size_t hx_h2_pending(const hx_req *r);
-void hx_h2_body_wanted(hx_req *r);
+/* HTTP/2 streams as the request layer sees them. */
+extern const hx_req_ops hx_h2_ops;
 
 #endif

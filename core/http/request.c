@@ -1,6 +1,11 @@
 /*
- * request.c - the protocol-independent part of a request: routing, the
- * filter chain, handlers, and the response path (filters, framing).
+ * request.c - the request layer: a request's lifetime (allocation,
+ * release, logging), routing, the filter chain, handlers, request body
+ * delivery and the response path. It knows no protocol: everything that
+ * frames bytes goes through r->ops (request.h), and the proxy through
+ * hx_proxy. The one rule it keeps for them: hooks run inside the owner's
+ * bracket (hx_req_enter/leave), so nothing a hook finishes is freed under
+ * the caller's feet.
  */
 #include <arpa/inet.h>
 #include <sys/uio.h>
@@ -8,103 +13,141 @@
 #include <string.h>
 #include <strings.h>
 
-#include "http/http.h"
-#include "http/http2.h"
+#include "http/request.h"
+
+#include <stddef.h>
+#include <stdlib.h>
+
 #include "base/log.h"
 #include "config/router.h"
+#include "http/accesslog.h"
 #include "http/subreq.h"
-#include "proxy/upstream.h"
 
-const char *hx_reason(int status)
-{
-    switch (status) {
-    case 100: return "Continue";
-    case 101: return "Switching Protocols";
-    case 200: return "OK";
-    case 201: return "Created";
-    case 202: return "Accepted";
-    case 204: return "No Content";
-    case 206: return "Partial Content";
-    case 301: return "Moved Permanently";
-    case 302: return "Found";
-    case 303: return "See Other";
-    case 304: return "Not Modified";
-    case 307: return "Temporary Redirect";
-    case 308: return "Permanent Redirect";
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 408: return "Request Timeout";
-    case 409: return "Conflict";
-    case 411: return "Length Required";
-    case 413: return "Content Too Large";
-    case 414: return "URI Too Long";
-    case 415: return "Unsupported Media Type";
-    case 417: return "Expectation Failed";
-    case 429: return "Too Many Requests";
-    case 431: return "Request Header Fields Too Large";
-    case 500: return "Internal Server Error";
-    case 501: return "Not Implemented";
-    case 502: return "Bad Gateway";
-    case 503: return "Service Unavailable";
-    case 504: return "Gateway Timeout";
-    case 505: return "HTTP Version Not Supported";
-    default: return status < 200 ? "Informational" : status < 300 ? "OK"
-                  : status < 400 ? "Redirection" : status < 500 ? "Client Error"
-                                                             : "Server Error";
-    }
-}
+const hx_proxy_ops *hx_proxy;
+
+void hx_proxy_register(const hx_proxy_ops *ops) { hx_proxy = ops; }
 
 /* ------------------------------------------------------------------ */
-/* headers                                                             */
+/* lifetime                                                            */
 
-int hx_hdrs_add(hx_arena *a, hx_hdrs *h, const char *name, size_t nlen, const char *value,
-                size_t vlen)
+void hx_req_init(hx_req *r, const hx_req_ops *ops, hx_worker *w, hx_conn *c, size_t arena)
 {
-    if (h->n == h->cap) {
-        size_t cap = h->cap ? h->cap * 2 : 16;
-        hx_hdr *v = hx_arena_alloc(a, cap * sizeof(*v));
-        if (v == NULL)
-            return -1;
-        if (h->n)
-            memcpy(v, h->v, h->n * sizeof(*v));
-        h->v = v;
-        h->cap = cap;
-    }
-    char *nm = hx_arena_strndup(a, name, nlen);
-    char *vl = hx_arena_strndup(a, value, vlen);
-    if (nm == NULL || vl == NULL)
-        return -1;
-    h->v[h->n].name = (helios_buf){nm, nlen};
-    h->v[h->n].value = (helios_buf){vl, vlen};
-    h->n++;
-    return 0;
+    memset(r, 0, sizeof(*r));
+    hx_arena_init(&r->arena, r->first, arena);
+    r->ops = ops;
+    r->conn = c;
+    r->w = w;
+    r->wg = w->wgen;
+    hx_wgen_ref(r->wg);
+    r->gen = r->wg->gen;
+    r->content_length = -1;
+    r->resp_length = -1;
+    r->start = ev_now(w->loop);
 }
 
-helios_buf hx_hdrs_get(const hx_hdrs *h, const char *name)
+void hx_req_fini(hx_req *r)
 {
-    size_t n = strlen(name);
-    for (size_t i = 0; i < h->n; i++)
-        if (h->v[i].name.len == n && strncasecmp(h->v[i].name.ptr, name, n) == 0)
-            return h->v[i].value;
-    return (helios_buf){NULL, 0};
+    if (ev_is_active(&r->deadline))
+        ev_timer_stop(r->w->loop, &r->deadline);
+    hx_req_body_end(r);
+    hx_subs_cancel_all(r);
+    hx_proxy->detach(r);
+    hx_wgen_unref(r->wg);
+    hx_arena_reset(&r->arena);
 }
 
-int hx_hdrs_remove(hx_hdrs *h, const char *name)
+#define HX_REQ_ARENA 4096
+
+hx_req *hx_req_alloc(const hx_req_ops *ops, hx_worker *w, hx_conn *c)
 {
-    size_t n = strlen(name), o = 0;
-    int removed = 0;
-    for (size_t i = 0; i < h->n; i++) {
-        if (h->v[i].name.len == n && strncasecmp(h->v[i].name.ptr, name, n) == 0) {
-            removed++;
-            continue;
+    hx_req *r = malloc(sizeof(*r) + sizeof(hx_arena_block) + HX_REQ_ARENA);
+    if (r)
+        hx_req_init(r, ops, w, c, HX_REQ_ARENA);
+    return r;
+}
+
+void hx_req_release(hx_req *r)
+{
+    hx_req_fini(r);
+    free(r);
+}
+
+/* Once per request: the handler's on_done, filters' on_log in reverse
+ * order, then the access log. */
+void hx_req_log(hx_req *r)
+{
+    if (r->log_done)
+        return;
+    r->log_done = 1;
+    hx_worker *w = r->w;
+    HX_STAT_ADD(w, requests, 1);
+    HX_STAT_ADD(w, bytes_in, r->bytes_in);
+    HX_STAT_ADD(w, bytes_out, r->bytes_out);
+    if (r->counted)
+        HX_STAT_ADD(w, requests_active, -1);
+    hx_req_body_end(r);
+    if (r->route && r->route->handler) {
+        const hx_instance *inst = r->route->handler;
+        const helios_handler_hooks *hh = inst->mod->handler;
+        if (hh->size >= offsetof(helios_handler_hooks, on_done) + sizeof(hh->on_done) &&
+            hh->on_done) {
+            helios_ctx ctx;
+            hx_ctx_init(&ctx, r, inst);
+            hh->on_done(&ctx);
         }
-        h->v[o++] = h->v[i];
     }
-    h->n = o;
-    return removed;
+    if (r->route) {
+        for (size_t i = r->route->nfilters; i-- > 0;) {
+            const hx_instance *inst = r->route->filters[i];
+            if (inst->mod->filter->on_log) {
+                helios_ctx ctx;
+                hx_ctx_init(&ctx, r, inst);
+                inst->mod->filter->on_log(&ctx);
+            }
+        }
+    }
+    hx_accesslog_write(r);
+}
+
+/* Request body bytes: through the filters, then to the proxy or the
+ * handler, or dropped. */
+int hx_req_body_in(hx_req *r, const char *at, size_t len, int last)
+{
+    r->bytes_in += len;
+    if (last)
+        r->body_done = 1;
+    if (r->body_discard || r->phase == HX_PH_DONE || r->phase == HX_PH_RESPONDING)
+        return 0;
+    helios_buf chunk = {at, len};
+    if (r->route) {
+        for (size_t i = 0; i < r->route->nfilters; i++) {
+            const hx_instance *inst = r->route->filters[i];
+            if (!inst->mod->filter->on_request_body)
+                continue;
+            helios_ctx ctx;
+            hx_ctx_init(&ctx, r, inst);
+            int rc = inst->mod->filter->on_request_body(&ctx, &chunk, last);
+            if (rc == HELIOS_RESPONDED && r->head_sent) {
+                /* the module answered (e.g. 413): the unread rest of the
+                 * body makes the connection unusable (HTTP/1.x; an HTTP/2
+                 * stream is reset instead) */
+                hx_proxy->detach(r);
+                r->body_discard = 1;
+                if (r->ops->no_reuse)
+                    r->ops->no_reuse(r);
+                return 0;
+            }
+            if (rc != HELIOS_CONTINUE) {
+                hx_error("module %s: on_request_body returned %d", inst->mod->name, rc);
+                return -1;
+            }
+        }
+    }
+    if (r->phase == HX_PH_PROXY)
+        return hx_proxy->body(r, chunk.ptr, chunk.len, last);
+    if (hx_req_body_wanted_by_handler(r))
+        hx_req_body_deliver(r, chunk.ptr, chunk.len, last);
+    return 0;
 }
 
 /* ------------------------------------------------------------------ */
@@ -136,7 +179,8 @@ static int trusted(const hx_gen *g, const struct sockaddr *sa)
 static void resolve_client(hx_req *r)
 {
     const hx_gen *g = r->gen;
-    if (g->ntrusted == 0 || !trusted(g, (struct sockaddr *)&r->conn->peer))
+    /* r->client is still the connection's peer here */
+    if (g->ntrusted == 0 || !trusted(g, (struct sockaddr *)&r->client))
         return;
     helios_buf xff = hx_hdrs_get(&r->hdrs, "x-forwarded-for");
     if (xff.ptr == NULL)
@@ -253,7 +297,7 @@ static void run_handler_or_proxy(hx_req *r)
                                                    : "handler failed");
         return;
     }
-    hx_proxy_start(r);
+    hx_proxy->start(r);
 }
 
 static void deadline_cb(struct ev_loop *loop, ev_timer *t, int revents)
@@ -261,15 +305,14 @@ static void deadline_cb(struct ev_loop *loop, ev_timer *t, int revents)
     (void)loop;
     (void)revents;
     hx_req *r = t->data;
-    hx_conn *c = r->conn;
-    hx_conn_enter(c);
+    hx_req_enter(r);
     if (!r->head_sent) {
-        hx_proxy_detach(r);
+        hx_proxy->detach(r);
         hx_req_error(r, 504, "request timeout");
     } else if (!r->resp_done) {
         hx_resp_abort(r, "request timeout");
     }
-    hx_conn_leave(c);
+    hx_req_leave(r);
 }
 
 void hx_req_start(hx_req *r)
@@ -365,8 +408,7 @@ void hx_req_resume(hx_req *r, int status)
     if (!r->paused)
         return; /* late or duplicate resume: a no-op by contract */
     r->paused = 0;
-    hx_conn *c = r->conn;
-    hx_conn_enter(c);
+    hx_req_enter(r);
     if (status == HELIOS_CONTINUE) {
         if (r->phase == HX_PH_FILTERS)
             run_request_filters(r);
@@ -378,7 +420,7 @@ void hx_req_resume(hx_req *r, int status)
     } else {
         hx_req_error(r, 500, "module resumed with an error");
     }
-    hx_conn_leave(c);
+    hx_req_leave(r);
 }
 
 /* ------------------------------------------------------------------ */
@@ -415,8 +457,8 @@ int hx_req_respond(hx_req *r, int status, const char *ctype, const void *body, s
 
 void hx_req_error(hx_req *r, int status, const char *reason)
 {
-    if (r->sub) {
-        hx_sub_error(r, status, reason);
+    if (r->ops->fail) {
+        r->ops->fail(r, status, reason);
         return;
     }
     if (r->head_sent) {
@@ -435,51 +477,13 @@ void hx_req_error(hx_req *r, int status, const char *reason)
     char body[128];
     int n = snprintf(body, sizeof(body), "%d %s\n", status, hx_reason(status));
     /* the framing of a request we could not read is not trustworthy */
-    if (!r->body_done && !r->h2s && (status == 400 || status == 408 || status == 413))
-        r->conn->close_after = 1;
+    if (!r->body_done && (status == 400 || status == 408 || status == 413) && r->ops->no_reuse)
+        r->ops->no_reuse(r);
     hx_req_respond(r, status, "text/plain", body, (size_t)n);
-}
-
-static const char *const hop_by_hop[] = {"connection", "keep-alive", "proxy-connection",
-                                         "transfer-encoding", "te", "trailer", "upgrade",
-                                         "proxy-authenticate", NULL};
-
-int hx_is_hop_header(const char *name, size_t n);
-int hx_is_hop_header(const char *name, size_t n)
-{
-    for (const char *const *h = hop_by_hop; *h; h++)
-        if (strlen(*h) == n && strncasecmp(*h, name, n) == 0)
-            return 1;
-    return 0;
-}
-
-/* 1 when a Connection header in H lists NAME (RFC 9110 7.6.1). */
-int hx_hdrs_connection_lists(const hx_hdrs *h, const char *name, size_t n);
-int hx_hdrs_connection_lists(const hx_hdrs *h, const char *name, size_t n)
-{
-    for (size_t i = 0; i < h->n; i++) {
-        const hx_hdr *c = &h->v[i];
-        if (c->name.len != 10 || strncasecmp(c->name.ptr, "connection", 10) != 0)
-            continue;
-        const char *p = c->value.ptr, *e = p + c->value.len;
-        while (p < e) {
-            while (p < e && (*p == ' ' || *p == '\t' || *p == ','))
-                p++;
-            const char *s = p;
-            while (p < e && *p != ',' && *p != ' ' && *p != '\t')
-                p++;
-            if ((size_t)(p - s) == n && strncasecmp(s, name, n) == 0)
-                return 1;
-        }
-    }
-    return 0;
 }
 
 int hx_resp_begin(hx_req *r)
 {
-    if (r->sub)
-        return hx_sub_head(r);
-    hx_conn *c = r->conn;
     if (r->route) {
         for (size_t i = r->route->nfilters; i-- > 0;) {
             const hx_instance *inst = r->route->filters[i];
@@ -492,7 +496,7 @@ int hx_resp_begin(hx_req *r)
                 hx_error("module %s: on_response_headers returned %d", inst->mod->name, rc);
                 /* replace the response with a plain 500, no filters */
                 r->route = NULL;
-                hx_proxy_detach(r);
+                hx_proxy->detach(r);
                 r->head_sent = 0;
                 hx_req_error(r, 500, "response filter failed");
                 return -1;
@@ -510,74 +514,10 @@ int hx_resp_begin(hx_req *r)
             v = (cl.ptr[i] >= '0' && cl.ptr[i] <= '9') ? v * 10 + (cl.ptr[i] - '0') : -1;
         r->resp_length = cl.len ? v : -1;
     }
-    if (r->h2s) {
-        /* HTTP/2 frames the body itself: no chunking, no Connection */
-        if (hx_h2_resp_head(r) != 0) {
-            hx_resp_abort(r, "cannot send the HTTP/2 response head");
-            return -1;
-        }
-        r->head_sent = 1;
-        if (r->resp_no_body) {
-            r->resp_done = 1;
-            hx_req_finish(r);
-        }
-        return 0;
+    if (r->ops->write_head(r) != 0) {
+        hx_resp_abort(r, "cannot send the response head");
+        return -1;
     }
-    int keep = r->keepalive && !c->close_after && !c->w->stopping;
-    if (!r->resp_no_body && r->resp_length < 0) {
-        if (r->http_minor >= 1) {
-            r->resp_chunked = 1;
-        } else {
-            r->resp_close = 1;
-            keep = 0;
-        }
-    }
-    if (!keep)
-        c->close_after = 1;
-
-    /* serialise straight into the connection's output */
-    hx_buf *head = &c->out;
-    int has_connection = hx_hdrs_get(&r->rhdrs, "connection").ptr != NULL;
-    char line[64];
-    const char *reason = hx_reason(status);
-    size_t rl = strlen(reason);
-    memcpy(line, "HTTP/1.1 ", 9);
-    size_t n = 9 + hx_u64_dec(line + 9, (unsigned)status);
-    line[n++] = ' ';
-    hx_buf_append(head, line, n);
-    hx_buf_append(head, reason, rl);
-    hx_buf_append(head, "\r\n", 2);
-    for (size_t i = 0; i < r->rhdrs.n; i++) {
-        const hx_hdr *h = &r->rhdrs.v[i];
-        if (hx_is_hop_header(h->name.ptr, h->name.len) ||
-            (has_connection && hx_hdrs_connection_lists(&r->rhdrs, h->name.ptr, h->name.len)))
-            continue;
-        if (h->name.len == 14 && strncasecmp(h->name.ptr, "content-length", 14) == 0 &&
-            (r->resp_chunked || r->resp_close || (r->resp_no_body && !r->is_head &&
-                                                  status != 304)))
-            continue;
-        /* never emit a header that could split the response */
-        if (!hx_hdr_name_valid(h->name.ptr, h->name.len) ||
-            !hx_hdr_value_valid(h->value.ptr, h->value.len)) {
-            hx_warn("dropping invalid response header '%.*s'", (int)h->name.len, h->name.ptr);
-            continue;
-        }
-        hx_buf_append(head, h->name.ptr, h->name.len);
-        hx_buf_append(head, ": ", 2);
-        hx_buf_append(head, h->value.ptr, h->value.len);
-        hx_buf_append(head, "\r\n", 2);
-    }
-    if (r->resp_chunked)
-        hx_buf_append(head, "Transfer-Encoding: chunked\r\n", 28);
-    if (status == 101 && r->ws_upgrade) {
-        /* WebSocket: the switch is confirmed on this hop too (tunnel.c) */
-        static const char sw[] = "Upgrade: websocket\r\nConnection: upgrade\r\n";
-        hx_buf_append(head, sw, sizeof(sw) - 1);
-    } else if (!keep)
-        hx_buf_append(head, "Connection: close\r\n", 19);
-    else if (r->http_minor == 0)
-        hx_buf_append(head, "Connection: keep-alive\r\n", 24);
-    hx_buf_append(head, "\r\n", 2);
     r->head_sent = 1;
     if (r->resp_no_body) {
         r->resp_done = 1;
@@ -590,8 +530,6 @@ int hx_resp_body(hx_req *r, const char *p, size_t n, int last)
 {
     if (r->resp_done)
         return 0;
-    if (r->sub)
-        return hx_sub_body(r, p, n, last);
     helios_buf chunk = {p, n};
     if (r->route) {
         for (size_t i = r->route->nfilters; i-- > 0;) {
@@ -608,54 +546,21 @@ int hx_resp_body(hx_req *r, const char *p, size_t n, int last)
             }
         }
     }
-    hx_conn *c = r->conn;
-    if (chunk.len > 0) {
-        if (r->resp_length >= 0 && r->bytes_out + chunk.len > (uint64_t)r->resp_length) {
+    if (r->resp_length >= 0) {
+        uint64_t total = r->bytes_out + chunk.len;
+        if (total > (uint64_t)r->resp_length) {
             hx_resp_abort(r, "response body longer than its Content-Length");
             return -1;
         }
-        if (r->h2s) {
-            if (hx_h2_resp_data(r, chunk.ptr, chunk.len, 0) != 0) {
-                hx_resp_abort(r, "out of memory");
-                return -1;
-            }
-        } else if (r->resp_chunked) {
-            char hdr[24];
-            size_t hn = hx_u64_hex(hdr, chunk.len);
-            hdr[hn++] = '\r';
-            hdr[hn++] = '\n';
-            struct iovec v[3] = {{hdr, hn}, {(void *)chunk.ptr, chunk.len}, {"\r\n", 2}};
-            hx_conn_writev(c, v, 3);
-        } else {
-            struct iovec v[1] = {{(void *)chunk.ptr, chunk.len}};
-            hx_conn_writev(c, v, 1);
-        }
-        r->bytes_out += chunk.len;
-    }
-    if (last) {
-        if (r->resp_length >= 0 && r->bytes_out != (uint64_t)r->resp_length) {
+        if (last && total != (uint64_t)r->resp_length) {
             hx_resp_abort(r, "response body shorter than its Content-Length");
             return -1;
         }
-        if (r->h2s) {
-            hx_h2_resp_data(r, NULL, 0, 1); /* trailers go with the end (http2.c) */
-        } else if (r->resp_chunked && r->trailers.n) {
-            /* trailers of an HTTP/2 backend (gRPC) on a chunked HTTP/1.1 body */
-            hx_conn_write(c, "0\r\n", 3);
-            for (size_t i = 0; i < r->trailers.n; i++) {
-                const hx_hdr *t = &r->trailers.v[i];
-                if (!hx_hdr_name_valid(t->name.ptr, t->name.len) ||
-                    !hx_hdr_value_valid(t->value.ptr, t->value.len))
-                    continue;
-                hx_conn_write(c, t->name.ptr, t->name.len);
-                hx_conn_write(c, ": ", 2);
-                hx_conn_write(c, t->value.ptr, t->value.len);
-                hx_conn_write(c, "\r\n", 2);
-            }
-            hx_conn_write(c, "\r\n", 2);
-        } else if (r->resp_chunked) {
-            hx_conn_write(c, "0\r\n\r\n", 5);
-        }
+    }
+    if (r->ops->write_body(r, chunk.ptr, chunk.len, last) != 0)
+        return -1;
+    r->bytes_out += chunk.len;
+    if (last) {
         r->resp_done = 1;
         hx_req_finish(r);
     }
@@ -664,8 +569,8 @@ int hx_resp_body(hx_req *r, const char *p, size_t n, int last)
 
 void hx_resp_abort(hx_req *r, const char *why)
 {
-    if (r->sub) {
-        hx_sub_error(r, 502, why);
+    if (r->ops->fail) {
+        r->ops->fail(r, 502, why);
         return;
     }
     if (r->resp_done && r->phase == HX_PH_DONE)
@@ -678,13 +583,10 @@ void hx_resp_abort(hx_req *r, const char *why)
     r->error_reason = why;
     r->aborted = 1;
     r->resp_done = 1;
-    if (r->h2s)
-        hx_h2_resp_abort(r);
-    else
-        r->conn->close_after = 1;
+    r->ops->abort(r);
     if (!r->head_sent)
         r->head_sent = 1;
-    hx_proxy_detach(r);
+    hx_proxy->detach(r);
     hx_req_finish(r);
 }
 

@@ -21,11 +21,10 @@
 #include <strings.h>
 
 #include "base/log.h"
-#include "proxy/upstream.h"
-
-int hx_is_hop_header(const char *name, size_t n);
 
 #define HX_SUB_ARENA 2048
+
+static const hx_req_ops sub_ops;
 
 typedef struct hx_sub {
     hx_req *r; /* conn NULL, sub = this */
@@ -54,7 +53,7 @@ static void sub_free(hx_sub *s)
     hx_req *r = s->r;
     if (ev_is_active(&s->kick))
         ev_timer_stop(r->w->loop, &s->kick);
-    hx_proxy_detach(r);
+    hx_proxy->detach(r);
     if (s->parent) {
         if (s->prev)
             s->prev->next = s->next;
@@ -81,31 +80,6 @@ void hx_sub_leave(hx_req *r)
 
 /* ------------------------------------------------------------------ */
 /* module API                                                          */
-
-static int method_id(const char *m)
-{
-    static const struct {
-        const char *name;
-        int id;
-    } t[] = {{"GET", HTTP_GET},       {"HEAD", HTTP_HEAD},       {"POST", HTTP_POST},
-             {"PUT", HTTP_PUT},       {"DELETE", HTTP_DELETE},   {"PATCH", HTTP_PATCH},
-             {"OPTIONS", HTTP_OPTIONS}, {"TRACE", HTTP_TRACE}};
-    for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++)
-        if (strcmp(m, t[i].name) == 0)
-            return t[i].id;
-    return -1; /* any other token: not idempotent, never retried after sending */
-}
-
-static int token_valid(const char *p)
-{
-    if (*p == '\0')
-        return 0;
-    for (; *p; p++)
-        if (!((*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') ||
-              strchr("!#$%&'*+-.^_`|~", *p)))
-            return 0;
-    return 1;
-}
 
 static int target_valid(const char *t)
 {
@@ -140,7 +114,7 @@ helios_subreq *hx_subreq_new(helios_worker *hw, helios_request *parent, const ch
         w = pr->w;
     if (w == NULL || w != hx_worker_self())
         return fail_null(err, errlen, "subrequests are made on the worker's own thread%s", NULL);
-    if (method == NULL || !token_valid(method))
+    if (method == NULL || !hx_token_valid(method, strlen(method)))
         return fail_null(err, errlen, "invalid method '%s'", method);
     if (target == NULL || !target_valid(target))
         return fail_null(err, errlen,
@@ -169,6 +143,7 @@ helios_subreq *hx_subreq_new(helios_worker *hw, helios_request *parent, const ch
     s->parent = pr;
     s->route.name = pr && pr->route && pr->route->name ? pr->route->name : "";
     s->route.upstream = up;
+    r->ops = &sub_ops;
     r->sub = s;
     r->w = w;
     r->wg = wg;
@@ -181,7 +156,7 @@ helios_subreq *hx_subreq_new(helios_worker *hw, helios_request *parent, const ch
     r->keepalive = 1;
     r->body_done = 1;
     r->start = ev_now(w->loop);
-    r->method_id = method_id(method);
+    r->method_id = hx_method_id(method, strlen(method));
     r->is_head = strcmp(method, "HEAD") == 0;
     char *m = hx_arena_strndup(&r->arena, method, strlen(method));
     char *t = hx_arena_strndup(&r->arena, target, strlen(target));
@@ -240,7 +215,7 @@ static void kick_cb(struct ev_loop *loop, ev_timer *t, int revents)
     hx_req *r = s->r;
     hx_sub_enter(r);
     if (!s->cancelled)
-        hx_proxy_start(r);
+        hx_proxy->start(r);
     hx_sub_leave(r);
 }
 
@@ -306,7 +281,7 @@ void hx_subreq_cancel(helios_subreq *hs)
          * A finished response keeps its backend connection, which goes
          * back to the pool; otherwise let go of the backend now. */
         if (!s->done)
-            hx_proxy_detach(s->r);
+            hx_proxy->detach(s->r);
         return;
     }
     sub_free(s);
@@ -380,21 +355,25 @@ helios_buf hx_sub_body_bytes(hx_req *r)
     return (helios_buf){r->sub->body, r->sub->body_len};
 }
 
-int hx_sub_head(hx_req *r)
+/* The module hears the end of every response, bodiless ones included, as
+ * on_body(last), and gets the body as the upstream framed it (the proxy
+ * already checked that framing): no "no body" shortcut, no length check. */
+static int sub_head(hx_req *r)
 {
     hx_sub *s = r->sub;
+    r->resp_no_body = 0;
+    r->resp_length = -1;
     r->head_sent = 1;
     if (!s->cancelled && CB_HAS(s->cb, on_head))
         s->cb->on_head(s->arg, (helios_subreq *)s);
     return 0;
 }
 
-int hx_sub_body(hx_req *r, const char *p, size_t n, int last)
+static int sub_body(hx_req *r, const char *p, size_t n, int last)
 {
     hx_sub *s = r->sub;
     if (s->done)
         return -1;
-    r->bytes_out += n;
     if (last) {
         s->done = 1;
         r->resp_done = 1;
@@ -404,14 +383,14 @@ int hx_sub_body(hx_req *r, const char *p, size_t n, int last)
     return s->cancelled && !last ? -1 : 0;
 }
 
-void hx_sub_error(hx_req *r, int status, const char *why)
+static void sub_error(hx_req *r, int status, const char *why)
 {
     hx_sub *s = r->sub;
     if (s->done)
         return;
     s->done = 1;
     r->aborted = 1;
-    hx_proxy_detach(r);
+    hx_proxy->detach(r);
     hx_debug("subrequest \"%.*s %.*s\" to upstream %s: %d: %s", (int)r->method.len,
              r->method.ptr, (int)r->target.len, r->target.ptr, r->route->upstream->name, status,
              why ? why : "");
@@ -421,6 +400,30 @@ void hx_sub_error(hx_req *r, int status, const char *why)
      * kick) is inside the kick's bracket; elsewhere too: freed at leave */
 }
 
+static void sub_abort(hx_req *r) { sub_error(r, 502, "response aborted"); }
+
+static void sub_nothing(hx_req *r) { (void)r; } /* the body is in memory */
+
+static size_t sub_pending(const hx_req *r)
+{
+    (void)r;
+    return 0; /* the module takes every chunk as it comes */
+}
+
+/* A subrequest's "client" is the module that made it. */
+static const hx_req_ops sub_ops = {
+    .name = "subrequest",
+    .write_head = sub_head,
+    .write_body = sub_body,
+    .abort = sub_abort,
+    .no_reuse = NULL,
+    .fail = sub_error,
+    .body_wanted = sub_nothing,
+    .pending = sub_pending,
+    .enter = hx_sub_enter,
+    .leave = hx_sub_leave,
+};
+
 /* ------------------------------------------------------------------ */
 /* handler request bodies                                              */
 
@@ -429,13 +432,12 @@ static void body_kick_cb(struct ev_loop *loop, ev_timer *t, int revents)
     (void)loop;
     (void)revents;
     hx_req *r = t->data;
-    hx_conn *c = r->conn;
-    hx_conn_enter(c);
+    hx_req_enter(r);
     if (!r->has_body || r->body_done)
         hx_req_body_deliver(r, NULL, 0, 1);
     else
         hx_req_body_wanted(r);
-    hx_conn_leave(c);
+    hx_req_leave(r);
 }
 
 int hx_req_body_read(helios_request *rq,

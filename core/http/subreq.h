@@ -7,7 +7,7 @@
 
 #include <helios.h>
 
-#include "http/http.h"
+#include "http/request.h"
 
 int hx_req_body_read(helios_request *r,
                      void (*on_data)(void *arg, helios_buf chunk, int last, int error), void *arg);
@@ -22,18 +22,16 @@ size_t hx_subreq_header_count(helios_subreq *s);
 int hx_subreq_header_at(helios_subreq *s, size_t i, helios_buf *name, helios_buf *value);
 void hx_subreq_cancel(helios_subreq *s);
 
-/* core side (upstream.c, request.c, http1.c) */
+/* core side (upstream.c): a subrequest's bracket (its ops' enter/leave),
+ * its request head and its in-memory body */
 void hx_sub_enter(hx_req *r);
 void hx_sub_leave(hx_req *r);
 int hx_sub_serialize(hx_req *r, hx_buf *o);
 helios_buf hx_sub_body_bytes(hx_req *r);
-int hx_sub_head(hx_req *r);
-int hx_sub_body(hx_req *r, const char *p, size_t n, int last);
-void hx_sub_error(hx_req *r, int status, const char *why);
 /* The parent request R ends: cancel its remaining subrequests. */
 void hx_subs_cancel_all(hx_req *r);
 
-/* http1.c: handler body reading */
+/* request.c, the protocols: handler body reading */
 int hx_req_body_wanted_by_handler(const hx_req *r);
 void hx_req_body_deliver(hx_req *r, const char *p, size_t n, int last);
 /* The request ends: a handler still reading the body hears it failed. */

@@ -38,6 +38,7 @@
 
 #include "base/log.h"
 #include "http/subreq.h"
+#include "http/transport.h"
 #include "config/tls.h"
 #include "proxy/upstream.h"
 
@@ -94,39 +95,16 @@ static int conn_pump(hx_h2up_conn *c);
 static int conn_update(hx_h2up_conn *c);
 
 /* ------------------------------------------------------------------ */
-/* request brackets                                                    */
-
-static void req_enter(hx_req *r)
-{
-    if (r->conn)
-        hx_conn_enter(r->conn);
-    else
-        hx_sub_enter(r);
-}
-
-static void req_leave(hx_req *r, hx_conn *cc)
-{
-    if (cc)
-        hx_conn_leave(cc);
-    else
-        hx_sub_leave(r);
-}
-
-/* ------------------------------------------------------------------ */
 /* transport                                                           */
 
 static ssize_t c_send(hx_h2up_conn *c, const void *p, size_t n)
 {
-    if (c->ssl == NULL)
-        return send(c->fd, p, n, MSG_NOSIGNAL);
-    return hx_tls_send(c->ssl, p, n);
+    return hx_sock_send(c->fd, c->ssl, p, n);
 }
 
 static ssize_t c_recv(hx_h2up_conn *c, void *p, size_t n)
 {
-    if (c->ssl == NULL)
-        return recv(c->fd, p, n, 0);
-    return hx_tls_recv(c->ssl, p, n, NULL);
+    return hx_sock_recv(c->fd, c->ssl, p, n, NULL);
 }
 
 /* ------------------------------------------------------------------ */
@@ -181,12 +159,11 @@ static void stream_fail(hx_h2up_stream *st, int outcome, const char *why)
     if (r == NULL)
         return;
     hx_backend *b = st->b;
-    hx_conn *cc = r->conn;
-    req_enter(r);
+    hx_req_enter(r);
     stream_let_go(st);
     hx_proxy_report(r, b, outcome, 0);
     hx_proxy_attempt_failed(r, b, outcome, why);
-    req_leave(r, cc);
+    hx_req_leave(r);
 }
 
 static void stream_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
@@ -378,12 +355,11 @@ static void stream_finish(hx_h2up_stream *st)
     if (r == NULL)
         return;
     hx_backend *b = st->b;
-    hx_conn *cc = r->conn;
-    req_enter(r);
+    hx_req_enter(r);
     stream_let_go(st);
     hx_proxy_report(r, b, HELIOS_OUTCOME_OK, r->status);
     hx_resp_body(r, NULL, 0, 1);
-    req_leave(r, cc);
+    hx_req_leave(r);
 }
 
 static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *f, void *user)
@@ -406,8 +382,7 @@ static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *f, void *user)
             return 0; /* an interim response */
         st->head_seen = 1;
         r->upstream_bytes_seen = 1;
-        hx_conn *cc = r->conn;
-        req_enter(r);
+        hx_req_enter(r);
         if (end) {
             /* a response that is all head (gRPC's trailers-only) */
             if (r->h2s)
@@ -416,7 +391,7 @@ static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *f, void *user)
                 hx_hdrs_add(&r->arena, &r->rhdrs, "content-length", 14, "0", 1);
         }
         hx_resp_begin(r);
-        req_leave(r, cc);
+        hx_req_leave(r);
         if (end && st->r) {
             st->got_final = 1;
             stream_finish(st);
@@ -441,15 +416,14 @@ static int on_data_chunk(nghttp2_session *s, uint8_t flags, int32_t id, const ui
         return 0;
     }
     hx_req *r = st->r;
-    hx_conn *cc = r->conn;
-    req_enter(r);
+    hx_req_enter(r);
     hx_resp_body(r, (const char *)data, len, 0);
     /* acknowledge now if the client side has room, else when it drains */
     if (st->r && hx_req_pending(r) > r->gen->limits.max_body_buffer)
         st->unconsumed += len;
     else
         nghttp2_session_consume(s, id, len);
-    req_leave(r, cc);
+    hx_req_leave(r);
     return 0;
 }
 
@@ -682,10 +656,9 @@ static void kick_bodies(hx_h2up_conn *c)
         if (r == NULL || r->body_done)
             continue;
         any = 1;
-        hx_conn *cc = r->conn;
-        req_enter(r);
+        hx_req_enter(r);
         hx_req_body_wanted(r);
-        req_leave(r, cc);
+        hx_req_leave(r);
     }
     c->busy--;
     if (c->zombie) {

@@ -6,7 +6,7 @@
 #ifndef HX_H2UP_H
 #define HX_H2UP_H
 
-#include "http/http.h"
+#include "http/conn.h"
 
 typedef struct hx_h2up_conn hx_h2up_conn;
 typedef struct hx_h2up_stream hx_h2up_stream;

@@ -29,8 +29,11 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
-#include "http/http.h"
+#include "proxy/tunnel.h"
+
 #include "base/log.h"
+#include "http/conn.h"
+#include "http/transport.h"
 #include "proxy/upstream.h"
 
 #define HX_TUNNEL_READ 65536
@@ -40,6 +43,8 @@ typedef struct hx_tunnel {
     hx_req *r;
     hx_conn *c;
     hx_upconn *u;
+    int ufd;            /* the upstream connection's transport */
+    SSL *ussl;
     ev_io *urio, *uwio; /* the upstream connection's watchers, lent */
     hx_buf *uout;       /* bytes to the backend (the upstream's buffer) */
     ev_tstamp last_io;
@@ -51,25 +56,6 @@ typedef struct hx_tunnel {
 
 /* ------------------------------------------------------------------ */
 /* helpers shared with http1.c and upstream.c                          */
-
-int hx_tunnel_is_websocket(helios_buf h)
-{
-    const char *p = h.ptr, *e = h.ptr + h.len;
-    if (p == NULL)
-        return 0;
-    while (p < e) {
-        while (p < e && (*p == ' ' || *p == '\t' || *p == ','))
-            p++;
-        const char *s = p;
-        while (p < e && *p != ',' && *p != ' ' && *p != '\t' && *p != '/')
-            p++;
-        if (p - s == 9 && strncasecmp(s, "websocket", 9) == 0)
-            return 1;
-        while (p < e && *p != ',') /* a protocol version: skipped */
-            p++;
-    }
-    return 0;
-}
 
 int hx_tunnel_slot_take(hx_req *r, hx_backend *b)
 {
@@ -111,6 +97,25 @@ static size_t max_buffer(const hx_tunnel *t)
     return t->r->gen->limits.max_body_buffer;
 }
 
+/* Both sides through the one transport (http/transport.h). */
+static ssize_t side_send(hx_tunnel *t, int to_client, const void *p, size_t n)
+{
+    return to_client ? hx_sock_send(t->c->fd, t->c->ssl, p, n) : hx_sock_send(t->ufd, t->ussl, p, n);
+}
+
+static ssize_t side_recv(hx_tunnel *t, int from_client, void *p, size_t n)
+{
+    if (!from_client)
+        return hx_sock_recv(t->ufd, t->ussl, p, n, NULL);
+    int want_write = 0;
+    ssize_t r = hx_sock_recv(t->c->fd, t->c->ssl, p, n, &want_write);
+    if (want_write) {
+        t->c->tls_rd_wants_write = 1;
+        ev_io_start(t->c->w->loop, &t->c->wio);
+    }
+    return r;
+}
+
 static int would_block(void)
 {
     return errno == EAGAIN || errno == EWOULDBLOCK;
@@ -120,8 +125,7 @@ static int would_block(void)
 static int flush_out(hx_tunnel *t, hx_buf *out, int to_client)
 {
     while (hx_buf_size(out) > 0) {
-        ssize_t w = to_client ? hx_conn_send(t->c, hx_buf_head(out), hx_buf_size(out))
-                              : hx_up_send(t->u, hx_buf_head(out), hx_buf_size(out));
+        ssize_t w = side_send(t, to_client, hx_buf_head(out), hx_buf_size(out));
         if (w < 0) {
             if (errno == EINTR)
                 continue;
@@ -144,7 +148,7 @@ static int forward(hx_tunnel *t, hx_buf *out, int to_client, const char *p, size
     if (hx_buf_size(out) == 0) {
         ssize_t w;
         do {
-            w = to_client ? hx_conn_send(t->c, p, n) : hx_up_send(t->u, p, n);
+            w = side_send(t, to_client, p, n);
         } while (w < 0 && errno == EINTR);
         if (w < 0 && !would_block())
             return -1;
@@ -163,8 +167,7 @@ static void pump(hx_tunnel *t, int from_client)
     for (int i = 0; i < HX_TUNNEL_READS && !*eof && !t->failed; i++) {
         if (hx_buf_size(out) >= max_buffer(t))
             return;
-        ssize_t n =
-            from_client ? hx_conn_recv(t->c, buf, sizeof(buf)) : hx_up_recv(t->u, buf, sizeof(buf));
+        ssize_t n = side_recv(t, from_client, buf, sizeof(buf));
         if (n > 0) {
             t->last_io = ev_now(t->c->w->loop);
             if (from_client)
@@ -195,17 +198,6 @@ static void watch(hx_tunnel *t, ev_io *io, int want)
         ev_io_stop(loop, io);
 }
 
-/* EOF to the client: TLS close_notify first, then the TCP FIN. */
-static void client_shutdown_write(hx_conn *c)
-{
-    if (c->ssl) {
-        ERR_clear_error();
-        SSL_shutdown(c->ssl);
-        ERR_clear_error();
-    }
-    shutdown(c->fd, SHUT_WR);
-}
-
 /* After any event: send what is queued, pass EOFs on, end the tunnel when
  * both directions are over, and watch exactly what may move now. */
 static void tunnel_update(hx_tunnel *t)
@@ -218,11 +210,11 @@ static void tunnel_update(hx_tunnel *t)
     if (t->failed)
         return;
     if (t->c_eof && !t->u_shut && hx_buf_size(t->uout) == 0) {
-        hx_up_shutdown_write(t->u);
+        hx_sock_shutdown_write(t->ufd, t->ussl);
         t->u_shut = 1;
     }
     if (t->u_eof && !t->c_shut && hx_buf_size(&c->out) == 0) {
-        client_shutdown_write(c);
+        hx_sock_shutdown_write(c->fd, c->ssl);
         t->c_shut = 1;
     }
     if (t->c_shut && t->u_shut) {
@@ -238,9 +230,9 @@ static void tunnel_update(hx_tunnel *t)
     watch(t, t->uwio, hx_buf_size(t->uout) > 0);
     c->reading = c_read;
     /* TLS holds decrypted bytes epoll cannot see */
-    if (c_read && c->ssl && SSL_has_pending(c->ssl))
+    if (c_read && hx_sock_rd_pending(c->ssl))
         ev_feed_event(c->w->loop, &c->rio, EV_READ);
-    if (u_read && hx_up_rd_pending(t->u))
+    if (u_read && hx_sock_rd_pending(t->ussl))
         ev_feed_event(c->w->loop, t->urio, EV_READ);
 }
 
@@ -337,7 +329,7 @@ void hx_tunnel_start(hx_req *r, hx_upconn *u, const char *rest, size_t n)
     t->u = u;
     t->idle = r->gen->timeouts.tunnel_idle_ms / 1000.0;
     t->last_io = ev_now(loop);
-    hx_up_tunnel_io(u, &t->urio, &t->uwio, &t->uout);
+    hx_up_tunnel_io(u, &t->ufd, &t->ussl, &t->urio, &t->uwio, &t->uout);
     /* the client connection's HTTP machinery stops here */
     ev_io_stop(loop, &c->rio);
     ev_io_stop(loop, &c->wio);
@@ -394,6 +386,6 @@ void hx_tunnel_close(hx_req *r)
     }
     r->tunnel = NULL;
     free(t);
-    hx_proxy_detach(r); /* closes the upstream side, frees the max_tunnels slot */
+    hx_proxy_detach(r);  /* closes the upstream side, frees the max_tunnels slot */
     hx_req_log(r);      /* status 101, bytes each way, duration */
 }

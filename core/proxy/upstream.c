@@ -24,26 +24,9 @@
 
 #include "proxy/h2up.h"
 #include "http/subreq.h"
-#include "config/tls.h"
+#include "http/transport.h"
+#include "proxy/tunnel.h"
 #include "proxy/upstream.h"
-
-/* Callbacks run inside the owner's bracket: the client connection's, or a
- * subrequest's (which has none); either may free the request at leave. */
-static void req_enter(hx_req *r)
-{
-    if (r->conn)
-        hx_conn_enter(r->conn);
-    else
-        hx_sub_enter(r);
-}
-
-static void req_leave(hx_req *r, hx_conn *c)
-{
-    if (c)
-        hx_conn_leave(c);
-    else
-        hx_sub_leave(r);
-}
 
 #define HX_UP_READ 65536
 
@@ -517,18 +500,14 @@ static int serialize_request(hx_req *r, hx_buf *o)
  * contract as send(2)/recv(2) on a non-blocking socket. */
 static ssize_t up_send(hx_upconn *u, const void *p, size_t n)
 {
-    if (u->ssl == NULL)
-        return send(u->fd, p, n, MSG_NOSIGNAL);
-    return hx_tls_send(u->ssl, p, n);
+    return hx_sock_send(u->fd, u->ssl, p, n);
 }
 
 /* A read that needs to write first (rare: a key update) waits for the
  * next event; the writer side retries. */
 static ssize_t up_recv(hx_upconn *u, void *p, size_t n)
 {
-    if (u->ssl == NULL)
-        return recv(u->fd, p, n, 0);
-    return hx_tls_recv(u->ssl, p, n, NULL);
+    return hx_sock_recv(u->fd, u->ssl, p, n, NULL);
 }
 
 /* Decrypted bytes TLS holds that epoll cannot see: read them now. */
@@ -615,14 +594,14 @@ static void up_write_cb(struct ev_loop *loop, ev_io *io, int revents)
         return;
     }
     hx_conn *c = r->conn;
-    req_enter(r);
+    hx_req_enter(r);
     up_flush(u);
     /* more request body may now fit */
     if (c && hx_proxy_body_writable(r) && !r->body_done)
         hx_req_body_wanted(r);
     if (r->up == u)
         up_update_timer(u);
-    req_leave(r, c);
+    hx_req_leave(r);
 }
 
 static void start_exchange(hx_upconn *u);
@@ -674,10 +653,9 @@ static void up_tls_cb(struct ev_loop *loop, ev_io *io, int revents)
         up_close(u);
         return;
     }
-    hx_conn *c = r->conn;
-    req_enter(r);
+    hx_req_enter(r);
     up_tls_step(u);
-    req_leave(r, c);
+    hx_req_leave(r);
 }
 
 /* TCP is up: TLS first when the upstream wants it, then the exchange. */
@@ -709,8 +687,7 @@ static void up_connect_cb(struct ev_loop *loop, ev_io *io, int revents)
     getsockopt(u->fd, SOL_SOCKET, SO_ERROR, &err, &len);
     ev_io_stop(loop, &u->wio);
     hx_req *r = u->req;
-    hx_conn *c = r->conn;
-    req_enter(r);
+    hx_req_enter(r);
     if (err) {
         char why[160];
         snprintf(why, sizeof(why), "connect to %s failed: %s", u->b->address, strerror(err));
@@ -718,7 +695,7 @@ static void up_connect_cb(struct ev_loop *loop, ev_io *io, int revents)
     } else {
         up_connected(u);
     }
-    req_leave(r, c);
+    hx_req_leave(r);
 }
 
 static void up_read_cb(struct ev_loop *loop, ev_io *io, int revents)
@@ -731,7 +708,7 @@ static void up_read_cb(struct ev_loop *loop, ev_io *io, int revents)
         return;
     }
     hx_conn *c = r->conn;
-    req_enter(r);
+    hx_req_enter(r);
     char buf[HX_UP_READ];
     ssize_t n = up_recv(u, buf, sizeof(buf));
     if (n > 0) {
@@ -796,7 +773,7 @@ static void up_read_cb(struct ev_loop *loop, ev_io *io, int revents)
             up_fail(u, HELIOS_OUTCOME_RESET, why);
         }
     }
-    req_leave(r, c);
+    hx_req_leave(r);
 }
 
 static void up_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
@@ -809,8 +786,7 @@ static void up_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
         return;
     }
     hx_req *r = u->req;
-    hx_conn *c = r->conn;
-    req_enter(r);
+    hx_req_enter(r);
     char why[160];
     if (u->state == UP_CONNECTING)
         snprintf(why, sizeof(why), "connect to %s timed out", u->b->address);
@@ -819,7 +795,7 @@ static void up_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
     else
         snprintf(why, sizeof(why), "reading from %s timed out", u->b->address);
     up_fail(u, HELIOS_OUTCOME_TIMEOUT, why);
-    req_leave(r, c);
+    hx_req_leave(r);
 }
 
 static void up_update_timer(hx_upconn *u)
@@ -937,7 +913,7 @@ static int r_headers_complete(llhttp_t *p)
         return HPE_USER;
     int status = p->status_code;
     if (status == 101 && r->ws_upgrade && !r->head_sent &&
-        hx_tunnel_is_websocket(hx_hdrs_get(&r->rhdrs, "upgrade"))) {
+        hx_list_has_token(hx_hdrs_get(&r->rhdrs, "upgrade"), "websocket", 9)) {
         /* WebSocket accepted: the 101 head goes to the client through the
          * response filters; llhttp then stops with HPE_PAUSED_UPGRADE and
          * up_read_cb hands both connections to tunnel.c */
@@ -1390,29 +1366,13 @@ void hx_proxy_detach(hx_req *r)
 /* ------------------------------------------------------------------ */
 /* tunnels (tunnel.c): after a 101 the connection is driven from there  */
 
-ssize_t hx_up_send(hx_upconn *u, const void *p, size_t n) { return up_send(u, p, n); }
-
-ssize_t hx_up_recv(hx_upconn *u, void *p, size_t n) { return up_recv(u, p, n); }
-
-/* Decrypted bytes epoll cannot see (TLS to upstreams): none on plain TCP. */
-int hx_up_rd_pending(hx_upconn *u) { return u->ssl && SSL_has_pending(u->ssl); }
-
-/* EOF to the backend: TLS close_notify first, then the TCP FIN. */
-void hx_up_shutdown_write(hx_upconn *u)
-{
-    if (u->ssl) {
-        ERR_clear_error();
-        SSL_shutdown(u->ssl);
-        ERR_clear_error();
-    }
-    shutdown(u->fd, SHUT_WR);
-}
-
 /* Stops everything upstream.c runs on U and lends tunnel.c its watchers
  * and its output buffer (request bytes not yet sent go first). U stays
  * attached to its request, so hx_proxy_detach closes it, never pools it. */
-void hx_up_tunnel_io(hx_upconn *u, ev_io **rio, ev_io **wio, hx_buf **out)
+void hx_up_tunnel_io(hx_upconn *u, int *fd, SSL **ssl, ev_io **rio, ev_io **wio, hx_buf **out)
 {
+    *fd = u->fd;
+    *ssl = u->ssl;
     ev_io_stop(u->w->loop, &u->rio);
     ev_io_stop(u->w->loop, &u->wio);
     ev_timer_stop(u->w->loop, &u->timer);
@@ -1421,3 +1381,12 @@ void hx_up_tunnel_io(hx_upconn *u, ev_io **rio, ev_io **wio, hx_buf **out)
     *wio = &u->wio;
     *out = &u->out;
 }
+
+const hx_proxy_ops hx_upstream_proxy = {
+    .start = hx_proxy_start,
+    .detach = hx_proxy_detach,
+    .body = hx_proxy_body,
+    .body_writable = hx_proxy_body_writable,
+    .client_drained = hx_proxy_client_drained,
+    .tunnel_close = hx_tunnel_close,
+};

@@ -5,7 +5,10 @@
 #ifndef HX_UPSTREAM_H
 #define HX_UPSTREAM_H
 
-#include "http/http.h"
+#include "http/conn.h"
+
+/* The proxy's entry points for the request layer (hx_proxy_register). */
+extern const hx_proxy_ops hx_upstream_proxy;
 
 /* 1 when B may take a new request: healthy, not draining, breaker not open,
  * and a half-open breaker with a free trial slot. */
@@ -32,6 +35,9 @@ int hx_backend_pools_init(hx_backend *b, unsigned nworkers);
 /* Worker thread: closes W's idle connections to B (B was removed). */
 void hx_pool_drain_backend(hx_worker *w, hx_backend *b);
 void hx_backend_pools_free(hx_backend *b);
+
+/* For tunnel.c: lends U's transport, watchers and output buffer. */
+void hx_up_tunnel_io(hx_upconn *u, int *fd, SSL **ssl, ev_io **rio, ev_io **wio, hx_buf **out);
 
 /* For the HTTP/2 upstream side (h2up.c). */
 void hx_proxy_report(hx_req *r, hx_backend *b, int outcome, int status);

@@ -12,7 +12,8 @@
 #include <string.h>
 
 #include "runtime/control.h"
-#include "http/http.h"
+#include "runtime/runtime.h"
+#include "http/conn.h"
 #include "base/log.h"
 #include "config/module_loader.h"
 #include "proxy/upstream.h"

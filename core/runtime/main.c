@@ -33,6 +33,7 @@
 #include "base/log.h"
 #include "config/module_loader.h"
 #include "event/worker.h"
+#include "runtime/runtime.h"
 
 void hx_server_init_main(struct ev_loop *loop);
 
@@ -361,6 +362,7 @@ static int compile_main(int argc, char **argv)
 
 int main(int argc, char **argv)
 {
+    hx_runtime_wire(); /* before anything loads a module */
     if (argc > 1 && strcmp(argv[1], "compile") == 0)
         return compile_main(argc - 1, argv + 1);
     const char *conf = "/etc/helios";

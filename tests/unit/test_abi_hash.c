@@ -15,6 +15,7 @@
 
 #include "hx_test.h"
 #include "config/module_loader.h"
+#include "runtime/runtime.h"
 
 #include <dirent.h>
 #include <stddef.h>

@@ -16,8 +16,9 @@
 #define _POSIX_C_SOURCE 200809L
 
 #include "config/config.h"
-#include "http/http.h"
+#include "http/conn.h"
 #include "config/module_loader.h"
+#include "runtime/runtime.h"
 #include "event/worker.h"
 
 #include "hx_test.h"
@@ -1125,6 +1126,7 @@ HX_TEST(jump_hash_removing_the_last_of_11_moves_only_its_keys)
 int main(void)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
+    hx_runtime_wire();
     process_init();
     store_init();
     HX_RUN(round_robin_visits_backends_in_order);
