@@ -658,7 +658,6 @@ void hx_workers_stop(uint64_t timeout_ms)
     gc_cb(hx_srv.loop, &hx_srv.gc_async, 0);
 }
 
-void hx_server_init_main(struct ev_loop *loop);
 void hx_server_init_main(struct ev_loop *loop)
 {
     hx_srv.loop = loop;

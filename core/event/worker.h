@@ -156,6 +156,9 @@ typedef struct hx_worker_hooks {
 /* Main thread, before hx_workers_start. */
 void hx_worker_set_hooks(const hx_worker_hooks *h);
 
+/* Main thread, once: the process-wide state on the main LOOP. */
+void hx_server_init_main(struct ev_loop *loop);
+
 /* Main thread: starts N workers on generation G with its listening sockets
  * (opened by hx_listeners_open). Returns 0 or -1 with a log line. */
 int hx_workers_start(hx_gen *g);

@@ -42,7 +42,6 @@
 #include "config/tls.h"
 #include "proxy/upstream.h"
 
-int hx_hdrs_connection_lists(const hx_hdrs *h, const char *name, size_t n);
 
 #define H2UP_OUT_AHEAD (256 * 1024)
 

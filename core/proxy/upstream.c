@@ -62,8 +62,6 @@ struct hx_upconn {
     hx_upconn *next, *prev;
 };
 
-int hx_is_hop_header(const char *name, size_t n);
-int hx_hdrs_connection_lists(const hx_hdrs *h, const char *name, size_t n);
 
 static void up_close(hx_upconn *u);
 static int retry_allowed(hx_req *r, unsigned cond);
@@ -1222,7 +1220,6 @@ static int tried_has_impl(const hx_req *r, size_t i)
     return r && i < r->tried_n && r->tried[i];
 }
 
-int hx_tried_has(const helios_tried *t, size_t i);
 int hx_tried_has(const helios_tried *t, size_t i) { return tried_has_impl((const hx_req *)t, i); }
 
 /* A request body filter may change the length: then the client's

@@ -13,6 +13,8 @@ extern const hx_proxy_ops hx_upstream_proxy;
 /* 1 when B may take a new request: healthy, not draining, breaker not open,
  * and a half-open breaker with a free trial slot. */
 int hx_backend_usable(const hx_backend *b);
+/* 1 when backend I is in the tried set T (a request: api->tried_has). */
+int hx_tried_has(const helios_tried *t, size_t i);
 
 /* Starts proxying R to its route's upstream (phase HX_PH_PROXY). Errors end
  * in a response (502/503/504) through hx_req_error. */

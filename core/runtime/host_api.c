@@ -486,8 +486,6 @@ static int api_backend_healthy(const helios_backend *b)
     return atomic_load_explicit(&BE(b)->healthy, memory_order_relaxed);
 }
 
-int hx_tried_has(const helios_tried *t, size_t i);
-
 static const char *const breaker_names[] = {"closed", "open", "half-open"};
 
 static void api_backend_set_breaker(helios_backend *b, int state, uint32_t max_trials)

@@ -35,7 +35,6 @@
 #include "event/worker.h"
 #include "runtime/runtime.h"
 
-void hx_server_init_main(struct ev_loop *loop);
 
 static void usage(FILE *f)
 {
