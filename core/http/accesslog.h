@@ -4,7 +4,7 @@
  * Lines are written by the worker with one write(2) to a file opened with
  * O_APPEND (or stdout). Page-cache writes of one short line do not block on
  * disk I/O in practice; a dedicated writer thread is the access_log module's
- * job (issue 6) for operators who need hard guarantees.
+ * job for operators who need hard guarantees.
  */
 #ifndef HX_ACCESSLOG_H
 #define HX_ACCESSLOG_H

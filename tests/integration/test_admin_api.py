@@ -4,7 +4,7 @@ listener, driven with the real curl binary.
 Covers every endpoint and status (400/401/404/405/409/413), backends
 add/remove/drain/weight, the strategy switch, /v1/reload (the answer
 reaches the client, the new instance takes the port), config redaction,
-modules, the audit log, and the issue's acceptance points: traffic reaches
+modules, the audit log, and what operators rely on: traffic reaches
 an added backend, removing a backend lets in-flight requests finish, and a
 bounded load run across strategy switches and add/remove has zero failures.
 Tokens are minted with Debian's python3-jwt (PyJWT), and once with the

@@ -1,4 +1,4 @@
-"""The metrics module (issue 7, part 2): Prometheus text format 0.0.4 served
+"""The metrics module: Prometheus text format 0.0.4 served
 by the real heliosd on its own listener, parsed with Debian's
 python3-prometheus-client, and compared with the traffic each test sent.
 
