@@ -277,6 +277,12 @@ static const helios_filter_hooks js_filter_hooks = {
     .on_log = js_filter_log,
 };
 
+/* `heliosd compile` (ABI 1.2 command table) */
+static const helios_command js_commands[] = {
+    {"compile", "compile a js module script to QuickJS bytecode (.qjsbc)", js_compile_command},
+    {NULL, NULL, NULL},
+};
+
 static const helios_module js_module = {
     HELIOS_MODULE_HEADER(JS_NAME, "0.1.0"),
     .config_new = js_config_new, /* compile the script to bytecode once per generation */
@@ -288,6 +294,7 @@ static const helios_module js_module = {
     .balancer = NULL,
     .service = NULL,
     .health = NULL,
+    .commands = js_commands,
 };
 
 HELIOS_MODULE_ENTRY(const helios_host_api *host)

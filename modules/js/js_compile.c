@@ -247,10 +247,11 @@ int js_load_script(const char *path, uint8_t **bc, size_t *bclen, char *err, siz
     return rc;
 }
 
-/* `heliosd compile app.js -o app.qjsbc`: called by core/main.c. */
-__attribute__((visibility("default"))) int helios_js_compile(int argc, char **argv);
-__attribute__((visibility("default"))) int helios_js_compile(int argc, char **argv)
+/* `heliosd compile app.js -o app.qjsbc`: a command of the module's
+ * descriptor (helios_command: main thread, no configuration loaded). */
+int js_compile_command(const helios_host_api *api, int argc, char **argv)
 {
+    (void)api;
     const char *in = NULL, *out = NULL;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "-o") == 0 && i + 1 < argc) {

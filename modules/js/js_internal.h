@@ -2,6 +2,7 @@
  * js_internal.h - shared between the js module's files.
  *
  *   js.c          configuration, handler and filter hooks, the descriptor
+ *                 with its command table (`heliosd compile`)
  *   js_runtime.c  the per-worker runtime: allocator and limits, js_rq
  *                 lifetime, entering and leaving JS, timers, waitUntil,
  *                 worker_init/worker_fini
@@ -168,5 +169,6 @@ JSValue nat_fetch(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst 
 /* ---- js_compile.c ---- */
 
 int js_load_script(const char *path, uint8_t **bc, size_t *bclen, char *err, size_t errlen);
+int js_compile_command(const helios_host_api *api, int argc, char **argv);
 
 #endif
