@@ -7,6 +7,7 @@
  */
 #include "config/module_loader.h"
 
+#include <dirent.h>
 #include <dlfcn.h>
 #include <elf.h>
 #include <errno.h>
@@ -250,6 +251,7 @@ hx_module *hx_module_load(hx_modreg *reg, const char *dir, const char *name, cha
     m->balancer = DESC_HAS(d, balancer) ? d->balancer : NULL;
     m->service = DESC_HAS(d, service) ? d->service : NULL;
     m->health = DESC_HAS(d, health) ? d->health : NULL;
+    m->commands = DESC_HAS(d, commands) ? d->commands : NULL;
 
     hx_module **tail = &reg->head;
     while (*tail)
@@ -278,6 +280,49 @@ void hx_modreg_free(hx_modreg *reg)
     }
     reg->head = NULL;
     reg->count = 0;
+}
+
+static int is_so(const struct dirent *e)
+{
+    size_t n = strlen(e->d_name);
+    return n > 3 && strcmp(e->d_name + n - 3, ".so") == 0;
+}
+
+const helios_command *hx_module_command(hx_modreg *reg, const char *dir, const char *name,
+                                        hx_module **mod, char *err, size_t errlen)
+{
+    struct dirent **ents;
+    size_t used = 0;
+    err[0] = '\0';
+    int n = scandir(dir, &ents, is_so, alphasort);
+    if (n < 0) {
+        snprintf(err, errlen, "cannot read the module directory %s: %s", dir, strerror(errno));
+        return NULL;
+    }
+    const helios_command *found = NULL;
+    for (int i = 0; i < n; i++) {
+        char mname[256], why[1024];
+        size_t len = strlen(ents[i]->d_name) - 3;
+        hx_module *m = NULL;
+        if (!found && len < sizeof(mname)) {
+            memcpy(mname, ents[i]->d_name, len);
+            mname[len] = '\0';
+            m = hx_module_load(reg, dir, mname, why, sizeof(why));
+            if (m == NULL && used + 1 < errlen) {
+                int k = snprintf(err + used, errlen - used, "%s%s", used ? "\n" : "", why);
+                used += k > 0 && (size_t)k < errlen - used ? (size_t)k : errlen - used - 1;
+            }
+        }
+        for (const helios_command *c = m ? m->commands : NULL; c && c->name && !found; c++) {
+            if (c->run && strcmp(c->name, name) == 0) {
+                found = c;
+                *mod = m;
+            }
+        }
+        free(ents[i]);
+    }
+    free(ents);
+    return found;
 }
 
 static const char *kind_name(hx_kind k)

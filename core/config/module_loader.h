@@ -32,6 +32,7 @@ typedef struct hx_module {
     const helios_balancer_hooks *balancer;
     const helios_service_hooks *service;
     const helios_health_hooks *health;
+    const helios_command *commands; /* ABI 1.2; NULL when absent */
     struct hx_module *next;
 } hx_module;
 
@@ -59,6 +60,16 @@ typedef struct hx_instance {
 hx_module *hx_module_load(hx_modreg *reg, const char *dir, const char *name, char *err,
                           size_t errlen);
 void hx_modreg_free(hx_modreg *reg); /* dlclose all; process exit only */
+
+/*
+ * `heliosd NAME ...`: loads the modules of DIR (every *.so, in lexical
+ * order, with hx_module_load's checks) into REG until one lists the command
+ * NAME, and returns that entry (its module in *MOD). Returns NULL when none
+ * does; REG then holds every module of DIR that loaded, and ERR the
+ * refusals, one per line (empty when there were none).
+ */
+const helios_command *hx_module_command(hx_modreg *reg, const char *dir, const char *name,
+                                        hx_module **mod, char *err, size_t errlen);
 
 /*
  * Parses a module reference NODE - either a scalar "NAME" or a map

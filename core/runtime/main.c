@@ -4,10 +4,9 @@
  *   heliosd -c PATH [-m DIR]     run
  *   heliosd -t -c PATH [-m DIR]  validate and exit 0/1
  *   heliosd -V                   versions
- *   heliosd compile [-m DIR] app.js -o app.qjsbc
- *                                the js module's bytecode compiler
+ *   heliosd COMMAND [-m DIR] ...  a module's command (ABI 1.2), e.g. the
+ *                                js module's `compile app.js -o app.qjsbc`
  */
-#include <dlfcn.h>
 #include <errno.h>
 #include <ev.h>
 #include <getopt.h>
@@ -40,7 +39,8 @@ static void usage(FILE *f)
 {
     fprintf(f, "usage: heliosd -c PATH [-m MODULE_DIR] [-t]\n"
                "       heliosd -V\n"
-               "       heliosd compile [-m MODULE_DIR] SCRIPT.js -o OUT.qjsbc\n"
+               "       heliosd COMMAND [-m MODULE_DIR] [ARGS...]\n"
+               "           a module's command, e.g. compile SCRIPT.js -o OUT.qjsbc (js)\n"
                "  -c PATH  configuration: a directory (every *.yaml, lexical order, merged)\n"
                "           or one file (default /etc/helios)\n"
                "  -m DIR   module directory (overrides module_path)\n"
@@ -313,12 +313,23 @@ static void sig_cb(struct ev_loop *loop, ev_signal *s, int revents)
     }
 }
 
+/* -m DIR must name a directory; says so on stderr when it does not. */
+static int module_dir_ok(const char *dir)
+{
+    struct stat st;
+    if (stat(dir, &st) == 0 && S_ISDIR(st.st_mode))
+        return 1;
+    fprintf(stderr, "heliosd: -m %s: not a directory\n", dir);
+    return 0;
+}
+
 /*
- * `heliosd compile ...`: QuickJS lives in the js module, not the core, so
- * the subcommand loads js.so (as the server would) and hands it the
- * arguments through its exported helios_js_compile.
+ * `heliosd NAME [-m DIR] ARGS...`: a command a module registers in its
+ * descriptor (helios_command, ABI 1.2), such as the js module's `compile`:
+ * the core has no JavaScript engine. No configuration is read; the modules
+ * of the module directory are loaded until one lists NAME.
  */
-static int compile_main(int argc, char **argv)
+static int command_main(int argc, char **argv)
 {
     const char *dir = NULL;
     char **args = calloc((size_t)argc + 1, sizeof(char *));
@@ -332,29 +343,37 @@ static int compile_main(int argc, char **argv)
         }
         args[n++] = argv[i];
     }
+    if (dir != NULL && !module_dir_ok(dir)) {
+        free(args);
+        return 1;
+    }
     if (dir == NULL)
         dir = default_module_dir();
-    char path[PATH_MAX];
-    snprintf(path, sizeof(path), "%s/js.so", dir);
-    void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
-    if (h == NULL) {
-        fprintf(stderr, "heliosd compile: cannot load the js module: %s\n", dlerror());
-        free(args);
-        return 1;
-    }
-    typedef const helios_module *(*init_fn)(const helios_host_api *);
-    typedef int (*compile_fn)(int, char **);
-    init_fn init = (init_fn)dlsym(h, "helios_module_init");
-    compile_fn compile = (compile_fn)dlsym(h, "helios_js_compile");
-    if (init == NULL || compile == NULL) {
-        fprintf(stderr, "heliosd compile: %s does not export helios_js_compile\n", path);
-        dlclose(h);
-        free(args);
-        return 1;
-    }
     hx_log_open(HELIOS_LOG_WARN, NULL);
-    int rc = init(&hx_host_api) ? compile(n, args) : 1;
-    dlclose(h);
+    hx_modreg reg = {0};
+    hx_module *m = NULL;
+    char err[4096];
+    const helios_command *c = hx_module_command(&reg, dir, args[0], &m, err, sizeof(err));
+    int rc = 2;
+    if (c != NULL) {
+        rc = c->run(&hx_host_api, n, args);
+        if (rc < 0 || rc > 125)
+            rc = 1;
+    } else {
+        fprintf(stderr, "heliosd: unknown command '%s'\n", args[0]);
+        fprintf(stderr, "commands of the modules in %s:\n", dir);
+        int listed = 0;
+        for (hx_module *k = reg.head; k; k = k->next)
+            for (const helios_command *e = k->commands; e && e->name; e++, listed++)
+                fprintf(stderr, "  %-16s %s (module %s)\n", e->name, e->summary ? e->summary : "",
+                        k->name);
+        if (!listed)
+            fprintf(stderr, "  (none)\n");
+        if (err[0])
+            fprintf(stderr, "modules that could not be loaded:\n%s\n", err);
+        fprintf(stderr, "server options: heliosd -h\n");
+    }
+    hx_modreg_free(&reg);
     free(args);
     return rc;
 }
@@ -362,8 +381,8 @@ static int compile_main(int argc, char **argv)
 int main(int argc, char **argv)
 {
     hx_runtime_wire(); /* before anything loads a module */
-    if (argc > 1 && strcmp(argv[1], "compile") == 0)
-        return compile_main(argc - 1, argv + 1);
+    if (argc > 1 && argv[1][0] != '-')
+        return command_main(argc - 1, argv + 1);
     const char *conf = "/etc/helios";
     int test = 0, opt;
     hx_srv.module_override = NULL;
@@ -382,13 +401,8 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
-    if (hx_srv.module_override) {
-        struct stat st;
-        if (stat(hx_srv.module_override, &st) != 0 || !S_ISDIR(st.st_mode)) {
-            fprintf(stderr, "heliosd: -m %s: not a directory\n", hx_srv.module_override);
-            return 1;
-        }
-    }
+    if (hx_srv.module_override && !module_dir_ok(hx_srv.module_override))
+        return 1;
     hx_srv.conf_path = conf;
     hx_srv.default_module_dir = default_module_dir();
 

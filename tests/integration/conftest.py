@@ -43,6 +43,8 @@ def _env_path(var, default):
 
 HELIOSD = _env_path("HELIOSD", "build/heliosd")
 MODULE_DIR = _env_path("HELIOS_MODULE_DIR", "build/modules")
+# tests/modules/*.c: broken modules and ABI probes, never installed
+TEST_MODULE_DIR = _env_path("HELIOS_TEST_MODULE_DIR", "build/test-modules")
 HX_BACKEND = _env_path("HX_BACKEND", "build/hx_backend")
 
 # Generous on purpose: a loaded CI machine, maybe an ASan build.
