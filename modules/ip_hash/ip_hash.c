@@ -13,7 +13,6 @@
  */
 #define _POSIX_C_SOURCE 200809L /* netinet/in.h types with -std=c17 */
 
-#include <limits.h>
 #include <netinet/in.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -21,6 +20,7 @@
 #include <sys/socket.h>
 
 #include <helios.h>
+#include <helios/util/balancer.h>
 #include <helios/util/reqkey.h>
 
 #define IPH_NAME "ip_hash"
@@ -67,56 +67,30 @@ static void iph_config_free(void *cfg)
 /* ---- hooks ---- */
 
 /*
- * Looks at backend I: returns 1 when it is usable and not yet tried by this
- * request (take it); otherwise remembers in *FALLBACK the first usable one
- * already tried, for when nothing better exists.
- */
-static int iph_good(const helios_backends *backends, const helios_tried *tried, size_t i,
-                    size_t *fallback, size_t n)
-{
-    if (!api->backend_usable(api->backends_at(backends, i)))
-        return 0;
-    if (!api->tried_has(tried, i))
-        return 1;
-    if (*fallback == n)
-        *fallback = i;
-    return 0;
-}
-
-/*
- * hash % n picks the backend. If it cannot be used (unusable, or already
- * tried by this retry), the hash is advanced (h = h * a + 1, re-mixed before
- * the modulo so that the keys of one failed backend spread over all the
- * others) up to n times in all; then the list is scanned from the first
- * choice. Every step depends only on the key and the list, so all workers
- * make the same choice. If every usable backend was already tried, the
- * first usable one met is returned (the core then decides about the
- * retry); -1 when none is usable.
+ * hash % n picks the backend. If it is not a candidate (unusable, or
+ * already tried by this retry), the hash is advanced (h = h * a + 1,
+ * re-mixed before the modulo so that the keys of one failed backend spread
+ * over all the others) up to n times in all; then the list is scanned from
+ * the first choice. Every step depends only on the key and the list, so all
+ * workers make the same choice. -1 when there is no candidate.
  */
 static int iph_pick(helios_ctx *c, const helios_backends *backends, const helios_tried *tried)
 {
     const iph_config *cfg = c->cfg;
-    size_t n = api->backends_count(backends);
+    size_t n = helios_balancer_size(api, backends);
     if (n == 0)
         return -1;
-    if (n > INT_MAX)
-        n = INT_MAX; /* pick() answers with an int index */
 
     uint64_t h = helios_reqkey_hash(api, c->req, &cfg->key);
-    size_t first = (size_t)(h % n), fallback = n;
+    size_t first = (size_t)(h % n);
     size_t i = first;
     for (size_t attempt = 0; attempt < n; attempt++) {
-        if (iph_good(backends, tried, i, &fallback, n))
+        if (helios_balancer_candidate(api, backends, tried, i))
             return (int)i;
         h = h * IPH_REHASH_MUL + 1;
         i = (size_t)(helios_hash_mix(h) % n);
     }
-    for (size_t k = 0; k < n; k++) {
-        i = first + k < n ? first + k : first + k - n;
-        if (iph_good(backends, tried, i, &fallback, n))
-            return (int)i;
-    }
-    return fallback == n ? -1 : (int)fallback;
+    return helios_balancer_scan(api, backends, n, tried, first);
 }
 
 /* ---- module descriptor ---- */

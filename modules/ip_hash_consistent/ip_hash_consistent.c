@@ -20,7 +20,6 @@
  */
 #define _POSIX_C_SOURCE 200809L /* netinet/in.h types with -std=c17 */
 
-#include <limits.h>
 #include <netinet/in.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -28,6 +27,7 @@
 #include <sys/socket.h>
 
 #include <helios.h>
+#include <helios/util/balancer.h>
 #include <helios/util/reqkey.h>
 
 #define JCH_NAME "ip_hash_consistent"
@@ -91,60 +91,32 @@ static int jch_jump(uint64_t key, int n)
     return (int)b;
 }
 
-/* 2 = usable and not tried by this request, 1 = usable but tried, 0 = not
- * usable. */
-static int jch_state(const helios_backends *backends, const helios_tried *tried, size_t i)
-{
-    if (!api->backend_usable(api->backends_at(backends, i)))
-        return 0;
-    return api->tried_has(tried, i) ? 1 : 2;
-}
-
 /*
- * The first usable, untried candidate of the key's sequence (see the top of
- * the file). If the first JCH_CANDIDATES candidates all miss (most backends
- * down or tried), the last resort is jump(next key, m) over the m usable
- * untried backends in list order: still deterministic, but it moves keys
- * whenever that set changes. When every usable backend was already tried,
- * the first usable candidate (else the first usable backend in the list) is
- * returned and the core decides about the retry; -1 when none is usable.
+ * The first candidate (usable, not tried by this request) of the key's
+ * sequence (see the top of the file). If the first JCH_CANDIDATES
+ * candidates all miss (most backends down or tried), the last resort is
+ * jump(next key, m) over the m candidates in list order: still
+ * deterministic, but it moves keys whenever that set changes. -1 when there
+ * is no candidate.
  */
 static int jch_pick(helios_ctx *c, const helios_backends *backends, const helios_tried *tried)
 {
     const jch_config *cfg = c->cfg;
-    size_t n = api->backends_count(backends);
+    size_t n = helios_balancer_size(api, backends);
     if (n == 0)
         return -1;
-    if (n > INT_MAX)
-        n = INT_MAX; /* pick() answers with an int index */
 
     uint64_t h = helios_reqkey_hash(api, c->req, &cfg->key);
-    size_t fallback = n; /* first usable but tried backend seen */
     for (int k = 0; k < JCH_CANDIDATES; k++) {
         size_t i = (size_t)jch_jump(h, (int)n);
-        int st = jch_state(backends, tried, i);
-        if (st == 2)
+        if (helios_balancer_candidate(api, backends, tried, i))
             return (int)i;
-        if (st == 1 && fallback == n)
-            fallback = i;
         h = helios_hash_mix(h + JCH_GOLDEN);
     }
-
-    size_t m = 0;
-    for (size_t i = 0; i < n; i++) {
-        int st = jch_state(backends, tried, i);
-        if (st == 2)
-            m++;
-        else if (st == 1 && fallback == n)
-            fallback = i;
-    }
+    size_t m = helios_balancer_count(api, backends, n, tried);
     if (m == 0)
-        return fallback == n ? -1 : (int)fallback;
-    size_t want = (size_t)jch_jump(h, (int)m);
-    for (size_t i = 0; i < n; i++)
-        if (jch_state(backends, tried, i) == 2 && want-- == 0)
-            return (int)i;
-    return -1; /* not reached: the list is immutable during pick() */
+        return -1;
+    return helios_balancer_nth(api, backends, n, tried, (size_t)jch_jump(h, (int)m));
 }
 
 /* ---- module descriptor ---- */

@@ -24,14 +24,15 @@
  */
 #define _POSIX_C_SOURCE 200809L /* netinet/in.h types with -std=c17 */
 
-#include <limits.h>
 #include <netinet/in.h>
+#include <stdalign.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 
 #include <helios.h>
+#include <helios/util/balancer.h>
 #include <helios/util/reqkey.h>
 
 #define MG_NAME "maglev"
@@ -57,7 +58,7 @@ static const char *const mg_keys[] = {"key", "table_size", NULL};
 
 typedef struct mg_config {
     helios_reqkey key; /* what a request is hashed on */
-    uint32_t m; /* table_size: slots per table, prime */
+    uint32_t m;        /* table_size: slots per table, prime */
 } mg_config;
 
 static int mg_is_prime(long long v)
@@ -115,16 +116,17 @@ static void mg_config_free(void *cfg)
 
 /* What a worker remembers of one backend of the list its table describes. */
 typedef struct mg_seen {
-    uint32_t weight;     /* when the table was built */
-    unsigned char state; /* scratch for the fallback walk (mg_state) */
+    uint32_t weight;         /* when the table was built */
+    unsigned char candidate; /* scratch for the fallback walk (mg_walk) */
 } mg_seen;
 
 typedef struct mg_worker {
-    const helios_backends *list; /* list TABLE was built for; compared, never read */
-    size_t n;                    /* backends in LIST */
-    int built;                   /* 0: the build failed, pick() hashes modulo n */
-    uint16_t *table;             /* cfg->m slots, each an index in LIST */
-    mg_seen *seen;               /* n entries */
+    /* The list TABLE was built for; compared, never read. */
+    alignas(HELIOS_BALANCER_CACHE_LINE) const helios_backends *list;
+    size_t n;        /* backends in LIST */
+    int built;       /* 0: the build failed, pick() hashes modulo n */
+    uint16_t *table; /* cfg->m slots, each an index in LIST */
+    mg_seen *seen;   /* n entries */
     size_t seen_cap;
     size_t check;    /* backend whose weight the next pick compares */
     unsigned worker; /* index of this worker: only worker 0 logs warnings */
@@ -133,11 +135,12 @@ typedef struct mg_worker {
 static int mg_worker_init(void *cfg, helios_worker *w, void **wstate)
 {
     const mg_config *c = cfg;
-    mg_worker *st = calloc(1, sizeof(*st));
+    mg_worker *st = helios_balancer_wstate_new(api, MG_NAME, sizeof(mg_worker));
+    if (st == NULL)
+        return -1;
     uint16_t *table = malloc((size_t)c->m * sizeof(uint16_t));
-    if (st == NULL || table == NULL) {
+    if (table == NULL) {
         free(st);
-        free(table);
         api->log(HELIOS_LOG_ERROR, MG_NAME, "out of memory allocating a %u-slot table",
                  (unsigned)c->m);
         return -1;
@@ -150,14 +153,11 @@ static int mg_worker_init(void *cfg, helios_worker *w, void **wstate)
 
 static void mg_worker_fini(void *cfg, helios_worker *w, void *wstate)
 {
-    (void)cfg;
-    (void)w;
     mg_worker *st = wstate;
     free(st->table);
     free(st->seen);
-    free(st);
+    helios_balancer_worker_fini(cfg, w, st);
 }
-
 
 /* ---- table ---- */
 
@@ -299,88 +299,54 @@ static int mg_stale(mg_worker *st, const helios_backends *backends, size_t n)
 
 /* ---- hooks ---- */
 
-/* 2 = usable and not tried by this request, 1 = usable but tried, 0 = not
- * usable. */
-static unsigned char mg_state(const helios_backends *backends, const helios_tried *tried, size_t i)
-{
-    if (!api->backend_usable(api->backends_at(backends, i)))
-        return 0;
-    return api->tried_has(tried, i) ? 1 : 2;
-}
-
 /*
- * The slow path, when the backend of SLOT cannot be used: walks the table
- * from SLOT with a stride taken from the key (1..M-1; M is prime, so the
- * walk visits every slot) to the first slot whose backend is usable and
- * untried. A stride of 1 would send all of a failed backend's keys to the
- * backends that happen to follow its slots, unevenly; a per-key stride
- * spreads them like the rest of the table. Every backend's state is read
- * once first, so the walk costs table reads only, and a request that
- * already tried every usable backend gets the first usable one on its walk
- * instead (the core then decides about the retry).
+ * The slow path, when the backend of SLOT is not a candidate (unusable, or
+ * tried by this request): walks the table from SLOT with a stride taken
+ * from the key (1..M-1; M is prime, so the walk visits every slot) to the
+ * first slot whose backend is a candidate. A stride of 1 would send all of
+ * a failed backend's keys to the backends that happen to follow its slots,
+ * unevenly; a per-key stride spreads them like the rest of the table. The
+ * candidates are marked once first, so the walk costs table reads only.
+ * -1 when there is no candidate.
  */
 static int mg_walk(mg_worker *st, uint32_t m, const helios_backends *backends,
                    const helios_tried *tried, uint32_t slot, uint64_t h)
 {
     size_t n = st->n;
-    unsigned char want = 0;
-    for (size_t i = 0; i < n; i++) {
-        st->seen[i].state = mg_state(backends, tried, i);
-        if (st->seen[i].state > want)
-            want = st->seen[i].state;
-    }
-    if (want == 0)
+    for (size_t i = 0; i < n; i++)
+        st->seen[i].candidate = 0;
+    int first = helios_balancer_scan(api, backends, n, tried, 0);
+    if (first < 0)
         return -1;
+    for (int i = first; i >= 0; i = helios_balancer_scan_next(api, backends, n, tried, 0, i))
+        st->seen[i].candidate = 1;
     uint32_t stride = (uint32_t)(helios_hash_mix(h) % (m - 1) + 1);
     for (uint32_t k = 0; k < m; k++) {
-        if (st->seen[st->table[slot]].state == want)
+        if (st->seen[st->table[slot]].candidate)
             return st->table[slot];
         slot += stride;
         if (slot >= m)
             slot -= m;
     }
-    /* Only when more backends than slots left the wanted ones slotless. */
-    for (size_t i = 0; i < n; i++)
-        if (st->seen[i].state == want)
-            return (int)i;
-    return -1;
-}
-
-/* Used only when the table could not be built: hash % n, then the first
- * usable untried backend after it, then the first usable one. */
-static int mg_pick_modulo(uint64_t h, size_t n, const helios_backends *backends,
-                          const helios_tried *tried)
-{
-    if (n > INT_MAX)
-        n = INT_MAX; /* pick() answers with an int index */
-    size_t first = (size_t)(h % n), fallback = n;
-    for (size_t k = 0; k < n; k++) {
-        size_t i = first + k < n ? first + k : first + k - n;
-        unsigned char s = mg_state(backends, tried, i);
-        if (s == 2)
-            return (int)i;
-        if (s == 1 && fallback == n)
-            fallback = i;
-    }
-    return fallback == n ? -1 : (int)fallback;
+    return first; /* only when more backends than slots left the candidates slotless */
 }
 
 static int mg_pick(helios_ctx *c, const helios_backends *backends, const helios_tried *tried)
 {
     const mg_config *cfg = c->cfg;
     mg_worker *st = c->wstate;
-    size_t n = api->backends_count(backends);
+    size_t n = helios_balancer_size(api, backends);
     if (n == 0)
         return -1;
     if (mg_stale(st, backends, n))
         mg_rebuild(st, cfg, backends, n);
 
     uint64_t h = helios_reqkey_hash(api, c->req, &cfg->key);
-    if (!st->built)
-        return mg_pick_modulo(h, n, backends, tried);
+    if (!st->built) /* the table could not be built: hash % n, then the list */
+        return helios_balancer_scan(api, backends, n, tried, (size_t)(h % n));
     uint32_t slot = (uint32_t)(h % cfg->m);
     size_t i = st->table[slot];
-    if (mg_state(backends, tried, i) == 2)
+    if (helios_balancer_candidate(api, backends, tried, i))
         return (int)i;
     return mg_walk(st, cfg->m, backends, tried, slot, h);
 }

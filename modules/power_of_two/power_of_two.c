@@ -15,37 +15,30 @@
  * backends are usable; after a few misses the pick falls back to counting
  * the candidates, O(n), which is exact however few are left.
  */
-#include <limits.h>
 #include <stdalign.h>
 #include <stdint.h>
-#include <stdlib.h>
 #include <time.h>
 
 #include <helios.h>
+#include <helios/util/balancer.h>
 
 #define P2_NAME "power_of_two"
-#define P2_CACHE_LINE 64
 #define P2_DRAWS 8 /* random draws per candidate before counting instead */
 
 static const helios_host_api *api;
 
 /* ---- configuration ---- */
 
-static const char *const p2_keys[] = {NULL}; /* no settings */
-
-/* No config struct: the instance has nothing to remember, *cfg stays NULL. */
+/* No settings, no config struct: *cfg stays NULL. */
 static int p2_config_new(const helios_conf *conf, void **cfg)
 {
-    (void)cfg;
-    if (api->conf_kind(conf) == HELIOS_CONF_NULL)
-        return 0;
-    return api->conf_check_keys(conf, p2_keys) > 0 ? -1 : 0;
+    return helios_balancer_config_none(api, conf, cfg);
 }
 
 /* ---- per-worker state ---- */
 
 typedef struct p2_worker {
-    alignas(P2_CACHE_LINE) uint64_t rng; /* xorshift64* state, never 0 */
+    alignas(HELIOS_BALANCER_CACHE_LINE) uint64_t rng; /* xorshift64* state, never 0 */
 } p2_worker;
 
 /* splitmix64's finaliser: spreads seeds that differ in a few bits. */
@@ -77,11 +70,9 @@ static size_t p2_below(p2_worker *st, size_t n)
 static int p2_worker_init(void *cfg, helios_worker *w, void **wstate)
 {
     (void)cfg;
-    p2_worker *st = aligned_alloc(P2_CACHE_LINE, sizeof(p2_worker));
-    if (st == NULL) {
-        api->log(HELIOS_LOG_ERROR, P2_NAME, "out of memory allocating worker state");
+    p2_worker *st = helios_balancer_wstate_new(api, P2_NAME, sizeof(p2_worker));
+    if (st == NULL)
         return -1;
-    }
     /* Worker index so workers started together differ; wall-clock time so
      * runs and reloads differ. Not for anything secret. */
     struct timespec ts = {0, 0};
@@ -93,28 +84,14 @@ static int p2_worker_init(void *cfg, helios_worker *w, void **wstate)
     return 0;
 }
 
-static void p2_worker_fini(void *cfg, helios_worker *w, void *wstate)
-{
-    (void)cfg;
-    (void)w;
-    free(wstate);
-}
-
 /* ---- hooks ---- */
-
-/* Usable and not in TRIED (NULL: none). */
-static int p2_candidate(const helios_backends *backends, size_t i, const helios_tried *tried)
-{
-    return api->backend_usable(api->backends_at(backends, i)) &&
-           (tried == NULL || !api->tried_has(tried, i));
-}
 
 /* A, unless B has fewer requests in flight per weight. A wins ties: it was
  * drawn at random, so that favours no backend. */
-static size_t p2_lighter(const helios_backends *backends, size_t a, size_t b)
+static int p2_lighter(const helios_backends *backends, int a, int b)
 {
-    const helios_backend *ba = api->backends_at(backends, a);
-    const helios_backend *bb = api->backends_at(backends, b);
+    const helios_backend *ba = api->backends_at(backends, (size_t)a);
+    const helios_backend *bb = api->backends_at(backends, (size_t)b);
     uint64_t wa = api->backend_weight(ba), wb = api->backend_weight(bb);
     wa = wa ? wa : 1; /* the core allows 1..10000; keep the comparison meaningful */
     wb = wb ? wb : 1;
@@ -125,83 +102,50 @@ static size_t p2_lighter(const helios_backends *backends, size_t a, size_t b)
 
 /*
  * Exact draw: counts the candidates (O(n)), then takes two different ones
- * by rank. Returns the only candidate, the lighter of two, or N for none.
+ * by rank. Returns the only candidate, the lighter of two, or -1 for none.
  */
-static size_t p2_choose_counting(p2_worker *st, const helios_backends *backends, size_t n,
-                                 const helios_tried *tried)
+static int p2_pick_counting(p2_worker *st, const helios_backends *backends, size_t n,
+                            const helios_tried *tried)
 {
-    size_t m = 0, last = n;
-    for (size_t i = 0; i < n; i++)
-        if (p2_candidate(backends, i, tried)) {
-            m++;
-            last = i;
-        }
+    size_t m = helios_balancer_count(api, backends, n, tried);
     if (m <= 1)
-        return last;
-
+        return m == 1 ? helios_balancer_nth(api, backends, n, tried, 0) : -1;
     size_t ra = p2_below(st, m), rb = p2_below(st, m - 1);
     if (rb >= ra)
         rb++; /* uniform over the other m - 1 ranks */
-    size_t a = n, b = n, rank = 0;
-    for (size_t i = 0; i < n && (a == n || b == n); i++) {
-        if (!p2_candidate(backends, i, tried))
-            continue;
-        if (rank == ra)
-            a = i;
-        else if (rank == rb)
-            b = i;
-        rank++;
-    }
-    return p2_lighter(backends, a, b);
+    return p2_lighter(backends, helios_balancer_nth(api, backends, n, tried, ra),
+                      helios_balancer_nth(api, backends, n, tried, rb));
 }
 
 /*
- * Two different candidates drawn uniformly (each draw retried while it
- * hits a non-candidate), the lighter one wins. Returns N for no candidate.
- */
-static size_t p2_choose(p2_worker *st, const helios_backends *backends, size_t n,
-                        const helios_tried *tried)
-{
-    if (n == 1)
-        return p2_candidate(backends, 0, tried) ? 0 : n;
-
-    size_t a = n, b = n;
-    for (int k = 0; k < P2_DRAWS && a == n; k++) {
-        size_t i = p2_below(st, n);
-        if (p2_candidate(backends, i, tried))
-            a = i;
-    }
-    for (int k = 0; a != n && k < P2_DRAWS && b == n; k++) {
-        size_t i = p2_below(st, n - 1);
-        if (i >= a)
-            i++; /* uniform over the backends other than A */
-        if (p2_candidate(backends, i, tried))
-            b = i;
-    }
-    if (b == n) /* few candidates (maybe one or none): count them */
-        return p2_choose_counting(st, backends, n, tried);
-    return p2_lighter(backends, a, b);
-}
-
-/*
- * Two random choices among the usable backends this request has not tried.
- * If it has tried them all, among all usable ones: a retry on a backend
- * that failed once beats a 503 while it is still marked usable (the core
- * decides whether to use it). -1 only when no backend is usable.
+ * Two different candidates (usable, not tried by this request) drawn
+ * uniformly, each draw retried while it hits a non-candidate; the lighter
+ * one wins. When the draws keep missing, counts instead. -1 when there is
+ * no candidate.
  */
 static int p2_pick(helios_ctx *c, const helios_backends *backends, const helios_tried *tried)
 {
     p2_worker *st = c->wstate;
-    size_t n = api->backends_count(backends);
-    if (n == 0)
-        return -1;
-    if (n > INT_MAX)
-        n = INT_MAX; /* pick() answers with an int index */
+    size_t n = helios_balancer_size(api, backends);
+    if (n <= 1)
+        return helios_balancer_scan(api, backends, n, tried, 0);
 
-    size_t chosen = p2_choose(st, backends, n, tried);
-    if (chosen == n && tried != NULL)
-        chosen = p2_choose(st, backends, n, NULL);
-    return chosen == n ? -1 : (int)chosen;
+    int a = -1, b = -1;
+    for (int k = 0; k < P2_DRAWS && a < 0; k++) {
+        size_t i = p2_below(st, n);
+        if (helios_balancer_candidate(api, backends, tried, i))
+            a = (int)i;
+    }
+    for (int k = 0; a >= 0 && k < P2_DRAWS && b < 0; k++) {
+        size_t i = p2_below(st, n - 1);
+        if (i >= (size_t)a)
+            i++; /* uniform over the backends other than A */
+        if (helios_balancer_candidate(api, backends, tried, i))
+            b = (int)i;
+    }
+    if (b < 0) /* few candidates (maybe one or none): count them */
+        return p2_pick_counting(st, backends, n, tried);
+    return p2_lighter(backends, a, b);
 }
 
 /* ---- module descriptor ---- */
@@ -218,7 +162,7 @@ static const helios_module p2_module = {
     .config_new = p2_config_new,   /* refuses every key */
     .config_free = NULL,           /* config_new allocates nothing */
     .worker_init = p2_worker_init, /* the worker's random generator */
-    .worker_fini = p2_worker_fini,
+    .worker_fini = helios_balancer_worker_fini,
     .filter = NULL,
     .handler = NULL,
     .balancer = &p2_balancer_hooks, /* used as an upstream's `balancer:` */

@@ -8,44 +8,35 @@
  * balancing gives us anyway. Weights are ignored (weighted_round_robin
  * honours them).
  */
-#include <limits.h>
 #include <stdalign.h>
-#include <stdlib.h>
 
 #include <helios.h>
+#include <helios/util/balancer.h>
 
 #define RR_NAME "round_robin"
-#define RR_CACHE_LINE 64
 
 static const helios_host_api *api;
 
 /* ---- configuration ---- */
 
-static const char *const rr_keys[] = {NULL}; /* no settings */
-
-/* No config struct: the instance has nothing to remember, *cfg stays NULL. */
+/* No settings, no config struct: *cfg stays NULL. */
 static int rr_config_new(const helios_conf *conf, void **cfg)
 {
-    (void)cfg;
-    if (api->conf_kind(conf) == HELIOS_CONF_NULL)
-        return 0;
-    return api->conf_check_keys(conf, rr_keys) > 0 ? -1 : 0;
+    return helios_balancer_config_none(api, conf, cfg);
 }
 
 /* ---- per-worker state ---- */
 
 typedef struct rr_worker {
-    alignas(RR_CACHE_LINE) size_t next; /* index to try first; written by its worker only */
+    alignas(HELIOS_BALANCER_CACHE_LINE) size_t next; /* index to try first; its worker's only */
 } rr_worker;
 
 static int rr_worker_init(void *cfg, helios_worker *w, void **wstate)
 {
     (void)cfg;
-    rr_worker *st = aligned_alloc(RR_CACHE_LINE, sizeof(rr_worker));
-    if (st == NULL) {
-        api->log(HELIOS_LOG_ERROR, RR_NAME, "out of memory allocating worker state");
+    rr_worker *st = helios_balancer_wstate_new(api, RR_NAME, sizeof(rr_worker));
+    if (st == NULL)
         return -1;
-    }
     /* Start each worker at a different backend, so that right after start
      * or reload the first requests of N workers do not all go to backend 0. */
     st->next = api->worker_index(w);
@@ -53,50 +44,18 @@ static int rr_worker_init(void *cfg, helios_worker *w, void **wstate)
     return 0;
 }
 
-static void rr_worker_fini(void *cfg, helios_worker *w, void *wstate)
-{
-    (void)cfg;
-    (void)w;
-    free(wstate);
-}
-
 /* ---- hooks ---- */
 
-/*
- * Walks the list once from this worker's position. The first usable backend
- * not yet tried by this request wins. If every usable backend was already
- * tried, the first usable one is returned anyway: a retry on a backend that
- * failed once beats a 503 while it is still marked usable. -1 only when no
- * backend is usable.
- */
+/* The first candidate (usable, not tried by this request) from this
+ * worker's position on; the next pick starts after it. */
 static int rr_pick(helios_ctx *c, const helios_backends *backends, const helios_tried *tried)
 {
     rr_worker *st = c->wstate;
-    size_t n = api->backends_count(backends);
-    if (n == 0)
-        return -1;
-    if (n > INT_MAX)
-        n = INT_MAX; /* pick() answers with an int index */
-
-    size_t start = st->next % n; /* the list may have shrunk since last time */
-    size_t chosen = n, fallback = n;
-    for (size_t k = 0; k < n; k++) {
-        size_t i = start + k < n ? start + k : start + k - n;
-        if (!api->backend_usable(api->backends_at(backends, i)))
-            continue;
-        if (tried == NULL || !api->tried_has(tried, i)) {
-            chosen = i;
-            break;
-        }
-        if (fallback == n)
-            fallback = i;
-    }
-    if (chosen == n)
-        chosen = fallback;
-    if (chosen == n)
-        return -1;
-    st->next = chosen + 1;
-    return (int)chosen;
+    size_t n = helios_balancer_size(api, backends);
+    int chosen = helios_balancer_scan(api, backends, n, tried, st->next);
+    if (chosen >= 0)
+        st->next = (size_t)chosen + 1;
+    return chosen;
 }
 
 /* ---- module descriptor ---- */
@@ -113,7 +72,7 @@ static const helios_module rr_module = {
     .config_new = rr_config_new,   /* refuses every key */
     .config_free = NULL,           /* config_new allocates nothing */
     .worker_init = rr_worker_init, /* the worker's position in the list */
-    .worker_fini = rr_worker_fini,
+    .worker_fini = helios_balancer_worker_fini,
     .filter = NULL,
     .handler = NULL,
     .balancer = &rr_balancer_hooks, /* used as an upstream's `balancer:` */

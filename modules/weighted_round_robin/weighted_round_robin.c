@@ -13,29 +13,23 @@
  * list (add, remove, reload) starts them again from zero. Weights are read
  * on every pick: a weight change takes effect on the next one.
  */
-#include <limits.h>
 #include <stdalign.h>
 #include <stdint.h>
 #include <stdlib.h>
 
 #include <helios.h>
+#include <helios/util/balancer.h>
 
 #define WRR_NAME "weighted_round_robin"
-#define WRR_CACHE_LINE 64
 
 static const helios_host_api *api;
 
 /* ---- configuration ---- */
 
-static const char *const wrr_keys[] = {NULL}; /* no settings */
-
-/* No config struct: the instance has nothing to remember, *cfg stays NULL. */
+/* No settings, no config struct: *cfg stays NULL. */
 static int wrr_config_new(const helios_conf *conf, void **cfg)
 {
-    (void)cfg;
-    if (api->conf_kind(conf) == HELIOS_CONF_NULL)
-        return 0;
-    return api->conf_check_keys(conf, wrr_keys) > 0 ? -1 : 0;
+    return helios_balancer_config_none(api, conf, cfg);
 }
 
 /* ---- per-worker state ---- */
@@ -44,33 +38,26 @@ typedef struct wrr_worker {
     /* The list CURRENT is indexed by. Lists are immutable and a pointer is
      * never reused for another list while the generation lives, so a
      * different pointer means "rebuild". */
-    alignas(WRR_CACHE_LINE) const helios_backends *list;
+    alignas(HELIOS_BALANCER_CACHE_LINE) const helios_backends *list;
     size_t n;                        /* entries in CURRENT */
     int64_t *current;                /* smooth-WRR current weight per backend index */
     const helios_backends *oom_list; /* list we failed to rebuild for: log once */
 } wrr_worker;
 
+/* Starts with no list and no weights: the first pick builds them. */
 static int wrr_worker_init(void *cfg, helios_worker *w, void **wstate)
 {
     (void)cfg;
     (void)w;
-    wrr_worker *st = aligned_alloc(WRR_CACHE_LINE, sizeof(wrr_worker));
-    if (st == NULL) {
-        api->log(HELIOS_LOG_ERROR, WRR_NAME, "out of memory allocating worker state");
-        return -1;
-    }
-    *st = (wrr_worker){.list = NULL, .n = 0, .current = NULL, .oom_list = NULL};
-    *wstate = st;
-    return 0;
+    *wstate = helios_balancer_wstate_new(api, WRR_NAME, sizeof(wrr_worker));
+    return *wstate != NULL ? 0 : -1;
 }
 
 static void wrr_worker_fini(void *cfg, helios_worker *w, void *wstate)
 {
-    (void)cfg;
-    (void)w;
     wrr_worker *st = wstate;
     free(st->current);
-    free(st);
+    helios_balancer_worker_fini(cfg, w, st);
 }
 
 /*
@@ -82,9 +69,7 @@ static void wrr_worker_fini(void *cfg, helios_worker *w, void *wstate)
 static int wrr_rebuild(wrr_worker *st, const helios_backends *backends, size_t n)
 {
     if (n > st->n || st->current == NULL) {
-        size_t bytes = n * sizeof(int64_t);
-        bytes = (bytes + WRR_CACHE_LINE - 1) / WRR_CACHE_LINE * WRR_CACHE_LINE;
-        int64_t *cur = aligned_alloc(WRR_CACHE_LINE, bytes);
+        int64_t *cur = helios_balancer_alloc_lines(n * sizeof(int64_t));
         if (cur == NULL)
             return -1;
         free(st->current);
@@ -100,77 +85,41 @@ static int wrr_rebuild(wrr_worker *st, const helios_backends *backends, size_t n
 /* ---- hooks ---- */
 
 /*
- * One smooth-WRR round over the usable backends, leaving out those in
- * TRIED (NULL: none). Backends left out do not take part in the round:
- * their current weight neither grows nor pays. Returns the chosen index,
- * or N when there was no candidate (nothing changed then).
- */
-static size_t wrr_round(int64_t *current, const helios_backends *backends, size_t n,
-                        const helios_tried *tried)
-{
-    size_t best = n;
-    int64_t total = 0;
-    for (size_t i = 0; i < n; i++) {
-        const helios_backend *b = api->backends_at(backends, i);
-        if (!api->backend_usable(b) || (tried != NULL && api->tried_has(tried, i)))
-            continue;
-        uint32_t weight = api->backend_weight(b);
-        if (weight == 0)
-            weight = 1; /* the core allows 1..10000; never let a backend starve */
-        current[i] += weight;
-        total += weight;
-        /* strictly greater: on a tie the earlier backend wins, as in nginx */
-        if (best == n || current[i] > current[best])
-            best = i;
-    }
-    if (best != n)
-        current[best] -= total;
-    return best;
-}
-
-/* The first usable backend not in TRIED, else the first usable one, else
- * -1: what pick() falls back to when it cannot keep weights. */
-static int wrr_first_usable(const helios_backends *backends, size_t n, const helios_tried *tried)
-{
-    int fallback = -1;
-    for (size_t i = 0; i < n; i++) {
-        if (!api->backend_usable(api->backends_at(backends, i)))
-            continue;
-        if (tried == NULL || !api->tried_has(tried, i))
-            return (int)i;
-        if (fallback < 0)
-            fallback = (int)i;
-    }
-    return fallback;
-}
-
-/*
- * A round among the usable backends this request has not tried. If it has
- * tried them all, a round among all usable ones: a retry on a backend that
- * failed once beats a 503 while it is still marked usable (the core
- * decides whether to use it). -1 only when no backend is usable.
+ * One smooth-WRR round among the candidates (usable, not tried by this
+ * request), in list order. Backends left out do not take part in the
+ * round: their current weight neither grows nor pays. Returns the chosen
+ * index, or -1 when there was no candidate (nothing changed then).
  */
 static int wrr_pick(helios_ctx *c, const helios_backends *backends, const helios_tried *tried)
 {
     wrr_worker *st = c->wstate;
-    size_t n = api->backends_count(backends);
+    size_t n = helios_balancer_size(api, backends);
     if (n == 0)
         return -1;
-    if (n > INT_MAX)
-        n = INT_MAX; /* pick() answers with an int index */
-
     if (backends != st->list && wrr_rebuild(st, backends, n) != 0) {
         if (st->oom_list != backends)
             api->log(HELIOS_LOG_ERROR, WRR_NAME,
                      "out of memory for %zu backends' weights; ignoring weights until it fits", n);
         st->oom_list = backends;
-        return wrr_first_usable(backends, n, tried);
+        return helios_balancer_scan(api, backends, n, tried, 0);
     }
 
-    size_t chosen = wrr_round(st->current, backends, n, tried);
-    if (chosen == n && tried != NULL)
-        chosen = wrr_round(st->current, backends, n, NULL);
-    return chosen == n ? -1 : (int)chosen;
+    int best = -1;
+    int64_t total = 0;
+    for (int i = helios_balancer_scan(api, backends, n, tried, 0); i >= 0;
+         i = helios_balancer_scan_next(api, backends, n, tried, 0, i)) {
+        uint32_t weight = api->backend_weight(api->backends_at(backends, (size_t)i));
+        if (weight == 0)
+            weight = 1; /* the core allows 1..10000; never let a backend starve */
+        st->current[i] += weight;
+        total += weight;
+        /* strictly greater: on a tie the earlier backend wins, as in nginx */
+        if (best < 0 || st->current[i] > st->current[best])
+            best = i;
+    }
+    if (best >= 0)
+        st->current[best] -= total;
+    return best;
 }
 
 /* ---- module descriptor ---- */

@@ -296,6 +296,10 @@ def test_sdk_install_holds_public_headers_and_build_files_only(sdk):
     assert installed and installed == public, f"installed {installed}, SDK has {public}"
     for name in public:
         assert (sdk / "include" / "helios" / name).read_bytes() == (src_inc / "helios" / name).read_bytes()
+    # and every header-only helper (helios/util/*.h), byte for byte
+    for src in (src_inc / "helios" / "util").glob("*.h"):
+        inst = sdk / "include" / "helios" / "util" / src.name
+        assert inst.is_file() and inst.read_bytes() == src.read_bytes(), f"{src.name} not installed"
 
     pc = pc_dir(sdk) / "helios-plugin.pc"
     major, minor = re.search(

@@ -587,13 +587,68 @@ HX_TEST(tried_backends_are_avoided_when_others_are_usable)
             HX_FAILED_("%s: %d of 200 retries with 3 of 4 tried missed the untried one",
                        strategies[s].module, not_last);
 
-        /* every usable one tried: any usable one beats -1, never an unusable one */
+        /* every usable one tried: -1, never a tried one as a last resort
+         * (module.h: the core would not use it) */
         atomic_store(&store[3].draining, 1);
-        size_t all[4] = {0, 1, 2, 3};
+        size_t all[3] = {0, 1, 2};
         req_reset(r);
-        req_tried(r, &l, all, 4);
+        req_tried(r, &l, all, 3);
         int idx = pick(&b, &l, r);
-        HX_CHECK(idx != 3);
+        if (idx != -1)
+            HX_FAILED_("%s: every usable backend tried, pick gave %d instead of -1",
+                       strategies[s].module, idx);
+        store_reset();
+        bal_close(&b);
+    }
+    req_free(r);
+}
+
+/*
+ * The pick contract (module.h), for every strategy, over random states of
+ * lists of 1 to 8 backends: the answer is a candidate (usable and not
+ * tried) whenever one exists, and -1 exactly when none does.
+ */
+HX_TEST(every_strategy_picks_an_untried_usable_backend_or_minus_one)
+{
+    hx_req *r = req_new();
+    uint64_t rng = 0x243f6a8885a308d3u; /* fixed: a failure reproduces */
+    for (size_t s = 0; s < NSTRATEGIES; s++) {
+        bal b;
+        if (bal_open(&b, strategies[s].module, NULL) != 0)
+            continue;
+        static blist lists[8]; /* one list per length: the core never reuses a list's address */
+        int wrong = 0, none = 0, picks = 0;
+        for (size_t n = 1; n <= 8; n++) {
+            blist *l = &lists[n - 1];
+            blist_first(l, n);
+            for (uint32_t k = 0; k < 300; k++) {
+                size_t tried[8], ntried = 0;
+                int usable[8], any = 0;
+                for (size_t i = 0; i < n; i++) {
+                    rng = rng * 6364136223846793005u + 1442695040888963407u;
+                    unsigned bits = (unsigned)(rng >> 59);
+                    int healthy = (bits & 3u) != 0, drained = (bits & 0x1cu) == 0x1cu;
+                    atomic_store(&store[i].healthy, healthy); /* 3 in 4 */
+                    atomic_store(&store[i].draining, drained);
+                    usable[i] = healthy && !drained;
+                    if ((bits & 0x10u) != 0)
+                        tried[ntried++] = i;
+                    else
+                        any |= usable[i];
+                }
+                req_key(r, KEY_CLIENT, k, k);
+                req_tried(r, l, tried, ntried);
+                int idx = pick(&b, l, r);
+                picks++;
+                none += !any;
+                if (any ? idx < 0 || r->tried[idx] || !usable[idx] : idx != -1)
+                    wrong++;
+            }
+        }
+        printf("  %-20s %d random picks (%d with no candidate): %d not a candidate\n",
+               strategies[s].module, picks, none, wrong);
+        HX_CHECK_INT_EQ(wrong, 0);
+        HX_CHECK(none > 0 && none < picks); /* both cases were exercised */
         store_reset();
         bal_close(&b);
     }
@@ -1134,6 +1189,7 @@ int main(void)
     HX_RUN(weighted_round_robin_never_bursts_to_the_heavy_backend);
     HX_RUN(unusable_backends_are_skipped_by_every_strategy);
     HX_RUN(tried_backends_are_avoided_when_others_are_usable);
+    HX_RUN(every_strategy_picks_an_untried_usable_backend_or_minus_one);
     HX_RUN(pick_returns_minus_one_when_no_backend_is_usable);
     HX_RUN(every_strategy_refuses_unknown_config_keys);
     HX_RUN(least_connections_prefers_fewer_in_flight);

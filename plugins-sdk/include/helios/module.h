@@ -74,14 +74,25 @@ typedef struct helios_handler_hooks {
 /*
  * Balancer kind: an upstream's `balancer:`. One instance per upstream; its
  * cfg is shared by all workers (use atomics for shared counters), wstate is
- * per worker. pick() runs on the request's worker for every attempt.
+ * per worker. helios/util/balancer.h has the candidate scan, a config_new
+ * for balancers without settings and per-worker state helpers.
  */
 typedef struct helios_balancer_hooks {
     uint32_t size;
-    /* Returns the index in BACKENDS of the backend to use, or -1 when none is
-     * usable (the client gets 503). Must skip backends for which
-     * api->backend_usable() is 0 and, when another choice exists, those in
-     * TRIED (api->tried_has). BACKENDS is immutable during the call. */
+    /* Chooses the backend for one upstream attempt: called on the request's
+     * worker once before every attempt (the first and each retry), and
+     * again for the same attempt, with the refused backend now in TRIED, if
+     * the core cannot admit the pick (a half-open breaker whose trial slots
+     * just filled).
+     * Must return the index in BACKENDS of a candidate, a backend for which
+     * api->backend_usable() is 1 and api->tried_has(TRIED, index) is 0; or
+     * -1 when there is no candidate. Never a tried backend as a last resort:
+     * the core does not send a request to a backend twice.
+     * The core checks the answer: -1 or an index out of range ends the
+     * request (503 before any attempt, 502 after); a tried or unusable
+     * index (a bug, or a backend that became unusable meanwhile) is replaced
+     * by the first candidate in list order, or ends the request likewise
+     * when there is none. BACKENDS is immutable during the call. */
     int (*pick)(helios_ctx *c, const helios_backends *backends, const helios_tried *tried);
     /* The backend list of this upstream was replaced (a backend added or
      * removed at runtime); called on the control thread before any worker
