@@ -1270,9 +1270,12 @@ void hx_proxy_start(hx_req *r)
                       .rstate = NULL,
                       .req = (helios_request *)r,
                       .worker = (helios_worker *)r->w};
-    /* A pick the core cannot honour (unusable, tried, a half-open breaker
-     * whose trial slots just filled) is marked tried and the balancer asked
-     * again, at most once per backend. */
+    /* The pick contract (module.h): an untried usable backend, or -1. An
+     * index out of range ends the search; a tried or unusable one (usability
+     * can change between pick and here) is replaced by the first untried
+     * usable backend in list order. A half-open breaker whose trial slots
+     * filled meanwhile is marked tried and the balancer asked again, at
+     * most once per backend. */
     hx_backend *b = NULL;
     int idx = -1;
     for (size_t round = 0; round <= bs->n && b == NULL; round++) {

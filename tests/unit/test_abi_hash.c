@@ -32,6 +32,9 @@ static const struct {
 } abi_history[] = {
     {1, 0, 0xb780c993dea05363u},
     {1, 1, 0x7b3b7d6a5a43a783u},
+    /* 1.2: module commands; every host API entry documented (thread,
+     * ownership, lifetime, since); the balancer pick contract */
+    {1, 2, 0xebbe2388338574f1u},
 };
 #define ABI_HISTORY_LEN (sizeof(abi_history) / sizeof(abi_history[0]))
 
