@@ -199,9 +199,23 @@ const char *hx_reason(int status)
 
 /* ---- Host ---- */
 
-int hx_host_parse(hx_arena *a, const char *h, size_t n, helios_buf *out)
+static int is_hex(unsigned char c)
 {
-    size_t end = n;
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
+}
+
+/* reg-name = *( unreserved / pct-encoded / sub-delims ) (RFC 3986 3.2.2);
+ * '_' is unreserved but no DNS name holds it, and it is kept here as the
+ * URI grammar allows it. */
+static int reg_name_char(unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           (c && strchr("-._~!$&'()*+,;=", c) != NULL);
+}
+
+int hx_host_parse(hx_arena *a, const char *h, size_t n, helios_buf *host, unsigned *port)
+{
+    size_t end; /* end of the host part */
     if (n > 0 && h[0] == '[') {
         const char *rb = memchr(h, ']', n);
         if (rb == NULL)
@@ -209,27 +223,59 @@ int hx_host_parse(hx_arena *a, const char *h, size_t n, helios_buf *out)
         end = (size_t)(rb - h) + 1;
         if (end < n && h[end] != ':')
             return -1;
+        int colons = 0;
+        for (size_t i = 1; i + 1 < end; i++) {
+            unsigned char c = (unsigned char)h[i];
+            if (c == ':')
+                colons++;
+            else if (!is_hex(c) && c != '.')
+                return -1; /* IPvFuture and zone ids are not accepted */
+        }
+        if (colons < 2 || end - 2 > 45)
+            return -1;
     } else {
         const char *colon = memchr(h, ':', n);
-        if (colon)
-            end = (size_t)(colon - h);
+        end = colon ? (size_t)(colon - h) : n;
+        for (size_t i = 0; i < end; i++) {
+            unsigned char c = (unsigned char)h[i];
+            if (c == '%') {
+                if (i + 2 >= end || !is_hex((unsigned char)h[i + 1]) ||
+                    !is_hex((unsigned char)h[i + 2]))
+                    return -1;
+                i += 2;
+            } else if (!reg_name_char(c)) {
+                return -1;
+            }
+        }
     }
-    if (end < n) { /* port must be digits */
-        for (size_t i = end + 1; i < n; i++)
+    unsigned long pv = 0;
+    if (end < n) { /* ":" port: digits, maybe none */
+        if (n - end - 1 > 5)
+            return -1;
+        for (size_t i = end + 1; i < n; i++) {
             if (h[i] < '0' || h[i] > '9')
                 return -1;
+            pv = pv * 10 + (unsigned long)(h[i] - '0');
+        }
+        if (n - end - 1 > 0 && (pv == 0 || pv > 65535))
+            return -1;
     }
-    char *o = hx_arena_alloc(a, end + 1);
+    size_t len = end;
+    if (len > 1 && h[0] != '[' && h[len - 1] == '.')
+        len--; /* the absolute (rooted) form of a name is the same host */
+    if (len == 1 && h[0] == '.')
+        return -1;
+    char *o = hx_arena_alloc(a, len + 1);
     if (o == NULL)
         return -1;
-    for (size_t i = 0; i < end; i++) {
+    for (size_t i = 0; i < len; i++) {
         unsigned char ch = (unsigned char)h[i];
-        if (ch <= 0x20 || ch == 0x7f || ch == '/' || ch == '\\' || ch == '@')
-            return -1;
         o[i] = (char)((ch >= 'A' && ch <= 'Z') ? ch + 32 : ch);
     }
-    o[end] = '\0';
-    out->ptr = o;
-    out->len = end;
+    o[len] = '\0';
+    host->ptr = o;
+    host->len = len;
+    if (port)
+        *port = (unsigned)pv;
     return 0;
 }

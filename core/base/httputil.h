@@ -55,11 +55,16 @@ int hx_method_id(const char *m, size_t n);
 const char *hx_reason(int status);
 
 /*
- * Host (or :authority) H..H+N parsed and normalised: host without its port,
- * lower-cased, copied into A (NUL-terminated) and stored in *OUT. Brackets
- * of an IPv6 literal are kept. Returns 0, or -1 when malformed (a bad port,
- * an unclosed bracket, control characters, '/', '\\' or '@').
+ * Host (or :authority, or an absolute-form target's authority) H..H+N,
+ * parsed and normalised once (RFC 3986 3.2.2, RFC 9110 7.2): the host
+ * lower-cased, one trailing dot of a name dropped ("Example.COM." and
+ * "example.com" are one host), IPv6 literals kept in brackets and checked,
+ * copied into A (NUL-terminated) and stored in *HOST; the port, if one is
+ * given, in *PORT (0 when absent or empty). Returns 0, or -1 when malformed:
+ * a character a host name cannot hold (space, '/', '\\', '@', '_'... only
+ * unreserved, sub-delims and %XX are allowed), a bad IPv6 literal, a port
+ * that is not 1..65535.
  */
-int hx_host_parse(hx_arena *a, const char *h, size_t n, helios_buf *out);
+int hx_host_parse(hx_arena *a, const char *h, size_t n, helios_buf *host, unsigned *port);
 
 #endif

@@ -14,6 +14,48 @@ static char log_path[4096];
 
 static const char *const level_names[] = {"error", "warn", "info", "debug"};
 
+/*
+ * Repeated lines. A failing backend with no health module, or a client
+ * sending the same bad request in a loop, would otherwise write one line
+ * per request (158,000 in 20 s were seen). Per thread, a line identical to
+ * the previous one (level, module and text; not the time) within
+ * HX_LOG_REPEAT_WINDOW seconds is counted, not written; the count goes out
+ * as "... last message repeated N times" before the next different line,
+ * or with the same line once the window is over. No lock, no timer: the
+ * state is the thread's own.
+ */
+#define HX_LOG_REPEAT_WINDOW 10
+
+static _Thread_local struct {
+    char body[2048]; /* the last line written, from the level on */
+    size_t len;
+    time_t since;        /* when that line was written */
+    unsigned long count; /* identical lines not written since */
+} last;
+
+static void write_line(const char *p, size_t n)
+{
+    ssize_t w = write(atomic_load(&log_fd), p, n);
+    (void)w;
+}
+
+/* Writes "<stamp> [level] last message repeated N times" for the lines
+ * held back, if any. */
+static void flush_repeats(const char *stamp, size_t slen)
+{
+    if (last.count == 0)
+        return;
+    char line[256];
+    const char *lvl = last.body; /* "[level] ..." */
+    const char *end = memchr(lvl, ']', last.len);
+    int ll = end ? (int)(end - lvl + 1) : 0;
+    int n = snprintf(line, sizeof(line), "%.*s%.*s last message repeated %lu times\n",
+                     (int)slen, stamp, ll, lvl, last.count);
+    if (n > 0)
+        write_line(line, (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1);
+    last.count = 0;
+}
+
 int hx_log_open(int level, const char *path)
 {
     atomic_store(&log_level, level);
@@ -91,8 +133,23 @@ void hx_vlog(int level, const char *module, const char *fmt, va_list ap)
         if (line[i] == '\n' || line[i] == '\r')
             line[i] = ' ';
     line[n++] = '\n';
-    ssize_t w = write(atomic_load(&log_fd), line, (size_t)n);
-    (void)w;
+
+    const char *body = strchr(line, '[');
+    size_t stamp = body ? (size_t)(body - line) : 0, blen = (size_t)n - stamp;
+    if (body && blen == last.len && memcmp(body, last.body, blen) == 0 &&
+        ts.tv_sec - last.since < HX_LOG_REPEAT_WINDOW) {
+        last.count++;
+        return;
+    }
+    flush_repeats(line, stamp);
+    if (body && blen <= sizeof(last.body)) {
+        memcpy(last.body, body, blen);
+        last.len = blen;
+        last.since = ts.tv_sec;
+    } else {
+        last.len = 0;
+    }
+    write_line(line, (size_t)n);
 }
 
 void hx_log(int level, const char *fmt, ...)

@@ -584,7 +584,7 @@ static void parse_timeouts(build *b, const hx_conf_node *root)
 static void parse_limits(build *b, const hx_conf_node *root)
 {
     static const char *const keys[] = {"max_request_line", "max_header_size", "max_headers",
-                                       "max_body_buffer", NULL};
+                                       "max_body_buffer", "max_request_body", NULL};
     const hx_conf_node *m = opt_map(root, "limits", keys);
     hx_limits *l = &b->gen->limits;
     long long v = 100;
@@ -594,6 +594,8 @@ static void parse_limits(build *b, const hx_conf_node *root)
     hx_conf_int(m, "max_headers", 100, 1, MAX_HEADERS_MAX, &v);
     l->max_headers = (unsigned)v;
     get_size(m, "max_body_buffer", 64 * KiB, 4 * KiB, 16 * MiB, "4k..16m", &l->max_body_buffer);
+    get_size(m, "max_request_body", 1024 * MiB, 0, (uint64_t)1 << 50, "0 (no limit)..1p",
+             &l->max_request_body);
 }
 
 static void parse_logging(build *b, const hx_conf_node *root)

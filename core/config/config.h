@@ -147,6 +147,7 @@ typedef struct hx_limits {
     uint64_t max_header_size;   /* 431 above (all header lines) */
     unsigned max_headers;       /* 431 above */
     uint64_t max_body_buffer;   /* per-direction buffering before backpressure */
+    uint64_t max_request_body;  /* 413 above; 0 = no limit */
 } hx_limits;
 
 enum { HX_LOG_FMT_TEXT = 0, HX_LOG_FMT_JSON = 1 };

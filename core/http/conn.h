@@ -20,8 +20,10 @@
 typedef struct hx_hdr_builder {
     hx_buf name, value;
     int in_value;
-    size_t total; /* bytes of all header lines */
+    size_t total; /* bytes of all header lines (and trailer lines) */
     unsigned count;
+    int in_trailers;  /* the head is done: fields now are trailers */
+    size_t chunk_ext; /* bytes of the current chunk's extensions */
 } hx_hdr_builder;
 
 enum hx_conn_state {

@@ -418,6 +418,7 @@ static hx_req *req_new(hx_conn *c)
             return NULL;
     }
     hx_req_init(r, &hx_http1_ops, c->w, c, HX_REQ_ARENA);
+    r->https = c->ssl != NULL;
     memcpy(&r->client, &c->peer, sizeof(c->peer));
     return r;
 }
@@ -676,13 +677,27 @@ static int push_header(hx_conn *c)
     }
     if (++hb->count > r->gen->limits.max_headers)
         return 431;
-    if (hx_hdrs_add(&r->arena, &r->hdrs, hx_buf_head(&hb->name), hx_buf_size(&hb->name), v,
+    if (hb->in_trailers) {
+        /* Trailers get the head's rules (the head validator never sees
+         * them) and are dropped: the head went on long ago, and a field
+         * that arrives after the body must never be read as part of it. */
+        if (!hx_hdr_name_valid(hx_buf_head(&hb->name), hx_buf_size(&hb->name)) ||
+            !hx_hdr_value_valid(v, vl))
+            return 400;
+    } else if (hx_hdrs_add(&r->arena, &r->hdrs, hx_buf_head(&hb->name), hx_buf_size(&hb->name), v,
                     vl) != 0)
         return 500;
     hx_buf_reset(&hb->name);
     hx_buf_reset(&hb->value);
     hb->in_value = 0;
     return 0;
+}
+
+static const char *header_error(int st)
+{
+    return st == 431 ? "too many header fields"
+           : st == 400 ? "malformed trailer field"
+                       : "out of memory";
 }
 
 static int set_error(hx_conn *c, int status, const char *why)
@@ -706,6 +721,8 @@ static int on_message_begin(llhttp_t *p)
     c->hb.in_value = 0;
     c->hb.total = 0;
     c->hb.count = 0;
+    c->hb.in_trailers = 0;
+    c->hb.chunk_ext = 0;
     hx_buf_reset(&c->url);
     return 0;
 }
@@ -725,7 +742,7 @@ static int on_header_field(llhttp_t *p, const char *at, size_t len)
     if (c->hb.in_value) {
         int st = push_header(c);
         if (st)
-            return set_error(c, st, st == 431 ? "too many header fields" : "out of memory");
+            return set_error(c, st, header_error(st));
     }
     c->hb.total += len;
     if (c->hb.total > c->req->gen->limits.max_header_size)
@@ -752,8 +769,9 @@ static int on_headers_complete(llhttp_t *p)
     if (c->hb.in_value || hx_buf_size(&c->hb.name)) {
         int st = push_header(c);
         if (st)
-            return set_error(c, st, st == 431 ? "too many header fields" : "out of memory");
+            return set_error(c, st, header_error(st));
     }
+    c->hb.in_trailers = 1;
     const char *m = llhttp_method_name((llhttp_method_t)p->method);
     r->method.ptr = m;
     r->method.len = strlen(m);
@@ -814,13 +832,15 @@ static int on_headers_complete(llhttp_t *p)
         }
         r->content_length = v;
         r->has_body = v > 0;
+        uint64_t max = r->gen->limits.max_request_body;
+        if (max && (uint64_t)v > max) /* before any 100 Continue */
+            return set_error(c, 413, "request body larger than limits.max_request_body");
     }
     if (nhost > 1)
         return set_error(c, 400, "more than one Host header");
     if (nhost == 0 && r->http_minor >= 1)
         return set_error(c, 400, "missing Host header");
-    if (nhost && hx_host_parse(&r->arena, host.ptr, host.len, &r->host) != 0)
-        return set_error(c, 400, "invalid Host header");
+    (void)host; /* parsed and normalised once, by the request layer */
     r->keepalive = llhttp_should_keep_alive(p);
     if (p->upgrade)
         c->close_after = 1; /* answered normally, then closed (unless tunnelled) */
@@ -843,10 +863,37 @@ static int on_body(llhttp_t *p, const char *at, size_t len)
     return 0;
 }
 
+/* Chunk extensions are allowed and ignored, but bounded: a client cannot
+ * make heliosd read an endless chunk header. */
+#define HX_CHUNK_EXT_MAX 4096
+
+/* llhttp reports a chunk's extensions before its on_chunk_header: the count
+ * starts again after each chunk header line. */
+static int on_chunk_header(llhttp_t *p)
+{
+    P(p)->hb.chunk_ext = 0;
+    return 0;
+}
+
+static int on_chunk_ext(llhttp_t *p, const char *at, size_t len)
+{
+    (void)at;
+    hx_conn *c = P(p);
+    c->hb.chunk_ext += len;
+    if (c->hb.chunk_ext > HX_CHUNK_EXT_MAX)
+        return set_error(c, 400, "chunk extensions too long");
+    return 0;
+}
+
 static int on_message_complete(llhttp_t *p)
 {
     hx_conn *c = P(p);
     hx_req *r = c->req;
+    if (c->hb.in_value || hx_buf_size(&c->hb.name)) { /* the last trailer field */
+        int st = push_header(c);
+        if (st)
+            return set_error(c, st, header_error(st));
+    }
     if (r->phase == HX_PH_HEAD) {
         r->body_done = 1;
     } else if (hx_req_body_in(r, NULL, 0, 1) != 0) {
@@ -869,6 +916,9 @@ static const llhttp_settings_t *req_settings(void)
         s.on_headers_complete = on_headers_complete;
         s.on_body = on_body;
         s.on_message_complete = on_message_complete;
+        s.on_chunk_header = on_chunk_header;
+        s.on_chunk_extension_name = on_chunk_ext;
+        s.on_chunk_extension_value = on_chunk_ext;
         init = 1;
     }
     return &s;

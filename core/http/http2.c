@@ -48,7 +48,6 @@ typedef struct hx_h2_stream {
     int bad;            /* malformed request: 400 */
     int started;        /* hx_req_start ran */
     int pushing;        /* inside stream_push_body */
-    helios_buf authority; /* :authority as sent: becomes Host upstream */
     hx_buf out;         /* response body waiting for DATA frames */
     int out_last;       /* the whole body is in `out` */
     int out_eof;        /* END_STREAM (or the trailers) handed to nghttp2 */
@@ -432,6 +431,7 @@ static int on_begin_headers(nghttp2_session *s, const nghttp2_frame *f, void *us
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     }
     memcpy(&r->client, &h->c->peer, sizeof(h->c->peer));
+    r->https = h->c->ssl != NULL;
     st->id = f->hd.stream_id;
     st->h = h;
     st->r = r;
@@ -478,17 +478,13 @@ static int on_header(nghttp2_session *s, const nghttp2_frame *f, const uint8_t *
         else if (namelen == 5 && memcmp(n, ":path", 5) == 0)
             r->target = b;
         else if (namelen == 10 && memcmp(n, ":authority", 10) == 0) {
-            st->authority = b;
-            if (hx_host_parse(&r->arena, copy, valuelen, &r->host) != 0)
-                st->bad = 1;
+            r->authority = b; /* checked against host by the request layer */
         } else if (namelen == 9 && memcmp(n, ":protocol", 9) == 0)
             st->bad = 1; /* extended CONNECT is not offered */
         return 0;
     }
-    if (namelen == 4 && memcmp(n, "host", 4) == 0) {
-        if (r->host.ptr == NULL && hx_host_parse(&r->arena, v, valuelen, &r->host) != 0)
-            st->bad = 1;
-    }
+    if (namelen == 4 && memcmp(n, "host", 4) == 0 && hx_hdrs_get(&r->hdrs, "host").ptr)
+        st->bad = 1; /* more than one host field */
     if (namelen == 14 && memcmp(n, "content-length", 14) == 0) {
         int64_t cl = 0;
         for (size_t i = 0; i < valuelen && cl >= 0; i++)
@@ -544,11 +540,13 @@ static void stream_start(hx_h2 *h, hx_h2_stream *st, int end_stream)
         r->method_id = hx_method_id(r->method.ptr, r->method.len);
     r->is_head = r->method_id == HTTP_HEAD;
     join_cookies(r);
-    /* the authority is the Host of the HTTP/1.1 request upstream */
-    if (st->authority.ptr && hx_hdrs_get(&r->hdrs, "host").ptr == NULL)
-        hx_hdrs_add(&r->arena, &r->hdrs, "Host", 4, st->authority.ptr, st->authority.len);
     if (st->too_large) {
         hx_req_error(r, 431, "HTTP/2 header list too large");
+        return;
+    }
+    uint64_t max = r->gen->limits.max_request_body;
+    if (max && r->content_length >= 0 && (uint64_t)r->content_length > max) {
+        hx_req_error(r, 413, "request body larger than limits.max_request_body");
         return;
     }
     if (st->bad || r->method.ptr == NULL || r->target.ptr == NULL || r->method_id == HTTP_CONNECT) {

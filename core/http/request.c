@@ -114,6 +114,20 @@ void hx_req_log(hx_req *r)
 int hx_req_body_in(hx_req *r, const char *at, size_t len, int last)
 {
     r->bytes_in += len;
+    uint64_t max = r->gen->limits.max_request_body;
+    if (max && r->bytes_in > max && !r->body_discard) {
+        /* a chunked or HTTP/2 body that announced no length went over */
+        r->body_discard = 1;
+        if (r->ops->no_reuse)
+            r->ops->no_reuse(r);
+        if (!r->head_sent) {
+            hx_proxy->detach(r);
+            hx_req_error(r, 413, "request body larger than limits.max_request_body");
+        } else {
+            hx_resp_abort(r, "request body larger than limits.max_request_body");
+        }
+        return 0;
+    }
     if (last)
         r->body_done = 1;
     if (r->body_discard || r->phase == HX_PH_DONE || r->phase == HX_PH_RESPONDING)
@@ -215,6 +229,114 @@ static void resolve_client(hx_req *r)
             return;
         end = start > 0 ? start - 1 : 0;
     }
+}
+
+/* ------------------------------------------------------------------ */
+/* methods                                                             */
+
+static int route_lists_method(const hx_route *rt, const char *m)
+{
+    for (char **p = rt->methods; p && *p; p++)
+        if (strcmp(*p, m) == 0)
+            return 1;
+    return 0;
+}
+
+/* 405 with the Allow header RFC 9110 15.5.6 asks for: the route's methods,
+ * or the common ones when it takes any. */
+static void refuse_method(hx_req *r)
+{
+    char allow[256];
+    size_t n = 0;
+    if (r->route->methods) {
+        for (char **p = r->route->methods; *p; p++) {
+            size_t l = strlen(*p);
+            if (strcmp(*p, r->method.ptr) == 0 || n + l + 2 >= sizeof(allow))
+                continue;
+            if (n) {
+                memcpy(allow + n, ", ", 2);
+                n += 2;
+            }
+            memcpy(allow + n, *p, l);
+            n += l;
+        }
+    } else {
+        static const char common[] = "GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH";
+        memcpy(allow, common, sizeof(common) - 1);
+        n = sizeof(common) - 1;
+    }
+    char peer[64];
+    hx_addr_ip_str((struct sockaddr *)&r->client, peer, sizeof(peer));
+    hx_log(HELIOS_LOG_INFO, "%s \"%.*s %.*s\": 405: method not allowed on route %s", peer,
+           (int)r->method.len, r->method.ptr, (int)r->target.len, r->target.ptr,
+           r->route->name ? r->route->name : "");
+    r->error_reason = "method not allowed on this route";
+    r->route = NULL; /* answered by the core: no filters, no handler */
+    hx_hdrs_add(&r->arena, &r->rhdrs, "Allow", 5, allow, n);
+    static const char body[] = "405 Method Not Allowed\n";
+    hx_req_respond(r, 405, "text/plain", body, sizeof(body) - 1);
+}
+
+/* ------------------------------------------------------------------ */
+/* request identity                                                    */
+
+/* The Host field value heliosd sends on: HOST, and the port when one was
+ * given that is not the default of the client's scheme. */
+static int set_host_header(hx_req *r, helios_buf host, unsigned port)
+{
+    hx_hdrs_remove(&r->hdrs, "host");
+    if (host.len == 0)
+        return 0; /* HTTP/1.0 without Host: the proxy names the backend */
+    char v[300];
+    if (host.len > sizeof(v) - 8)
+        return -1;
+    memcpy(v, host.ptr, host.len);
+    size_t n = host.len;
+    if (port && port != (r->https ? 443u : 80u)) {
+        v[n++] = ':';
+        n += hx_u64_dec(v + n, port);
+    }
+    return hx_hdrs_add(&r->arena, &r->hdrs, "Host", 4, v, n);
+}
+
+/*
+ * One identity per request (RFC 9112 3.2.2, RFC 9113 8.3.1): the authority
+ * of an absolute-form target replaces Host; an HTTP/2 :authority and a host
+ * field that name different hosts are refused; the winner is normalised
+ * once (hx_host_parse) into r->host, and the Host header is rewritten to
+ * it, so routing, modules, variables and the upstream all see one value.
+ * 0, or -1 after answering 400.
+ */
+static int req_identity(hx_req *r)
+{
+    helios_buf field = hx_hdrs_get(&r->hdrs, "host"), host = {"", 0};
+    unsigned port = 0;
+    if (r->authority.ptr) {
+        if (hx_host_parse(&r->arena, r->authority.ptr, r->authority.len, &host, &port) != 0 ||
+            host.len == 0) {
+            hx_req_error(r, 400, "invalid authority in the request target");
+            return -1;
+        }
+        if (field.ptr && r->http_major == 2) {
+            helios_buf fh;
+            unsigned fp = 0, dflt = r->https ? 443u : 80u;
+            if (hx_host_parse(&r->arena, field.ptr, field.len, &fh, &fp) != 0 ||
+                fh.len != host.len || memcmp(fh.ptr, host.ptr, host.len) != 0 ||
+                (fp ? fp : dflt) != (port ? port : dflt)) {
+                hx_req_error(r, 400, ":authority and host name different hosts");
+                return -1;
+            }
+        }
+    } else if (field.ptr && hx_host_parse(&r->arena, field.ptr, field.len, &host, &port) != 0) {
+        hx_req_error(r, 400, "invalid Host header");
+        return -1;
+    }
+    r->host = host;
+    if (set_host_header(r, host, port) != 0) {
+        hx_req_error(r, 400, "invalid Host header");
+        return -1;
+    }
+    return 0;
 }
 
 /* ------------------------------------------------------------------ */
@@ -333,17 +455,7 @@ void hx_req_start(hx_req *r)
             hx_req_error(r, 400, "userinfo in request target");
             return;
         }
-        helios_buf old = r->host;
-        (void)old;
-        char *h = hx_arena_strndup(&r->arena, auth, (size_t)(end - auth));
-        size_t hl = (size_t)(end - auth);
-        const char *colon = memchr(h, ':', hl);
-        if (colon && h[0] != '[')
-            hl = (size_t)(colon - h);
-        for (size_t i = 0; i < hl; i++)
-            if (h[i] >= 'A' && h[i] <= 'Z')
-                h[i] = (char)(h[i] + 32);
-        r->host = (helios_buf){h, hl};
+        r->authority = (helios_buf){auth, (size_t)(end - auth)};
         t = slash ? slash : "/";
         tl = slash ? (size_t)(r->target.ptr + r->target.len - slash) : 1;
     } else if (tl == 1 && t[0] == '*') {
@@ -375,8 +487,8 @@ void hx_req_start(hx_req *r)
         }
         r->path = (helios_buf){np, (size_t)nl};
     }
-    if (r->host.ptr == NULL)
-        r->host = (helios_buf){"", 0};
+    if (req_identity(r) != 0)
+        return;
 
     if (r->wg->broken) {
         hx_req_error(r, 503, "a module failed to initialise on this worker");
@@ -387,6 +499,13 @@ void hx_req_start(hx_req *r)
                               r->method.ptr, r->method.len);
     if (r->route == NULL) {
         hx_req_error(r, 404, "no route matches");
+        return;
+    }
+    if (r->method_id == HTTP_TRACE && !route_lists_method(r->route, "TRACE")) {
+        /* TRACE echoes the request, cookies and credentials included, to
+         * a script that can read the answer (cross-site tracing): only a
+         * route that names it in `methods:` lets it through */
+        refuse_method(r);
         return;
     }
     r->rstates = hx_arena_alloc(&r->arena, (g->ninstances + 1) * sizeof(void *));

@@ -85,7 +85,15 @@ struct hx_req {
     hx_arena arena;
 
     /* request head */
-    helios_buf method, target, path, query, host;
+    helios_buf method, target, path, query;
+    /* The one host of the request (request.c, req_identity): lower-cased,
+     * no port, no trailing dot. What routing matches, what modules and
+     * variables see, and (with the port, if any) the Host sent upstream. */
+    helios_buf host;
+    /* The authority the protocol was given besides Host: an absolute-form
+     * target's (HTTP/1.1) or :authority (HTTP/2). {NULL, 0} when none. */
+    helios_buf authority;
+    int https; /* the client connection is TLS: default port 443, not 80 */
     int http_major, http_minor;
     int method_id; /* llhttp_method_t */
     hx_hdrs hdrs;
