@@ -9,8 +9,7 @@ import re
 
 import pytest
 
-from conftest import free_port, http_request, make_config, proxy_route, upstream_conf
-from test_tls import make_ca, make_cert
+from conftest import free_port, http_request, make_ca, make_cert, make_config, proxy_route, upstream_conf
 
 
 @pytest.fixture(scope="module")

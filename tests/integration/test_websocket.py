@@ -17,19 +17,20 @@ import resource
 import signal
 import ssl
 import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import websockets
 
 from conftest import (
     RawConn,
+    SOURCE_DIR,
     free_port,
     http_request,
     is_sanitizer_build,
+    make_ca,
+    make_cert,
     make_config,
     proxy_config,
     proxy_route,
@@ -40,10 +41,7 @@ from conftest import (
     wait_for,
 )
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_tls import make_ca, make_cert  # noqa: E402
-
-WS_ECHO = Path(__file__).resolve().parent.parent / "backend" / "ws_echo.py"
+WS_ECHO = SOURCE_DIR / "tests" / "backend" / "ws_echo.py"
 PYTHON = "/usr/bin/python3"
 MiB = 1 << 20
 
