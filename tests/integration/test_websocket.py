@@ -559,17 +559,12 @@ def test_access_log_line_for_tunnel(heliosd, wsb, tmp_path):
     assert mrec["bytes_in"] == rec["bytes_in"] and mrec["bytes_out"] == rec["bytes_out"], mrec
 
 
-def test_config_errors_for_tunnel_keys(tmp_path):
-    from conftest import HELIOSD, MODULE_DIR, to_yaml
-
+def test_config_errors_for_tunnel_keys(check_config):
     port = free_port()
     cfg = make_config(port, [proxy_route("app", "app")],
                       {"app": upstream_conf({"name": "a", "address": "127.0.0.1:9"},
                                             max_tunnels=-1)},
                       timeouts={"tunnel_idle": "0"})
-    f = tmp_path / "bad.yaml"
-    f.write_text(to_yaml(cfg))
-    p = subprocess.run([str(HELIOSD), "-t", "-c", str(f), "-m", str(MODULE_DIR)],
-                       capture_output=True, text=True, timeout=30)
+    p = check_config(cfg)
     assert p.returncode == 1, p.stderr
     assert "max_tunnels" in p.stderr and "tunnel_idle" in p.stderr, p.stderr

@@ -2,8 +2,8 @@
 writing them, and `heliosd -t` on them."""
 
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 import pytest
 import yaml
@@ -94,14 +94,18 @@ def write_config_file(directory, config, name="heliosd.yaml"):
     return path
 
 
-class ConfigCheck(NamedTuple):
-    """What `heliosd -t` said about a configuration. Unpacks as
-    (returncode, stdout, stderr, path) and reads like a CompletedProcess."""
+@dataclass(frozen=True)
+class ConfigCheck:
+    """What `heliosd -t` said about a configuration: unpacks as
+    (returncode, stdout, stderr), and .path is what -c was given."""
 
     returncode: int
     stdout: str
     stderr: str
-    path: Path  # what -c was given: a file or a conf.d directory
+    path: Path
+
+    def __iter__(self):
+        return iter((self.returncode, self.stdout, self.stderr))
 
     @property
     def output(self):

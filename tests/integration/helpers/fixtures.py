@@ -69,12 +69,12 @@ def heliosd(tmp_path):
 
 @pytest.fixture
 def check_config(tmp_path):
-    """Factory: check_config(config, name="heliosd.yaml", **kw) runs
-    `heliosd -t` and returns a ConfigCheck (returncode, stdout, stderr, path).
-    CONFIG is a dict or YAML text, written as NAME in a new directory under
-    tmp_path (path is that file), or the Path of an existing file or
-    directory, checked where it is. KW go to run_config_check: module_dir,
-    env, timeout, cwd."""
+    """Factory: `rc, out, err = check_config(config)` runs `heliosd -t` on
+    CONFIG and returns a ConfigCheck (which also has .path and .output).
+    CONFIG is a dict or YAML text, written as NAME (heliosd.yaml) in a new
+    directory under tmp_path, or the Path of an existing file or directory,
+    checked where it is. Keywords go to run_config_check: module_dir, env,
+    timeout, cwd."""
     counter = itertools.count()
 
     def check(config, name="heliosd.yaml", **kw):
