@@ -1,6 +1,8 @@
-"""The heliosd integration suite's conftest: it registers the fixtures and
-re-exports the helpers (tests write `from conftest import Heliosd, free_port`).
-The code lives in helpers/, one module per concern (see helpers/__init__.py).
+"""The heliosd integration suite's conftest, shared by the tests in core/,
+modules/ and sdk/: it registers the fixtures and re-exports the helpers
+(tests write `from conftest import Heliosd, free_port`). The code lives in
+helpers/, one module per concern (see helpers/__init__.py); pytest.ini
+makes this folder the rootdir and puts it on sys.path.
 
 Everything drives real processes on the loopback interface: the heliosd
 binary, the hx_backend test server and real clients (http.client, curl, raw
@@ -19,10 +21,3 @@ the repository root).
 
 from helpers import *  # noqa: F401,F403 - the helpers' public API, for test files
 from helpers.fixtures import backend, backends, check_config, heliosd  # noqa: F401 - registers them
-
-
-def pytest_configure(config):
-    config.addinivalue_line(
-        "markers",
-        "big: 1 GiB transfer acceptance tests (run in CI; each kept under ~60 s)",
-    )
