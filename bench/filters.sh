@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Cost of the traffic filter chain (issue 6):
+# Cost of the traffic filter chain:
 #
 #  1. req/s through heliosd with no filter modules vs the full chain with
 #     gzip off (request_id, headers, size_limit, rate_limit with a limit far

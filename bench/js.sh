@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# JS handlers (issue 9): req/s of "hello world" from
-#   - heliosd, js module (the issue's addEventListener handler),
+# JS handlers: req/s of "hello world" from
+#   - heliosd, js module (a Workers-style addEventListener handler),
 #   - heliosd, static_response module (same body),
 #   - nginx `return 200 "Hello from Helios!"`,
 #   - Node.js (`node`) running an equivalent http.createServer hello world,

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Cost of the metrics module (issue 7): heliosd proxying to one hx_backend
+# Cost of the metrics module: heliosd proxying to one hx_backend
 # with no modules ("off") and with `modules: [metrics]` on its own listener
 # ("on"), one worker each, same backend.
 #

@@ -2,7 +2,7 @@
  * pick.c - nanoseconds per pick() of every load-balancing module, at 3, 30
  * and 300 backends. Built and run by bench/strategies.sh against the core
  * library of a build tree (libhxcore.a), so the modules are loaded by the
- * real loader and called exactly as core/upstream.c calls them: a
+ * real loader and called exactly as core/proxy/upstream.c calls them: a
  * helios_ctx, the request as the tried set (a zeroed bitmap, as for a first
  * attempt), and the immutable backend list.
  *
@@ -20,11 +20,12 @@
  */
 #define _POSIX_C_SOURCE 200809L
 
-#include "config.h"
-#include "http.h"
-#include "log.h"
-#include "module_loader.h"
-#include "worker.h"
+#include "config/config.h"
+#include "http/conn.h"
+#include "base/log.h"
+#include "config/module_loader.h"
+#include "runtime/runtime.h"
+#include "event/worker.h"
 
 #include <arpa/inet.h>
 #include <ev.h>
@@ -181,6 +182,7 @@ int main(int argc, char **argv)
         return 2;
     }
     const char *dir = argv[1];
+    hx_runtime_wire();
     unsigned min_ms = argc > 2 ? (unsigned)atoi(argv[2]) : 200;
     unsigned rounds = argc > 3 ? (unsigned)atoi(argv[3]) : 7;
     if (min_ms == 0 || rounds == 0) {

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Cost of the load-balancing strategies (issue 4):
+# Cost of the load-balancing strategies:
 #
 #  1. nanoseconds per pick() of every balancer module at 3, 30 and 300
 #     backends: bench/pick.c, compiled here with gcc against the build tree's

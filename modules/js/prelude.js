@@ -2,8 +2,8 @@
  * prelude.js - the Web API subset of the js module, in JavaScript.
  *
  * Evaluated once per worker runtime before the user's script. It is a
- * function expression: js.c calls it with `hx`, the object of native
- * helpers (see js_natives in js.c), and keeps the object it returns
+ * function expression: js_runtime.c calls it with `hx`, the object of
+ * native helpers (see js_natives in js_web.c), and keeps the object it returns
  * ({dispatch, filterRequest, filterResponse}). Nothing here is reachable
  * from user code except the globals it defines on purpose.
  */

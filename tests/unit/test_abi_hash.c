@@ -14,7 +14,8 @@
 #include <helios.h>
 
 #include "hx_test.h"
-#include "module_loader.h"
+#include "config/module_loader.h"
+#include "runtime/runtime.h"
 
 #include <dirent.h>
 #include <stddef.h>

@@ -3,7 +3,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 
-#include "addr.h"
+#include "base/addr.h"
 #include "hx_test.h"
 
 #include <arpa/inet.h>

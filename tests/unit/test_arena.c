@@ -1,5 +1,5 @@
 /*
- * test_arena.c - the per-request arena (core/arena.c): 16-byte aligned
+ * test_arena.c - the per-request arena (core/base/arena.c): 16-byte aligned
  * slices, an embedded first block that is used first and survives a reset,
  * growth into heap blocks (8 KiB, or the size of a larger request), strndup.
  *
@@ -7,7 +7,7 @@
  * reset frees them is checked by the sanitizer build (LeakSanitizer fails
  * the test at exit if one is lost).
  */
-#include "arena.h"
+#include "base/arena.h"
 
 #include "hx_test.h"
 

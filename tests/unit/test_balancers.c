@@ -1,7 +1,7 @@
 /*
  * test_balancers.c - the load-balancing modules' pick functions, loaded from
  * the build's module directory with the real loader and driven the way
- * core/upstream.c drives them: a helios_ctx per pick, the request (an
+ * core/proxy/upstream.c drives them: a helios_ctx per pick, the request (an
  * hx_req) as the tried set, the immutable backend list, and
  * backends_changed before a replaced list is used.
  *
@@ -15,10 +15,11 @@
  */
 #define _POSIX_C_SOURCE 200809L
 
-#include "config.h"
-#include "http.h"
-#include "module_loader.h"
-#include "worker.h"
+#include "config/config.h"
+#include "http/conn.h"
+#include "config/module_loader.h"
+#include "runtime/runtime.h"
+#include "event/worker.h"
 
 #include "hx_test.h"
 
@@ -314,7 +315,7 @@ static void req_tried(hx_req *r, const blist *l, const size_t *idx, size_t n)
         r->tried[idx[i]] = 1;
 }
 
-/* One pick exactly as core/upstream.c makes it. */
+/* One pick exactly as core/proxy/upstream.c makes it. */
 static int pick(bal *b, const blist *l, hx_req *r)
 {
     helios_ctx ctx = {.size = sizeof(ctx),
@@ -1125,6 +1126,7 @@ HX_TEST(jump_hash_removing_the_last_of_11_moves_only_its_keys)
 int main(void)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
+    hx_runtime_wire();
     process_init();
     store_init();
     HX_RUN(round_robin_visits_backends_in_order);

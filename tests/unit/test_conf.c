@@ -4,7 +4,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 
-#include "conf.h"
+#include "config/conf.h"
 #include "hx_test.h"
 
 #include <limits.h>

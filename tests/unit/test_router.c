@@ -2,7 +2,8 @@
  * test_router.c - path normalisation (hx_path_normalize) and route matching
  * (hx_route_match) on routes built by the real configuration loader from
  * YAML, as heliosd builds them: hx_gen_build on a file, with the build's
- * module directory (each upstream loads round_robin).
+ * module directory (each upstream loads round_robin) and the runtime's host
+ * API wired in.
  *
  * hx_route_match takes the host lower-case without a port and the path
  * already normalised; the last tests chain the two as the request layer
@@ -10,10 +11,11 @@
  */
 #define _POSIX_C_SOURCE 200809L
 
-#include "conf.h"
-#include "config.h"
-#include "module_loader.h"
-#include "router.h"
+#include "config/conf.h"
+#include "config/config.h"
+#include "config/module_loader.h"
+#include "config/router.h"
+#include "runtime/runtime.h"
 
 #include "hx_test.h"
 
@@ -383,6 +385,7 @@ HX_TEST(a_guarded_prefix_cannot_be_bypassed_by_spelling)
 
 int main(void)
 {
+    hx_runtime_wire(); /* the host API the loaded modules call, as heliosd wires it */
     HX_RUN(normalize_keeps_clean_paths);
     HX_RUN(normalize_merges_repeated_slashes);
     HX_RUN(normalize_removes_dot_segments);

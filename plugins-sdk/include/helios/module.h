@@ -123,6 +123,33 @@ enum {
 };
 
 /*
+ * A command-line command a module adds to heliosd (since ABI 1.2):
+ * `heliosd NAME [ARGS...]` runs RUN. The js module's `compile` is one.
+ *
+ * heliosd looks a command it does not know itself up in the modules of the
+ * module directory (`-m DIR` among the arguments, else the built-in one):
+ * it loads each .so there in lexical order with the same checks as for a
+ * configuration, and runs the first whose table lists NAME. Nothing else
+ * happens in that process: no configuration is read, config_new and
+ * worker_init are never called, there are no workers and no generation.
+ *
+ * RUN is called once, on the main thread, after helios_module_init. API is
+ * the table helios_module_init received; of it only log may be used (it
+ * writes warnings and errors to stderr). Write the command's own output
+ * to stdout and stderr. ARGV[0] is NAME, ARGV[1..ARGC-1] the arguments
+ * after it without the `-m DIR` pair heliosd took, and ARGV[ARGC] is NULL.
+ * The strings and the array belong to heliosd and stay valid until RUN
+ * returns; RUN may reorder the array (getopt does) but frees nothing.
+ * The return value is heliosd's exit status: 0 success, 1 failure, 2 a
+ * usage error; a value outside 0..125 exits 1.
+ */
+typedef struct helios_command {
+    const char *name;    /* [a-z0-9_-]+; NULL ends the table */
+    const char *summary; /* one line for heliosd's list of commands, or NULL */
+    int (*run)(const helios_host_api *api, int argc, char **argv);
+} helios_command;
+
+/*
  * The descriptor. Fill the header with HELIOS_MODULE_HEADER(name, version).
  * Fields after `build_sig` may be appended in later minors; the core reads
  * only what struct_size covers.
@@ -161,6 +188,11 @@ typedef struct helios_module {
     const helios_balancer_hooks *balancer;
     const helios_service_hooks *service;
     const helios_health_hooks *health;
+
+    /* Since ABI 1.2, read only when struct_size covers it: the module's
+     * command-line commands, an array in static storage ended by an entry
+     * whose name is NULL; NULL for none. See helios_command. */
+    const helios_command *commands;
 } helios_module;
 
 #define HELIOS_MODULE_HEADER(name_, version_)                                        \

@@ -16,7 +16,7 @@
 #include <stdint.h>
 
 #define HELIOS_ABI_MAJOR 1
-#define HELIOS_ABI_MINOR 1
+#define HELIOS_ABI_MINOR 2
 
 /* "HLOS": first field of every module descriptor. */
 #define HELIOS_MODULE_MAGIC 0x484c4f53u
@@ -76,25 +76,48 @@ enum {
     HELIOS_CONF_SEQ = 3,
 };
 
-/* A borrowed byte range; not NUL-terminated unless stated. */
+/* A byte range; not NUL-terminated unless stated. Returned by the core it
+ * is borrowed: the function returning it says for how long. */
 typedef struct helios_buf {
     const char *ptr;
     size_t len;
 } helios_buf;
 
-/* Opaque handles; modules only ever hold pointers and use accessors. */
-typedef struct helios_conf helios_conf;         /* read-only YAML node */
-typedef struct helios_request helios_request;   /* one HTTP exchange */
-typedef struct helios_worker helios_worker;     /* one worker thread/loop */
-typedef struct helios_backend helios_backend;   /* one upstream server */
-typedef struct helios_backends helios_backends; /* an upstream's backend list */
-typedef struct helios_tried helios_tried;       /* backends tried by this request */
-typedef struct helios_timer helios_timer;       /* a one-shot worker timer */
-typedef struct helios_prepared helios_prepared; /* a pre-serialised response */
-typedef struct helios_subreq helios_subreq;     /* a module's own upstream request (1.1) */
+/*
+ * Opaque handles; modules only ever hold pointers and use accessors. The
+ * core owns all of them except where a module creates one (timer, prepared
+ * response, subrequest). How long each stays valid:
+ *   helios_conf      read-only YAML node: as long as its generation
+ *   helios_request   one HTTP exchange: on its worker, from its first hook
+ *                    until on_log / on_done return
+ *   helios_worker    one worker thread and loop: as long as the process
+ *   helios_backend   one upstream server: as long as its generation, also
+ *                    after it was removed at run time
+ *   helios_backends  an upstream's backend list, immutable: as long as its
+ *                    generation (a runtime change publishes a new list)
+ *   helios_tried     backends tried by this request: during pick only
+ *   helios_timer     a one-shot worker timer: until it fires (the core
+ *                    frees it then) or timer_cancel
+ *   helios_prepared  a pre-serialised response: the module's, until
+ *                    prepared_free, which it calls in config_free
+ *   helios_subreq    a module's own upstream request (1.1): from
+ *                    subreq_new until its final callback returns,
+ *                    subreq_cancel, or the end of its parent request
+ */
+typedef struct helios_conf helios_conf;
+typedef struct helios_request helios_request;
+typedef struct helios_worker helios_worker;
+typedef struct helios_backend helios_backend;
+typedef struct helios_backends helios_backends;
+typedef struct helios_tried helios_tried;
+typedef struct helios_timer helios_timer;
+typedef struct helios_prepared helios_prepared;
+typedef struct helios_subreq helios_subreq;
 
 /* Callbacks of a subrequest (ABI 1.1, api->subreq_send); all on the
- * subrequest's worker. */
+ * subrequest's worker, never from inside an API call. The core keeps a
+ * pointer to this table, not a copy: it must stay valid until the final
+ * callback (make it static const). Any callback may be NULL. */
 typedef struct helios_subreq_cb {
     uint32_t size; /* sizeof(helios_subreq_cb) the module was built with */
     /* The response head arrived: api->subreq_status / subreq_header_* work. */
@@ -104,12 +127,14 @@ typedef struct helios_subreq_cb {
     void (*on_body)(void *arg, helios_subreq *s, helios_buf chunk, int last);
     /* The subrequest failed before or during the response (no usable
      * backend 503, connect failure or reset 502, timeout 504, response
-     * cut off 502). STATUS is what a proxied request would have answered;
-     * the subrequest is freed after the call. */
+     * cut off 502, out of memory 500). STATUS is what a proxied request
+     * would have answered; REASON is borrowed for the call; the
+     * subrequest is freed after the call. */
     void (*on_error)(void *arg, helios_subreq *s, int status, const char *reason);
 } helios_subreq_cb;
 
-/* Facts about a finished (or finishing) request, for log modules. */
+/* Facts about a finished (or finishing) request, for log modules
+ * (api->req_stats). Strings are borrowed until the end of the request. */
 typedef struct helios_req_stats {
     uint32_t size;         /* set by the caller: sizeof(helios_req_stats); the
                             * core fills the fields that size covers */
@@ -117,12 +142,13 @@ typedef struct helios_req_stats {
     int aborted;           /* the response could not be completed */
     uint64_t bytes_in;     /* request body bytes received */
     uint64_t bytes_out;    /* response body bytes sent */
-    uint64_t start_ms;     /* worker clock (now_ms) when the request began */
-    uint64_t duration_ms;  /* until now, or until the response ended */
+    uint64_t start_ms;     /* worker clock (now_ms: Unix time in ms) when
+                            * the request began */
+    uint64_t duration_ms;  /* from start until the call (in on_log: the end) */
     const char *upstream;  /* "addr:port" of the last backend tried, or "" */
     int64_t upstream_ms;   /* time spent on upstream attempts, -1 if none */
     unsigned attempts;     /* upstream attempts, 0 if not proxied */
-    const char *protocol;  /* "HTTP/1.0" / "HTTP/1.1" */
+    const char *protocol;  /* "HTTP/1.0" / "HTTP/1.1" / "HTTP/2" */
     /* appended in ABI 1.1 (filled when the caller's size covers them) */
     uint64_t duration_us;  /* duration_ms in microseconds */
     int64_t upstream_us;   /* upstream_ms in microseconds, -1 if none */
@@ -137,7 +163,7 @@ typedef struct helios_core_stats {
     uint32_t size;                 /* set by the caller: sizeof(helios_core_stats) */
     uint32_t generation;           /* id of the running configuration generation */
     uint32_t workers;              /* worker threads */
-    const char *version;           /* heliosd version string */
+    const char *version;           /* heliosd version string (static) */
     uint64_t start_time;           /* Unix time (seconds) heliosd started */
     uint64_t reloads;              /* successful reloads (SIGHUP or ctl_reload) */
     uint64_t reload_failures;      /* refused reloads (the old generation stayed) */
@@ -151,14 +177,15 @@ typedef struct helios_core_stats {
 } helios_core_stats;
 
 /* TLS facts of a request's connection (ABI 1.1, api->req_tls). Strings are
- * borrowed for the request. */
+ * borrowed until the end of the request. */
 typedef struct helios_tls_info {
     uint32_t size;              /* set by the caller: sizeof(helios_tls_info) */
     const char *version;        /* "TLSv1.3" */
     const char *cipher;         /* "TLS_AES_256_GCM_SHA384" */
     const char *sni;            /* server name the client asked for, or NULL */
     const char *alpn;           /* "h2", "http/1.1", or NULL */
-    const char *client_subject; /* client certificate subject, or NULL */
+    const char *client_subject; /* client certificate subject in OpenSSL's
+                                 * one-line form, cut at 511 bytes; or NULL */
     int client_verified;        /* 1: a client certificate was presented and verified */
 } helios_tls_info;
 
@@ -171,8 +198,8 @@ enum {
     HELIOS_KIND_HEALTH = 1u << 4,
 };
 
-/* One loaded module (ABI 1.1, api->ctl_modules_walk). Strings live as long
- * as the process. */
+/* One loaded module (ABI 1.1, api->ctl_modules_walk). The struct is valid
+ * during the callback only; its strings live as long as the process. */
 typedef struct helios_module_info {
     uint32_t size;       /* sizeof(helios_module_info) as the core built it */
     const char *name;
@@ -181,7 +208,8 @@ typedef struct helios_module_info {
     uint16_t abi_major;  /* the ABI the module was built for */
     uint16_t abi_minor;
     unsigned kinds;      /* HELIOS_KIND_* bits */
-    unsigned instances;  /* instances in the running generation */
+    unsigned instances;  /* instances in the running generation (balancers
+                          * switched in at run time included) */
 } helios_module_info;
 
 /*
@@ -191,8 +219,12 @@ typedef struct helios_module_info {
 typedef struct helios_ctx {
     uint32_t size;          /* sizeof(helios_ctx) as the core built it */
     void *cfg;              /* this instance's config, from config_new */
-    void *wstate;           /* this instance's state on this worker */
-    void **rstate;          /* this instance's per-request slot (starts NULL) */
+    void *wstate;           /* this instance's state on this worker (what
+                             * worker_init stored, else NULL) */
+    void **rstate;          /* this instance's per-request slot (starts NULL;
+                             * the module frees what it points to outside the
+                             * arena in on_log / on_done). NULL in a balancer's
+                             * pick, which has no per-request slot */
     helios_request *req;    /* the request */
     helios_worker *worker;  /* the request's worker */
 } helios_ctx;

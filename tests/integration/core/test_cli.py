@@ -1,6 +1,7 @@
 """The command line: -V, -t, a missing config path, a listener that cannot
-bind, and clean stops on SIGINT/SIGTERM. (Broken configurations in detail
-are covered by test_config_errors.py.)"""
+bind, clean stops on SIGINT/SIGTERM, and commands modules register
+(`heliosd compile`, ABI 1.2). (Broken configurations in detail are covered
+by test_config_errors.py.)"""
 
 import re
 import signal
@@ -9,7 +10,16 @@ import subprocess
 
 import pytest
 
-from conftest import HELIOSD, MODULE_DIR, SOURCE_DIR, free_port, make_config, static_route, to_yaml
+from conftest import (
+    HELIOSD,
+    MODULE_DIR,
+    SOURCE_DIR,
+    TEST_MODULE_DIR,
+    free_port,
+    make_config,
+    static_route,
+    to_yaml,
+)
 
 
 def run(*args, timeout=30):
@@ -111,3 +121,84 @@ def test_signal_stops_cleanly(heliosd, sig):
     # Nothing listens any more.
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
+
+
+# ---------------------------------------------------------------- module commands
+
+
+def need_test_modules():
+    if not (TEST_MODULE_DIR / "cmd.so").exists():
+        pytest.fail(f"test modules not built in {TEST_MODULE_DIR}")
+
+
+def test_compile_is_the_js_modules_command(tmp_path):
+    src = tmp_path / "app.js"
+    src.write_text("export default { fetch() { return new Response('hi'); } };\n")
+    # -m may come anywhere after the command; the rest goes to the command
+    p = run("compile", str(src), "-m", str(MODULE_DIR), "-o", str(tmp_path / "app.qjsbc"))
+    assert p.returncode == 0, p.stderr.decode(errors="replace")
+    assert (tmp_path / "app.qjsbc").read_bytes().startswith(b"HXJSBC\x01\n")
+    assert b"app.qjsbc: " in p.stdout
+    p = run("compile", "-m", str(MODULE_DIR), str(src), "--bogus")
+    assert p.returncode == 2
+    assert b"heliosd compile: unexpected argument '--bogus'" in p.stderr
+
+
+def test_js_module_exports_only_its_entry():
+    """`compile` is reached through the descriptor, not a private symbol."""
+    nm = subprocess.run(["nm", "-D", "--defined-only", str(MODULE_DIR / "js.so")],
+                        stdout=subprocess.PIPE, text=True, timeout=30)
+    assert nm.returncode == 0
+    names = {ln.split()[-1] for ln in nm.stdout.splitlines() if ln.strip()}
+    names = {n for n in names if not n.startswith("_")}
+    assert names == {"helios_module_init"}, names
+
+
+def test_unknown_command_exits_2_listing_the_module_commands():
+    p = run("no-such-command", "-m", str(MODULE_DIR))
+    assert p.returncode == 2
+    err = p.stderr.decode(errors="replace")
+    assert "heliosd: unknown command 'no-such-command'" in err, err
+    assert f"commands of the modules in {MODULE_DIR}:" in err, err
+    assert re.search(r"^  compile +compile a js module script .*\(module js\)$", err, re.M), err
+    assert p.stdout == b""
+
+
+def test_module_command_gets_its_arguments_without_m():
+    need_test_modules()
+    p = run("cmd-echo", "a", "-m", str(TEST_MODULE_DIR), "b c", "")
+    assert p.returncode == 0, p.stderr.decode(errors="replace")
+    assert p.stdout.decode().splitlines() == [
+        "argc=4", "argv[0]=cmd-echo", "argv[1]=a", "argv[2]=b c", "argv[3]=",
+    ]
+    # api->log works in a command and goes to stderr
+    assert b"warning from a command" in p.stderr
+
+
+@pytest.mark.parametrize("code,expected", [("0", 0), ("7", 7), ("125", 125), ("126", 1),
+                                           ("300", 1), ("-1", 1)])
+def test_module_command_return_value_is_the_exit_status(code, expected):
+    need_test_modules()
+    p = run("cmd-exit", code, "-m", str(TEST_MODULE_DIR))
+    assert p.returncode == expected, p.stderr.decode(errors="replace")
+
+
+def test_unknown_command_lists_what_loaded_and_why_others_did_not():
+    """The test directory holds cmd (two commands), abi10 (a 1.0 module
+    whose `commands` lies past its struct_size) and broken modules."""
+    need_test_modules()
+    p = run("abi10-cmd", "-m", str(TEST_MODULE_DIR))
+    assert p.returncode == 2
+    err = p.stderr.decode(errors="replace")
+    assert "unknown command 'abi10-cmd'" in err, err
+    listed = re.findall(r"^  (\S+) +.*\(module (\w+)\)$", err, re.M)
+    assert listed == [("cmd-echo", "cmd"), ("cmd-exit", "cmd")], err
+    assert "modules that could not be loaded:" in err, err
+    assert f"{TEST_MODULE_DIR}/bad_magic.so: not a heliosd module descriptor" in err, err
+    assert f"{TEST_MODULE_DIR}/newer_minor.so: built for plugin ABI" in err, err
+
+
+def test_command_with_a_missing_module_directory(tmp_path):
+    p = run("compile", "-m", str(tmp_path / "nope"), "x.js")
+    assert p.returncode == 1
+    assert f"-m {tmp_path / 'nope'}: not a directory".encode() in p.stderr

@@ -1,4 +1,4 @@
-"""gRPC through heliosd (issue 8, part 4): a real gRPC server and client
+"""gRPC through heliosd: a real gRPC server and client
 from Debian's python3-grpcio exchange unary, failing (trailers-only),
 server-streaming and bidirectional-streaming calls through heliosd, with
 the upstream marked `protocol: h2` (h2c, and h2 over TLS), the client

@@ -1,4 +1,4 @@
-"""HTTP/2 downstream (issue 8, part 3): h2c with prior knowledge and h2 over
+"""HTTP/2 downstream: h2c with prior knowledge and h2 over
 TLS through ALPN, streams multiplexed onto the HTTP/1.1 upstream pools,
 bodies streamed both ways with flow control as backpressure, and the
 defenses against misbehaving clients (rapid reset, stream floods, oversized

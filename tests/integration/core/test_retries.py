@@ -1,4 +1,4 @@
-"""Retries and the retry budget (issue 5, item 4).
+"""Retries and the retry budget.
 
 A retry needs: nothing shown to the client yet, tries left, a replayable
 request (a connect failure always, and free of budget; otherwise an

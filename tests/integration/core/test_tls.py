@@ -1,4 +1,4 @@
-"""TLS termination (issue 8, part 1): certificates by SNI with a default,
+"""TLS termination: certificates by SNI with a default,
 TLS 1.2 and 1.3, ciphers and groups, ALPN, session resumption with rotating
 ticket keys shared by every worker, client certificates (mTLS) with the
 subject visible to modules, certificate reload on SIGHUP without dropping

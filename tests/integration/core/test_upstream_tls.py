@@ -1,4 +1,4 @@
-"""TLS to upstreams (issue 8, part 2): verification against a CA file, SNI
+"""TLS to upstreams: verification against a CA file, SNI
 and the name checked on the certificate, an optional client certificate,
 and keep-alive reuse of TLS connections.
 

@@ -1,4 +1,4 @@
-"""WebSocket proxying (issue 8, part 5): an HTTP/1.1 `Upgrade: websocket`
+"""WebSocket proxying: an HTTP/1.1 `Upgrade: websocket`
 request is forwarded with its upgrade headers, and after the backend's 101
 the two connections become a byte tunnel with backpressure, an idle
 timeout, a per-backend cap, half-close handling and one access log line.

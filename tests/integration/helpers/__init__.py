@@ -45,6 +45,7 @@ from helpers.env import (
     SOURCE_DIR,
     START_TIMEOUT,
     STOP_TIMEOUT,
+    TEST_MODULE_DIR,
     is_sanitizer_build,
 )
 from helpers.pattern import PATTERN, PATTERN_PERIOD, SINK_CHUNK, pattern_bytes, pattern_ok, pattern_sum
@@ -72,6 +73,7 @@ __all__ = [
     "SOURCE_DIR",
     "START_TIMEOUT",
     "STOP_TIMEOUT",
+    "TEST_MODULE_DIR",
     "curl",
     "free_port",
     "http_request",

@@ -3,6 +3,7 @@
 Environment (set by ctest; defaults are relative to the repository root):
   HELIOSD            the binary             (build/heliosd)
   HELIOS_MODULE_DIR  passed as -m           (build/modules)
+  HELIOS_TEST_MODULE_DIR  the test modules  (build/test-modules)
   HX_BACKEND         the test backend       (build/hx_backend)
   HELIOS_SOURCE_DIR  the repository root    (three levels above this file)
   HELIOS_SANITIZE    1 in an ASan build (ctest sets it from the CMake option)
@@ -22,6 +23,8 @@ def _env_path(var, default):
 
 HELIOSD = _env_path("HELIOSD", "build/heliosd")
 MODULE_DIR = _env_path("HELIOS_MODULE_DIR", "build/modules")
+# tests/modules/*.c: broken modules and ABI probes, never installed
+TEST_MODULE_DIR = _env_path("HELIOS_TEST_MODULE_DIR", "build/test-modules")
 HX_BACKEND = _env_path("HX_BACKEND", "build/hx_backend")
 
 # Generous on purpose: a loaded CI machine, maybe an ASan build.

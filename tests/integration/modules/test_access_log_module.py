@@ -275,7 +275,7 @@ def test_reload_keeps_logging(heliosd, backend, tmp_path):
 
 def test_request_id_and_traceparent_from_request_id_module_reach_the_log(heliosd, backend,
                                                                          tmp_path):
-    """Issue 6: the ids request_id generates go into the access log. The
+    """The ids request_id generates go into the access log. The
     request_id module sets them on the request in on_request_headers, and
     access_log reads request headers in on_log, so listing them in
     `fields` logs exactly the ids the backend and the client saw."""

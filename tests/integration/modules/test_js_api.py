@@ -1,4 +1,4 @@
-"""The js module (issue 9): Workers-style handlers on QuickJS, through the
+"""The js module: Workers-style handlers on QuickJS, through the
 real heliosd binary, the real js.so and real hx_backend origins.
 
 Each test writes a script, configures a route with `handler: {module: js}`

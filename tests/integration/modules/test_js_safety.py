@@ -1,4 +1,4 @@
-"""The js module's limits (issue 9, point 3): a runaway loop, a 1 GiB
+"""The js module's limits: a runaway loop, a 1 GiB
 allocation, deep recursion and a thrown error each give 500 with a log line
 (the stack in the log, never in the response), while a well-behaved
 request on the same worker (`workers: 1`) is still answered promptly."""

@@ -7,18 +7,21 @@ $HELIOS_TEST_MODULE_DIR; each breaks exactly one rule. Configurations are
 written as literal YAML so every line:col asserted here can be read off the
 text."""
 
-import os
 import re
 import struct
 import subprocess
-from pathlib import Path
 
 import pytest
 
-from conftest import HELIOSD, SOURCE_DIR, free_port, is_sanitizer_build, make_config, run_config_check, write_config_file
-
-TEST_MODULE_DIR = Path(
-    os.environ.get("HELIOS_TEST_MODULE_DIR") or SOURCE_DIR / "build" / "test-modules"
+from conftest import (
+    HELIOSD,
+    SOURCE_DIR,
+    TEST_MODULE_DIR,
+    free_port,
+    is_sanitizer_build,
+    make_config,
+    run_config_check,
+    write_config_file,
 )
 
 
@@ -257,3 +260,20 @@ def test_running_heliosd_refuses_to_start_with_broken_module(tmp_path):
     )
     assert p.returncode == 1, f"exit {p.returncode}; stderr:\n{p.stderr}"
     assert f"{cfg}:{line}:{col}: {keypath}: {REFUSALS['bad_major'][0]}" in p.stderr, p.stderr
+
+
+def test_abi_1_0_module_loads_and_serves_in_a_newer_core(heliosd):
+    """Older minors load: abi10 claims ABI 1.0 with the descriptor and
+    handler table of that version (no `on_done`, no `commands`)."""
+    if not (TEST_MODULE_DIR / "abi10.so").exists():
+        pytest.fail(f"test modules not built in {TEST_MODULE_DIR}")
+    assert MINOR >= 2, "abi10 probes fields appended up to ABI 1.2"
+    port = free_port()
+    cfg = make_config(port, [{"name": "old", "match": {"prefix": "/"}, "handler": "abi10"}])
+    h = heliosd(cfg, extra_args=("-m", str(TEST_MODULE_DIR)))
+    status, _, body = h.get("/")
+    assert (status, body) == (200, b"abi 1.0\n")
+    assert re.search(
+        r"loaded module abi10 0\.0\.0 \(ABI 1\.0\) from " + re.escape(module_path("abi10")),
+        h.stderr(),
+    ), h.stderr()

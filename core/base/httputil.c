@@ -1,0 +1,235 @@
+/*
+ * httputil.c - header lists, token tables, hop-by-hop rules, reason phrases
+ * and Host parsing, shared by every protocol (see httputil.h).
+ */
+#include "base/httputil.h"
+
+#include <string.h>
+#include <strings.h>
+
+#include <llhttp.h>
+
+/* ---- header lists ---- */
+
+int hx_hdrs_add(hx_arena *a, hx_hdrs *h, const char *name, size_t nlen, const char *value,
+                size_t vlen)
+{
+    if (h->n == h->cap) {
+        size_t cap = h->cap ? h->cap * 2 : 16;
+        hx_hdr *v = hx_arena_alloc(a, cap * sizeof(*v));
+        if (v == NULL)
+            return -1;
+        if (h->n)
+            memcpy(v, h->v, h->n * sizeof(*v));
+        h->v = v;
+        h->cap = cap;
+    }
+    char *nm = hx_arena_strndup(a, name, nlen);
+    char *vl = hx_arena_strndup(a, value, vlen);
+    if (nm == NULL || vl == NULL)
+        return -1;
+    h->v[h->n].name = (helios_buf){nm, nlen};
+    h->v[h->n].value = (helios_buf){vl, vlen};
+    h->n++;
+    return 0;
+}
+
+helios_buf hx_hdrs_get(const hx_hdrs *h, const char *name)
+{
+    size_t n = strlen(name);
+    for (size_t i = 0; i < h->n; i++)
+        if (h->v[i].name.len == n && strncasecmp(h->v[i].name.ptr, name, n) == 0)
+            return h->v[i].value;
+    return (helios_buf){NULL, 0};
+}
+
+int hx_hdrs_remove(hx_hdrs *h, const char *name)
+{
+    size_t n = strlen(name), o = 0;
+    int removed = 0;
+    for (size_t i = 0; i < h->n; i++) {
+        if (h->v[i].name.len == n && strncasecmp(h->v[i].name.ptr, name, n) == 0) {
+            removed++;
+            continue;
+        }
+        h->v[o++] = h->v[i];
+    }
+    h->n = o;
+    return removed;
+}
+
+int hx_list_has_token(helios_buf v, const char *token, size_t tlen)
+{
+    const char *p = v.ptr, *e = v.ptr + v.len;
+    if (p == NULL)
+        return 0;
+    while (p < e) {
+        while (p < e && (*p == ' ' || *p == '\t' || *p == ','))
+            p++;
+        const char *s = p;
+        while (p < e && *p != ',' && *p != ' ' && *p != '\t' && *p != '/')
+            p++;
+        if ((size_t)(p - s) == tlen && strncasecmp(s, token, tlen) == 0)
+            return 1;
+        while (p < e && *p != ',') /* whitespace, or a "/version" suffix */
+            p++;
+    }
+    return 0;
+}
+
+int hx_hdrs_connection_lists(const hx_hdrs *h, const char *name, size_t n)
+{
+    for (size_t i = 0; i < h->n; i++) {
+        const hx_hdr *c = &h->v[i];
+        if (c->name.len == 10 && strncasecmp(c->name.ptr, "connection", 10) == 0 &&
+            hx_list_has_token(c->value, name, n))
+            return 1;
+    }
+    return 0;
+}
+
+/* ---- tokens and values ---- */
+
+const unsigned char hx_tchar[256] = {
+    ['!'] = 1, ['#'] = 1, ['$'] = 1, ['%'] = 1, ['&'] = 1, ['\''] = 1, ['*'] = 1, ['+'] = 1,
+    ['-'] = 1, ['.'] = 1, ['^'] = 1, ['_'] = 1, ['`'] = 1, ['|'] = 1, ['~'] = 1,
+    ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1, ['6'] = 1, ['7'] = 1,
+    ['8'] = 1, ['9'] = 1,
+    ['a'] = 1, ['b'] = 1, ['c'] = 1, ['d'] = 1, ['e'] = 1, ['f'] = 1, ['g'] = 1, ['h'] = 1,
+    ['i'] = 1, ['j'] = 1, ['k'] = 1, ['l'] = 1, ['m'] = 1, ['n'] = 1, ['o'] = 1, ['p'] = 1,
+    ['q'] = 1, ['r'] = 1, ['s'] = 1, ['t'] = 1, ['u'] = 1, ['v'] = 1, ['w'] = 1, ['x'] = 1,
+    ['y'] = 1, ['z'] = 1,
+    ['A'] = 1, ['B'] = 1, ['C'] = 1, ['D'] = 1, ['E'] = 1, ['F'] = 1, ['G'] = 1, ['H'] = 1,
+    ['I'] = 1, ['J'] = 1, ['K'] = 1, ['L'] = 1, ['M'] = 1, ['N'] = 1, ['O'] = 1, ['P'] = 1,
+    ['Q'] = 1, ['R'] = 1, ['S'] = 1, ['T'] = 1, ['U'] = 1, ['V'] = 1, ['W'] = 1, ['X'] = 1,
+    ['Y'] = 1, ['Z'] = 1,
+};
+
+int hx_token_valid(const char *p, size_t n)
+{
+    if (n == 0)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (!hx_tchar[(unsigned char)p[i]])
+            return 0;
+    return 1;
+}
+
+int hx_hdr_name_valid(const char *p, size_t n) { return hx_token_valid(p, n); }
+
+int hx_hdr_value_valid(const char *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)p[i];
+        if ((ch < 0x20 && ch != '\t') || ch == 0x7f)
+            return 0;
+    }
+    return 1;
+}
+
+static const char *const hop_by_hop[] = {"connection", "keep-alive", "proxy-connection",
+                                         "transfer-encoding", "te", "trailer", "upgrade",
+                                         "proxy-authenticate", NULL};
+
+int hx_is_hop_header(const char *name, size_t n)
+{
+    for (const char *const *h = hop_by_hop; *h; h++)
+        if (strlen(*h) == n && strncasecmp(*h, name, n) == 0)
+            return 1;
+    return 0;
+}
+
+/* ---- methods and status ---- */
+
+int hx_method_id(const char *m, size_t n)
+{
+    static const struct {
+        const char *name;
+        int id;
+    } t[] = {{"GET", HTTP_GET},         {"HEAD", HTTP_HEAD},       {"POST", HTTP_POST},
+             {"PUT", HTTP_PUT},         {"DELETE", HTTP_DELETE},   {"OPTIONS", HTTP_OPTIONS},
+             {"TRACE", HTTP_TRACE},     {"PATCH", HTTP_PATCH},     {"CONNECT", HTTP_CONNECT}};
+    for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++)
+        if (strlen(t[i].name) == n && memcmp(m, t[i].name, n) == 0)
+            return t[i].id;
+    return -1;
+}
+
+const char *hx_reason(int status)
+{
+    switch (status) {
+    case 100: return "Continue";
+    case 101: return "Switching Protocols";
+    case 200: return "OK";
+    case 201: return "Created";
+    case 202: return "Accepted";
+    case 204: return "No Content";
+    case 206: return "Partial Content";
+    case 301: return "Moved Permanently";
+    case 302: return "Found";
+    case 303: return "See Other";
+    case 304: return "Not Modified";
+    case 307: return "Temporary Redirect";
+    case 308: return "Permanent Redirect";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
+    case 409: return "Conflict";
+    case 411: return "Length Required";
+    case 413: return "Content Too Large";
+    case 414: return "URI Too Long";
+    case 415: return "Unsupported Media Type";
+    case 417: return "Expectation Failed";
+    case 429: return "Too Many Requests";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    case 505: return "HTTP Version Not Supported";
+    default: return status < 200 ? "Informational" : status < 300 ? "OK"
+                  : status < 400 ? "Redirection" : status < 500 ? "Client Error"
+                                                             : "Server Error";
+    }
+}
+
+/* ---- Host ---- */
+
+int hx_host_parse(hx_arena *a, const char *h, size_t n, helios_buf *out)
+{
+    size_t end = n;
+    if (n > 0 && h[0] == '[') {
+        const char *rb = memchr(h, ']', n);
+        if (rb == NULL)
+            return -1;
+        end = (size_t)(rb - h) + 1;
+        if (end < n && h[end] != ':')
+            return -1;
+    } else {
+        const char *colon = memchr(h, ':', n);
+        if (colon)
+            end = (size_t)(colon - h);
+    }
+    if (end < n) { /* port must be digits */
+        for (size_t i = end + 1; i < n; i++)
+            if (h[i] < '0' || h[i] > '9')
+                return -1;
+    }
+    char *o = hx_arena_alloc(a, end + 1);
+    if (o == NULL)
+        return -1;
+    for (size_t i = 0; i < end; i++) {
+        unsigned char ch = (unsigned char)h[i];
+        if (ch <= 0x20 || ch == 0x7f || ch == '/' || ch == '\\' || ch == '@')
+            return -1;
+        o[i] = (char)((ch >= 'A' && ch <= 'Z') ? ch + 32 : ch);
+    }
+    o[end] = '\0';
+    out->ptr = o;
+    out->len = end;
+    return 0;
+}

@@ -1,0 +1,103 @@
+/*
+ * conn.h - client connections: the socket and its transport (plain or TLS),
+ * buffers, timers, the re-entrancy bracket, and the protocol that runs on
+ * the connection (HTTP/1.1 in http1.c, HTTP/2 in http2.c).
+ *
+ * Ownership: a connection owns at most one active HTTP/1.x request
+ * (pipelined bytes wait in the input buffer) or an HTTP/2 session and its
+ * streams. Only conn_leave() (the outermost hx_conn_leave) completes
+ * requests and frees connections, so no caller ever touches freed memory.
+ */
+#ifndef HX_CONN_H
+#define HX_CONN_H
+
+#include <sys/socket.h>
+
+#include "http/request.h"
+#include "http/transport.h"
+
+/* Collects header spans that llhttp may deliver in pieces. */
+typedef struct hx_hdr_builder {
+    hx_buf name, value;
+    int in_value;
+    size_t total; /* bytes of all header lines */
+    unsigned count;
+} hx_hdr_builder;
+
+enum hx_conn_state {
+    HX_CS_IDLE = 0, /* keep-alive, waiting for the next request */
+    HX_CS_HEAD,     /* reading a request head */
+    HX_CS_ACTIVE,   /* a request is being served */
+    HX_CS_CLOSING,  /* flushing the last bytes, then close */
+};
+
+struct hx_conn {
+    hx_worker *w;
+    hx_lsock *ls;
+    int fd;
+    struct ssl_st *ssl;  /* TLS, or NULL (transport.h) */
+    struct hx_h2 *h2;    /* HTTP/2 session, or NULL for HTTP/1.x */
+    int tls_hs;          /* handshake in progress */
+    int tls_rd_wants_write; /* SSL_read needs the socket writable */
+    hx_wgen *hs_wg;      /* keeps the TLS contexts' generation during the handshake */
+    int lingering;       /* GOAWAY sent: reading and dropping until the peer closes */
+    ev_io rio, wio;
+    ev_timer timer;
+    int state;
+    struct sockaddr_storage peer;
+    socklen_t peer_len;
+    char peer_ip[46]; /* formatted once per connection: X-Forwarded-For etc. */
+
+    llhttp_t parser;
+    hx_buf in;
+    hx_buf out;
+    hx_hdr_builder hb;
+    hx_buf url;
+    int head_paused;   /* parser paused at headers complete */
+    int msg_paused;    /* parser paused at message complete */
+    int reading;       /* rio active */
+    int close_after;   /* close once the current response is flushed */
+    int half_closed;   /* the client shut down its side: read no more */
+    ev_tstamp head_start;
+    ev_tstamp last_io;
+    unsigned head_state; /* raw head validator state */
+    unsigned head_flags; /* C_DEAD, C_ERRSENT, and the enter/leave depth */
+    int err_status;      /* status a parser callback asked for */
+    const char *err_reason;
+
+    hx_req *req;
+    hx_req *spare; /* reused request allocation */
+    unsigned requests;
+
+    struct hx_conn *prev, *next; /* worker's list */
+};
+
+/* ---- accept and stop (registered with the worker by the runtime) ---- */
+void hx_conn_accept(hx_lsock *ls, int fd, const struct sockaddr *sa, socklen_t salen);
+/* Graceful stop of W: idle connections close now, busy ones after their
+ * response (HTTP/2: GOAWAY). */
+void hx_conns_shutdown(hx_worker *w);
+/* After W's thread ended: every connection of W goes now (logged). */
+void hx_conns_kill(hx_worker *w);
+
+/* ---- output ---- */
+int hx_conn_write(hx_conn *c, const void *p, size_t n); /* queue; sent at flush */
+struct iovec;
+int hx_conn_writev(hx_conn *c, const struct iovec *iov, int cnt); /* big pieces */
+void hx_conn_flush(hx_conn *c); /* send what is queued (conn_leave does it) */
+size_t hx_conn_pending(const hx_conn *c);
+
+/* ---- the bracket: run code that may finish requests inside it ---- */
+void hx_conn_enter(hx_conn *c);
+void hx_conn_leave(hx_conn *c);
+void hx_conn_mark_dead(hx_conn *c);
+/* The bracket of a request's connection: the enter/leave of the ops of
+ * every request a client connection owns (HTTP/1.x and HTTP/2). */
+void hx_conn_req_enter(hx_req *r);
+void hx_conn_req_leave(hx_req *r);
+
+/* ---- HTTP/1.1 (http1.c) ---- */
+extern const hx_req_ops hx_http1_ops;
+void hx_http1_body_wanted(hx_conn *c); /* resume reading the request body */
+
+#endif

@@ -1,0 +1,598 @@
+/*
+ * request.c - the request layer: a request's lifetime (allocation,
+ * release, logging), routing, the filter chain, handlers, request body
+ * delivery and the response path. It knows no protocol: everything that
+ * frames bytes goes through r->ops (request.h), and the proxy through
+ * hx_proxy. The one rule it keeps for them: hooks run inside the owner's
+ * bracket (hx_req_enter/leave), so nothing a hook finishes is freed under
+ * the caller's feet.
+ */
+#include <arpa/inet.h>
+#include <sys/uio.h>
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+
+#include "http/request.h"
+
+#include <stddef.h>
+#include <stdlib.h>
+
+#include "base/log.h"
+#include "config/router.h"
+#include "http/accesslog.h"
+#include "http/subreq.h"
+
+const hx_proxy_ops *hx_proxy;
+
+void hx_proxy_register(const hx_proxy_ops *ops) { hx_proxy = ops; }
+
+/* ------------------------------------------------------------------ */
+/* lifetime                                                            */
+
+void hx_req_init(hx_req *r, const hx_req_ops *ops, hx_worker *w, hx_conn *c, size_t arena)
+{
+    memset(r, 0, sizeof(*r));
+    hx_arena_init(&r->arena, r->first, arena);
+    r->ops = ops;
+    r->conn = c;
+    r->w = w;
+    r->wg = w->wgen;
+    hx_wgen_ref(r->wg);
+    r->gen = r->wg->gen;
+    r->content_length = -1;
+    r->resp_length = -1;
+    r->start = ev_now(w->loop);
+}
+
+void hx_req_fini(hx_req *r)
+{
+    if (ev_is_active(&r->deadline))
+        ev_timer_stop(r->w->loop, &r->deadline);
+    hx_req_body_end(r);
+    hx_subs_cancel_all(r);
+    hx_proxy->detach(r);
+    hx_wgen_unref(r->wg);
+    hx_arena_reset(&r->arena);
+}
+
+#define HX_REQ_ARENA 4096
+
+hx_req *hx_req_alloc(const hx_req_ops *ops, hx_worker *w, hx_conn *c)
+{
+    hx_req *r = malloc(sizeof(*r) + sizeof(hx_arena_block) + HX_REQ_ARENA);
+    if (r)
+        hx_req_init(r, ops, w, c, HX_REQ_ARENA);
+    return r;
+}
+
+void hx_req_release(hx_req *r)
+{
+    hx_req_fini(r);
+    free(r);
+}
+
+/* Once per request: the handler's on_done, filters' on_log in reverse
+ * order, then the access log. */
+void hx_req_log(hx_req *r)
+{
+    if (r->log_done)
+        return;
+    r->log_done = 1;
+    hx_worker *w = r->w;
+    HX_STAT_ADD(w, requests, 1);
+    HX_STAT_ADD(w, bytes_in, r->bytes_in);
+    HX_STAT_ADD(w, bytes_out, r->bytes_out);
+    if (r->counted)
+        HX_STAT_ADD(w, requests_active, -1);
+    hx_req_body_end(r);
+    if (r->route && r->route->handler) {
+        const hx_instance *inst = r->route->handler;
+        const helios_handler_hooks *hh = inst->mod->handler;
+        if (hh->size >= offsetof(helios_handler_hooks, on_done) + sizeof(hh->on_done) &&
+            hh->on_done) {
+            helios_ctx ctx;
+            hx_ctx_init(&ctx, r, inst);
+            hh->on_done(&ctx);
+        }
+    }
+    if (r->route) {
+        for (size_t i = r->route->nfilters; i-- > 0;) {
+            const hx_instance *inst = r->route->filters[i];
+            if (inst->mod->filter->on_log) {
+                helios_ctx ctx;
+                hx_ctx_init(&ctx, r, inst);
+                inst->mod->filter->on_log(&ctx);
+            }
+        }
+    }
+    hx_accesslog_write(r);
+}
+
+/* Request body bytes: through the filters, then to the proxy or the
+ * handler, or dropped. */
+int hx_req_body_in(hx_req *r, const char *at, size_t len, int last)
+{
+    r->bytes_in += len;
+    if (last)
+        r->body_done = 1;
+    if (r->body_discard || r->phase == HX_PH_DONE || r->phase == HX_PH_RESPONDING)
+        return 0;
+    helios_buf chunk = {at, len};
+    if (r->route) {
+        for (size_t i = 0; i < r->route->nfilters; i++) {
+            const hx_instance *inst = r->route->filters[i];
+            if (!inst->mod->filter->on_request_body)
+                continue;
+            helios_ctx ctx;
+            hx_ctx_init(&ctx, r, inst);
+            int rc = inst->mod->filter->on_request_body(&ctx, &chunk, last);
+            if (rc == HELIOS_RESPONDED && r->head_sent) {
+                /* the module answered (e.g. 413): the unread rest of the
+                 * body makes the connection unusable (HTTP/1.x; an HTTP/2
+                 * stream is reset instead) */
+                hx_proxy->detach(r);
+                r->body_discard = 1;
+                if (r->ops->no_reuse)
+                    r->ops->no_reuse(r);
+                return 0;
+            }
+            if (rc != HELIOS_CONTINUE) {
+                hx_error("module %s: on_request_body returned %d", inst->mod->name, rc);
+                return -1;
+            }
+        }
+    }
+    if (r->phase == HX_PH_PROXY)
+        return hx_proxy->body(r, chunk.ptr, chunk.len, last);
+    if (hx_req_body_wanted_by_handler(r))
+        hx_req_body_deliver(r, chunk.ptr, chunk.len, last);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* module context                                                      */
+
+void hx_ctx_init(helios_ctx *c, hx_req *r, const hx_instance *inst)
+{
+    c->size = sizeof(*c);
+    c->cfg = inst->cfg;
+    c->wstate = r->wg->wstates[inst->slot];
+    c->rstate = r->rstates ? &r->rstates[inst->slot] : NULL;
+    c->req = (helios_request *)r;
+    c->worker = (helios_worker *)r->w;
+}
+
+/* ------------------------------------------------------------------ */
+/* client address                                                      */
+
+static int trusted(const hx_gen *g, const struct sockaddr *sa)
+{
+    for (size_t i = 0; i < g->ntrusted; i++)
+        if (hx_cidr_match(&g->trusted[i], sa))
+            return 1;
+    return 0;
+}
+
+/* Walks X-Forwarded-For from the right while hops are trusted proxies: the
+ * client is the first untrusted address (nginx real_ip_recursive). */
+static void resolve_client(hx_req *r)
+{
+    const hx_gen *g = r->gen;
+    /* r->client is still the connection's peer here */
+    if (g->ntrusted == 0 || !trusted(g, (struct sockaddr *)&r->client))
+        return;
+    helios_buf xff = hx_hdrs_get(&r->hdrs, "x-forwarded-for");
+    if (xff.ptr == NULL)
+        return;
+    size_t end = xff.len;
+    while (end > 0) {
+        size_t start = end;
+        while (start > 0 && xff.ptr[start - 1] != ',')
+            start--;
+        size_t a = start, b = end;
+        while (a < b && (xff.ptr[a] == ' ' || xff.ptr[a] == '\t'))
+            a++;
+        while (b > a && (xff.ptr[b - 1] == ' ' || xff.ptr[b - 1] == '\t'))
+            b--;
+        char ip[64];
+        if (b - a == 0 || b - a >= sizeof(ip))
+            return;
+        memcpy(ip, xff.ptr + a, b - a);
+        ip[b - a] = '\0';
+        struct sockaddr_storage ss;
+        memset(&ss, 0, sizeof(ss));
+        struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
+        struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
+        if (inet_pton(AF_INET, ip, &s4->sin_addr) == 1)
+            s4->sin_family = AF_INET;
+        else if (inet_pton(AF_INET6, ip, &s6->sin6_addr) == 1)
+            s6->sin6_family = AF_INET6;
+        else
+            return;
+        memcpy(&r->client, &ss, sizeof(ss));
+        if (!trusted(g, (struct sockaddr *)&ss))
+            return;
+        end = start > 0 ? start - 1 : 0;
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* phases                                                              */
+
+static void run_handler_or_proxy(hx_req *r);
+
+static int hook_result(hx_req *r, const hx_instance *inst, const char *hook, int rc)
+{
+    switch (rc) {
+    case HELIOS_CONTINUE:
+    case HELIOS_RESPONDED:
+    case HELIOS_PAUSE:
+        return rc;
+    default:
+        if (rc != HELIOS_ERROR)
+            hx_error("module %s: %s returned unknown code %d (treated as ERROR)",
+                     inst->mod->name, hook, rc);
+        else
+            hx_error("module %s: %s failed", inst->mod->name, hook);
+        (void)r;
+        return HELIOS_ERROR;
+    }
+}
+
+/* After a module said RESPONDED: it must have produced a response. */
+static void after_responded(hx_req *r, const hx_instance *inst)
+{
+    if (!r->head_sent) {
+        hx_error("module %s returned RESPONDED without responding", inst->mod->name);
+        hx_req_error(r, 500, "module returned RESPONDED without a response");
+    }
+}
+
+static void run_request_filters(hx_req *r)
+{
+    const hx_route *rt = r->route;
+    r->phase = HX_PH_FILTERS;
+    while (r->fidx < rt->nfilters) {
+        const hx_instance *inst = rt->filters[r->fidx++];
+        if (!inst->mod->filter->on_request_headers)
+            continue;
+        helios_ctx ctx;
+        hx_ctx_init(&ctx, r, inst);
+        int rc = hook_result(r, inst, "on_request_headers",
+                             inst->mod->filter->on_request_headers(&ctx));
+        if (rc == HELIOS_CONTINUE)
+            continue;
+        if (rc == HELIOS_PAUSE) {
+            r->paused = 1;
+            return;
+        }
+        if (rc == HELIOS_RESPONDED)
+            after_responded(r, inst);
+        else
+            hx_req_error(r, 500, "request filter failed");
+        return;
+    }
+    run_handler_or_proxy(r);
+}
+
+static void run_handler_or_proxy(hx_req *r)
+{
+    const hx_route *rt = r->route;
+    if (rt->handler) {
+        r->phase = HX_PH_HANDLER;
+        const hx_instance *inst = rt->handler;
+        helios_ctx ctx;
+        hx_ctx_init(&ctx, r, inst);
+        int rc = hook_result(r, inst, "handle", inst->mod->handler->handle(&ctx));
+        if (rc == HELIOS_PAUSE) {
+            r->paused = 1;
+            return;
+        }
+        if (rc == HELIOS_RESPONDED) {
+            after_responded(r, inst);
+            return;
+        }
+        hx_req_error(r, 500, rc == HELIOS_CONTINUE ? "handler returned CONTINUE"
+                                                   : "handler failed");
+        return;
+    }
+    hx_proxy->start(r);
+}
+
+static void deadline_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)loop;
+    (void)revents;
+    hx_req *r = t->data;
+    hx_req_enter(r);
+    if (!r->head_sent) {
+        hx_proxy->detach(r);
+        hx_req_error(r, 504, "request timeout");
+    } else if (!r->resp_done) {
+        hx_resp_abort(r, "request timeout");
+    }
+    hx_req_leave(r);
+}
+
+void hx_req_start(hx_req *r)
+{
+    hx_gen *g = r->gen;
+    r->counted = 1;
+    HX_STAT_ADD(r->w, requests_active, 1);
+    /* split target: origin-form, absolute-form, asterisk-form */
+    const char *t = r->target.ptr;
+    size_t tl = r->target.len;
+    if (tl >= 7 && (strncasecmp(t, "http://", 7) == 0 || strncasecmp(t, "https://", 8) == 0)) {
+        const char *auth = t + (t[4] == ':' ? 7 : 8);
+        const char *slash = memchr(auth, '/', (size_t)(t + tl - auth));
+        const char *end = slash ? slash : t + tl;
+        /* absolute-form: the authority replaces Host (RFC 9112 3.2.2) */
+        const char *at = memchr(auth, '@', (size_t)(end - auth));
+        if (at) {
+            hx_req_error(r, 400, "userinfo in request target");
+            return;
+        }
+        helios_buf old = r->host;
+        (void)old;
+        char *h = hx_arena_strndup(&r->arena, auth, (size_t)(end - auth));
+        size_t hl = (size_t)(end - auth);
+        const char *colon = memchr(h, ':', hl);
+        if (colon && h[0] != '[')
+            hl = (size_t)(colon - h);
+        for (size_t i = 0; i < hl; i++)
+            if (h[i] >= 'A' && h[i] <= 'Z')
+                h[i] = (char)(h[i] + 32);
+        r->host = (helios_buf){h, hl};
+        t = slash ? slash : "/";
+        tl = slash ? (size_t)(r->target.ptr + r->target.len - slash) : 1;
+    } else if (tl == 1 && t[0] == '*') {
+        if (r->method_id != HTTP_OPTIONS) {
+            hx_req_error(r, 400, "asterisk target outside OPTIONS");
+            return;
+        }
+    } else if (tl == 0 || t[0] != '/') {
+        hx_req_error(r, 400, "malformed request target");
+        return;
+    }
+    const char *q = memchr(t, '?', tl);
+    size_t plen = q ? (size_t)(q - t) : tl;
+    if (q)
+        r->query = (helios_buf){q + 1, tl - plen - 1};
+    else
+        r->query = (helios_buf){"", 0};
+    if (tl == 1 && t[0] == '*') {
+        r->path = (helios_buf){"*", 1};
+    } else {
+        const char *hash = memchr(t, '#', plen);
+        if (hash)
+            plen = (size_t)(hash - t);
+        char *np = hx_arena_alloc(&r->arena, plen * 3 + 2);
+        long nl = np ? hx_path_normalize(t, plen, np) : -1;
+        if (nl < 0) {
+            hx_req_error(r, 400, "malformed request path");
+            return;
+        }
+        r->path = (helios_buf){np, (size_t)nl};
+    }
+    if (r->host.ptr == NULL)
+        r->host = (helios_buf){"", 0};
+
+    if (r->wg->broken) {
+        hx_req_error(r, 503, "a module failed to initialise on this worker");
+        return;
+    }
+    resolve_client(r);
+    r->route = hx_route_match(g, r->host.ptr, r->host.len, r->path.ptr, r->path.len,
+                              r->method.ptr, r->method.len);
+    if (r->route == NULL) {
+        hx_req_error(r, 404, "no route matches");
+        return;
+    }
+    r->rstates = hx_arena_alloc(&r->arena, (g->ninstances + 1) * sizeof(void *));
+    if (r->rstates == NULL) {
+        hx_req_error(r, 500, "out of memory");
+        return;
+    }
+    memset(r->rstates, 0, (g->ninstances + 1) * sizeof(void *));
+    if (g->timeouts.request_ms) {
+        ev_timer_init(&r->deadline, deadline_cb, g->timeouts.request_ms / 1000.0, 0.);
+        r->deadline.data = r;
+        ev_timer_start(r->w->loop, &r->deadline);
+    }
+    run_request_filters(r);
+}
+
+void hx_req_resume(hx_req *r, int status)
+{
+    if (!r->paused)
+        return; /* late or duplicate resume: a no-op by contract */
+    r->paused = 0;
+    hx_req_enter(r);
+    if (status == HELIOS_CONTINUE) {
+        if (r->phase == HX_PH_FILTERS)
+            run_request_filters(r);
+        else
+            hx_req_error(r, 500, "handler resumed with CONTINUE");
+    } else if (status == HELIOS_RESPONDED) {
+        if (!r->head_sent)
+            hx_req_error(r, 500, "module resumed RESPONDED without a response");
+    } else {
+        hx_req_error(r, 500, "module resumed with an error");
+    }
+    hx_req_leave(r);
+}
+
+/* ------------------------------------------------------------------ */
+/* responses                                                           */
+
+int hx_req_respond(hx_req *r, int status, const char *ctype, const void *body, size_t len)
+{
+    if (r->head_sent || r->phase == HX_PH_DONE)
+        return -1;
+    if (status < 100 || status > 599)
+        return -1;
+    r->status = status;
+    if (ctype) {
+        if (!hx_hdr_value_valid(ctype, strlen(ctype)))
+            return -1;
+        hx_hdrs_remove(&r->rhdrs, "content-type");
+        hx_hdrs_add(&r->arena, &r->rhdrs, "Content-Type", 12, ctype, strlen(ctype));
+    }
+    char cl[24];
+    int n = (int)hx_u64_dec(cl, len);
+    hx_hdrs_remove(&r->rhdrs, "content-length");
+    if (status >= 200 && status != 204 && status != 304)
+        hx_hdrs_add(&r->arena, &r->rhdrs, "Content-Length", 14, cl, (size_t)n);
+    if (hx_hdrs_get(&r->rhdrs, "date").ptr == NULL) {
+        const char *d = hx_worker_date(r->w);
+        hx_hdrs_add(&r->arena, &r->rhdrs, "Date", 4, d, strlen(d));
+    }
+    r->phase = HX_PH_RESPONDING;
+    if (hx_resp_begin(r) != 0)
+        return 0; /* already turned into an error response */
+    hx_resp_body(r, body, len, 1);
+    return 0;
+}
+
+void hx_req_error(hx_req *r, int status, const char *reason)
+{
+    if (r->ops->fail) {
+        r->ops->fail(r, status, reason);
+        return;
+    }
+    if (r->head_sent) {
+        hx_resp_abort(r, reason);
+        return;
+    }
+    r->error_reason = reason;
+    char peer[64];
+    hx_addr_ip_str((struct sockaddr *)&r->client, peer, sizeof(peer));
+    hx_log(status >= 500 ? HELIOS_LOG_WARN : HELIOS_LOG_INFO, "%s \"%.*s %.*s\": %d: %s%s%s",
+           peer, (int)r->method.len, r->method.ptr, (int)r->target.len, r->target.ptr, status,
+           reason, r->upstream_addr[0] ? " upstream=" : "", r->upstream_addr);
+    r->rhdrs.n = 0;
+    if (status == 503)
+        hx_hdrs_add(&r->arena, &r->rhdrs, "Retry-After", 11, "1", 1);
+    char body[128];
+    int n = snprintf(body, sizeof(body), "%d %s\n", status, hx_reason(status));
+    /* the framing of a request we could not read is not trustworthy */
+    if (!r->body_done && (status == 400 || status == 408 || status == 413) && r->ops->no_reuse)
+        r->ops->no_reuse(r);
+    hx_req_respond(r, status, "text/plain", body, (size_t)n);
+}
+
+int hx_resp_begin(hx_req *r)
+{
+    if (r->route) {
+        for (size_t i = r->route->nfilters; i-- > 0;) {
+            const hx_instance *inst = r->route->filters[i];
+            if (!inst->mod->filter->on_response_headers)
+                continue;
+            helios_ctx ctx;
+            hx_ctx_init(&ctx, r, inst);
+            int rc = inst->mod->filter->on_response_headers(&ctx);
+            if (rc != HELIOS_CONTINUE) {
+                hx_error("module %s: on_response_headers returned %d", inst->mod->name, rc);
+                /* replace the response with a plain 500, no filters */
+                r->route = NULL;
+                hx_proxy->detach(r);
+                r->head_sent = 0;
+                hx_req_error(r, 500, "response filter failed");
+                return -1;
+            }
+        }
+    }
+    int status = r->status;
+    r->resp_no_body = r->is_head || status == 204 || status == 304 || status < 200 ||
+                      r->end_with_head;
+    helios_buf cl = hx_hdrs_get(&r->rhdrs, "content-length");
+    r->resp_length = -1;
+    if (cl.ptr) {
+        int64_t v = 0;
+        for (size_t i = 0; i < cl.len && v >= 0; i++)
+            v = (cl.ptr[i] >= '0' && cl.ptr[i] <= '9') ? v * 10 + (cl.ptr[i] - '0') : -1;
+        r->resp_length = cl.len ? v : -1;
+    }
+    if (r->ops->write_head(r) != 0) {
+        hx_resp_abort(r, "cannot send the response head");
+        return -1;
+    }
+    r->head_sent = 1;
+    if (r->resp_no_body) {
+        r->resp_done = 1;
+        hx_req_finish(r);
+    }
+    return 0;
+}
+
+int hx_resp_body(hx_req *r, const char *p, size_t n, int last)
+{
+    if (r->resp_done)
+        return 0;
+    helios_buf chunk = {p, n};
+    if (r->route) {
+        for (size_t i = r->route->nfilters; i-- > 0;) {
+            const hx_instance *inst = r->route->filters[i];
+            if (!inst->mod->filter->on_response_body)
+                continue;
+            helios_ctx ctx;
+            hx_ctx_init(&ctx, r, inst);
+            int rc = inst->mod->filter->on_response_body(&ctx, &chunk, last);
+            if (rc != HELIOS_CONTINUE) {
+                hx_error("module %s: on_response_body returned %d", inst->mod->name, rc);
+                hx_resp_abort(r, "response body filter failed");
+                return -1;
+            }
+        }
+    }
+    if (r->resp_length >= 0) {
+        uint64_t total = r->bytes_out + chunk.len;
+        if (total > (uint64_t)r->resp_length) {
+            hx_resp_abort(r, "response body longer than its Content-Length");
+            return -1;
+        }
+        if (last && total != (uint64_t)r->resp_length) {
+            hx_resp_abort(r, "response body shorter than its Content-Length");
+            return -1;
+        }
+    }
+    if (r->ops->write_body(r, chunk.ptr, chunk.len, last) != 0)
+        return -1;
+    r->bytes_out += chunk.len;
+    if (last) {
+        r->resp_done = 1;
+        hx_req_finish(r);
+    }
+    return 0;
+}
+
+void hx_resp_abort(hx_req *r, const char *why)
+{
+    if (r->ops->fail) {
+        r->ops->fail(r, 502, why);
+        return;
+    }
+    if (r->resp_done && r->phase == HX_PH_DONE)
+        return;
+    char peer[64];
+    hx_addr_ip_str((struct sockaddr *)&r->client, peer, sizeof(peer));
+    hx_warn("%s \"%.*s %.*s\": response aborted: %s%s%s", peer, (int)r->method.len,
+            r->method.ptr, (int)r->target.len, r->target.ptr, why,
+            r->upstream_addr[0] ? " upstream=" : "", r->upstream_addr);
+    r->error_reason = why;
+    r->aborted = 1;
+    r->resp_done = 1;
+    r->ops->abort(r);
+    if (!r->head_sent)
+        r->head_sent = 1;
+    hx_proxy->detach(r);
+    hx_req_finish(r);
+}
+
+void hx_req_finish(hx_req *r)
+{
+    r->phase = HX_PH_DONE;
+    if (ev_is_active(&r->deadline))
+        ev_timer_stop(r->w->loop, &r->deadline);
+}

@@ -1,0 +1,16 @@
+/*
+ * transport.c - the parts of the socket transport that are not inline.
+ */
+#include "http/transport.h"
+
+#include <openssl/err.h>
+
+void hx_sock_shutdown_write(int fd, SSL *ssl)
+{
+    if (ssl) {
+        ERR_clear_error();
+        SSL_shutdown(ssl);
+        ERR_clear_error();
+    }
+    shutdown(fd, SHUT_WR);
+}

@@ -1,0 +1,528 @@
+/*
+ * main.c - command line, startup, signals, reload and shutdown.
+ *
+ *   heliosd -c PATH [-m DIR]     run
+ *   heliosd -t -c PATH [-m DIR]  validate and exit 0/1
+ *   heliosd -V                   versions
+ *   heliosd COMMAND [-m DIR] ...  a module's command (ABI 1.2), e.g. the
+ *                                js module's `compile app.js -o app.qjsbc`
+ */
+#include <errno.h>
+#include <ev.h>
+#include <getopt.h>
+#include <jansson.h>
+#include <limits.h>
+#include <llhttp.h>
+#include <nghttp2/nghttp2ver.h>
+#include <openssl/crypto.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+#include <yaml.h>
+#include <zlib.h>
+
+#include "http/accesslog.h"
+#include "config/config.h"
+#include "runtime/control.h"
+#include "base/log.h"
+#include "config/module_loader.h"
+#include "event/worker.h"
+#include "runtime/runtime.h"
+
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: heliosd -c PATH [-m MODULE_DIR] [-t]\n"
+               "       heliosd -V\n"
+               "       heliosd COMMAND [-m MODULE_DIR] [ARGS...]\n"
+               "           a module's command, e.g. compile SCRIPT.js -o OUT.qjsbc (js)\n"
+               "  -c PATH  configuration: a directory (every *.yaml, lexical order, merged)\n"
+               "           or one file (default /etc/helios)\n"
+               "  -m DIR   module directory (overrides module_path)\n"
+               "  -t       validate the configuration, print every error, exit 0 or 1\n"
+               "  -V       print versions and exit\n"
+               "  -h       this help\n");
+}
+
+static void print_versions(void)
+{
+    printf("heliosd %s\n", HELIOS_VERSION);
+    printf("plugin ABI %d.%d (build signature %s)\n", HELIOS_ABI_MAJOR, HELIOS_ABI_MINOR,
+           HELIOS_BUILD_SIGNATURE);
+    printf("libev %d.%d\n", ev_version_major(), ev_version_minor());
+    printf("llhttp %d.%d.%d\n", LLHTTP_VERSION_MAJOR, LLHTTP_VERSION_MINOR,
+           LLHTTP_VERSION_PATCH);
+    printf("nghttp2 %s\n", NGHTTP2_VERSION);
+    printf("OpenSSL %s\n", OpenSSL_version(OPENSSL_VERSION_STRING));
+    printf("libyaml %s\n", yaml_get_version_string());
+    printf("zlib %s\n", zlibVersion());
+    printf("jansson %s\n", JANSSON_VERSION);
+    printf("module directory %s\n", HELIOS_INSTALL_MODULE_DIR);
+}
+
+/* A binary run from the build tree uses the build's modules. */
+static const char *default_module_dir(void)
+{
+    static char exe[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+    if (n > 0) {
+        exe[n] = '\0';
+        char *slash = strrchr(exe, '/');
+        if (slash) {
+            *slash = '\0';
+            char build[PATH_MAX];
+            if (realpath(HELIOS_BUILD_DIR, build) && strcmp(build, exe) == 0)
+                return HELIOS_BUILD_MODULE_DIR;
+        }
+    }
+    return HELIOS_INSTALL_MODULE_DIR;
+}
+
+static void print_errors(hx_conf_tree *t)
+{
+    if (t == NULL) {
+        fprintf(stderr, "heliosd: out of memory reading the configuration\n");
+        return;
+    }
+    size_t n = hx_conf_error_count(t);
+    for (size_t i = 0; i < n; i++)
+        fprintf(stderr, "%s\n", hx_conf_error_at(t, i));
+    fprintf(stderr, "heliosd: configuration has %zu error%s\n", n, n == 1 ? "" : "s");
+}
+
+/* Builds a generation from the configuration; errors go to the log and,
+ * when ERR is given, into it one per line (ctl_reload reports them). */
+static hx_gen *build(char *err, size_t errlen)
+{
+    hx_conf_tree *tree = NULL;
+    hx_gen *g = hx_gen_build(hx_srv.conf_path, hx_srv.module_override,
+                             hx_srv.default_module_dir, &hx_srv.modreg, &tree);
+    if (g == NULL) {
+        size_t used = 0;
+        if (err && errlen)
+            err[0] = '\0';
+        if (tree) {
+            size_t n = hx_conf_error_count(tree);
+            for (size_t i = 0; i < n; i++) {
+                hx_error("%s", hx_conf_error_at(tree, i));
+                if (err && used + 1 < errlen) {
+                    int k = snprintf(err + used, errlen - used, "%s%s", used ? "\n" : "",
+                                     hx_conf_error_at(tree, i));
+                    if (k > 0)
+                        used += (size_t)k < errlen - used ? (size_t)k : errlen - used - 1;
+                }
+            }
+        } else if (err && errlen) {
+            snprintf(err, errlen, "out of memory reading the configuration");
+        }
+        hx_conf_tree_free(tree);
+    }
+    return g;
+}
+
+/* Starts G's services in slot order. Returns the number that failed. */
+static int service_start(hx_gen *g)
+{
+    int failed = 0;
+    for (size_t i = 0; i < g->ninstances; i++) {
+        hx_instance *inst = g->instances[i];
+        if (!inst->mod->service || !inst->mod->service->start)
+            continue;
+        if (inst->mod->service->start(inst->cfg) != 0) {
+            hx_error("module %s: service failed to start", inst->mod->name);
+            failed++;
+        } else {
+            inst->started = 1;
+        }
+    }
+    return failed;
+}
+
+static void service_stop(hx_gen *g)
+{
+    for (size_t i = g->ninstances; i-- > 0;) {
+        hx_instance *inst = g->instances[i];
+        /* only what started: a failed start() cleaned up after itself */
+        if (inst->mod->service && inst->mod->service->stop && inst->started)
+            inst->mod->service->stop(inst->cfg);
+        inst->started = 0;
+    }
+}
+
+/* Returns 0 when the new generation is live, -1 when the old one stays
+ * (reasons in ERR when given). */
+static int reload(char *err, size_t errlen)
+{
+    hx_info("reloading configuration from %s", hx_srv.conf_path);
+    /* runtime control calls (admin API) wait while the generation changes */
+    hx_ctl_lock();
+    hx_gen *g = build(err, errlen);
+    if (g == NULL) {
+        hx_srv.reload_failures++;
+        hx_error("reload failed: the running configuration (generation %u) stays",
+                 hx_srv.gen->id);
+        hx_ctl_unlock();
+        return -1;
+    }
+    if (hx_workers_switch(g) != 0) {
+        hx_srv.reload_failures++;
+        hx_error("reload failed: cannot open listeners; generation %u stays", hx_srv.gen->id);
+        if (err && errlen)
+            snprintf(err, errlen, "cannot open the listeners of the new configuration "
+                                  "(see the error log)");
+        hx_gen_unref(g);
+        hx_ctl_unlock();
+        return -1;
+    }
+    hx_gen *old = hx_srv.gen;
+    hx_srv.gen = g;
+    atomic_store(&hx_srv.gen_id, g->id);
+    hx_srv.reloads++;
+    /* Unlock before stopping services: a service's stop() joins its thread,
+     * which may be waiting for this lock inside a ctl_* call. Control calls
+     * made in between act on the new generation. */
+    hx_ctl_unlock();
+    /* a service thread waiting in ctl_reload gets its answer now, before
+     * its own service is stopped below */
+    pthread_mutex_lock(&hx_srv.reload_lock);
+    if (hx_srv.reload_wanted && !hx_srv.reload_done) {
+        hx_srv.reload_rc = 0;
+        hx_srv.reload_gen = g->id;
+        hx_srv.reload_done = 1;
+        pthread_cond_broadcast(&hx_srv.reload_cond);
+    }
+    /* from here until the new services run, a ctl_reload must not wait for
+     * main: main may be joining the very thread that asks (service stop) */
+    hx_srv.services_switching = 1;
+    pthread_mutex_unlock(&hx_srv.reload_lock);
+    /* services belong to a generation: stop the old ones, start the new */
+    service_stop(old);
+    hx_log_open(g->logging.level, g->logging.error_log);
+    hx_accesslog_open(&g->logging);
+    int failed = service_start(g);
+    if (failed)
+        hx_error("generation %u runs without %d service%s that failed to start (see above); "
+                 "fix the configuration and reload",
+                 g->id, failed, failed == 1 ? "" : "s");
+    pthread_mutex_lock(&hx_srv.reload_lock);
+    hx_srv.services_switching = 0;
+    pthread_mutex_unlock(&hx_srv.reload_lock);
+    hx_gen_unref(old);
+    hx_info("configuration generation %u is live", g->id);
+    return 0;
+}
+
+/* Main thread: a service thread asked for a reload (ctl_reload). */
+static void reload_async_cb(struct ev_loop *loop, ev_async *a, int revents)
+{
+    (void)loop;
+    (void)a;
+    (void)revents;
+    pthread_mutex_lock(&hx_srv.reload_lock);
+    int wanted = hx_srv.reload_wanted && !hx_srv.reload_done;
+    pthread_mutex_unlock(&hx_srv.reload_lock);
+    if (!wanted)
+        return;
+    char err[sizeof(hx_srv.reload_err)];
+    if (reload(err, sizeof(err)) != 0) {
+        pthread_mutex_lock(&hx_srv.reload_lock);
+        hx_srv.reload_rc = -1;
+        snprintf(hx_srv.reload_err, sizeof(hx_srv.reload_err), "%s", err);
+        hx_srv.reload_done = 1;
+        pthread_cond_broadcast(&hx_srv.reload_cond);
+        pthread_mutex_unlock(&hx_srv.reload_lock);
+    }
+}
+
+/* Host API ctl_reload: any thread but main and the workers. One reload
+ * request at a time; a second caller waits for the first to finish. */
+static int main_ctl_reload(uint32_t *gen, char *err, size_t errlen)
+{
+    static pthread_mutex_t one_at_a_time = PTHREAD_MUTEX_INITIALIZER;
+    if (pthread_equal(pthread_self(), hx_srv.main_thread) || hx_worker_self() != NULL) {
+        if (err && errlen)
+            snprintf(err, errlen, "ctl_reload called from the main thread or a worker");
+        return -1;
+    }
+    pthread_mutex_lock(&one_at_a_time);
+    pthread_mutex_lock(&hx_srv.reload_lock);
+    if (hx_srv.stopping) {
+        pthread_mutex_unlock(&hx_srv.reload_lock);
+        pthread_mutex_unlock(&one_at_a_time);
+        if (err && errlen)
+            snprintf(err, errlen, "heliosd is stopping");
+        return -1;
+    }
+    if (hx_srv.services_switching) {
+        /* a reload has just built a new generation from the same files and
+         * is replacing the services (maybe the caller's own): that reload
+         * is this one's answer */
+        uint32_t id = atomic_load(&hx_srv.gen_id);
+        pthread_mutex_unlock(&hx_srv.reload_lock);
+        pthread_mutex_unlock(&one_at_a_time);
+        if (gen)
+            *gen = id;
+        return 0;
+    }
+    hx_srv.reload_wanted = 1;
+    hx_srv.reload_done = 0;
+    ev_async_send(hx_srv.loop, &hx_srv.reload_async);
+    while (!hx_srv.reload_done)
+        pthread_cond_wait(&hx_srv.reload_cond, &hx_srv.reload_lock);
+    int rc = hx_srv.reload_rc;
+    if (rc == 0 && gen)
+        *gen = hx_srv.reload_gen;
+    if (rc != 0 && err && errlen)
+        snprintf(err, errlen, "%s", hx_srv.reload_err);
+    hx_srv.reload_wanted = 0;
+    pthread_mutex_unlock(&hx_srv.reload_lock);
+    pthread_mutex_unlock(&one_at_a_time);
+    return rc;
+}
+
+static void sig_cb(struct ev_loop *loop, ev_signal *s, int revents)
+{
+    (void)revents;
+    switch (s->signum) {
+    case SIGHUP:
+        reload(NULL, 0);
+        break;
+    case SIGUSR1:
+        hx_log_reopen();
+        hx_accesslog_reopen();
+        hx_info("log files reopened");
+        break;
+    default:
+        hx_info("received %s, stopping", s->signum == SIGINT ? "SIGINT" : "SIGTERM");
+        pthread_mutex_lock(&hx_srv.reload_lock);
+        hx_srv.stopping = 1;
+        /* a service thread waiting in ctl_reload must not wait forever */
+        if (hx_srv.reload_wanted && !hx_srv.reload_done) {
+            hx_srv.reload_rc = -1;
+            snprintf(hx_srv.reload_err, sizeof(hx_srv.reload_err), "heliosd is stopping");
+            hx_srv.reload_done = 1;
+            pthread_cond_broadcast(&hx_srv.reload_cond);
+        }
+        pthread_mutex_unlock(&hx_srv.reload_lock);
+        ev_break(loop, EVBREAK_ALL);
+    }
+}
+
+/* -m DIR must name a directory; says so on stderr when it does not. */
+static int module_dir_ok(const char *dir)
+{
+    struct stat st;
+    if (stat(dir, &st) == 0 && S_ISDIR(st.st_mode))
+        return 1;
+    fprintf(stderr, "heliosd: -m %s: not a directory\n", dir);
+    return 0;
+}
+
+/*
+ * `heliosd NAME [-m DIR] ARGS...`: a command a module registers in its
+ * descriptor (helios_command, ABI 1.2), such as the js module's `compile`:
+ * the core has no JavaScript engine. No configuration is read; the modules
+ * of the module directory are loaded until one lists NAME.
+ */
+static int command_main(int argc, char **argv)
+{
+    const char *dir = NULL;
+    char **args = calloc((size_t)argc + 1, sizeof(char *));
+    if (args == NULL)
+        return 1;
+    int n = 0;
+    for (int i = 0; i < argc; i++) {
+        if (i > 0 && strcmp(argv[i], "-m") == 0 && i + 1 < argc) {
+            dir = argv[++i];
+            continue;
+        }
+        args[n++] = argv[i];
+    }
+    if (dir != NULL && !module_dir_ok(dir)) {
+        free(args);
+        return 1;
+    }
+    if (dir == NULL)
+        dir = default_module_dir();
+    hx_log_open(HELIOS_LOG_WARN, NULL);
+    hx_modreg reg = {0};
+    hx_module *m = NULL;
+    char err[4096];
+    const helios_command *c = hx_module_command(&reg, dir, args[0], &m, err, sizeof(err));
+    int rc = 2;
+    if (c != NULL) {
+        rc = c->run(&hx_host_api, n, args);
+        if (rc < 0 || rc > 125)
+            rc = 1;
+    } else {
+        fprintf(stderr, "heliosd: unknown command '%s'\n", args[0]);
+        fprintf(stderr, "commands of the modules in %s:\n", dir);
+        int listed = 0;
+        for (hx_module *k = reg.head; k; k = k->next)
+            for (const helios_command *e = k->commands; e && e->name; e++, listed++)
+                fprintf(stderr, "  %-16s %s (module %s)\n", e->name, e->summary ? e->summary : "",
+                        k->name);
+        if (!listed)
+            fprintf(stderr, "  (none)\n");
+        if (err[0])
+            fprintf(stderr, "modules that could not be loaded:\n%s\n", err);
+        fprintf(stderr, "server options: heliosd -h\n");
+    }
+    hx_modreg_free(&reg);
+    free(args);
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    hx_runtime_wire(); /* before anything loads a module */
+    if (argc > 1 && argv[1][0] != '-')
+        return command_main(argc - 1, argv + 1);
+    const char *conf = "/etc/helios";
+    int test = 0, opt;
+    hx_srv.module_override = NULL;
+    while ((opt = getopt(argc, argv, "c:m:tVh")) != -1) {
+        switch (opt) {
+        case 'c': conf = optarg; break;
+        case 'm': hx_srv.module_override = optarg; break;
+        case 't': test = 1; break;
+        case 'V': print_versions(); return 0;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "heliosd: unexpected argument '%s'\n", argv[optind]);
+        usage(stderr);
+        return 2;
+    }
+    if (hx_srv.module_override && !module_dir_ok(hx_srv.module_override))
+        return 1;
+    hx_srv.conf_path = conf;
+    hx_srv.default_module_dir = default_module_dir();
+
+    /* -t prints errors plainly; a running server logs them */
+    if (test) {
+        hx_log_open(HELIOS_LOG_WARN, NULL);
+        hx_conf_tree *tree = NULL;
+        hx_gen *g = hx_gen_build(conf, hx_srv.module_override, hx_srv.default_module_dir,
+                                 &hx_srv.modreg, &tree);
+        int rc = 0;
+        if (g == NULL) {
+            print_errors(tree);
+            hx_conf_tree_free(tree);
+            rc = 1;
+        } else {
+            printf("configuration OK: %s (%zu listener%s, %zu route%s, %zu upstream%s, "
+                   "%zu module instance%s)\n",
+                   conf, g->nlisteners, g->nlisteners == 1 ? "" : "s", g->nroutes,
+                   g->nroutes == 1 ? "" : "s", g->nupstreams, g->nupstreams == 1 ? "" : "s",
+                   g->ninstances, g->ninstances == 1 ? "" : "s");
+            hx_gen_unref(g);
+        }
+        hx_modreg_free(&hx_srv.modreg);
+        return rc;
+    }
+
+    signal(SIGPIPE, SIG_IGN);
+    /* every connection costs a descriptor, a proxied one two: use what the
+     * hard limit allows (nginx's worker_rlimit_nofile, automatic) */
+    struct rlimit nof;
+    if (getrlimit(RLIMIT_NOFILE, &nof) == 0 && nof.rlim_cur < nof.rlim_max) {
+        nof.rlim_cur = nof.rlim_max > 1048576 ? 1048576 : nof.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &nof);
+    }
+    struct ev_loop *loop = ev_default_loop(EVFLAG_AUTO);
+    if (loop == NULL) {
+        fprintf(stderr, "heliosd: cannot initialise libev\n");
+        return 1;
+    }
+    hx_server_init_main(loop);
+    hx_srv.main_thread = pthread_self();
+    hx_ctl_reload_impl = main_ctl_reload;
+    pthread_mutex_init(&hx_srv.reload_lock, NULL);
+    pthread_cond_init(&hx_srv.reload_cond, NULL);
+    ev_async_init(&hx_srv.reload_async, reload_async_cb);
+    ev_async_start(loop, &hx_srv.reload_async);
+    /* Watch signals before anything can be observed from outside (the
+     * listeners): a SIGHUP or SIGTERM right after startup must not take
+     * the default action and kill the process. */
+    ev_signal sigs[4];
+    int signums[4] = {SIGHUP, SIGTERM, SIGINT, SIGUSR1};
+    for (int i = 0; i < 4; i++) {
+        ev_signal_init(&sigs[i], sig_cb, signums[i]);
+        ev_signal_start(loop, &sigs[i]);
+    }
+    hx_gen *g = build(NULL, 0);
+    if (g == NULL) {
+        fprintf(stderr, "heliosd: not starting: invalid configuration\n");
+        hx_modreg_free(&hx_srv.modreg);
+        return 1;
+    }
+    if (hx_log_open(g->logging.level, g->logging.error_log) != 0) {
+        fprintf(stderr, "heliosd: error_log %s: %s\n", g->logging.error_log, strerror(errno));
+        hx_gen_unref(g);
+        hx_modreg_free(&hx_srv.modreg);
+        return 1;
+    }
+    if (hx_accesslog_open(&g->logging) != 0) {
+        hx_gen_unref(g);
+        hx_modreg_free(&hx_srv.modreg);
+        return 1;
+    }
+    hx_srv.gen = g;
+    atomic_store(&hx_srv.gen_id, g->id);
+    hx_srv.start_time = (uint64_t)time(NULL);
+    /* workers inherit a mask with our signals blocked: only main gets them */
+    sigset_t set, old;
+    sigemptyset(&set);
+    sigaddset(&set, SIGHUP);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGUSR1);
+    pthread_sigmask(SIG_BLOCK, &set, &old);
+    int started = hx_workers_start(g);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (started != 0) {
+        hx_error("not starting: workers could not be started");
+        hx_workers_stop(0);
+        hx_gen_unref(g);
+        hx_modreg_free(&hx_srv.modreg);
+        return 1;
+    }
+    if (service_start(g) != 0) {
+        /* like a listener that cannot bind: refuse to run half-configured */
+        hx_error("not starting: a module service failed to start");
+        fprintf(stderr, "heliosd: not starting: a module service failed to start (see the log)\n");
+        service_stop(g);
+        hx_workers_stop(0);
+        hx_gen_unref(g);
+        hx_srv.gen = NULL;
+        hx_modreg_free(&hx_srv.modreg);
+        return 1;
+    }
+    hx_info("heliosd %s started: %u worker%s, generation %u, modules from %s", HELIOS_VERSION,
+            g->workers, g->workers == 1 ? "" : "s", g->id, g->module_dir);
+
+    ev_run(loop, 0);
+
+    uint64_t grace = hx_srv.gen->timeouts.shutdown_ms;
+    service_stop(hx_srv.gen);
+    hx_workers_stop(grace);
+    for (int i = 0; i < 4; i++)
+        ev_signal_stop(loop, &sigs[i]);
+    ev_async_stop(loop, &hx_srv.reload_async);
+    hx_gen_unref(hx_srv.gen);
+    hx_srv.gen = NULL;
+    hx_modreg_free(&hx_srv.modreg);
+    hx_accesslog_close();
+    hx_info("stopped");
+    hx_log_close();
+    ev_loop_destroy(loop);
+    return 0;
+}

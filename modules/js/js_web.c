@@ -1,0 +1,566 @@
+/*
+ * js_web.c - the natives behind prelude.js's Web API: the `hx` object the
+ * prelude is called with. prelude.js builds Request, Response, Headers,
+ * URL, TextEncoder/TextDecoder, crypto and console on top of these.
+ *
+ * Natives take the request's token object (js_tok_rq) and check that the
+ * request is still there: JS may hold a Request long after it ended.
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/random.h>
+
+#include "js_internal.h"
+
+/* ------------------------------------------------------------------ */
+/* bytes helpers                                                       */
+
+/* Bytes of a string or ArrayBuffer (or view) V. *HOLD receives a C string
+ * to free with JS_FreeCString (or NULL). Returns 0, or -1 with an
+ * exception. */
+int js_bytes(JSContext *ctx, JSValueConst v, const char **hold, const uint8_t **p, size_t *len)
+{
+    *hold = NULL;
+    *p = NULL;
+    *len = 0;
+    if (JS_IsNull(v) || JS_IsUndefined(v))
+        return 0;
+    if (JS_IsString(v)) {
+        *hold = JS_ToCStringLen(ctx, len, v);
+        if (*hold == NULL)
+            return -1;
+        *p = (const uint8_t *)*hold;
+        return 0;
+    }
+    size_t n;
+    uint8_t *b = JS_GetArrayBuffer(ctx, &n, v);
+    if (b) {
+        *p = b;
+        *len = n;
+        return 0;
+    }
+    JS_FreeValue(ctx, JS_GetException(ctx));
+    size_t off, blen, bpe;
+    JSValue buf = JS_GetTypedArrayBuffer(ctx, v, &off, &blen, &bpe);
+    if (JS_IsException(buf))
+        return -1;
+    b = JS_GetArrayBuffer(ctx, &n, buf);
+    JS_FreeValue(ctx, buf); /* the view keeps the buffer alive */
+    if (b == NULL || off + blen > n)
+        return -1;
+    *p = b + off;
+    *len = blen;
+    return 0;
+}
+
+int js_hop_header(const char *n)
+{
+    static const char *const hop[] = {
+        "connection", "keep-alive", "proxy-connection", "transfer-encoding",
+        "te",         "trailer",    "upgrade",          "content-length",
+        NULL,
+    };
+    for (const char *const *h = hop; *h; h++)
+        if (strcasecmp(n, *h) == 0)
+            return 1;
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* natives: hx.*                                                       */
+
+static JSValue nat_log(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv)
+{
+    (void)this_val;
+    (void)argc;
+    int level;
+    if (JS_ToInt32(ctx, &level, argv[0]))
+        return JS_EXCEPTION;
+    const char *s = JS_ToCString(ctx, argv[1]);
+    if (s == NULL)
+        return JS_EXCEPTION;
+    if (level < HELIOS_LOG_ERROR || level > HELIOS_LOG_DEBUG)
+        level = HELIOS_LOG_INFO;
+    js_api->log(level, JS_NAME, "%s: console: %s", js_ws(ctx)->cfg->script, s);
+    JS_FreeCString(ctx, s);
+    return JS_UNDEFINED;
+}
+
+static JSValue nat_method(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv)
+{
+    (void)this_val;
+    (void)argc;
+    js_rq *rq = js_tok_rq(argv[0]);
+    if (rq == NULL || rq->r == NULL)
+        return JS_NewString(ctx, "GET");
+    helios_buf m = js_api->req_method(rq->r);
+    return JS_NewStringLen(ctx, m.ptr, m.len);
+}
+
+static JSValue nat_url(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv)
+{
+    (void)this_val;
+    (void)argc;
+    js_rq *rq = js_tok_rq(argv[0]);
+    if (rq == NULL || rq->r == NULL)
+        return JS_NewString(ctx, "http://localhost/");
+    helios_buf host = js_api->req_header(rq->r, "host");
+    if (host.ptr == NULL || host.len == 0)
+        host = js_api->req_host(rq->r);
+    if (host.ptr == NULL || host.len == 0)
+        host = (helios_buf){"localhost", 9};
+    helios_buf t = js_api->req_target(rq->r);
+    /* absolute-form targets carry their own scheme and host */
+    if (t.len >= 7 &&
+        (strncasecmp(t.ptr, "http://", 7) == 0 || strncasecmp(t.ptr, "https://", 8) == 0))
+        return JS_NewStringLen(ctx, t.ptr, t.len);
+    size_t n = 7 + host.len + t.len;
+    char stackbuf[1024];
+    char *buf = n < sizeof(stackbuf) ? stackbuf : malloc(n + 1);
+    if (buf == NULL)
+        return JS_ThrowOutOfMemory(ctx);
+    memcpy(buf, "http://", 7);
+    memcpy(buf + 7, host.ptr, host.len);
+    memcpy(buf + 7 + host.len, t.ptr, t.len);
+    JSValue v = JS_NewStringLen(ctx, buf, n);
+    if (buf != stackbuf)
+        free(buf);
+    return v;
+}
+
+static JSValue nat_headers(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv)
+{
+    (void)this_val;
+    (void)argc;
+    js_rq *rq = js_tok_rq(argv[0]);
+    JSValue a = JS_NewArray(ctx);
+    if (JS_IsException(a) || rq == NULL || rq->r == NULL)
+        return a;
+    size_t n = js_api->req_header_count(rq->r);
+    uint32_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        helios_buf name, value;
+        if (js_api->req_header_at(rq->r, i, &name, &value) != 0)
+            continue;
+        JS_SetPropertyUint32(ctx, a, k++, JS_NewStringLen(ctx, name.ptr, name.len));
+        JS_SetPropertyUint32(ctx, a, k++, JS_NewStringLen(ctx, value.ptr, value.len));
+    }
+    return a;
+}
+
+/* Walks [[name, value]...] PAIRS calling FN(ARG, name, value) with C
+ * strings. Returns 0, or -1 with an exception (FN returning -1 throws). */
+int js_pairs(JSContext *ctx, JSValueConst pairs, int (*fn)(void *arg, const char *n, const char *v),
+             void *arg)
+{
+    if (JS_IsNull(pairs) || JS_IsUndefined(pairs))
+        return 0;
+    JSValue lv = JS_GetPropertyStr(ctx, pairs, "length");
+    uint32_t n;
+    if (JS_ToUint32(ctx, &n, lv)) {
+        JS_FreeValue(ctx, lv);
+        return -1;
+    }
+    JS_FreeValue(ctx, lv);
+    for (uint32_t i = 0; i < n; i++) {
+        JSValue p = JS_GetPropertyUint32(ctx, pairs, i);
+        JSValue nv = JS_GetPropertyUint32(ctx, p, 0), vv = JS_GetPropertyUint32(ctx, p, 1);
+        JS_FreeValue(ctx, p);
+        const char *name = JS_ToCString(ctx, nv), *value = JS_ToCString(ctx, vv);
+        JS_FreeValue(ctx, nv);
+        JS_FreeValue(ctx, vv);
+        int rc = name && value ? fn(arg, name, value) : -3;
+        if (rc == -1)
+            JS_ThrowTypeError(ctx, "invalid header '%s'", name);
+        else if (rc == -2)
+            JS_ThrowOutOfMemory(ctx);
+        JS_FreeCString(ctx, name);
+        JS_FreeCString(ctx, value);
+        if (rc != 0)
+            return -1;
+    }
+    return 0;
+}
+
+typedef struct js_resp_hdrs {
+    helios_request *r;
+    char *ctype; /* malloc'd */
+} js_resp_hdrs;
+
+static int js_resp_header(void *arg, const char *n, const char *v)
+{
+    js_resp_hdrs *h = arg;
+    if (strcasecmp(n, "content-type") == 0) {
+        if (h->ctype == NULL && (h->ctype = strdup(v)) == NULL)
+            return -2;
+        return 0;
+    }
+    if (js_hop_header(n))
+        return 0;
+    return js_api->resp_header_add(h->r, n, v) == 0 ? 0 : -1;
+}
+
+/* hx.respond(tok, status, pairs, body) -> true if sent */
+static JSValue nat_respond(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv)
+{
+    (void)this_val;
+    (void)argc;
+    js_rq *rq = js_tok_rq(argv[0]);
+    if (rq == NULL || rq->r == NULL || rq->responded)
+        return JS_FALSE;
+    int status;
+    if (JS_ToInt32(ctx, &status, argv[1]))
+        return JS_EXCEPTION;
+    if (status < 200 || status > 599)
+        return JS_ThrowRangeError(ctx, "response status %d is not from 200 to 599", status);
+    js_resp_hdrs h = {rq->r, NULL};
+    if (js_pairs(ctx, argv[2], js_resp_header, &h) != 0) {
+        free(h.ctype);
+        return JS_EXCEPTION;
+    }
+    const char *hold;
+    const uint8_t *p;
+    size_t len;
+    if (js_bytes(ctx, argv[3], &hold, &p, &len) != 0) {
+        free(h.ctype);
+        return JS_EXCEPTION;
+    }
+    const char *ctype = h.ctype;
+    if (ctype == NULL && JS_IsString(argv[3]))
+        ctype = "text/plain;charset=UTF-8";
+    if (status == 204 || status == 304)
+        len = 0;
+    int rc = js_api->respond(rq->r, status, ctype, p, len);
+    JS_FreeCString(ctx, hold);
+    free(h.ctype);
+    if (rc != 0)
+        return JS_ThrowTypeError(ctx, "the response could not be sent (invalid Content-Type?)");
+    js_rq_settle(rq, HELIOS_RESPONDED);
+    return JS_TRUE;
+}
+
+/* hx.fail(tok, error): logs ERROR with its stack, answers 500. */
+static JSValue nat_fail(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv)
+{
+    (void)this_val;
+    (void)argc;
+    js_worker *ws = js_ws(ctx);
+    js_rq *rq = js_tok_rq(argv[0]);
+    js_report(ws, rq, JS_DupValue(ctx, argv[1]), "in the handler");
+    return JS_UNDEFINED;
+}
+
+/* filter mode: hx.pass(tok, pairs|null): the request goes on, with the
+ * request headers replaced by PAIRS when given. */
+static int js_req_header_add(void *arg, const char *n, const char *v)
+{
+    return js_api->req_header_add(arg, n, v) == 0 ? 0 : -1;
+}
+
+static JSValue nat_pass(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv)
+{
+    (void)this_val;
+    (void)argc;
+    js_rq *rq = js_tok_rq(argv[0]);
+    if (rq == NULL || rq->r == NULL || rq->responded)
+        return JS_FALSE;
+    if (!JS_IsNull(argv[1]) && !JS_IsUndefined(argv[1])) {
+        /* remove every current header, then add the new list */
+        for (;;) {
+            helios_buf name;
+            if (js_api->req_header_count(rq->r) == 0 ||
+                js_api->req_header_at(rq->r, 0, &name, NULL) != 0)
+                break;
+            char nb[256];
+            if (name.len >= sizeof(nb))
+                break;
+            memcpy(nb, name.ptr, name.len);
+            nb[name.len] = '\0';
+            if (js_api->req_header_remove(rq->r, nb) <= 0)
+                break;
+        }
+        if (js_pairs(ctx, argv[1], js_req_header_add, rq->r) != 0)
+            return JS_EXCEPTION;
+    }
+    js_rq_settle(rq, HELIOS_CONTINUE);
+    return JS_TRUE;
+}
+
+/* filter mode: hx.rh(tok, op, name[, value]) on the response headers:
+ * op 0 get, 1 set, 2 append, 3 delete. */
+static JSValue nat_resp_header(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv)
+{
+    (void)this_val;
+    js_rq *rq = js_tok_rq(argv[0]);
+    int op;
+    if (rq == NULL || rq->r == NULL)
+        return JS_ThrowTypeError(ctx, "the response is gone");
+    if (JS_ToInt32(ctx, &op, argv[1]))
+        return JS_EXCEPTION;
+    const char *n = JS_ToCString(ctx, argv[2]);
+    const char *v = op == 1 || op == 2 ? (argc > 3 ? JS_ToCString(ctx, argv[3]) : NULL) : NULL;
+    JSValue ret = JS_UNDEFINED;
+    if (n == NULL || ((op == 1 || op == 2) && v == NULL)) {
+        ret = JS_EXCEPTION;
+    } else if (op == 0) {
+        helios_buf b = js_api->resp_header(rq->r, n);
+        ret = b.ptr ? JS_NewStringLen(ctx, b.ptr, b.len) : JS_NULL;
+    } else if (op == 3) {
+        js_api->resp_header_remove(rq->r, n);
+    } else if (js_hop_header(n)) {
+        ret = JS_ThrowTypeError(ctx, "header '%s' is managed by heliosd", n);
+    } else if ((op == 1 ? js_api->resp_header_set(rq->r, n, v)
+                        : js_api->resp_header_add(rq->r, n, v)) != 0) {
+        ret = JS_ThrowTypeError(ctx, "invalid header '%s'", n);
+    }
+    JS_FreeCString(ctx, n);
+    JS_FreeCString(ctx, v);
+    return ret;
+}
+
+/* ---- request body ---- */
+
+static void js_body_data(void *arg, helios_buf chunk, int last, int error)
+{
+    js_rq *rq = arg;
+    js_worker *ws = rq->ws;
+    if (rq->body_state != JS_BODY_READING)
+        return;
+    JSContext *ctx = ws->ctx;
+    JSValue v = JS_UNDEFINED;
+    int settle = -1; /* 0 resolve, 1 reject */
+    if (error) {
+        v = JS_NewError(ctx);
+        JS_DefinePropertyValueStr(ctx, v, "message",
+                                  JS_NewString(ctx, "the request body could not be read"),
+                                  JS_PROP_CONFIGURABLE | JS_PROP_WRITABLE);
+        settle = 1;
+    } else if (rq->body_len + chunk.len > ws->cfg->max_body) {
+        char msg[128];
+        snprintf(msg, sizeof(msg), "the request body is over max_body (%llu bytes)",
+                 (unsigned long long)ws->cfg->max_body);
+        v = JS_NewError(ctx);
+        JS_DefinePropertyValueStr(ctx, v, "message", JS_NewString(ctx, msg),
+                                  JS_PROP_CONFIGURABLE | JS_PROP_WRITABLE);
+        settle = 1;
+    } else {
+        if (chunk.len) {
+            if (rq->body_len + chunk.len > rq->body_cap) {
+                size_t cap = rq->body_cap ? rq->body_cap : 4096;
+                while (cap < rq->body_len + chunk.len)
+                    cap *= 2;
+                char *nb = realloc(rq->body, cap);
+                if (nb == NULL) {
+                    error = 1;
+                    v = JS_NewError(ctx);
+                    settle = 1;
+                } else {
+                    rq->body = nb;
+                    rq->body_cap = cap;
+                }
+            }
+            if (!error) {
+                memcpy(rq->body + rq->body_len, chunk.ptr, chunk.len);
+                rq->body_len += chunk.len;
+            }
+        }
+        if (settle < 0 && last) {
+            v = JS_NewArrayBufferCopy(ctx, (const uint8_t *)rq->body, rq->body_len);
+            settle = 0;
+        }
+    }
+    if (settle < 0)
+        return;
+    rq->body_state = JS_BODY_DONE;
+    JSValue fn = JS_DupValue(ctx, rq->body_res[settle]);
+    free(rq->body);
+    rq->body = NULL;
+    rq->body_len = rq->body_cap = 0;
+    js_call(ws, rq, fn, 1, (JSValueConst *)&v, "in the request body callback");
+    JS_FreeValue(ctx, fn);
+    JS_FreeValue(ctx, v);
+}
+
+/* hx.body(tok) -> Promise<ArrayBuffer> (the same promise every time) */
+static JSValue nat_body(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv)
+{
+    (void)this_val;
+    (void)argc;
+    js_rq *rq = js_tok_rq(argv[0]);
+    if (rq == NULL)
+        return JS_ThrowTypeError(ctx, "not a request");
+    if (!JS_IsUndefined(rq->body_p))
+        return JS_DupValue(ctx, rq->body_p);
+    if (rq->r == NULL)
+        return JS_ThrowTypeError(ctx, "the request has ended: its body is gone");
+    JSValue p = JS_NewPromiseCapability(ctx, rq->body_res);
+    if (JS_IsException(p))
+        return p;
+    rq->body_p = JS_DupValue(ctx, p);
+    rq->body_state = JS_BODY_READING;
+    if (js_api->req_body_read(rq->r, js_body_data, rq) != 0) {
+        rq->body_state = JS_BODY_DONE;
+        JSValue e = JS_NewError(ctx);
+        JS_DefinePropertyValueStr(ctx, e, "message",
+                                  JS_NewString(ctx, "the request body cannot be read here"),
+                                  JS_PROP_CONFIGURABLE | JS_PROP_WRITABLE);
+        JSValue r = JS_Call(ctx, rq->body_res[1], JS_UNDEFINED, 1, (JSValueConst *)&e);
+        JS_FreeValue(ctx, r);
+        JS_FreeValue(ctx, e);
+    }
+    return p;
+}
+
+/* ---- crypto, text ---- */
+
+static JSValue nat_random(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv)
+{
+    (void)this_val;
+    (void)argc;
+    const char *hold;
+    const uint8_t *p;
+    size_t len;
+    if (js_bytes(ctx, argv[0], &hold, &p, &len) != 0 || hold != NULL) {
+        JS_FreeCString(ctx, hold);
+        return JS_ThrowTypeError(ctx, "expected a typed array");
+    }
+    size_t done = 0;
+    while (done < len) {
+        ssize_t n = getrandom((uint8_t *)p + done, len - done, 0);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return JS_ThrowInternalError(ctx, "getrandom: %s", strerror(errno));
+        done += (size_t)n;
+    }
+    return JS_DupValue(ctx, argv[0]);
+}
+
+static JSValue nat_encode(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv)
+{
+    (void)this_val;
+    (void)argc;
+    size_t len;
+    const char *s = JS_ToCStringLen(ctx, &len, argv[0]);
+    if (s == NULL)
+        return JS_EXCEPTION;
+    JSValue b = JS_NewArrayBufferCopy(ctx, (const uint8_t *)s, len);
+    JS_FreeCString(ctx, s);
+    return b;
+}
+
+/* Length of the valid UTF-8 sequence at P (N bytes left), or 0. */
+static size_t js_utf8_seq(const uint8_t *p, size_t n)
+{
+    uint8_t c = p[0];
+    if (c < 0x80)
+        return 1;
+    size_t len;
+    uint32_t min, cp;
+    if ((c & 0xe0) == 0xc0) {
+        len = 2, min = 0x80, cp = c & 0x1f;
+    } else if ((c & 0xf0) == 0xe0) {
+        len = 3, min = 0x800, cp = c & 0x0f;
+    } else if ((c & 0xf8) == 0xf0) {
+        len = 4, min = 0x10000, cp = c & 0x07;
+    } else {
+        return 0;
+    }
+    if (n < len)
+        return 0;
+    for (size_t i = 1; i < len; i++) {
+        if ((p[i] & 0xc0) != 0x80)
+            return 0;
+        cp = (cp << 6) | (p[i] & 0x3f);
+    }
+    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+        return 0;
+    return len;
+}
+
+/* hx.decode(buffer|view, fatal, ignoreBOM) -> string (U+FFFD for bad bytes) */
+static JSValue nat_decode(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv)
+{
+    (void)this_val;
+    (void)argc;
+    const char *hold;
+    const uint8_t *p;
+    size_t len;
+    if (js_bytes(ctx, argv[0], &hold, &p, &len) != 0)
+        return JS_EXCEPTION;
+    int fatal = JS_ToBool(ctx, argv[1]), ignore_bom = JS_ToBool(ctx, argv[2]);
+    if (!ignore_bom && len >= 3 && p[0] == 0xef && p[1] == 0xbb && p[2] == 0xbf) {
+        p += 3;
+        len -= 3;
+    }
+    size_t i = 0;
+    while (i < len) {
+        size_t k = js_utf8_seq(p + i, len - i);
+        if (k == 0)
+            break;
+        i += k;
+    }
+    if (i == len) { /* valid: no copy */
+        JSValue v = JS_NewStringLen(ctx, (const char *)p, len);
+        JS_FreeCString(ctx, hold);
+        return v;
+    }
+    if (fatal) {
+        JS_FreeCString(ctx, hold);
+        return JS_ThrowTypeError(ctx, "TextDecoder: invalid UTF-8 at byte %zu", i);
+    }
+    char *out = malloc(len * 3 + 1);
+    if (out == NULL) {
+        JS_FreeCString(ctx, hold);
+        return JS_ThrowOutOfMemory(ctx);
+    }
+    size_t o = 0;
+    for (i = 0; i < len;) {
+        size_t k = js_utf8_seq(p + i, len - i);
+        if (k == 0) {
+            memcpy(out + o, "\xef\xbf\xbd", 3);
+            o += 3;
+            i++;
+        } else {
+            memcpy(out + o, p + i, k);
+            o += k;
+            i += k;
+        }
+    }
+    JSValue v = JS_NewStringLen(ctx, out, o);
+    free(out);
+    JS_FreeCString(ctx, hold);
+    return v;
+}
+
+static const JSCFunctionListEntry js_natives[] = {
+    JS_CFUNC_DEF("log", 2, nat_log),
+    JS_CFUNC_DEF("method", 1, nat_method),
+    JS_CFUNC_DEF("url", 1, nat_url),
+    JS_CFUNC_DEF("headers", 1, nat_headers),
+    JS_CFUNC_DEF("respond", 4, nat_respond),
+    JS_CFUNC_DEF("fail", 2, nat_fail),
+    JS_CFUNC_DEF("pass", 2, nat_pass),
+    JS_CFUNC_DEF("rh", 4, nat_resp_header),
+    JS_CFUNC_DEF("body", 1, nat_body),
+    JS_CFUNC_DEF("fetch", 6, nat_fetch),
+    JS_CFUNC_DEF("setTimeout", 2, nat_set_timeout),
+    JS_CFUNC_DEF("clearTimeout", 1, nat_clear_timeout),
+    JS_CFUNC_DEF("waitBegin", 1, nat_wait_begin),
+    JS_CFUNC_DEF("waitEnd", 1, nat_wait_end),
+    JS_CFUNC_DEF("random", 1, nat_random),
+    JS_CFUNC_DEF("encode", 1, nat_encode),
+    JS_CFUNC_DEF("decode", 3, nat_decode),
+};
+
+void js_natives_install(JSContext *ctx, JSValueConst hx)
+{
+    JS_SetPropertyFunctionList(ctx, hx, js_natives, sizeof(js_natives) / sizeof(js_natives[0]));
+}

@@ -1,0 +1,342 @@
+/*
+ * metrics_collect.c - counting: per-worker shards written by on_log, and
+ * their sum for a scrape.
+ *
+ * Hot path: a worker writes only its own shard. A shard is a list of series
+ * (one per route and upstream label pair), each on its own cache lines,
+ * appended by that worker alone and published with a release store; the
+ * counters inside are bumped with a relaxed load and store (single writer,
+ * so no read-modify-write and no lock). The scrape thread walks every
+ * shard's list with acquire loads, reads the counters relaxed, and sums.
+ * Finding the series of a request is a direct-mapped cache keyed by the
+ * route's and upstream's name pointers (stable for a generation, so the
+ * cache lives in the per-generation worker state); a miss compares strings
+ * along the shard's list and appends on a first sight.
+ *
+ * Lifetime: shards and series live in a store that outlives configuration
+ * generations (the module is never unloaded). A reload with the same
+ * `buckets` reuses the store, so counters carry on and Prometheus sees no
+ * reset; a reload that changes `buckets` starts a new store (a reset, since
+ * the histograms' shape changed). The store is freed with the last
+ * generation using it.
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "metrics_internal.h"
+
+/* ---- process-lifetime storage ---- */
+
+static mx_store *mx_stores; /* main thread only */
+
+static size_t mx_series_size(size_t nb)
+{
+    size_t n = sizeof(mx_series) + 2 * (nb + 1) * sizeof(uint64_t);
+    return (n + 63) & ~(size_t)63; /* whole cache lines: no sharing */
+}
+
+static void mx_store_free(mx_store *st)
+{
+    for (size_t i = 0; i < MX_MAX_WORKERS; i++) {
+        mx_shard *sh = atomic_load_explicit(&st->shards[i], memory_order_acquire);
+        if (sh == NULL)
+            continue;
+        mx_series *s = atomic_load_explicit(&sh->head, memory_order_acquire);
+        while (s != NULL) {
+            mx_series *next = s->next;
+            free(s->route);
+            free(s->upstream);
+            free(s);
+            s = next;
+        }
+        free(sh);
+    }
+    free(st);
+}
+
+/* The store for these bucket bounds: a live one with the same bounds, or a
+ * new one. Main thread (config_new). */
+mx_store *mx_store_get(const double *le, size_t nb)
+{
+    for (mx_store *st = mx_stores; st != NULL; st = st->next) {
+        if (st->nb == nb && memcmp(st->le, le, nb * sizeof(double)) == 0) {
+            st->refs++;
+            return st;
+        }
+    }
+    mx_store *st = calloc(1, sizeof(*st));
+    if (st == NULL)
+        return NULL;
+    st->nb = nb;
+    for (size_t i = 0; i < nb; i++) {
+        st->le[i] = le[i];
+        st->le_us[i] = (uint64_t)floor(le[i] * 1e6 + 1e-6);
+    }
+    for (size_t i = 0; i < MX_MAX_WORKERS; i++)
+        atomic_init(&st->shards[i], NULL);
+    st->refs = 1;
+    st->next = mx_stores;
+    mx_stores = st;
+    return st;
+}
+
+void mx_store_put(mx_store *st)
+{
+    if (st == NULL || --st->refs > 0)
+        return;
+    for (mx_store **pp = &mx_stores; *pp != NULL; pp = &(*pp)->next) {
+        if (*pp == st) {
+            *pp = st->next;
+            break;
+        }
+    }
+    mx_store_free(st);
+}
+
+/* ---- per-worker state and the hot path ---- */
+
+typedef struct mx_cache_slot {
+    const char *route; /* the core's pointers, stable for the generation */
+    const char *upstream;
+    mx_series *series;
+} mx_cache_slot;
+
+typedef struct mx_wstate {
+    mx_store *store;
+    mx_shard *shard;
+    mx_cache_slot cache[MX_CACHE_SLOTS];
+} mx_wstate;
+
+int mx_worker_init(void *cfg, helios_worker *w, void **wstate)
+{
+    mx_config *c = cfg;
+    unsigned idx = mx_api->worker_index(w);
+    if (idx >= MX_MAX_WORKERS) {
+        mx_api->log(HELIOS_LOG_ERROR, MX_NAME, "worker index %u above %d", idx, MX_MAX_WORKERS);
+        return -1;
+    }
+    mx_shard *sh = atomic_load_explicit(&c->store->shards[idx], memory_order_relaxed);
+    if (sh == NULL) {
+        /* only this worker ever sets its slot */
+        sh = aligned_alloc(64, (sizeof(mx_shard) + 63) & ~(size_t)63);
+        if (sh == NULL)
+            return -1;
+        memset(sh, 0, sizeof(*sh));
+        atomic_init(&sh->head, NULL);
+        atomic_init(&sh->dropped, 0);
+        atomic_store_explicit(&c->store->shards[idx], sh, memory_order_release);
+    }
+    mx_wstate *ws = calloc(1, sizeof(*ws));
+    if (ws == NULL)
+        return -1;
+    ws->store = c->store;
+    ws->shard = sh;
+    *wstate = ws;
+    return 0;
+}
+
+void mx_worker_fini(void *cfg, helios_worker *w, void *wstate)
+{
+    (void)cfg;
+    (void)w;
+    free(wstate);
+}
+
+static inline void mx_add(_Atomic uint64_t *v, uint64_t n)
+{
+    /* single writer: a plain load and store, no locked instruction */
+    atomic_store_explicit(v, atomic_load_explicit(v, memory_order_relaxed) + n,
+                          memory_order_relaxed);
+}
+
+static char *mx_strndup(const char *s)
+{
+    size_t n = strnlen(s, MX_LABEL_MAX);
+    char *p = malloc(n + 1);
+    if (p != NULL) {
+        memcpy(p, s, n);
+        p[n] = '\0';
+    }
+    return p;
+}
+
+static int mx_label_eq(const char *kept, const char *s)
+{
+    return strncmp(kept, s, MX_LABEL_MAX) == 0;
+}
+
+/* The series of ROUTE x UPSTREAM in the worker's shard, appended when new;
+ * NULL when the shard is full or memory is short. Worker only. */
+static mx_series *mx_series_find(mx_wstate *ws, const char *route, const char *upstream)
+{
+    mx_shard *sh = ws->shard;
+    mx_series *head = atomic_load_explicit(&sh->head, memory_order_relaxed);
+    for (mx_series *s = head; s != NULL; s = s->next)
+        if (mx_label_eq(s->route, route) && mx_label_eq(s->upstream, upstream))
+            return s;
+    if (sh->nseries >= MX_MAX_SERIES)
+        return NULL;
+    size_t size = mx_series_size(ws->store->nb);
+    mx_series *s = aligned_alloc(64, size);
+    if (s == NULL)
+        return NULL;
+    memset(s, 0, size);
+    s->route = mx_strndup(route);
+    s->upstream = mx_strndup(upstream);
+    if (s->route == NULL || s->upstream == NULL) {
+        free(s->route);
+        free(s->upstream);
+        free(s);
+        return NULL;
+    }
+    s->next = head;
+    /* the scrape sees the series only complete */
+    atomic_store_explicit(&sh->head, s, memory_order_release);
+    sh->nseries++;
+    return s;
+}
+
+static inline mx_series *mx_series_get(mx_wstate *ws, const char *route, const char *upstream)
+{
+    uintptr_t h = ((uintptr_t)route * 0x9E3779B97F4A7C15u) ^ (uintptr_t)upstream;
+    mx_cache_slot *slot = &ws->cache[(h >> 7) % MX_CACHE_SLOTS];
+    if (slot->route == route && slot->upstream == upstream && slot->series != NULL)
+        return slot->series;
+    mx_series *s = mx_series_find(ws, route, upstream);
+    if (s != NULL) {
+        slot->route = route;
+        slot->upstream = upstream;
+        slot->series = s;
+    }
+    return s;
+}
+
+static inline void mx_observe(_Atomic uint64_t *hist, const uint64_t *le_us, size_t nb, uint64_t us)
+{
+    size_t i = 0;
+    while (i < nb && us > le_us[i])
+        i++;
+    mx_add(&hist[i], 1);
+}
+
+void mx_on_log(helios_ctx *c)
+{
+    mx_wstate *ws = c->wstate;
+    if (ws == NULL)
+        return;
+    helios_req_stats st;
+    st.size = sizeof(st);
+    if (mx_api->req_stats(c->req, &st) != 0)
+        return;
+    const char *upstream = st.upstream_name ? st.upstream_name : "";
+    mx_series *s = mx_series_get(ws, mx_api->req_route(c->req), upstream);
+    if (s == NULL) {
+        mx_add(&ws->shard->dropped, 1);
+        return;
+    }
+    const mx_store *store = ws->store;
+    size_t nb = store->nb;
+    unsigned cls = st.status >= 100 && st.status < 600 ? (unsigned)st.status / 100 : 0;
+    mx_add(&s->code[cls], 1);
+    mx_add(&s->bytes_in, st.bytes_in);
+    mx_add(&s->bytes_out, st.bytes_out);
+    mx_add(&s->lat_sum_us, st.duration_us);
+    mx_observe(s->hist, store->le_us, nb, st.duration_us);
+    if (st.upstream_us >= 0) {
+        mx_add(&s->up_sum_us, (uint64_t)st.upstream_us);
+        mx_observe(s->hist + nb + 1, store->le_us, nb, (uint64_t)st.upstream_us);
+    }
+    if (st.attempts > 1)
+        mx_add(&s->retries, st.attempts - 1);
+    helios_buf rl = mx_api->req_var_get(c->req, "rate_limit");
+    if (rl.ptr != NULL && rl.len == 7 && memcmp(rl.ptr, "limited", 7) == 0)
+        mx_add(&s->limited, 1);
+}
+
+static uint64_t mx_ld(const _Atomic uint64_t *v)
+{
+    return atomic_load_explicit(v, memory_order_relaxed);
+}
+
+static int mx_agg_cmp_route(const void *a, const void *b)
+{
+    const mx_agg *x = a, *y = b;
+    int r = strcmp(x->route, y->route);
+    return r ? r : strcmp(x->upstream, y->upstream);
+}
+
+/* Every series of every shard, summed per label pair and sorted by route
+ * then upstream. Returns the count, or -1 when memory is short. */
+long mx_collect(mx_store *st, mx_agg **out, uint64_t **hist_out, uint64_t *dropped)
+{
+    size_t nh = 2 * (st->nb + 1);
+    size_t n = 0, cap = 0;
+    mx_agg *v = NULL;
+    uint64_t *hist = NULL;
+    *dropped = 0;
+    for (size_t w = 0; w < MX_MAX_WORKERS; w++) {
+        mx_shard *sh = atomic_load_explicit(&st->shards[w], memory_order_acquire);
+        if (sh == NULL)
+            continue;
+        *dropped += mx_ld(&sh->dropped);
+        for (mx_series *s = atomic_load_explicit(&sh->head, memory_order_acquire); s != NULL;
+             s = s->next) {
+            if (n == cap) {
+                cap = cap ? cap * 2 : 32;
+                mx_agg *nv = realloc(v, cap * sizeof(*v));
+                uint64_t *nhist = nv ? realloc(hist, cap * nh * sizeof(uint64_t)) : NULL;
+                if (nv != NULL)
+                    v = nv;
+                if (nhist == NULL) {
+                    free(v);
+                    free(hist);
+                    return -1;
+                }
+                hist = nhist;
+            }
+            mx_agg *a = &v[n++];
+            a->route = s->route;
+            a->upstream = s->upstream;
+            for (int k = 0; k < MX_CLASSES; k++)
+                a->code[k] = mx_ld(&s->code[k]);
+            a->bytes_in = mx_ld(&s->bytes_in);
+            a->bytes_out = mx_ld(&s->bytes_out);
+            a->retries = mx_ld(&s->retries);
+            a->limited = mx_ld(&s->limited);
+            a->lat_sum_us = mx_ld(&s->lat_sum_us);
+            a->up_sum_us = mx_ld(&s->up_sum_us);
+            for (size_t k = 0; k < nh; k++)
+                hist[(n - 1) * nh + k] = mx_ld(&s->hist[k]);
+        }
+    }
+    for (size_t i = 0; i < n; i++)
+        v[i].hist = hist + i * nh;
+    /* merge equal label pairs (one per worker that saw them) */
+    if (n > 1)
+        qsort(v, n, sizeof(*v), mx_agg_cmp_route);
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (m > 0 && mx_agg_cmp_route(&v[m - 1], &v[i]) == 0) {
+            mx_agg *a = &v[m - 1], *b = &v[i];
+            for (int k = 0; k < MX_CLASSES; k++)
+                a->code[k] += b->code[k];
+            a->bytes_in += b->bytes_in;
+            a->bytes_out += b->bytes_out;
+            a->retries += b->retries;
+            a->limited += b->limited;
+            a->lat_sum_us += b->lat_sum_us;
+            a->up_sum_us += b->up_sum_us;
+            for (size_t k = 0; k < nh; k++)
+                a->hist[k] += b->hist[k];
+        } else {
+            v[m++] = v[i];
+        }
+    }
+    *out = v;
+    *hist_out = hist;
+    return (long)m;
+}

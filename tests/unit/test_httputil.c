@@ -1,0 +1,162 @@
+/*
+ * test_httputil.c - base/httputil.c: header lists, the token and
+ * field-value tables, hop-by-hop and Connection-listed headers, list
+ * tokens, method ids, reason phrases and Host parsing. These are what
+ * HTTP/1.1, HTTP/2, subrequests, the proxy and the host API share, so a
+ * wrong answer here is wrong on every protocol.
+ */
+#include "hx_test.h"
+
+#include <llhttp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/arena.h"
+#include "base/httputil.h"
+
+static hx_arena arena;
+static hx_arena_block *first;
+
+static void arena_fresh(void)
+{
+    if (first == NULL) {
+        first = malloc(sizeof(*first) + 256);
+        hx_arena_init(&arena, first, 256);
+    }
+    hx_arena_reset(&arena);
+}
+
+static helios_buf B(const char *s) { return (helios_buf){s, strlen(s)}; }
+
+HX_TEST(header_list_add_get_remove_is_case_insensitive_and_keeps_order)
+{
+    arena_fresh();
+    hx_hdrs h = {0};
+    for (int i = 0; i < 40; i++) /* grows past the first 16 entries */
+        HX_CHECK_INT_EQ(hx_hdrs_add(&arena, &h, "X-N", 3, "v", 1), 0);
+    HX_CHECK_INT_EQ(hx_hdrs_add(&arena, &h, "Content-Type", 12, "text/plain", 10), 0);
+    HX_CHECK_INT_EQ(hx_hdrs_add(&arena, &h, "content-type", 12, "second", 6), 0);
+    HX_CHECK_UINT_EQ(h.n, 42);
+    helios_buf v = hx_hdrs_get(&h, "CONTENT-TYPE");
+    HX_CHECK(v.ptr != NULL && v.len == 10 && memcmp(v.ptr, "text/plain", 10) == 0);
+    HX_CHECK(hx_hdrs_get(&h, "absent").ptr == NULL);
+    HX_CHECK_INT_EQ(hx_hdrs_remove(&h, "x-n"), 40);
+    HX_CHECK_UINT_EQ(h.n, 2);
+    HX_CHECK(memcmp(h.v[1].value.ptr, "second", 6) == 0);
+    HX_CHECK_INT_EQ(hx_hdrs_remove(&h, "x-n"), 0);
+}
+
+HX_TEST(header_names_are_tokens_and_values_have_no_control_bytes)
+{
+    HX_CHECK(hx_hdr_name_valid("X-Request-ID", 12));
+    HX_CHECK(hx_hdr_name_valid("!#$%&'*+-.^_`|~09azAZ", 21));
+    HX_CHECK(!hx_hdr_name_valid("", 0));
+    HX_CHECK(!hx_hdr_name_valid("Bad Name", 8));
+    HX_CHECK(!hx_hdr_name_valid("Bad:Name", 8));
+    HX_CHECK(!hx_hdr_name_valid("caf\xc3\xa9", 5));
+    HX_CHECK(!hx_hdr_name_valid("a\0b", 3));
+    HX_CHECK(hx_hdr_value_valid("tab\tand space ok, caf\xc3\xa9", 23));
+    HX_CHECK(hx_hdr_value_valid("", 0));
+    HX_CHECK(!hx_hdr_value_valid("split\r\nX-Evil: 1", 16));
+    HX_CHECK(!hx_hdr_value_valid("lf\nonly", 7));
+    HX_CHECK(!hx_hdr_value_valid("nul\0", 4));
+    HX_CHECK(!hx_hdr_value_valid("del\x7f", 4));
+    HX_CHECK(hx_token_valid("GET", 3));
+    HX_CHECK(!hx_token_valid("GE T", 4));
+    HX_CHECK(!hx_token_valid("", 0));
+}
+
+HX_TEST(hop_by_hop_headers_and_connection_listed_ones_are_recognised)
+{
+    const char *hop[] = {"Connection", "keep-alive", "Proxy-Connection", "Transfer-Encoding",
+                         "TE", "Trailer", "Upgrade", "Proxy-Authenticate"};
+    for (size_t i = 0; i < sizeof(hop) / sizeof(hop[0]); i++)
+        HX_CHECK(hx_is_hop_header(hop[i], strlen(hop[i])));
+    HX_CHECK(!hx_is_hop_header("Content-Length", 14));
+    HX_CHECK(!hx_is_hop_header("Te-X", 4));
+
+    arena_fresh();
+    hx_hdrs h = {0};
+    hx_hdrs_add(&arena, &h, "Connection", 10, "keep-alive, X-Private ,\tx-other", 31);
+    hx_hdrs_add(&arena, &h, "connection", 10, "close", 5);
+    HX_CHECK(hx_hdrs_connection_lists(&h, "x-private", 9));
+    HX_CHECK(hx_hdrs_connection_lists(&h, "X-OTHER", 7));
+    HX_CHECK(hx_hdrs_connection_lists(&h, "close", 5)); /* a second Connection header */
+    HX_CHECK(!hx_hdrs_connection_lists(&h, "x-priv", 6));
+    HX_CHECK(!hx_hdrs_connection_lists(&h, "X-Private-Longer", 16));
+}
+
+HX_TEST(list_tokens_ignore_case_spaces_and_version_suffixes)
+{
+    HX_CHECK(hx_list_has_token(B("websocket"), "websocket", 9));
+    HX_CHECK(hx_list_has_token(B("h2c, WebSocket/13"), "websocket", 9));
+    HX_CHECK(hx_list_has_token(B(" ,websocket ,"), "websocket", 9));
+    HX_CHECK(!hx_list_has_token(B("websockets"), "websocket", 9));
+    HX_CHECK(!hx_list_has_token(B("foo/websocket"), "websocket", 9));
+    HX_CHECK(!hx_list_has_token((helios_buf){NULL, 0}, "websocket", 9));
+}
+
+HX_TEST(method_ids_are_llhttps_and_other_tokens_are_minus_one)
+{
+    HX_CHECK_INT_EQ(hx_method_id("GET", 3), HTTP_GET);
+    HX_CHECK_INT_EQ(hx_method_id("HEAD", 4), HTTP_HEAD);
+    HX_CHECK_INT_EQ(hx_method_id("PATCH", 5), HTTP_PATCH);
+    HX_CHECK_INT_EQ(hx_method_id("CONNECT", 7), HTTP_CONNECT);
+    HX_CHECK_INT_EQ(hx_method_id("get", 3), -1); /* methods are case-sensitive */
+    HX_CHECK_INT_EQ(hx_method_id("GETX", 3), HTTP_GET); /* the length decides */
+    HX_CHECK_INT_EQ(hx_method_id("PURGE", 5), -1);
+}
+
+HX_TEST(reason_phrases_and_classes_for_unknown_codes)
+{
+    HX_CHECK_STR_EQ(hx_reason(200), "OK");
+    HX_CHECK_STR_EQ(hx_reason(404), "Not Found");
+    HX_CHECK_STR_EQ(hx_reason(413), "Content Too Large");
+    HX_CHECK_STR_EQ(hx_reason(431), "Request Header Fields Too Large");
+    HX_CHECK_STR_EQ(hx_reason(599), "Server Error");
+    HX_CHECK_STR_EQ(hx_reason(499), "Client Error");
+    HX_CHECK_STR_EQ(hx_reason(299), "OK");
+    HX_CHECK_STR_EQ(hx_reason(103), "Informational");
+}
+
+static const char *host(const char *in)
+{
+    helios_buf out = {0};
+    if (hx_host_parse(&arena, in, strlen(in), &out) != 0)
+        return NULL;
+    HX_CHECK_UINT_EQ(strlen(out.ptr), out.len);
+    return out.ptr;
+}
+
+HX_TEST(host_is_lower_cased_without_port_and_malformed_ones_are_refused)
+{
+    arena_fresh();
+    HX_CHECK_STR_EQ(host("Example.COM"), "example.com");
+    HX_CHECK_STR_EQ(host("example.com:8080"), "example.com");
+    HX_CHECK_STR_EQ(host("[::1]:443"), "[::1]");
+    HX_CHECK_STR_EQ(host("[::1]"), "[::1]");
+    HX_CHECK_STR_EQ(host("127.0.0.1"), "127.0.0.1");
+    HX_CHECK_STR_EQ(host(""), "");
+    HX_CHECK(host("example.com:80x") == NULL);
+    HX_CHECK(host("[::1") == NULL);
+    HX_CHECK(host("[::1]x") == NULL);
+    HX_CHECK(host("evil.com/x") == NULL);
+    HX_CHECK(host("user@evil.com") == NULL);
+    HX_CHECK(host("a\\b") == NULL);
+    HX_CHECK(host("sp ace") == NULL);
+    HX_CHECK(host("ctl\x01") == NULL);
+}
+
+int main(void)
+{
+    HX_RUN(header_list_add_get_remove_is_case_insensitive_and_keeps_order);
+    HX_RUN(header_names_are_tokens_and_values_have_no_control_bytes);
+    HX_RUN(hop_by_hop_headers_and_connection_listed_ones_are_recognised);
+    HX_RUN(list_tokens_ignore_case_spaces_and_version_suffixes);
+    HX_RUN(method_ids_are_llhttps_and_other_tokens_are_minus_one);
+    HX_RUN(reason_phrases_and_classes_for_unknown_codes);
+    HX_RUN(host_is_lower_cased_without_port_and_malformed_ones_are_refused);
+    hx_arena_reset(&arena);
+    free(first);
+    return hx_test_summary();
+}
