@@ -19,7 +19,7 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
-root=$(cd "$here/.." && pwd)
+. "$here/lib.sh"
 
 N1=${N1:-500}
 N2=${N2:-2500}
@@ -31,70 +31,20 @@ OUT_DIR=${OUT_DIR:-$here/results}
 KEEP=${KEEP:-0}
 SYSCALLS=${SYSCALLS:-1}
 
-HELIOSD=$BUILD_DIR/heliosd
-BACKEND=$BUILD_DIR/hx_backend
+use_build_dir
 PROXIES=(heliosd nginx)
 
-die() { echo "callgrind.sh: $*" >&2; exit 1; }
-
-for bin in "$HELIOSD" "$BACKEND" "$NGINX"; do
-    [ -x "$bin" ] || die "$bin is not executable (build heliosd first: cmake --build build)"
-done
-for tool in valgrind callgrind_annotate python3 curl strace; do
-    command -v "$tool" >/dev/null || die "'$tool' not found in PATH"
-done
+need_exec "$HELIOSD" "$BACKEND" "$NGINX"
+need_tools valgrind callgrind_annotate python3 curl strace
 [ "$N2" -gt "$N1" ] || die "N2 ($N2) must be larger than N1 ($N1)"
 
-# Which heliosd: the tree's commit (+dirty if core/, modules/ or plugins-sdk/
-# differ from it) and when the binary was built.
-heliosd_build="commit $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)"
-git -C "$root" diff --quiet HEAD -- core modules plugins-sdk 2>/dev/null || heliosd_build="$heliosd_build+dirty"
-heliosd_build="$heliosd_build, binary built $(date -u -r "$HELIOSD" '+%F %T UTC')"
+heliosd_build=$(bench_heliosd_build "$HELIOSD")
+bench_setup heliosd-callgrind
+private_heliosd
 
-tmp=$(mktemp -d /tmp/heliosd-callgrind.XXXXXX)
-pids=()
-
-child=
-cleanup() {
-    local pid
-    if [ -n "$child" ]; then kill -TERM "$child" 2>/dev/null || true; fi
-    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    sleep 0.5
-    for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# Measure a private copy of heliosd and its modules: build/ may be rebuilt while
-# the benchmark runs, and every run must use the same binary.
-mkdir -p "$tmp/heliosd-bin/modules"
-cp "$HELIOSD" "$tmp/heliosd-bin/heliosd"
-cp "$BUILD_DIR"/modules/*.so "$tmp/heliosd-bin/modules/"
-HELIOSD=$tmp/heliosd-bin/heliosd
-HELIOSD_ARGS=(-m "$tmp/heliosd-bin/modules")
-"$HELIOSD" -V >/dev/null || die "the copy of heliosd in $tmp does not run"
-
-# run CMD...: run a client in the background and wait for it, so that a signal
-# to this script is handled at once (bash defers traps during a foreground child).
-run() {
-    local rc=0
-    "$@" &
-    child=$!
-    wait "$child" || rc=$?
-    child=
-    return $rc
-}
-
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
+# The client and the backend run natively, unpinned, and are not counted.
 port_backend=$(free_port)
-"$BACKEND" --listen "127.0.0.1:$port_backend" --name bench --threads 1 >"$tmp/backend.log" 2>&1 &
-pids+=("$!")
-for _ in $(seq 50); do grep -qs '^ready' "$tmp/backend.log" && break; sleep 0.1; done
-grep -q '^ready' "$tmp/backend.log" || die "hx_backend did not become ready: $(cat "$tmp/backend.log")"
+start_backend backend "" "$port_backend" --name bench --threads 1
 expected=$tmp/expected.body
 curl -sS --max-time 5 -o "$expected" "http://127.0.0.1:$port_backend$REQ_PATH" \
     || die "backend does not answer $REQ_PATH"
@@ -115,24 +65,12 @@ routes:
   - {match: {prefix: /}, upstream: app}
 logging: {level: warn, access_log: off}
 EOF
-        echo "$HELIOSD -c $dir/heliosd.yaml ${HELIOSD_ARGS[*]}"
+        echo "$HELIOSD -c $dir/heliosd.yaml -m $MODULES"
         ;;
     nginx)
-        cat >"$dir/nginx.conf" <<EOF
-daemon off;
-master_process off;
-worker_processes 1;
-error_log stderr warn;
-pid $dir/nginx.pid;
-events { worker_connections 1024; }
-http {
-    access_log off;
-    client_body_temp_path $dir/client_body;
-    proxy_temp_path $dir/proxy;
-    fastcgi_temp_path $dir/fastcgi;
-    uwsgi_temp_path $dir/uwsgi;
-    scgi_temp_path $dir/scgi;
-    keepalive_requests 1000000;
+        {
+            nginx_conf_head "$dir" 1024
+            cat <<EOF
     upstream b {
         server 127.0.0.1:$port_backend;
         keepalive 64;
@@ -148,6 +86,7 @@ http {
     }
 }
 EOF
+        } >"$dir/nginx.conf"
         echo "$NGINX -e stderr -p $dir -c $dir/nginx.conf"
         ;;
     esac
@@ -158,36 +97,36 @@ EOF
 # subshell, so pids+= reaches cleanup.
 measure() {
     local tool=$1 proxy=$2 n=$3
-    local dir=$tmp/$tool-$proxy-$n port cmd pid target sig
+    local name=$tool-$proxy-$n
+    local dir=$tmp/$name port cmd p target sig
     mkdir -p "$dir"
     port=$(free_port)
     cmd=$(write_config "$proxy" "$port" "$dir")
     # shellcheck disable=SC2086 # cmd is a word list built above from safe paths
     case $tool in
     callgrind)
-        valgrind --tool=callgrind --callgrind-out-file="$dir/callgrind.out" \
-            --trace-children=no $cmd >"$dir/proxy.log" 2>&1 &
+        bench_start "$name/proxy" "" valgrind --tool=callgrind --callgrind-out-file="$dir/callgrind.out" \
+            --trace-children=no $cmd
         ;;
     strace)
-        strace -f -c -o "$dir/strace.txt" $cmd >"$dir/proxy.log" 2>&1 &
+        bench_start "$name/proxy" "" strace -f -c -o "$dir/strace.txt" $cmd
         ;;
     esac
-    pid=$!
-    pids+=("$pid")
+    p=${pid[$name/proxy]}
 
-    run python3 "$here/ka_client.py" --port "$port" --path "$REQ_PATH" --requests "$WARMUP" \
+    bench_run python3 "$here/ka_client.py" --port "$port" --path "$REQ_PATH" --requests "$WARMUP" \
         --expect-file "$expected" >/dev/null \
         || die "$proxy under $tool: warm-up requests failed; log: $(tail -5 "$dir/proxy.log")"
-    run python3 "$here/ka_client.py" --port "$port" --path "$REQ_PATH" --requests "$n" \
+    bench_run python3 "$here/ka_client.py" --port "$port" --path "$REQ_PATH" --requests "$n" \
         --expect-file "$expected" >"$dir/client.log" \
         || die "$proxy under $tool: measured requests failed; log: $(tail -5 "$dir/proxy.log")"
     grep -q ' 0 reconnects' "$dir/client.log" \
         || echo "note: $proxy closed the keep-alive connection: $(cat "$dir/client.log")" >&2
 
     # valgrind runs the proxy in its own process; strace forks it as a child.
-    target=$pid
+    target=$p
     if [ "$tool" = strace ]; then
-        target=$(ps -o pid= --ppid "$pid" | head -1 | tr -d ' ')
+        target=$(ps -o pid= --ppid "$p" | first_line | tr -d ' ')
         [ -n "$target" ] || die "$proxy under strace: cannot find the traced process"
     fi
     # nginx without a master treats SIGQUIT as graceful shutdown; heliosd uses
@@ -195,18 +134,16 @@ measure() {
     sig=TERM
     [ "$proxy" = nginx ] && sig=QUIT
     kill -s "$sig" "$target"
-    for _ in $(seq 600); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    if kill -0 "$pid" 2>/dev/null; then
-        kill -KILL "$target" "$pid" 2>/dev/null || true
+    if ! wait_exit "$p" 60; then
+        kill -KILL "$target" "$p" 2>/dev/null || true
         die "$proxy did not exit within 60 s of SIG$sig under $tool"
     fi
-    wait "$pid" || echo "note: $proxy under $tool exited with status $?" >&2
+    wait "$p" || echo "note: $proxy under $tool exited with status $?" >&2
 
     if [ "$tool" = callgrind ]; then
         # "totals:" matches valgrind's "Collected"; older files only have "summary:".
         local total
-        total=$(awk '/^totals:/ {t = $2} /^summary:/ {s = $2} END {print t ? t : s}' \
-            "$dir/callgrind.out" 2>/dev/null || true)
+        total=$(callgrind_total "$dir/callgrind.out")
         [ -n "$total" ] || die "$proxy: no totals in $dir/callgrind.out; log: $(tail -5 "$dir/proxy.log")"
         echo "$total" >"$dir/total"
         callgrind_annotate --threshold=100 --auto=no "$dir/callgrind.out" >"$dir/annotate.txt" 2>/dev/null || true
@@ -233,12 +170,11 @@ for tool in "${tools[@]}"; do
     done
 done
 
-mkdir -p "$OUT_DIR"
-md=$OUT_DIR/callgrind-$(date +%Y%m%d-%H%M%S).md
+md=$(results_path callgrind md)
 export CG_RESULTS=$results CG_MD=$md
 export CG_CMD="N1=$N1 N2=$N2 WARMUP=$WARMUP REQ_PATH=$REQ_PATH SYSCALLS=$SYSCALLS bench/callgrind.sh"
 export CG_N1=$N1 CG_N2=$N2 CG_WARMUP=$WARMUP
-CG_VERSIONS="$("$HELIOSD" -V 2>&1 | head -1) ($heliosd_build); $("$NGINX" -v 2>&1); $(valgrind --version)"
+CG_VERSIONS="$("$HELIOSD" -V 2>&1 | first_line) ($heliosd_build); $("$NGINX" -v 2>&1); $(valgrind --version)"
 export CG_VERSIONS
 python3 "$here/callgrind_table.py"
 echo "wrote $md" >&2

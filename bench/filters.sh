@@ -16,7 +16,8 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
-root=$(cd "$here/.." && pwd)
+. "$here/lib.sh"
+
 DURATION=${DURATION:-10s}
 CONNS=${CONNS:-50}
 ROUNDS=${ROUNDS:-3}
@@ -24,41 +25,16 @@ SIZE_MIB=${SIZE_MIB:-256}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 BUILD_DIR=${BUILD_DIR:-$root/build}
-HELIOSD=$BUILD_DIR/heliosd
-BACKEND=$BUILD_DIR/hx_backend
 
-die() { echo "filters.sh: $*" >&2; exit 1; }
-for bin in "$HELIOSD" "$BACKEND"; do [ -x "$bin" ] || die "$bin missing: build first"; done
-for m in request_id headers size_limit rate_limit access_log gzip; do
-    [ -e "$BUILD_DIR/modules/$m.so" ] || die "module $m.so missing in $BUILD_DIR/modules"
-done
-grep -q 'HELIOS_SANITIZE:BOOL=ON' "$BUILD_DIR/CMakeCache.txt" 2>/dev/null &&
-    die "$BUILD_DIR is a sanitizer build: its numbers mean nothing"
+use_build_dir
+need_exec "$HELIOSD" "$BACKEND"
+for m in request_id headers size_limit rate_limit access_log gzip; do need_files "$MODULES/$m.so"; done
+need_tools wrk taskset curl python3
+refuse_sanitizer_build
 
-tmp=$(mktemp -d /tmp/heliosd-filters.XXXXXX)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-    sleep 0.3
-    for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-    for _ in $(seq 100); do
-        curl -s -o /dev/null "http://127.0.0.1:$1/" && return 0
-        sleep 0.05
-    done
-    die "nothing answers on port $1"
-}
-
+bench_setup heliosd-filters
 bport=$(free_port)
-taskset -c "$LOAD_CPU" "$BACKEND" --listen "127.0.0.1:$bport" --name b >/dev/null &
-pids+=($!)
-wait_port "$bport"
+start_backend backend "$LOAD_CPU" "$bport" --name b
 
 common() { # $1 port
     cat <<EOF
@@ -77,10 +53,8 @@ EOF
 start() { # $1 name, $2 port, $3 extra yaml
     mkdir -p "$tmp/$1"
     { common "$2"; printf '%s\n' "$3"; } >"$tmp/$1/heliosd.yaml"
-    taskset -c "$PROXY_CPU" "$HELIOSD" -c "$tmp/$1" 2>"$tmp/$1.err" &
-    pids+=($!)
-    eval "pid_$1=$!"
-    wait_port "$2"
+    start_heliosd "$1" "$PROXY_CPU" "$tmp/$1"
+    wait_http "http://127.0.0.1:$2/"
 }
 
 p_none=$(free_port)
@@ -96,10 +70,7 @@ start chain "$p_chain" "modules:
 start gzip "$p_gzip" "modules:
   - {module: gzip, config: {types: [application/octet-stream, text/plain], level: 6}}"
 
-rps() { # $1 port -> req/s
-    taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"$DURATION" "http://127.0.0.1:$1/" 2>/dev/null |
-        sed -n 's/^Requests\/sec:[[:space:]]*//p'
-}
+rps() { wrk_report "$DURATION" "http://127.0.0.1:$1/" | wrk_rps; } # $1 port -> req/s
 
 echo "# filter chain: $ROUNDS alternating rounds of wrk -t1 -c$CONNS -d$DURATION"
 none=() chain=()
@@ -108,29 +79,25 @@ for r in $(seq "$ROUNDS"); do
     none+=("$a"); chain+=("$b")
     echo "round $r: none $a req/s, full chain $b req/s"
 done
-median() { printf '%s\n' "$@" | sort -n | awk '{v[NR]=$1} END {print (NR%2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}'; }
 mn=$(median "${none[@]}")
 mc=$(median "${chain[@]}")
 echo
 echo "| heliosd | req/s (median) | ratio |"
 echo "|---|---:|---:|"
 echo "| no filter modules | $mn | 1.000 |"
-echo "| request_id, headers, size_limit, rate_limit, access_log | $mc | $(awk -v a="$mc" -v b="$mn" 'BEGIN{printf "%.3f", a/b}') |"
+echo "| request_id, headers, size_limit, rate_limit, access_log | $mc | $(ratio "$mc" "$mn") |"
 
-cpu_s() { # $1 pid -> user+sys seconds
-    awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$1/stat"
-}
 bytes=$((SIZE_MIB * 1048576))
 gz_run() { # $1 accept-encoding header or empty -> cpu seconds
     local before after
-    before=$(cpu_s "$pid_gzip")
+    before=$(proc_ticks "${pid[gzip]}")
     if [ -n "$1" ]; then
         curl -s -H "Accept-Encoding: $1" -o /dev/null "http://127.0.0.1:$p_gzip/bytes/$bytes"
     else
         curl -s -o /dev/null "http://127.0.0.1:$p_gzip/bytes/$bytes"
     fi
-    after=$(cpu_s "$pid_gzip")
-    awk -v a="$after" -v b="$before" 'BEGIN{printf "%.3f", a-b}'
+    after=$(proc_ticks "${pid[gzip]}")
+    awk -v a="$after" -v b="$before" -v hz="$clk" 'BEGIN{printf "%.3f", (a - b) / hz}'
 }
 plain=$(gz_run "")
 gz=$(gz_run "gzip")

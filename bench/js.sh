@@ -16,7 +16,8 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
-root=$(cd "$here/.." && pwd)
+. "$here/lib.sh"
+
 DURATION=${DURATION:-10s}
 CONNS=${CONNS:-50}
 ROUNDS=${ROUNDS:-3}
@@ -25,40 +26,16 @@ LOAD_CPU=${LOAD_CPU:-1}
 BUILD_DIR=${BUILD_DIR:-$root/build}
 NGINX=${NGINX:-/usr/sbin/nginx}
 NODE=${NODE:-node}
-HELIOSD=$BUILD_DIR/heliosd
 
-die() { echo "js.sh: $*" >&2; exit 1; }
-[ -x "$HELIOSD" ] || die "$HELIOSD missing: build first"
-for m in js static_response; do
-    [ -e "$BUILD_DIR/modules/$m.so" ] || die "module $m.so missing in $BUILD_DIR/modules"
-done
-command -v wrk >/dev/null || die "wrk not installed"
-command -v "$NGINX" >/dev/null || die "nginx not found ($NGINX)"
-command -v "$NODE" >/dev/null || die "node not found ($NODE)"
-grep -q 'HELIOS_SANITIZE:BOOL=ON' "$BUILD_DIR/CMakeCache.txt" 2>/dev/null &&
-    die "$BUILD_DIR is a sanitizer build: its numbers mean nothing"
+use_build_dir
+need_exec "$HELIOSD"
+for m in js static_response; do need_files "$MODULES/$m.so"; done
+need_tools wrk taskset curl python3 "$NGINX" "$NODE"
+refuse_sanitizer_build
 
-tmp=$(mktemp -d /tmp/heliosd-js-bench.XXXXXX)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-    sleep 0.3
-    for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_body() { # $1 port: until it answers the hello body
-    for _ in $(seq 200); do
-        [ "$(curl -s "http://127.0.0.1:$1/" 2>/dev/null)" = "Hello from Helios!" ] && return 0
-        sleep 0.05
-    done
-    die "nothing answers 'Hello from Helios!' on port $1"
-}
-
+bench_setup heliosd-js-bench
 BODY='Hello from Helios!'
+printf '%s' "$BODY" >"$tmp/hello.body"
 cat >"$tmp/hello.js" <<'EOF'
 addEventListener('fetch', (event) => { event.respondWith(new Response('Hello from Helios!')); });
 EOF
@@ -76,33 +53,19 @@ EOF
 p_js=$(free_port)
 mkdir -p "$tmp/js"
 heliosd_conf "$p_js" "{module: js, config: {script: $tmp/hello.js}}" >"$tmp/js/heliosd.yaml"
-taskset -c "$SERVER_CPU" "$HELIOSD" -c "$tmp/js" -m "$BUILD_DIR/modules" 2>"$tmp/js.err" &
-pids+=($!)
+start_heliosd js "$SERVER_CPU" "$tmp/js"
 
 p_static=$(free_port)
 mkdir -p "$tmp/static"
 heliosd_conf "$p_static" "{module: static_response, config: {body: \"$BODY\", content_type: \"text/plain;charset=UTF-8\"}}" \
     >"$tmp/static/heliosd.yaml"
-taskset -c "$SERVER_CPU" "$HELIOSD" -c "$tmp/static" -m "$BUILD_DIR/modules" 2>"$tmp/static.err" &
-pids+=($!)
+start_heliosd static "$SERVER_CPU" "$tmp/static"
 
 p_nginx=$(free_port)
 mkdir -p "$tmp/nginx"
-cat >"$tmp/nginx/nginx.conf" <<EOF
-daemon off;
-master_process off;
-worker_processes 1;
-error_log stderr warn;
-pid $tmp/nginx/nginx.pid;
-events { worker_connections 1024; }
-http {
-    access_log off;
-    client_body_temp_path $tmp/nginx/client_body;
-    proxy_temp_path $tmp/nginx/proxy;
-    fastcgi_temp_path $tmp/nginx/fastcgi;
-    uwsgi_temp_path $tmp/nginx/uwsgi;
-    scgi_temp_path $tmp/nginx/scgi;
-    keepalive_requests 1000000;
+{
+    nginx_conf_head "$tmp/nginx" 1024
+    cat <<EOF
     server {
         listen 127.0.0.1:$p_nginx;
         default_type "text/plain;charset=UTF-8";
@@ -110,8 +73,8 @@ http {
     }
 }
 EOF
-taskset -c "$SERVER_CPU" "$NGINX" -e stderr -p "$tmp/nginx" -c "$tmp/nginx/nginx.conf" 2>"$tmp/nginx.err" &
-pids+=($!)
+} >"$tmp/nginx/nginx.conf"
+start_nginx nginx "$SERVER_CPU" "$tmp/nginx/nginx.conf" "$tmp/nginx"
 
 p_node=$(free_port)
 cat >"$tmp/hello_node.js" <<EOF
@@ -121,16 +84,14 @@ http.createServer((req, res) => {
   res.end('$BODY');
 }).listen($p_node, '127.0.0.1');
 EOF
-taskset -c "$SERVER_CPU" "$NODE" "$tmp/hello_node.js" 2>"$tmp/node.err" &
-pids+=($!)
+bench_start node "$SERVER_CPU" "$NODE" "$tmp/hello_node.js"
 
-for p in "$p_js" "$p_static" "$p_nginx" "$p_node"; do wait_body "$p"; done
+for p in "$p_js" "$p_static" "$p_nginx" "$p_node"; do
+    wait_http_ok "http://127.0.0.1:$p/" "$tmp/hello.body" ||
+        die "nothing answers 200 '$BODY' on port $p (last status $last_code)"
+done
 
-rps() { # $1 port -> req/s
-    taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"$DURATION" "http://127.0.0.1:$1/" 2>/dev/null |
-        sed -n 's/^Requests\/sec:[[:space:]]*//p'
-}
-median() { printf '%s\n' "$@" | sort -n | awk '{v[NR]=$1} END {print (NR%2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}'; }
+rps() { wrk_report "$DURATION" "http://127.0.0.1:$1/" | wrk_rps; } # $1 port -> req/s
 
 echo "# hello world, one core each (server CPU $SERVER_CPU, wrk CPU $LOAD_CPU):" \
      "$ROUNDS rounds of wrk -t1 -c$CONNS -d$DURATION"
@@ -142,14 +103,13 @@ for r in $(seq "$ROUNDS"); do
     echo "round $r: js $a, static_response $b, nginx $c, node $d req/s"
 done
 mj=$(median "${js[@]}"); ms=$(median "${st[@]}"); mg=$(median "${ng[@]}"); mn=$(median "${nd[@]}")
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.2f", a/b}'; }
 echo
 echo "| server (1 core) | req/s (median) | js / server |"
 echo "|---|---:|---:|"
 echo "| heliosd + js (QuickJS) | $mj | 1.00 |"
-echo "| heliosd + static_response | $ms | $(ratio "$mj" "$ms") |"
-echo "| nginx return 200 | $mg | $(ratio "$mj" "$mg") |"
-echo "| node http | $mn | $(ratio "$mj" "$mn") |"
+echo "| heliosd + static_response | $ms | $(ratio "$mj" "$ms" 2) |"
+echo "| nginx return 200 | $mg | $(ratio "$mj" "$mg" 2) |"
+echo "| node http | $mn | $(ratio "$mj" "$mn" 2) |"
 if awk -v a="$mj" -v b="$mn" 'BEGIN{exit !(a >= b)}'; then
     echo "target js >= node: met"
 else

@@ -16,7 +16,7 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
-root=$(cd "$here/.." && pwd)
+. "$here/lib.sh"
 
 DURATION=${DURATION:-10s}
 CONNS=${CONNS:-50}
@@ -33,82 +33,22 @@ OUT_DIR=${OUT_DIR:-$here/results}
 MAX_OTHER_LOAD=${MAX_OTHER_LOAD:-10}
 RETRIES=${RETRIES:-2}
 IDLE_WAIT=${IDLE_WAIT:-60}
+WRK_THREADS=$THREADS
 
-HELIOSD=$BUILD_DIR/heliosd
-BACKEND=$BUILD_DIR/hx_backend
+use_build_dir
 PROXIES=(heliosd nginx haproxy)
 
-die() { echo "proxy.sh: $*" >&2; exit 1; }
-
-# "10s", "2m", "500ms" or a bare number of seconds -> whole seconds (>= 1).
-to_seconds() {
-    case $1 in
-    *ms) echo $(( (${1%ms} + 999) / 1000 )) ;;
-    *s) echo "${1%s}" ;;
-    *m) echo $(( ${1%m} * 60 )) ;;
-    *h) echo $(( ${1%h} * 3600 )) ;;
-    *) echo "$1" ;;
-    esac
-}
-
-for bin in "$HELIOSD" "$BACKEND" "$NGINX" "$HAPROXY"; do
-    [ -x "$bin" ] || die "$bin is not executable (build heliosd first: cmake --build build)"
-done
-for tool in wrk taskset curl python3 timeout; do
-    command -v "$tool" >/dev/null || die "'$tool' not found in PATH"
-done
+need_exec "$HELIOSD" "$BACKEND" "$NGINX" "$HAPROXY"
+need_tools wrk taskset curl python3 timeout
 [ "$ROUNDS" -ge 1 ] || die "ROUNDS must be >= 1"
 dur_s=$(to_seconds "$DURATION")
 warm_s=$(to_seconds "$WARMUP")
 
-# Which heliosd: the tree's commit (+dirty if core/, modules/ or plugins-sdk/
-# differ from it) and when the binary was built.
-heliosd_build="commit $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)"
-git -C "$root" diff --quiet HEAD -- core modules plugins-sdk 2>/dev/null || heliosd_build="$heliosd_build+dirty"
-heliosd_build="$heliosd_build, binary built $(date -u -r "$HELIOSD" '+%F %T UTC')"
+heliosd_build=$(bench_heliosd_build "$HELIOSD")
+bench_setup heliosd-bench
+private_heliosd
 
-tmp=$(mktemp -d /tmp/heliosd-bench.XXXXXX)
-pids=()
-declare -A pid=()
-
-wrk_pid=
-cleanup() {
-    local p_
-    if [ -n "$wrk_pid" ]; then kill -TERM "$wrk_pid" 2>/dev/null || true; fi
-    for p_ in "${pids[@]}"; do kill -TERM "$p_" 2>/dev/null || true; done
-    for _ in $(seq 20); do
-        local alive=0
-        for p_ in "${pids[@]}"; do kill -0 "$p_" 2>/dev/null && alive=1; done
-        [ $alive = 0 ] && break
-        sleep 0.1
-    done
-    for p_ in "${pids[@]}"; do kill -KILL "$p_" 2>/dev/null || true; done
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# Measure a private copy of heliosd and its modules: build/ may be rebuilt while
-# the benchmark runs, and every run must use the same binary.
-mkdir -p "$tmp/heliosd-bin/modules"
-cp "$HELIOSD" "$tmp/heliosd-bin/heliosd"
-cp "$BUILD_DIR"/modules/*.so "$tmp/heliosd-bin/modules/"
-HELIOSD=$tmp/heliosd-bin/heliosd
-HELIOSD_ARGS=(-m "$tmp/heliosd-bin/modules")
-"$HELIOSD" -V >/dev/null || die "the copy of heliosd in $tmp does not run"
-
-# Ask the kernel for free ports on 127.0.0.1 (the sockets are closed again;
-# a race with another process grabbing one is possible but unlikely).
-read -r port_backend port_heliosd port_nginx port_haproxy < <(python3 - <<'EOF'
-import socket
-socks = []
-for _ in range(4):
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    socks.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-EOF
-)
+read -r port_backend port_heliosd port_nginx port_haproxy < <(free_ports 4)
 declare -A port=([heliosd]=$port_heliosd [nginx]=$port_nginx [haproxy]=$port_haproxy)
 
 # --- configurations -------------------------------------------------------
@@ -128,22 +68,9 @@ EOF
 # keepalive_requests is raised on both sides because heliosd and HAProxy have
 # no per-connection request cap; nginx's default (1000) would make it alone
 # reconnect every 1000 requests.
-mkdir -p "$tmp/nginx"
-cat >"$tmp/nginx.conf" <<EOF
-daemon off;
-master_process off;
-worker_processes 1;
-error_log stderr warn;
-pid $tmp/nginx/nginx.pid;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    client_body_temp_path $tmp/nginx/client_body;
-    proxy_temp_path $tmp/nginx/proxy;
-    fastcgi_temp_path $tmp/nginx/fastcgi;
-    uwsgi_temp_path $tmp/nginx/uwsgi;
-    scgi_temp_path $tmp/nginx/scgi;
-    keepalive_requests 1000000;
+{
+    nginx_conf_head "$tmp/nginx" 4096
+    cat <<EOF
     keepalive_timeout 75s;
     upstream b {
         server 127.0.0.1:$port_backend;
@@ -161,6 +88,7 @@ http {
     }
 }
 EOF
+} >"$tmp/nginx.conf"
 
 cat >"$tmp/haproxy.cfg" <<EOF
 global
@@ -184,23 +112,10 @@ EOF
 
 # --- processes ------------------------------------------------------------
 
-# start NAME CPU CMD... : runs CMD pinned to CPU, logs to $tmp/NAME.log.
-start() {
-    local name=$1 cpu=$2
-    shift 2
-    taskset -c "$cpu" "$@" >"$tmp/$name.log" 2>&1 &
-    pids+=("$!")
-    pid[$name]=$!
-}
-
-start backend "$LOAD_CPU" "$BACKEND" --listen "127.0.0.1:$port_backend" --name bench --threads 1
-for _ in $(seq 50); do grep -qs '^ready' "$tmp/backend.log" && break; sleep 0.1; done
-grep -q '^ready' "$tmp/backend.log" || die "hx_backend did not become ready: $(cat "$tmp/backend.log")"
-
-"$NGINX" -t -q -e stderr -p "$tmp/nginx" -c "$tmp/nginx.conf" || die "nginx rejected its config"
-start heliosd "$PROXY_CPU" "$HELIOSD" -c "$tmp/heliosd.yaml" "${HELIOSD_ARGS[@]}"
-start nginx "$PROXY_CPU" "$NGINX" -e stderr -p "$tmp/nginx" -c "$tmp/nginx.conf"
-start haproxy "$PROXY_CPU" "$HAPROXY" -db -f "$tmp/haproxy.cfg"
+start_backend backend "$LOAD_CPU" "$port_backend" --name bench --threads 1
+start_heliosd heliosd "$PROXY_CPU" "$tmp/heliosd.yaml"
+start_nginx nginx "$PROXY_CPU" "$tmp/nginx.conf" "$tmp/nginx"
+bench_start haproxy "$PROXY_CPU" "$HAPROXY" -db -f "$tmp/haproxy.cfg"
 
 url() { echo "http://127.0.0.1:${port[$1]}$REQ_PATH"; }
 
@@ -210,28 +125,11 @@ curl -sS --max-time 5 -o "$expected" "http://127.0.0.1:$port_backend$REQ_PATH" \
 
 # Each proxy must answer 200 with exactly the backend's body before it is measured.
 for p in "${PROXIES[@]}"; do
-    ok=0
-    for _ in $(seq 50); do
-        code=$(curl -sS --max-time 2 -o "$tmp/$p.body" -w '%{http_code}' "$(url "$p")" 2>/dev/null) || code=000
-        if [ "$code" = 200 ] && cmp -s "$expected" "$tmp/$p.body"; then ok=1; break; fi
-        sleep 0.1
-    done
-    [ $ok = 1 ] || die "$p did not return 200 with the backend's body on $(url "$p") (last status $code); log: $(tail -5 "$tmp/$p.log")"
+    wait_http_ok "$(url "$p")" "$expected" ||
+        die "$p did not return 200 with the backend's body on $(url "$p") (last status $last_code); log: $(tail -5 "$tmp/$p.log")"
 done
 
 # --- measurement ----------------------------------------------------------
-
-# CPU time (user+system clock ticks, all threads) used so far by process $1;
-# "0" once it has gone. The comm field is stripped first: it may hold spaces.
-proc_ticks() { { sed 's/.*) //' "/proc/$1/stat" 2>/dev/null || echo; } | awk '{print $12 + $13 + 0}'; }
-# System (kernel) part of the same.
-proc_sys_ticks() { { sed 's/.*) //' "/proc/$1/stat" 2>/dev/null || echo; } | awk '{print $13 + 0}'; }
-# "busy total" clock ticks of CPU $1 since boot, from /proc/stat.
-cpu_ticks() {
-    awk -v c="cpu$1" '$1 == c { b = $2 + $3 + $4 + $7 + $8 + $9; print b, b + $5 + $6 }' /proc/stat
-}
-
-busy_pct() { echo "$1 $2" | awk '{ t = $4 - $2; print (t > 0 ? int(100 * ($3 - $1) / t) : 0) }'; }
 
 # Snapshot for one round: proxy ticks, backend ticks, "busy total" for the
 # proxy CPU and for the load CPU, then the proxy's system ticks.
@@ -251,37 +149,10 @@ other_load() {
         printf "%d %d\n", (o0 < 0 ? 0 : o0), (o1 < 0 ? 0 : o1) }'
 }
 
-# Wait (at most IDLE_WAIT seconds) until both CPUs are at most MAX_OTHER_LOAD %
-# busy over one second; leaves a description in idle_state.
-wait_idle() {
-    local deadline=$((SECONDS + IDLE_WAIT)) b0 b1 a0 a1 u0 u1
-    while :; do
-        b0=$(cpu_ticks "$PROXY_CPU"); b1=$(cpu_ticks "$LOAD_CPU"); sleep 1
-        a0=$(cpu_ticks "$PROXY_CPU"); a1=$(cpu_ticks "$LOAD_CPU")
-        u0=$(busy_pct "$b0" "$a0"); u1=$(busy_pct "$b1" "$a1")
-        idle_state="CPU $PROXY_CPU $u0% busy, CPU $LOAD_CPU $u1% busy"
-        [ "$u0" -le "$MAX_OTHER_LOAD" ] && [ "$u1" -le "$MAX_OTHER_LOAD" ] && return 0
-        [ $SECONDS -ge $deadline ] && return 1
-    done
-}
-
 # wrk_run PROXY SECONDS OUTFILE: wrk's report goes to OUTFILE, its CPU seconds
-# (user + system, from bash's time) to OUTFILE.cpu.
-# wrk runs in the background and is waited for, so that a signal to this script
-# is handled at once (bash defers traps while a foreground child runs).
-wrk_run() {
-    local TIMEFORMAT='%3U %3S'
-    { time {
-        timeout $(($2 + 30)) taskset -c "$LOAD_CPU" \
-            wrk -t"$THREADS" -c"$CONNS" -d"$2s" --latency "$(url "$1")" >"$3" 2>&1 &
-        wrk_pid=$!
-        wait "$wrk_pid" || true
-    }; } 2>"$3.time"
-    wrk_pid=
-    awk '{ print $1 + $2 }' "$3.time" >"$3.cpu"
-}
+# (user + system) to OUTFILE.cpu.
+wrk_run() { wrk_timed "$3" "$2" "$(url "$1")" --latency; }
 
-clk=$(getconf CLK_TCK)
 # Other work on the machine distorts everything: wait for quiet first, and
 # repeat a round during which something else took more than MAX_OTHER_LOAD %
 # of either CPU (at most RETRIES times; discarded rounds are still reported).
@@ -337,18 +208,15 @@ for p in "${PROXIES[@]}"; do
     fi
 done
 
-mkdir -p "$OUT_DIR"
-stamp=$(date +%Y%m%d-%H%M%S)
-md=$OUT_DIR/proxy-$stamp.md
+md=$(results_path proxy md)
 
 export BENCH_PREFLIGHT=$preflight BENCH_MAX_OTHER_LOAD=$MAX_OTHER_LOAD
-BENCH_CLK_TCK=$(getconf CLK_TCK)
-export BENCH_CLK_TCK
+export BENCH_CLK_TCK=$clk
 export BENCH_RESULTS=$results BENCH_MD=$md BENCH_LOGS=$logs_note
 export BENCH_CMD="DURATION=$DURATION CONNS=$CONNS ROUNDS=$ROUNDS WARMUP=$WARMUP THREADS=$THREADS REQ_PATH=$REQ_PATH MAX_OTHER_LOAD=$MAX_OTHER_LOAD RETRIES=$RETRIES bench/proxy.sh"
 export BENCH_WRK="taskset -c $LOAD_CPU wrk -t$THREADS -c$CONNS -d$DURATION --latency http://127.0.0.1:PORT$REQ_PATH"
 export BENCH_PINNING="proxy on CPU $PROXY_CPU; hx_backend (1 thread) and wrk on CPU $LOAD_CPU"
-BENCH_VERSIONS="$("$HELIOSD" -V 2>&1 | head -1) ($heliosd_build); $("$NGINX" -v 2>&1); $("$HAPROXY" -v 2>&1 | head -1 | cut -d' ' -f1-3)"
+BENCH_VERSIONS="$("$HELIOSD" -V 2>&1 | first_line) ($heliosd_build); $("$NGINX" -v 2>&1); $("$HAPROXY" -v 2>&1 | first_line | cut -d' ' -f1-3)"
 export BENCH_VERSIONS
 python3 "$here/wrk_table.py"
 echo "wrote $md" >&2

@@ -25,7 +25,7 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
-root=$(cd "$here/.." && pwd)
+. "$here/lib.sh"
 
 DURATION=${DURATION:-10s}
 CONNS=${CONNS:-50}
@@ -47,60 +47,26 @@ SKIP_PICK=${SKIP_PICK:-0}
 # (round_robin must be in it: it is the reference).
 read -r -a STRATEGIES <<<"${STRATEGIES:-round_robin weighted_round_robin least_connections \
 power_of_two ip_hash ip_hash_consistent maglev}"
-HELIOSD=$BUILD_DIR/heliosd
-BACKEND=$BUILD_DIR/hx_backend
-MODULES=$BUILD_DIR/modules
-
-die() { echo "strategies.sh: $*" >&2; exit 1; }
+use_build_dir
 [[ " ${STRATEGIES[*]} " == *" round_robin "* ]] || die "STRATEGIES must include round_robin"
 
-to_seconds() {
-    case $1 in
-    *ms) echo $(( (${1%ms} + 999) / 1000 )) ;;
-    *s) echo "${1%s}" ;;
-    *m) echo $(( ${1%m} * 60 )) ;;
-    *) echo "$1" ;;
-    esac
-}
-
-for bin in "$HELIOSD" "$BACKEND" "$BUILD_DIR/core/libhxcore.a" "$BUILD_DIR/libhx_llhttp.a"; do
-    [ -e "$bin" ] || die "$bin is missing (build first: cmake --build $BUILD_DIR)"
-done
-for s in "${STRATEGIES[@]}"; do
-    [ -e "$MODULES/$s.so" ] || die "$MODULES/$s.so is missing (build first)"
-done
-for tool in gcc pkg-config wrk taskset curl python3 timeout; do
-    command -v "$tool" >/dev/null || die "'$tool' not found in PATH"
-done
-grep -q 'HELIOS_SANITIZE:BOOL=ON' "$BUILD_DIR/CMakeCache.txt" 2>/dev/null &&
-    die "$BUILD_DIR is a sanitizer build: its numbers mean nothing"
+need_exec "$HELIOSD" "$BACKEND"
+need_files "$BUILD_DIR/core/libhxcore.a" "$BUILD_DIR/libhx_llhttp.a"
+for s in "${STRATEGIES[@]}"; do need_files "$MODULES/$s.so"; done
+need_tools gcc pkg-config wrk taskset curl python3 timeout
+refuse_sanitizer_build
 build_type=$(sed -n 's/^CMAKE_BUILD_TYPE:STRING=//p' "$BUILD_DIR/CMakeCache.txt" 2>/dev/null || true)
 dur_s=$(to_seconds "$DURATION")
 warm_s=$(to_seconds "$WARMUP")
 
-tmp=$(mktemp -d /tmp/heliosd-strategies.XXXXXX)
-pids=()
-cleanup() {
-    local pid
-    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for _ in $(seq 20); do
-        local alive=0
-        for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
-        [ $alive = 0 ] && break
-        sleep 0.1
-    done
-    for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+bench_setup heliosd-strategies
 
 report=$tmp/report.md
 {
-    echo "machine: $(nproc) CPUs, $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)"
-    echo "kernel: $(uname -r); gcc $(gcc -dumpversion); $(wrk --version 2>&1 | head -1 | cut -d' ' -f1-2)"
+    echo "machine: $(nproc) CPUs, $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | first_line)"
+    echo "kernel: $(uname -r); gcc $(gcc -dumpversion); $(wrk --version 2>&1 | first_line | cut -d' ' -f1-2)"
     echo "heliosd: $HELIOSD ($build_type, built $(date -u -r "$HELIOSD" '+%Y-%m-%d %H:%M:%S UTC')), tree at" \
-        "commit $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo '?') plus" \
+        "commit $(bench_commit) plus" \
         "$(git -C "$root" status --porcelain 2>/dev/null | wc -l) uncommitted paths"
     echo
 } >"$report"
@@ -131,29 +97,15 @@ fi
 # --- 2. end-to-end req/s ----------------------------------------------------
 
 if [ "$SKIP_E2E" != 1 ]; then
-    ports=($(python3 - "${#STRATEGIES[@]}" <<'EOF'
-import socket, sys
-socks = []
-for _ in range(int(sys.argv[1]) + 3):
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    socks.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-EOF
-))
+    read -r -a ports < <(free_ports $((${#STRATEGIES[@]} + 3)))
     bports=("${ports[@]:0:3}")
+    backend_pids=()
     for i in 0 1 2; do
-        taskset -c "$LOAD_CPU" "$BACKEND" --listen "127.0.0.1:${bports[$i]}" --name "b$i" --threads 1 \
-            >"$tmp/backend$i.log" 2>&1 &
-        pids+=($!)
-        backend_pids+=($!)
-    done
-    for i in 0 1 2; do
-        for _ in $(seq 50); do grep -qs '^ready' "$tmp/backend$i.log" && break; sleep 0.1; done
-        grep -q '^ready' "$tmp/backend$i.log" || die "backend $i did not start: $(cat "$tmp/backend$i.log")"
+        start_backend "backend$i" "$LOAD_CPU" "${bports[$i]}" --name "b$i" --threads 1
+        backend_pids+=("${pid[backend$i]}")
     done
 
-    declare -A port pid
+    declare -A port
     k=3
     for s in "${STRATEGIES[@]}"; do
         port[$s]=${ports[$k]}
@@ -175,9 +127,7 @@ routes:
   - {match: {prefix: /}, upstream: app}
 logging: {level: warn, access_log: off}
 EOF
-        taskset -c "$PROXY_CPU" "$HELIOSD" -c "$tmp/$s/heliosd.yaml" -m "$MODULES" >"$tmp/$s.log" 2>&1 &
-        pids+=($!)
-        pid[$s]=$!
+        start_heliosd "$s" "$PROXY_CPU" "$tmp/$s/heliosd.yaml"
     done
 
     # wrk: 1024 prepared requests, each with its own X-Forwarded-For.
@@ -196,43 +146,14 @@ end
 EOF
 
     for s in "${STRATEGIES[@]}"; do
-        ok=0
-        for _ in $(seq 50); do
-            code=$(curl -sS --max-time 2 -o /dev/null -w '%{http_code}' "http://127.0.0.1:${port[$s]}/" 2>/dev/null) || code=000
-            [ "$code" = 200 ] && { ok=1; break; }
-            sleep 0.1
-        done
-        [ $ok = 1 ] || die "heliosd with $s does not answer 200: $(tail -5 "$tmp/$s.log")"
+        wait_http_ok "http://127.0.0.1:${port[$s]}/" ||
+            die "heliosd with $s does not answer 200: $(tail -5 "$tmp/$s.log")"
     done
 
-    clk=$(getconf CLK_TCK)
-    # CPU ticks (user + system, all threads) used so far by process $1.
-    proc_ticks() { { sed 's/.*) //' "/proc/$1/stat" 2>/dev/null || echo; } | awk '{print $12 + $13 + 0}'; }
-    # "busy total" ticks of CPU $1 since boot.
-    cpu_ticks() { awk -v c="cpu$1" '$1 == c { b = $2 + $3 + $4 + $7 + $8 + $9; print b, b + $5 + $6 }' /proc/stat; }
     backend_ticks() { local t=0 p; for p in "${backend_pids[@]}"; do t=$((t + $(proc_ticks "$p"))); done; echo $t; }
-    busy_pct() { echo "$1 $2" | awk '{ t = $4 - $2; print (t > 0 ? int(100 * ($3 - $1) / t) : 0) }'; }
-
-    # Waits (at most IDLE_WAIT s) for both CPUs to be at most MAX_OTHER_LOAD %
-    # busy over one second.
-    wait_idle() {
-        local deadline=$((SECONDS + IDLE_WAIT)) b0 b1 a0 a1
-        while :; do
-            b0=$(cpu_ticks "$PROXY_CPU"); b1=$(cpu_ticks "$LOAD_CPU"); sleep 1
-            a0=$(cpu_ticks "$PROXY_CPU"); a1=$(cpu_ticks "$LOAD_CPU")
-            [ "$(busy_pct "$b0" "$a0")" -le "$MAX_OTHER_LOAD" ] &&
-                [ "$(busy_pct "$b1" "$a1")" -le "$MAX_OTHER_LOAD" ] && return 0
-            [ $SECONDS -ge $deadline ] && return 1
-        done
-    }
 
     # wrk_run STRATEGY SECONDS OUT: wrk's report in OUT, its CPU seconds in OUT.cpu.
-    wrk_run() {
-        local TIMEFORMAT='%3U %3S'
-        { time timeout $(($2 + 30)) taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"$2s" --latency \
-            -s "$tmp/xff.lua" "http://127.0.0.1:${port[$1]}/" >"$3" 2>&1; } 2>"$3.time" || true
-        awk '{ print $1 + $2 }' "$3.time" >"$3.cpu"
-    }
+    wrk_run() { wrk_timed "$3" "$2" "http://127.0.0.1:${port[$1]}/" --latency -s "$tmp/xff.lua"; }
 
     echo "# end-to-end: wrk -t1 -c$CONNS -d$DURATION, $ROUNDS rounds, alternating strategies" >&2
     wait_idle || echo "!! the machine is not idle; results will be noisy" >&2
@@ -323,9 +244,7 @@ print()
 EOF
 fi
 
-mkdir -p "$OUT_DIR"
-stamp=$(date +%Y%m%d-%H%M%S)
-md=$OUT_DIR/strategies-$stamp.md
+md=$(results_path strategies md)
 {
     echo "# bench/strategies.sh, $(date -u '+%Y-%m-%d %H:%M UTC')"
     echo

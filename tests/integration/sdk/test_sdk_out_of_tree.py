@@ -25,7 +25,9 @@ from conftest import (
     free_port,
     is_sanitizer_build,
     make_config,
+    run_config_check,
     static_route,
+    write_config_file,
 )
 
 BUILD_DIR = Path(os.environ.get("HELIOS_BUILD_DIR") or SOURCE_DIR / "build")
@@ -258,8 +260,7 @@ def check_loads_and_serves(heliosd, moddir):
 
 def check_config_refused(tmp_path, moddir):
     """heliosd -t on a config naming add_header: (returncode, stderr)."""
-    cfg = tmp_path / "refused.yaml"
-    cfg.write_text(
+    text = (
         f"listeners:\n  - address: 127.0.0.1:{free_port()}\n"
         "modules:\n"
         "  - module: add_header\n"
@@ -267,15 +268,8 @@ def check_config_refused(tmp_path, moddir):
         "routes:\n"
         "  - handler: static_response\n"
     )
-    p = subprocess.run(
-        [str(HELIOSD), "-t", "-c", str(cfg), "-m", str(moddir)],
-        env=clean_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        timeout=STEP_TIMEOUT,
-    )
-    return p, cfg
+    cfg = write_config_file(tmp_path, text, "refused.yaml")
+    return run_config_check(cfg, module_dir=moddir, env=clean_env(), timeout=STEP_TIMEOUT), cfg
 
 
 @pytest.fixture(autouse=True)

@@ -14,8 +14,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from conftest import SOURCE_DIR, free_port, make_config, proxy_route
-from test_tls import make_ca, make_cert
+from conftest import SOURCE_DIR, free_port, make_ca, make_cert, make_config, proxy_route
 
 SERVER = SOURCE_DIR / "tests" / "backend" / "grpc_server.py"
 

@@ -17,19 +17,20 @@ import resource
 import signal
 import ssl
 import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import websockets
 
 from conftest import (
     RawConn,
+    SOURCE_DIR,
     free_port,
     http_request,
     is_sanitizer_build,
+    make_ca,
+    make_cert,
     make_config,
     proxy_config,
     proxy_route,
@@ -40,10 +41,7 @@ from conftest import (
     wait_for,
 )
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_tls import make_ca, make_cert  # noqa: E402
-
-WS_ECHO = Path(__file__).resolve().parent.parent / "backend" / "ws_echo.py"
+WS_ECHO = SOURCE_DIR / "tests" / "backend" / "ws_echo.py"
 PYTHON = "/usr/bin/python3"
 MiB = 1 << 20
 
@@ -561,17 +559,12 @@ def test_access_log_line_for_tunnel(heliosd, wsb, tmp_path):
     assert mrec["bytes_in"] == rec["bytes_in"] and mrec["bytes_out"] == rec["bytes_out"], mrec
 
 
-def test_config_errors_for_tunnel_keys(tmp_path):
-    from conftest import HELIOSD, MODULE_DIR, to_yaml
-
+def test_config_errors_for_tunnel_keys(check_config):
     port = free_port()
     cfg = make_config(port, [proxy_route("app", "app")],
                       {"app": upstream_conf({"name": "a", "address": "127.0.0.1:9"},
                                             max_tunnels=-1)},
                       timeouts={"tunnel_idle": "0"})
-    f = tmp_path / "bad.yaml"
-    f.write_text(to_yaml(cfg))
-    p = subprocess.run([str(HELIOSD), "-t", "-c", str(f), "-m", str(MODULE_DIR)],
-                       capture_output=True, text=True, timeout=30)
+    p = check_config(cfg)
     assert p.returncode == 1, p.stderr
     assert "max_tunnels" in p.stderr and "tunnel_idle" in p.stderr, p.stderr

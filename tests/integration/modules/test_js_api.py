@@ -520,7 +520,7 @@ function onResponse(response) {
 # ---------------------------------------------------------------- compile, reload
 
 
-def test_compile_round_trip(heliosd, tmp_path):
+def test_compile_round_trip(heliosd, tmp_path, check_config):
     import subprocess
 
     src = tmp_path / "app.js"
@@ -549,27 +549,22 @@ def test_compile_round_trip(heliosd, tmp_path):
     port = free_port()
     conf = make_config(port, [js_route(tmp_path / "junk.qjsbc")])
     h2 = heliosd(conf, start=False)
-    proc = subprocess.run([str(HELIOSD), "-t", "-c", str(h2.confdir), "-m", str(MODULE_DIR)],
-                          capture_output=True, text=True, timeout=60)
+    proc = check_config(h2.confdir)
     assert proc.returncode == 1 and "junk.qjsbc" in proc.stderr
 
 
-def test_syntax_error_is_a_config_error_with_file_and_line(heliosd, tmp_path):
-    import subprocess
-
+def test_syntax_error_is_a_config_error_with_file_and_line(heliosd, tmp_path, check_config):
     bad = tmp_path / "broken.js"
     bad.write_text("// line 1\nconst x = 1;\nconst y = ;\nconst z = 2;\n")
     port = free_port()
     h = heliosd(make_config(port, [js_route(bad)]), start=False)
-    proc = subprocess.run([str(HELIOSD), "-t", "-c", str(h.confdir), "-m", str(MODULE_DIR)],
-                          capture_output=True, text=True, timeout=60)
+    proc = check_config(h.confdir)
     assert proc.returncode == 1
     assert re.search(re.escape(str(bad)) + r":3: SyntaxError", proc.stderr), proc.stderr
     # unknown keys and a missing script are refused too
     conf = make_config(port, [js_route(tmp_path / "missing.js", bogus=1)])
     h.write_config(conf)
-    proc = subprocess.run([str(HELIOSD), "-t", "-c", str(h.confdir), "-m", str(MODULE_DIR)],
-                          capture_output=True, text=True, timeout=60)
+    proc = check_config(h.confdir)
     assert proc.returncode == 1
     assert "bogus" in proc.stderr and "missing.js" in proc.stderr
 

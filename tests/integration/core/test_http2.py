@@ -25,6 +25,8 @@ from hpack import Encoder
 from conftest import (
     curl,
     free_port,
+    make_ca,
+    make_cert,
     make_config,
     proxy_route,
     rss_kb,
@@ -32,7 +34,6 @@ from conftest import (
     upstream_conf,
     wait_for,
 )
-from test_tls import make_ca, make_cert
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = range(10)

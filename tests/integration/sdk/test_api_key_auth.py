@@ -11,19 +11,19 @@ that cannot be read is a located configuration error naming the file."""
 import json
 import re
 import shutil
-import subprocess
 
 import pytest
 
 from conftest import (
-    HELIOSD,
     MODULE_DIR,
     SOURCE_DIR,
     curl,
     free_port,
     make_config,
     proxy_route,
+    run_config_check,
     upstream_conf,
+    write_config_file,
 )
 from test_sdk_out_of_tree import SAN_FLAGS, STEP_TIMEOUT, clean_env, need_tool, run, sanitizer_heliosd, sdk  # noqa: F401
 
@@ -137,8 +137,7 @@ def test_authorization_header_takes_a_bearer_key(heliosd, backend, moddir, tmp_p
 def check(tmp_path, moddir, keys_file, keys_text=None):
     if keys_text is not None:
         (tmp_path / "k.keys").write_text(keys_text)
-    cfg = tmp_path / "auth.yaml"
-    cfg.write_text(
+    text = (
         f"listeners:\n  - address: 127.0.0.1:{free_port()}\n"
         "modules:\n"
         "  - module: api_key_auth\n"
@@ -147,9 +146,8 @@ def check(tmp_path, moddir, keys_file, keys_text=None):
         "routes:\n"
         "  - handler: static_response\n"
     )
-    p = subprocess.run([str(HELIOSD), "-t", "-c", str(cfg), "-m", str(moddir)], env=clean_env(),
-                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=STEP_TIMEOUT)
-    return p, cfg
+    cfg = write_config_file(tmp_path, text, "auth.yaml")
+    return run_config_check(cfg, module_dir=moddir, env=clean_env(), timeout=STEP_TIMEOUT), cfg
 
 
 def test_unreadable_keys_file_is_a_located_config_error(moddir, tmp_path):

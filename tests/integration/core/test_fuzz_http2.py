@@ -58,12 +58,13 @@ from conftest import (
     curl,
     free_port,
     is_sanitizer_build,
+    make_ca,
+    make_cert,
     make_config,
     proxy_route,
     static_route,
     upstream_conf,
 )
-from test_tls import make_ca, make_cert
 
 SANITIZE = is_sanitizer_build()
 SEED = int(os.environ.get("HELIOS_FUZZ_SEED", "20240612"))

@@ -11,13 +11,10 @@ marker path and polls for its line: no fixed sleeps."""
 import http.client
 import json
 import re
-import subprocess
 import threading
 import uuid
 
 from conftest import (
-    HELIOSD,
-    MODULE_DIR,
     free_port,
     http_request,
     make_config,
@@ -244,7 +241,7 @@ def test_tiny_ring_drops_whole_lines_and_counts_them(heliosd, backend, tmp_path)
     assert len(lines) - 1 + dropped() == 301
 
 
-def test_missing_directory_is_a_located_config_error(tmp_path):
+def test_missing_directory_is_a_located_config_error(tmp_path, check_config):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text(
         f"listeners:\n  - address: 127.0.0.1:{free_port()}\n"
@@ -257,8 +254,7 @@ def test_missing_directory_is_a_located_config_error(tmp_path):
         "routes:\n"
         "  - handler: static_response\n"
     )
-    p = subprocess.run([str(HELIOSD), "-t", "-c", str(cfg), "-m", str(MODULE_DIR)],
-                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=30)
+    p = check_config(cfg)
     assert p.returncode == 1, p.stderr
     assert f"{cfg}:6:15:" in p.stderr and "format must be text or json" in p.stderr, p.stderr
     assert f"{cfg}:7:13:" in p.stderr and f"{tmp_path}/no/such/dir" in p.stderr, p.stderr

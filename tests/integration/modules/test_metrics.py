@@ -33,9 +33,11 @@ from conftest import (
     ipv6_available,
     make_config,
     proxy_route,
+    run_config_check,
     static_route,
     upstream_conf,
     wait_for,
+    write_config_file,
 )
 
 TEST_MODULE_DIR = Path(os.environ.get("HELIOS_TEST_MODULE_DIR") or SOURCE_DIR / "build" / "test-modules")
@@ -150,16 +152,13 @@ def check_histogram(s, name, label, value, buckets=DEFAULT_BUCKETS):
 
 def run_check(tmp_path, module_dir, modules_yaml):
     """heliosd -t on a config whose `modules:` is MODULES_YAML: (rc, stderr)."""
-    d = tmp_path / "check"
-    d.mkdir(exist_ok=True)
-    cfg = d / "heliosd.yaml"
-    cfg.write_text(
+    cfg = write_config_file(
+        tmp_path / "check",
         f"listeners:\n  - address: 127.0.0.1:{free_port()}\n"
         f"modules:\n{modules_yaml}"
-        "routes:\n  - handler: static_response\n"
+        "routes:\n  - handler: static_response\n",
     )
-    p = subprocess.run([str(HELIOSD), "-t", "-c", str(d), "-m", str(module_dir)],
-                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=30)
+    p = run_config_check(cfg.parent, module_dir=module_dir)
     return p.returncode, p.stderr, cfg
 
 

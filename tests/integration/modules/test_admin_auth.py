@@ -13,7 +13,6 @@ import hmac
 import json
 import os
 import re
-import subprocess
 import time
 
 import jwt
@@ -22,15 +21,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from conftest import (
-    HELIOSD,
-    MODULE_DIR,
     curl,
     free_port,
     ipv6_available,
     make_config,
+    run_config_check,
     static_route,
-    to_yaml,
     wait_for,
+    write_config_file,
 )
 
 SECRET = "another-test-secret"
@@ -291,15 +289,13 @@ def test_denied_ipv6_cidr(heliosd, tmp_path):
 def check(tmp_path, auth, *patterns):
     cfg = make_config(free_port(), [static_route("s", "x")],
                       modules=[{"module": "admin_api", "config": {"listen": f"127.0.0.1:{free_port()}", "auth": auth}}])
-    f = tmp_path / "t.yaml"
-    f.write_text(to_yaml(cfg))
-    p = subprocess.run([str(HELIOSD), "-t", "-c", str(f), "-m", str(MODULE_DIR)], capture_output=True, text=True, timeout=30)
+    p = run_config_check(write_config_file(tmp_path, cfg, "t.yaml"))
     assert p.returncode == 1, p.stderr
     for pat in patterns:
         assert re.search(pat, p.stderr), (pat, p.stderr)
 
 
-def test_world_readable_secret_refused(tmp_path, heliosd):
+def test_world_readable_secret_refused(tmp_path, heliosd, check_config):
     f = secret_file(tmp_path, mode=0o644)
     check(tmp_path, {"algorithm": "HS256", "secret_file": str(f)}, re.escape(str(f)) + r" is readable by other users")
     # and heliosd refuses to start with it
@@ -313,9 +309,7 @@ def test_world_readable_secret_refused(tmp_path, heliosd):
     assert "readable by other users" in h.stderr()
     # group-readable is fine
     os.chmod(f, 0o640)
-    cfg2 = tmp_path / "ok.yaml"
-    cfg2.write_text(to_yaml(cfg))
-    p = subprocess.run([str(HELIOSD), "-t", "-c", str(cfg2), "-m", str(MODULE_DIR)], capture_output=True, text=True, timeout=30)
+    p = check_config(cfg, "ok.yaml")
     assert p.returncode == 0, p.stderr
 
 

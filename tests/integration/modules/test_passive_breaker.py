@@ -9,7 +9,6 @@ handled at once. The healthy backends are real hx_backend processes.
 
 import re
 import statistics
-import subprocess
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -17,16 +16,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from conftest import (
-    HELIOSD,
-    MODULE_DIR,
     RawConn,
     free_port,
     http_request,
     make_config,
     proxy_route,
-    to_yaml,
+    run_config_check,
     upstream_conf,
     wait_for,
+    write_config_file,
 )
 
 
@@ -328,22 +326,13 @@ def test_all_breakers_open_gives_fast_503_with_retry_after(heliosd):
 
 
 def _check(tmp_path, modules):
-    d = tmp_path / "conf"
-    d.mkdir(exist_ok=True)
     cfg = make_config(
         free_port(),
         [proxy_route("app", "app")],
         {"app": {"backends": [{"address": "127.0.0.1:9"}]}},
         modules=modules,
     )
-    (d / "heliosd.yaml").write_text(to_yaml(cfg))
-    p = subprocess.run(
-        [str(HELIOSD), "-t", "-c", str(d), "-m", str(MODULE_DIR)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        timeout=30,
-    )
+    p = run_config_check(write_config_file(tmp_path / "conf", cfg).parent)
     return p.returncode, p.stderr
 
 

@@ -20,44 +20,17 @@ from pathlib import Path
 import pytest
 
 from conftest import (
-    HELIOSD,
-    MODULE_DIR,
     curl,
     free_port,
+    make_ca,
+    make_cert,
     make_config,
     proxy_route,
+    run_config_check,
     upstream_conf,
     wait_for,
+    write_config_file,
 )
-
-
-def run(*cmd, **kw):
-    return subprocess.run(cmd, check=True, capture_output=True, timeout=60, **kw)
-
-
-def make_ca(d, name):
-    key, pem = d / f"{name}.key", d / f"{name}.pem"
-    run("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-        "-nodes", "-keyout", str(key), "-out", str(pem), "-days", "2", "-subj", f"/CN={name}")
-    return key, pem
-
-
-def make_cert(d, ca, name, sans, client=False, serial=None):
-    key, csr, pem = d / f"{name}.key", d / f"{name}.csr", d / f"{name}.pem"
-    run("openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-        "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={name}")
-    ext = d / f"{name}.ext"
-    lines = []
-    if sans:
-        lines.append("subjectAltName=" + ",".join(f"DNS:{s}" for s in sans))
-    lines.append("extendedKeyUsage=" + ("clientAuth" if client else "serverAuth"))
-    ext.write_text("\n".join(lines) + "\n")
-    cmd = ["openssl", "x509", "-req", "-in", str(csr), "-CA", str(ca[1]), "-CAkey", str(ca[0]),
-           "-out", str(pem), "-days", "2", "-extfile", str(ext)]
-    cmd += ["-set_serial", str(serial)] if serial else ["-CAcreateserial"]
-    run(*cmd)
-    os.chmod(key, 0o600)
-    return pem, key
 
 
 @pytest.fixture(scope="module")
@@ -353,47 +326,43 @@ def test_certificates_reload_on_sighup_without_dropping_connections(heliosd, bac
     assert https(port, "/", ca=pki["ca"]).returncode == 0
 
 
-def check_config(tmp_path, tls, expect):
+def assert_config_refused(tmp_path, tls, expect):
     port = free_port()
     cfg = make_config(port, [proxy_route("app", "app")],
                       {"app": {"backends": [{"name": "x", "address": "127.0.0.1:9"}]}},
                       listeners=[{"address": f"127.0.0.1:{port}", "tls": tls}])
-    import yaml
-    path = tmp_path / "bad.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    p = subprocess.run([str(HELIOSD), "-t", "-c", str(path), "-m", str(MODULE_DIR)],
-                       capture_output=True, text=True, timeout=30)
-    assert p.returncode == 1, p.stdout + p.stderr
+    p = run_config_check(write_config_file(tmp_path, cfg, "bad.yaml"))
+    assert p.returncode == 1, p.output
     assert re.search(expect, p.stderr), p.stderr
     return p.stderr
 
 
 def test_bad_certificate_files_are_config_errors_naming_the_file(tmp_path, pki):
     missing = tmp_path / "nope.pem"
-    check_config(tmp_path, {"certificates": [{"cert": str(missing), "key": str(pki["a"][1])}]},
-                 rf"certificates\[0\]\.cert: certificate file {re.escape(str(missing))}: No such file")
+    assert_config_refused(tmp_path, {"certificates": [{"cert": str(missing), "key": str(pki["a"][1])}]},
+                          rf"certificates\[0\]\.cert: certificate file {re.escape(str(missing))}: No such file")
     unreadable = tmp_path / "secret.key"
     unreadable.write_bytes(Path(pki["a"][1]).read_bytes())
     os.chmod(unreadable, 0)
     if os.geteuid() != 0:  # root reads anything
-        check_config(tmp_path, {"certificates": [{"cert": str(pki["a"][0]), "key": str(unreadable)}]},
-                     r"key file .*secret\.key: Permission denied")
-    check_config(tmp_path, {"certificates": [{"cert": str(pki["a"][0]), "key": str(pki["b"][1])}]},
-                 rf"key file {re.escape(str(pki['b'][1]))} does not match certificate file "
-                 rf"{re.escape(str(pki['a'][0]))}")
+        assert_config_refused(tmp_path, {"certificates": [{"cert": str(pki["a"][0]), "key": str(unreadable)}]},
+                              r"key file .*secret\.key: Permission denied")
+    assert_config_refused(tmp_path, {"certificates": [{"cert": str(pki["a"][0]), "key": str(pki["b"][1])}]},
+                          rf"key file {re.escape(str(pki['b'][1]))} does not match certificate file "
+                          rf"{re.escape(str(pki['a'][0]))}")
     garbage = tmp_path / "garbage.pem"
     garbage.write_text("not a certificate\n")
-    check_config(tmp_path, {"certificates": [{"cert": str(garbage), "key": str(pki["a"][1])}]},
-                 rf"cannot load certificate file {re.escape(str(garbage))}")
-    check_config(tmp_path, {"certificates": [{"cert": str(pki["a"][0]), "key": str(pki["a"][1])}],
-                            "ciphers": "NOT-A-CIPHER"}, r"tls\.ciphers: invalid TLS 1\.2 cipher list")
-    check_config(tmp_path, {"certificates": [{"cert": str(pki["a"][0]), "key": str(pki["a"][1])}],
-                            "protocols": ["SSLv3"]}, r"unknown TLS protocol version")
-    check_config(tmp_path, {"certificates": []}, r"non-empty list")
-    check_config(tmp_path, {"certificates": [{"cert": str(pki["a"][0]), "key": str(pki["a"][1])}],
-                            "client_auth": {"required": True}}, r"missing required key \"ca\"")
-    check_config(tmp_path, {"certificates": [{"cert": str(pki["a"][0]), "key": str(pki["a"][1])}],
-                            "bogus": 1}, r"unknown key \"bogus\"")
+    assert_config_refused(tmp_path, {"certificates": [{"cert": str(garbage), "key": str(pki["a"][1])}]},
+                          rf"cannot load certificate file {re.escape(str(garbage))}")
+    assert_config_refused(tmp_path, {"certificates": [{"cert": str(pki["a"][0]), "key": str(pki["a"][1])}],
+                                     "ciphers": "NOT-A-CIPHER"}, r"tls\.ciphers: invalid TLS 1\.2 cipher list")
+    assert_config_refused(tmp_path, {"certificates": [{"cert": str(pki["a"][0]), "key": str(pki["a"][1])}],
+                                     "protocols": ["SSLv3"]}, r"unknown TLS protocol version")
+    assert_config_refused(tmp_path, {"certificates": []}, r"non-empty list")
+    assert_config_refused(tmp_path, {"certificates": [{"cert": str(pki["a"][0]), "key": str(pki["a"][1])}],
+                                     "client_auth": {"required": True}}, r"missing required key \"ca\"")
+    assert_config_refused(tmp_path, {"certificates": [{"cert": str(pki["a"][0]), "key": str(pki["a"][1])}],
+                                     "bogus": 1}, r"unknown key \"bogus\"")
 
 
 def test_invalid_certificate_on_reload_keeps_the_old_one(heliosd, backend, pki, tmp_path):

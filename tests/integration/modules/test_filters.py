@@ -3,11 +3,8 @@ binary, a real hx_backend and real clients."""
 
 import json
 import re
-import subprocess
 
 from conftest import (
-    HELIOSD,
-    MODULE_DIR,
     RawConn,
     curl,
     free_port,
@@ -17,8 +14,9 @@ from conftest import (
     pattern_sum,
     proxy_route,
     request_bytes,
-    to_yaml,
+    run_config_check,
     upstream_conf,
+    write_config_file,
 )
 
 HEX32 = re.compile(r"^[0-9a-f]{32}$")
@@ -57,16 +55,8 @@ def raw_get(h, path, headers=()):
 
 
 def check(tmp_path, config):
-    d = tmp_path / "conf"
-    d.mkdir(exist_ok=True)
-    (d / "c.yaml").write_text(to_yaml(config))
-    p = subprocess.run(
-        [str(HELIOSD), "-t", "-c", str(d), "-m", str(MODULE_DIR)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        timeout=60,
-    )
-    return p.returncode, (p.stdout + p.stderr).decode(errors="replace")
+    p = run_config_check(write_config_file(tmp_path / "conf", config, "c.yaml").parent)
+    return p.returncode, p.output
 
 
 # --------------------------------------------------------------------------

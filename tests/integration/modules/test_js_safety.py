@@ -121,19 +121,14 @@ def test_a_broken_top_level_script_makes_the_worker_answer_503(heliosd, tmp_path
     h.wait_stderr(r"running the script failed on worker 0: Error: top-level-boom")
 
 
-def test_limits_are_validated(heliosd, tmp_path):
-    import subprocess
-
-    from conftest import HELIOSD, MODULE_DIR
-
+def test_limits_are_validated(heliosd, tmp_path, check_config):
     script = tmp_path / "ok.js"
     script.write_text("addEventListener('fetch', (e) => e.respondWith(new Response('x')));")
     port = free_port()
     cfg = {"script": str(script), "memory_limit": "10KiB", "cpu_limit": "0ms", "env": {"A": ["list"]}}
     route = {"name": "js", "match": {"prefix": "/"}, "handler": {"module": "js", "config": cfg}}
     h = heliosd(make_config(port, [route]), start=False)
-    proc = subprocess.run([str(HELIOSD), "-t", "-c", str(h.confdir), "-m", str(MODULE_DIR)],
-                          capture_output=True, text=True, timeout=60)
+    proc = check_config(h.confdir)
     assert proc.returncode == 1
     assert "memory_limit must be at least 1MiB" in proc.stderr
     assert "env values must be strings" in proc.stderr

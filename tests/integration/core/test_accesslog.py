@@ -199,10 +199,12 @@ def test_sigusr1_reopens_access_log_file(heliosd, backend, tmp_path):
 
     rotated = tmp_path / "access.log.1"
     os.rename(path, rotated)
+    mark = h.err_mark()
     h.signal(signal.SIGUSR1)
-    # The new file appears once heliosd has reopened; poll with requests.
-    wait_for(lambda: http_request(h.port, "/marker/after") and path.exists(), 15,
-             what="a new access.log after SIGUSR1")
+    # The new file exists as soon as it is opened, a moment before heliosd
+    # switches to it; its log line says the switch is done.
+    h.wait_stderr(r"log files reopened", since=mark, timeout=15)
+    assert path.exists()
     lines = mark_and_wait(h, read)
     assert lines[-1]["path"].startswith("/marker/")
     old = rotated.read_text()

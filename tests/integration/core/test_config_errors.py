@@ -9,30 +9,17 @@ more lines
 Each one must match a line of stderr: the parts separated by " ... " must
 appear on that line in that order, so both the location prefix and the
 message are checked. Files under tests/configs/good/ (and directories there,
-which are merged) must validate.
-
-Environment:
-    HELIOSD            path of the heliosd binary (default: build/heliosd)
-    HELIOS_MODULE_DIR  the build's module directory, passed as -m
+which are merged) must validate. heliosd runs from the repository root.
 """
 
-import os
-import pathlib
 import re
-import subprocess
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-CONFIGS = ROOT / "tests" / "configs"
-HELIOSD = os.environ.get("HELIOSD", str(ROOT / "build" / "heliosd"))
-MODULE_DIR = os.environ.get("HELIOS_MODULE_DIR")
+from conftest import SANITIZER_MARKERS, SOURCE_DIR
 
-SANITIZER_MARKERS = ("AddressSanitizer", "LeakSanitizer", "runtime error:")
+CONFIGS = SOURCE_DIR / "tests" / "configs"
 EXPECT_RE = re.compile(r"^#\s*expect:\s*(.+?)\s*$")
-
-if not os.access(HELIOSD, os.X_OK):
-    pytest.fail(f"heliosd binary not found at {HELIOSD} (set HELIOSD)", pytrace=False)
 
 
 def _yaml_files(path):
@@ -79,24 +66,17 @@ def _line_matches(line, expectation):
     return True
 
 
-def _run_check(path):
-    cmd = [HELIOSD, "-t", "-c", str(path)]
-    if MODULE_DIR:
-        cmd += ["-m", MODULE_DIR]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=ROOT)
-
-
 def _assert_no_sanitizer_report(proc):
     for marker in SANITIZER_MARKERS:
         assert marker not in proc.stderr, f"sanitizer report in stderr:\n{proc.stderr}"
 
 
 @pytest.mark.parametrize("path", _cases("bad", "bad-merge"))
-def test_broken_config_is_rejected_with_located_errors(path):
+def test_broken_config_is_rejected_with_located_errors(path, check_config):
     expectations = _expectations(path)
     assert expectations, f"{path}: no '# expect:' line in the leading comment"
 
-    proc = _run_check(path)
+    proc = check_config(path, cwd=SOURCE_DIR)
 
     _assert_no_sanitizer_report(proc)
     assert proc.returncode == 1, (
@@ -111,8 +91,8 @@ def test_broken_config_is_rejected_with_located_errors(path):
 
 
 @pytest.mark.parametrize("path", _cases("good"))
-def test_valid_config_passes(path):
-    proc = _run_check(path)
+def test_valid_config_passes(path, check_config):
+    proc = check_config(path, cwd=SOURCE_DIR)
 
     _assert_no_sanitizer_report(proc)
     assert proc.returncode == 0, (

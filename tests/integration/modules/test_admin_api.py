@@ -18,7 +18,6 @@ import subprocess
 import threading
 import time
 from collections import Counter
-from pathlib import Path
 
 import jwt
 import pytest
@@ -27,18 +26,19 @@ import yaml
 from conftest import (
     HELIOSD,
     MODULE_DIR,
+    SOURCE_DIR,
     curl,
     free_port,
     make_config,
     proxy_route,
+    run_config_check,
     static_route,
-    to_yaml,
     upstream_conf,
     wait_for,
+    write_config_file,
 )
 
 SECRET = "s3cret-for-tests-only"
-REPO = Path(__file__).resolve().parents[2]
 
 
 # ---------------------------------------------------------------- helpers
@@ -601,7 +601,7 @@ def test_metrics_auth_false_makes_metrics_public(setup):
 
 
 def doc_one_liner():
-    text = (REPO / "docs" / "admin-api.md").read_text()
+    text = (SOURCE_DIR / "docs" / "admin-api.md").read_text()
     m = re.search(r"<!-- mint-token:begin -->\s*```(?:sh|bash)?\n(.*?)```\s*<!-- mint-token:end -->", text, re.S)
     assert m, "docs/admin-api.md lacks the mint-token block"
     cmd = m.group(1).strip()
@@ -627,13 +627,10 @@ def test_documented_one_liner_mints_a_working_token(setup, tmp_path):
 # ---------------------------------------------------------------- config
 
 
-def check_config(tmp_path, admin_cfg, *expect):
+def assert_config_refused(tmp_path, admin_cfg, *expect):
     port = free_port()
     cfg = make_config(port, [static_route("s", "x")], modules=[{"module": "admin_api", "config": admin_cfg}])
-    f = tmp_path / "bad.yaml"
-    f.write_text(to_yaml(cfg))
-    p = subprocess.run([str(HELIOSD), "-t", "-c", str(f), "-m", str(MODULE_DIR)],
-                       capture_output=True, text=True, timeout=30)
+    p = run_config_check(write_config_file(tmp_path, cfg, "bad.yaml"))
     assert p.returncode == 1, p.stderr
     for e in expect:
         assert re.search(e, p.stderr), (e, p.stderr)
@@ -643,20 +640,20 @@ def check_config(tmp_path, admin_cfg, *expect):
 def test_config_errors(tmp_path):
     secret = write_secret(tmp_path)
     auth = {"algorithm": "HS256", "secret_file": str(secret)}
-    check_config(tmp_path, {"listen": "127.0.0.1:1", "bogus": 1, "auth": auth}, r"bogus")
-    check_config(tmp_path, {"listen": "127.0.0.1:1"}, r"auth is required")
-    check_config(tmp_path, {"listen": "localhost:99", "auth": auth}, r"listen 'localhost:99'")
-    check_config(tmp_path, {"listen": "127.0.0.1:70000", "auth": auth}, r"listen")
-    check_config(tmp_path, {"listen": "[::1]9", "auth": auth}, r"listen")
-    check_config(tmp_path, {"auth": auth, "allow": ["10.0.0.0/33"]}, r"prefix length")
-    check_config(tmp_path, {"auth": auth, "deny": ["nope"]}, r"'nope' is not an IPv4 or IPv6")
-    check_config(tmp_path, {"auth": auth, "max_body": 0}, r"max_body")
-    check_config(tmp_path, {"auth": auth, "metrics_auth": "maybe"}, r"metrics_auth")
-    check_config(tmp_path, {"auth": "yes"}, r"auth must be `none` or a map")
-    check_config(tmp_path, {"auth": {"algorithm": "HS512", "secret_file": str(secret)}}, r"HS512")
-    check_config(tmp_path, {"auth": {"algorithm": "HS256"}}, r"needs secret_file")
-    check_config(tmp_path, {"auth": {"algorithm": "RS256", "secret_file": str(secret)}}, r"secret_file is not used")
-    check_config(tmp_path, {"auth": {**auth, "extra": 1}}, r"extra")
+    assert_config_refused(tmp_path, {"listen": "127.0.0.1:1", "bogus": 1, "auth": auth}, r"bogus")
+    assert_config_refused(tmp_path, {"listen": "127.0.0.1:1"}, r"auth is required")
+    assert_config_refused(tmp_path, {"listen": "localhost:99", "auth": auth}, r"listen 'localhost:99'")
+    assert_config_refused(tmp_path, {"listen": "127.0.0.1:70000", "auth": auth}, r"listen")
+    assert_config_refused(tmp_path, {"listen": "[::1]9", "auth": auth}, r"listen")
+    assert_config_refused(tmp_path, {"auth": auth, "allow": ["10.0.0.0/33"]}, r"prefix length")
+    assert_config_refused(tmp_path, {"auth": auth, "deny": ["nope"]}, r"'nope' is not an IPv4 or IPv6")
+    assert_config_refused(tmp_path, {"auth": auth, "max_body": 0}, r"max_body")
+    assert_config_refused(tmp_path, {"auth": auth, "metrics_auth": "maybe"}, r"metrics_auth")
+    assert_config_refused(tmp_path, {"auth": "yes"}, r"auth must be `none` or a map")
+    assert_config_refused(tmp_path, {"auth": {"algorithm": "HS512", "secret_file": str(secret)}}, r"HS512")
+    assert_config_refused(tmp_path, {"auth": {"algorithm": "HS256"}}, r"needs secret_file")
+    assert_config_refused(tmp_path, {"auth": {"algorithm": "RS256", "secret_file": str(secret)}}, r"secret_file is not used")
+    assert_config_refused(tmp_path, {"auth": {**auth, "extra": 1}}, r"extra")
 
 
 def test_bind_failure_is_clear(tmp_path, heliosd):

@@ -6,19 +6,15 @@ healthy`.
 """
 
 import re
-import subprocess
 import threading
 import time
 
 from conftest import (
-    HELIOSD,
-    MODULE_DIR,
     SANITIZER_MARKERS,
     free_port,
     http_request,
     make_config,
     proxy_route,
-    to_yaml,
     upstream_conf,
     wait_for,
 )
@@ -219,7 +215,7 @@ def test_hanging_backend_fails_by_timeout(backends, heliosd):
     assert "timed out" in m.group(0)
 
 
-def test_bad_config_keys_are_located_errors(tmp_path):
+def test_bad_config_keys_are_located_errors(check_config):
     port = free_port()
     cfg = make_config(
         port,
@@ -233,14 +229,8 @@ def test_bad_config_keys_are_located_errors(tmp_path):
              "config": {"type": "tcp", "body_contains": "x", "timeout": "soon"}},
         ],
     )
-    conf = tmp_path / "heliosd.yaml"
-    conf.write_text(to_yaml(cfg))
-    proc = subprocess.run(
-        [str(HELIOSD), "-t", "-c", str(conf), "-m", str(MODULE_DIR)],
-        capture_output=True, text=True, timeout=60,
-    )
-    err = proc.stderr
-    assert proc.returncode != 0, err
+    rc, _, err = check_config(cfg)
+    assert rc != 0, err
     for marker in SANITIZER_MARKERS:
         assert marker not in err
     expected = [

@@ -20,6 +20,8 @@ from conftest import (
     free_port,
     is_sanitizer_build,
     make_config,
+    run_config_check,
+    write_config_file,
 )
 
 
@@ -102,20 +104,10 @@ def config_text(port, name, where):
 
 def check_config(tmp_path, text, name="heliosd.yaml", module_dir=TEST_MODULE_DIR):
     """Runs heliosd -t on TEXT; returns (CompletedProcess, config path)."""
-    if not HELIOSD.exists():
-        pytest.fail(f"heliosd not built: {HELIOSD}")
     if not (TEST_MODULE_DIR / "rejects_config.so").exists():
         pytest.fail(f"test modules not built in {TEST_MODULE_DIR}")
-    cfg = tmp_path / name
-    cfg.write_text(text)
-    p = subprocess.run(
-        [str(HELIOSD), "-t", "-c", str(cfg), "-m", str(module_dir)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        timeout=60,
-    )
-    return p, cfg
+    cfg = write_config_file(tmp_path, text, name)
+    return run_config_check(cfg, module_dir=module_dir), cfg
 
 
 def assert_one_error(p, cfg, located, fragments=()):

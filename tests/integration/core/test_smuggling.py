@@ -18,7 +18,6 @@ from conftest import (
     proxy_route,
     raw,
     static_route,
-    to_yaml,
     upstream_conf,
 )
 
@@ -213,7 +212,7 @@ def test_good_request_after_rejections_still_served(proxy):
     assert status == 200 and body == b"hi\n"
 
 
-def test_crlf_in_configured_response_header_is_never_emitted(tmp_path):
+def test_crlf_in_configured_response_header_is_never_emitted(check_config):
     """A header value with CR/LF in the config must be refused at load time
     (or at least never reach the wire)."""
     port = free_port()
@@ -221,15 +220,8 @@ def test_crlf_in_configured_response_header_is_never_emitted(tmp_path):
         port,
         [static_route("x", "x", headers={"X-Inject": "a\r\nX-Injected: 1"})],
     )
-    d = tmp_path / "crlf"
-    d.mkdir()
-    (d / "c.yaml").write_text(to_yaml(cfg))
-    p = subprocess.run(
-        [str(HELIOSD), "-t", "-c", str(d), "-m", str(MODULE_DIR)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        timeout=30,
-    )
+    p = check_config(cfg, "c.yaml")
+    d = p.path.parent
     if p.returncode == 0:
         # Accepted: then start it and make sure the bytes never appear.
         proc = subprocess.Popen([str(HELIOSD), "-c", str(d), "-m", str(MODULE_DIR)],
@@ -245,5 +237,4 @@ def test_crlf_in_configured_response_header_is_never_emitted(tmp_path):
             proc.wait(timeout=30)
     else:
         assert p.returncode == 1
-        err = p.stderr.decode(errors="replace")
-        assert "c.yaml" in err, err
+        assert "c.yaml" in p.stderr, p.stderr

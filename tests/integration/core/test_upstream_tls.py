@@ -9,8 +9,7 @@ import re
 
 import pytest
 
-from conftest import free_port, http_request, make_config, proxy_route, upstream_conf
-from test_tls import make_ca, make_cert
+from conftest import free_port, http_request, make_ca, make_cert, make_config, proxy_route, upstream_conf
 
 
 @pytest.fixture(scope="module")
@@ -107,18 +106,11 @@ def test_plain_backend_behind_a_tls_upstream_fails_cleanly(heliosd, backend, pki
     assert e.alive()
 
 
-def test_upstream_tls_config_errors(tmp_path, pki):
-    import subprocess
-    import yaml
-    from conftest import HELIOSD, MODULE_DIR
-
+def test_upstream_tls_config_errors(tmp_path, pki, check_config):
     def check(tls, expect):
         cfg = make_config(free_port(), [proxy_route("app", "app")], {"app": {
             "backends": [{"name": "t", "address": "127.0.0.1:9"}], "tls": tls}})
-        f = tmp_path / "c.yaml"
-        f.write_text(yaml.safe_dump(cfg))
-        p = subprocess.run([str(HELIOSD), "-t", "-c", str(f), "-m", str(MODULE_DIR)],
-                           capture_output=True, text=True, timeout=30)
+        p = check_config(cfg, "c.yaml")
         assert p.returncode == 1 and re.search(expect, p.stderr), p.stderr
 
     check({"ca": str(tmp_path / "nope.pem")}, r"tls\.ca: CA file .*nope\.pem: No such file")

@@ -15,7 +15,6 @@ upstream attempts is measured exactly, not inferred from logs.
 import re
 import socket
 import struct
-import subprocess
 import threading
 import time
 from collections import Counter
@@ -23,13 +22,10 @@ from collections import Counter
 import pytest
 
 from conftest import (
-    HELIOSD,
-    MODULE_DIR,
     free_port,
     http_request,
     make_config,
     proxy_route,
-    to_yaml,
     upstream_conf,
     wait_for,
 )
@@ -336,15 +332,12 @@ def test_tries_1_passes_the_503_through(heliosd, scripted):
     ],
     ids=["unknown-condition", "unknown-status", "tries-0", "tries-11"],
 )
-def test_bad_retries_config_is_a_located_error(tmp_path, retries, where):
+def test_bad_retries_config_is_a_located_error(check_config, retries, where):
     cfg = make_config(
         free_port(),
         [proxy_route("app", "app")],
         {"app": upstream_conf({"name": "a", "address": "127.0.0.1:1"}, retries=retries)},
     )
-    f = tmp_path / "h.yaml"
-    f.write_text(to_yaml(cfg))
-    p = subprocess.run([str(HELIOSD), "-t", "-c", str(f), "-m", str(MODULE_DIR)],
-                       capture_output=True, text=True, timeout=30)
+    p = check_config(cfg, "h.yaml")
     assert p.returncode == 1, (p.returncode, p.stderr)
-    assert re.search(rf"{re.escape(str(f))}:\d+:\d+: .*{re.escape(where)}", p.stderr), p.stderr
+    assert re.search(rf"{re.escape(str(p.path))}:\d+:\d+: .*{re.escape(where)}", p.stderr), p.stderr

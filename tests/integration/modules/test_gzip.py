@@ -6,15 +6,12 @@ the headers it rewrites; located configuration errors."""
 import gzip
 import http.client
 import re
-import subprocess
 import time
 import zlib
 
 import pytest
 
 from conftest import (
-    HELIOSD,
-    MODULE_DIR,
     RssSampler,
     free_port,
     is_sanitizer_build,
@@ -23,7 +20,6 @@ from conftest import (
     pattern_ok,
     proxy_route,
     rss_kb,
-    to_yaml,
     upstream_conf,
 )
 
@@ -372,34 +368,24 @@ def test_per_route_filter_and_level(heliosd, backend):
 # configuration errors
 
 
-def check_config(tmp_path, modules):
-    d = tmp_path / "conf"
-    d.mkdir(exist_ok=True)
-    cfg = make_config(
+def config_with(modules):
+    return make_config(
         free_port(),
         [proxy_route("app", "app")],
         {"app": {"backends": [{"address": "127.0.0.1:9"}]}},
         modules=modules,
     )
-    (d / "heliosd.yaml").write_text(to_yaml(cfg))
-    p = subprocess.run(
-        [str(HELIOSD), "-t", "-c", str(d), "-m", str(MODULE_DIR)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        timeout=30,
-    )
-    return p.returncode, p.stderr
 
 
-def test_config_errors_are_located(tmp_path):
-    rc, err = check_config(
-        tmp_path,
-        [
-            gzip_module(level=0, min_length="lots", types=["text/html", "text", "a/b; charset=x"], bogus=1),
-            gzip_module(types="text/html"),
-            gzip_module(level=10),
-        ],
+def test_config_errors_are_located(check_config):
+    rc, _, err = check_config(
+        config_with(
+            [
+                gzip_module(level=0, min_length="lots", types=["text/html", "text", "a/b; charset=x"], bogus=1),
+                gzip_module(types="text/html"),
+                gzip_module(level=10),
+            ]
+        )
     )
     assert rc != 0
     loc = r"heliosd\.yaml:\d+:\d+: "
@@ -415,9 +401,10 @@ def test_config_errors_are_located(tmp_path):
     assert len(re.findall(loc + r".*level", err)) >= 2, err
 
 
-def test_valid_config_passes(tmp_path):
-    rc, err = check_config(
-        tmp_path,
-        [gzip_module(), gzip_module(types=["*"], min_length="1k", level=9), {"module": "gzip", "config": None}],
+def test_valid_config_passes(check_config):
+    rc, _, err = check_config(
+        config_with(
+            [gzip_module(), gzip_module(types=["*"], min_length="1k", level=9), {"module": "gzip", "config": None}]
+        )
     )
     assert rc == 0, err
