@@ -15,6 +15,8 @@ void hx_arena_init(hx_arena *a, hx_arena_block *first, size_t first_cap)
 
 void *hx_arena_alloc(hx_arena *a, size_t size)
 {
+    if (size > SIZE_MAX - sizeof(hx_arena_block) - 16)
+        return NULL; /* rounding or the block header would wrap */
     size = (size + 15) & ~(size_t)15;
     if (size == 0)
         size = 16;

@@ -81,9 +81,14 @@ int hx_log_reopen(void)
     int fd = open(log_path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
     if (fd < 0)
         return -1;
-    /* Writers that loaded the old fd may still write a line to it; closing
-     * right after the swap is fine because write(2) on a closed fd fails
-     * harmlessly and the line is lost only in that race. */
+    /* Writers may hold the current descriptor number: put the new file
+     * under that same number (dup2 is atomic), so no line can go to a
+     * descriptor that was closed and reused meanwhile. */
+    int cur = atomic_load(&log_fd);
+    if (cur != STDERR_FILENO && dup2(fd, cur) == cur) {
+        close(fd);
+        return 0;
+    }
     int old = atomic_exchange(&log_fd, fd);
     if (old != STDERR_FILENO)
         close(old);

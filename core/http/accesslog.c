@@ -44,6 +44,14 @@ int hx_accesslog_reopen(void)
         hx_error("access log %s: %s", al_path, strerror(errno));
         return -1;
     }
+    /* Workers may hold the current descriptor number: put the new file
+     * under that same number (dup2 is atomic), so a write in flight lands
+     * in the old or the new file, never in a reused descriptor. */
+    int cur = atomic_load(&al_fd);
+    if (cur > STDERR_FILENO && dup2(fd, cur) == cur) {
+        close(fd);
+        return 0;
+    }
     int old = atomic_exchange(&al_fd, fd);
     if (old > STDERR_FILENO)
         close(old);

@@ -168,6 +168,21 @@ HX_TEST(a_large_request_gets_a_block_of_its_own_size)
     free(first);
 }
 
+HX_TEST(sizes_that_would_wrap_are_refused)
+{
+    hx_arena_block *first = first_block();
+    hx_arena a;
+    hx_arena_init(&a, first, FIRST_CAP);
+    HX_CHECK(hx_arena_alloc(&a, SIZE_MAX) == NULL);
+    HX_CHECK(hx_arena_alloc(&a, SIZE_MAX - 15) == NULL);
+    HX_CHECK(hx_arena_alloc(&a, SIZE_MAX - 16) == NULL);
+    HX_CHECK(hx_arena_alloc(&a, SIZE_MAX - sizeof(hx_arena_block)) == NULL);
+    char *p = hx_arena_alloc(&a, 32); /* the arena still works */
+    HX_CHECK(p != NULL);
+    hx_arena_reset(&a);
+    free(first);
+}
+
 HX_TEST(reset_keeps_the_first_block_and_starts_over)
 {
     hx_arena_block *first = first_block();
@@ -234,6 +249,7 @@ int main(void)
     HX_RUN(growth_chains_a_heap_block_and_keeps_earlier_slices);
     HX_RUN(many_blocks_keep_every_slice_intact);
     HX_RUN(a_large_request_gets_a_block_of_its_own_size);
+    HX_RUN(sizes_that_would_wrap_are_refused);
     HX_RUN(reset_keeps_the_first_block_and_starts_over);
     HX_RUN(an_empty_first_block_grows_at_once);
     HX_RUN(strndup_copies_n_bytes_and_terminates);

@@ -119,32 +119,50 @@ HX_TEST(reason_phrases_and_classes_for_unknown_codes)
     HX_CHECK_STR_EQ(hx_reason(103), "Informational");
 }
 
+static unsigned last_port;
+
 static const char *host(const char *in)
 {
     helios_buf out = {0};
-    if (hx_host_parse(&arena, in, strlen(in), &out) != 0)
+    last_port = 12345;
+    if (hx_host_parse(&arena, in, strlen(in), &out, &last_port) != 0)
         return NULL;
     HX_CHECK_UINT_EQ(strlen(out.ptr), out.len);
     return out.ptr;
 }
 
-HX_TEST(host_is_lower_cased_without_port_and_malformed_ones_are_refused)
+HX_TEST(host_is_normalised_once_case_port_trailing_dot_brackets)
 {
     arena_fresh();
     HX_CHECK_STR_EQ(host("Example.COM"), "example.com");
+    HX_CHECK_UINT_EQ(last_port, 0);
     HX_CHECK_STR_EQ(host("example.com:8080"), "example.com");
+    HX_CHECK_UINT_EQ(last_port, 8080);
+    HX_CHECK_STR_EQ(host("admin.example."), "admin.example");
+    HX_CHECK_STR_EQ(host("ADMIN.example.:443"), "admin.example");
+    HX_CHECK_UINT_EQ(last_port, 443);
+    HX_CHECK_STR_EQ(host("example.com:"), "example.com"); /* empty port */
+    HX_CHECK_UINT_EQ(last_port, 0);
     HX_CHECK_STR_EQ(host("[::1]:443"), "[::1]");
-    HX_CHECK_STR_EQ(host("[::1]"), "[::1]");
+    HX_CHECK_STR_EQ(host("[2001:DB8::1]"), "[2001:db8::1]");
+    HX_CHECK_STR_EQ(host("[::ffff:127.0.0.1]"), "[::ffff:127.0.0.1]");
     HX_CHECK_STR_EQ(host("127.0.0.1"), "127.0.0.1");
+    HX_CHECK_STR_EQ(host("xn--bcher-kva.example"), "xn--bcher-kva.example");
+    HX_CHECK_STR_EQ(host("a%2Db.example"), "a%2db.example");
     HX_CHECK_STR_EQ(host(""), "");
-    HX_CHECK(host("example.com:80x") == NULL);
-    HX_CHECK(host("[::1") == NULL);
-    HX_CHECK(host("[::1]x") == NULL);
-    HX_CHECK(host("evil.com/x") == NULL);
-    HX_CHECK(host("user@evil.com") == NULL);
-    HX_CHECK(host("a\\b") == NULL);
-    HX_CHECK(host("sp ace") == NULL);
-    HX_CHECK(host("ctl\x01") == NULL);
+}
+
+HX_TEST(malformed_hosts_are_refused)
+{
+    arena_fresh();
+    const char *bad[] = {"example.com:80x", "example.com:0", "example.com:65536",
+                         "example.com:123456", "[::1", "[::1]x", "[zz::1]", "[1.2.3.4]",
+                         "[v1.fe]", "evil.com/x", "user@evil.com", "a\\b", "sp ace",
+                         "ctl\x01", "tab\there", "quote\"d", "<x>", "a%2", "a%zz", ".",
+                         "caf\xc3\xa9.example"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        if (host(bad[i]) != NULL)
+            HX_FAILED_("accepted malformed host '%s'", bad[i]);
 }
 
 int main(void)
@@ -155,7 +173,8 @@ int main(void)
     HX_RUN(list_tokens_ignore_case_spaces_and_version_suffixes);
     HX_RUN(method_ids_are_llhttps_and_other_tokens_are_minus_one);
     HX_RUN(reason_phrases_and_classes_for_unknown_codes);
-    HX_RUN(host_is_lower_cased_without_port_and_malformed_ones_are_refused);
+    HX_RUN(host_is_normalised_once_case_port_trailing_dot_brackets);
+    HX_RUN(malformed_hosts_are_refused);
     hx_arena_reset(&arena);
     free(first);
     return hx_test_summary();
