@@ -4,8 +4,14 @@
 #   packaging/test.sh              normal build (build/)
 #   packaging/test.sh --sanitize   ASan+UBSan build (build-asan/)
 # Extra arguments after -- go to ctest (e.g. -- -R proxy).
+#   SKIP_DEPS=1   do not run install-deps.sh (it returns at once when every
+#                 package is there, so this is rarely needed)
 set -eu
 cd "$(dirname "$0")/.."
+if [ "${SKIP_DEPS:-0}" != 1 ]; then
+    # root installs what is missing; anyone else is told what is missing
+    sh packaging/install-deps.sh || [ "$(id -u)" != 0 ]
+fi
 san=0
 if [ "${1:-}" = "--sanitize" ]; then
     san=1

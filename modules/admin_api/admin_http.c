@@ -383,6 +383,7 @@ int aa_http_start(aa_config *c)
                         ? ntohs(((struct sockaddr_in6 *)&c->listen)->sin6_port)
                         : ntohs(((struct sockaddr_in *)&c->listen)->sin_port);
     errno = 0;
+    /* the logger first: libmicrohttpd warns when another option precedes it */
     c->daemon = MHD_start_daemon(
         flags, port, NULL, NULL, on_request, c, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, c,
         MHD_OPTION_SOCK_ADDR, (const struct sockaddr *)&c->listen, MHD_OPTION_NOTIFY_COMPLETED,
