@@ -7,7 +7,10 @@ set -eu
 
 BUILD="build-essential cmake pkg-config git ca-certificates
  libev-dev node-llhttp libnghttp2-dev libssl-dev libjansson-dev libyaml-dev
- zlib1g-dev libjwt-dev libmicrohttpd-dev libhiredis-dev"
+ zlib1g-dev libjwt-dev libmicrohttpd-dev libhiredis-dev libsystemd-dev"
+# CI builds with clang too, and builds, checks and installs the Debian
+# packages (packaging/deb-test.sh); systemd brings systemd-analyze.
+PACKAGE="clang-14 debhelper lintian fakeroot systemd"
 # The build itself fetches the pinned QuickJS sources (npm package qjsc) from
 # registry.npmjs.org with CMake and checks their sha512 (modules/js). Node.js
 # is for bench/js.sh (the JS handler against node's http). A machine that
@@ -20,7 +23,7 @@ TEST="python3 python3-pytest python3-h2 python3-websockets
  python3-prometheus-client python3-yaml python3-jwt python3-cryptography python3-grpcio
  python3-protobuf openssl redis-server curl valgrind procps iproute2"
 BENCH="wrk nginx-light haproxy nghttp2-client"
-ALL="$BUILD $FETCH $TEST $BENCH"
+ALL="$BUILD $PACKAGE $FETCH $TEST $BENCH"
 
 # dpkg-query prints one status per package it knows; a package it does not
 # know at all makes it exit 1 (and prints nothing for it).
