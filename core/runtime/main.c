@@ -35,6 +35,70 @@
 #include "runtime/runtime.h"
 
 
+/* The directory of the running binary, resolved. 0 or -1. */
+static int exe_dir(char *buf, size_t len)
+{
+    char exe[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+    if (n <= 0)
+        return -1;
+    exe[n] = '\0';
+    char *slash = strrchr(exe, '/');
+    if (slash == NULL)
+        return -1;
+    *slash = '\0';
+    if (strlen(exe) >= len)
+        return -1;
+    strcpy(buf, exe);
+    return 0;
+}
+
+/* An installed directory as compiled in (HELIOS_INSTALL_*_DIR): absolute,
+ * or relative to the installed heliosd's own directory, so that a tree
+ * installed under any prefix finds its modules and configuration. */
+static const char *installed_dir(const char *compiled, char buf[PATH_MAX])
+{
+    char dir[PATH_MAX];
+    if (compiled[0] == '/' || exe_dir(dir, sizeof(dir)) != 0)
+        return compiled;
+    size_t dl = strlen(dir), cl = strlen(compiled);
+    if (dl + 1 + cl >= PATH_MAX)
+        return compiled;
+    char joined[PATH_MAX];
+    memcpy(joined, dir, dl);
+    joined[dl] = '/';
+    memcpy(joined + dl + 1, compiled, cl + 1);
+    /* tidy (no "sbin/..") when it exists; as joined when it does not */
+    if (realpath(joined, buf) == NULL)
+        memcpy(buf, joined, dl + cl + 2);
+    return buf;
+}
+
+static int in_build_tree(void)
+{
+    char dir[PATH_MAX], build[PATH_MAX];
+    return exe_dir(dir, sizeof(dir)) == 0 && realpath(HELIOS_BUILD_DIR, build) &&
+           strcmp(build, dir) == 0;
+}
+
+/* A binary run from the build tree uses the build's modules and the
+ * source's conf.d/; an installed one what was installed with it. */
+static const char *default_module_dir(void)
+{
+    static char path[PATH_MAX];
+    if (in_build_tree())
+        return HELIOS_BUILD_MODULE_DIR;
+    return installed_dir(HELIOS_INSTALL_MODULE_DIR, path);
+}
+
+static const char *default_conf(void)
+{
+    static char path[PATH_MAX];
+    if (in_build_tree())
+        return HELIOS_SOURCE_CONF_DIR;
+    return installed_dir(HELIOS_INSTALL_CONF_DIR, path);
+}
+
 static void usage(FILE *f)
 {
     fprintf(f, "usage: heliosd -c PATH [-m MODULE_DIR] [-t]\n"
@@ -42,11 +106,12 @@ static void usage(FILE *f)
                "       heliosd COMMAND [-m MODULE_DIR] [ARGS...]\n"
                "           a module's command, e.g. compile SCRIPT.js -o OUT.qjsbc (js)\n"
                "  -c PATH  configuration: a directory (every *.yaml, lexical order, merged)\n"
-               "           or one file (default /etc/helios)\n"
+               "           or one file (default %s)\n"
                "  -m DIR   module directory (overrides module_path)\n"
                "  -t       validate the configuration, print every error, exit 0 or 1\n"
                "  -V       print versions and exit\n"
-               "  -h       this help\n");
+               "  -h       this help\n",
+            default_conf());
 }
 
 static void print_versions(void)
@@ -62,25 +127,8 @@ static void print_versions(void)
     printf("libyaml %s\n", yaml_get_version_string());
     printf("zlib %s\n", zlibVersion());
     printf("jansson %s\n", JANSSON_VERSION);
-    printf("module directory %s\n", HELIOS_INSTALL_MODULE_DIR);
-}
-
-/* A binary run from the build tree uses the build's modules. */
-static const char *default_module_dir(void)
-{
-    static char exe[PATH_MAX];
-    ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
-    if (n > 0) {
-        exe[n] = '\0';
-        char *slash = strrchr(exe, '/');
-        if (slash) {
-            *slash = '\0';
-            char build[PATH_MAX];
-            if (realpath(HELIOS_BUILD_DIR, build) && strcmp(build, exe) == 0)
-                return HELIOS_BUILD_MODULE_DIR;
-        }
-    }
-    return HELIOS_INSTALL_MODULE_DIR;
+    printf("module directory %s\n", default_module_dir());
+    printf("configuration %s\n", default_conf());
 }
 
 static void print_errors(hx_conf_tree *t)
@@ -383,7 +431,7 @@ int main(int argc, char **argv)
     hx_runtime_wire(); /* before anything loads a module */
     if (argc > 1 && argv[1][0] != '-')
         return command_main(argc - 1, argv + 1);
-    const char *conf = "/etc/helios";
+    const char *conf = default_conf();
     int test = 0, opt;
     hx_srv.module_override = NULL;
     while ((opt = getopt(argc, argv, "c:m:tVh")) != -1) {
