@@ -759,7 +759,9 @@ int main(int argc, char **argv)
         ev_signal_stop(loop, &sigs[i]);
     ev_child_stop(loop, &upgrade_watch);
     ev_async_stop(loop, &hx_srv.reload_async);
-    hx_pidfile_remove(pid_file);
+    /* after a take-over the file is the new heliosd's, written or not yet */
+    if (!handed_over)
+        hx_pidfile_remove(pid_file);
     free(pid_file);
     hx_gen_unref(hx_srv.gen);
     hx_srv.gen = NULL;
