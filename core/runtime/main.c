@@ -724,8 +724,12 @@ int main(int argc, char **argv)
     }
     /* the heliosd we replace stops accepting, then frees its service
      * addresses (admin API, metrics) for ours */
-    if (upgrade_parent > 0)
+    if (upgrade_parent > 0) {
+        /* under systemd this process becomes the main one (MAINPID) before
+         * the old one may exit, or the service would be seen as stopped */
+        hx_notify("STATUS=binary upgrade: taking over");
         hx_upgrade_take_over(upgrade_parent, 10000);
+    }
     if (service_start(g) != 0) {
         /* like a listener that cannot bind: refuse to run half-configured */
         hx_error("not starting: a module service failed to start");
