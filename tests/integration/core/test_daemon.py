@@ -223,3 +223,38 @@ def test_bind_permission_error_names_the_capability(shared_dir):
     assert p.returncode == 1
     assert re.search(rf"bind 127\.0\.0\.1:{port}: Permission denied \(a port below 1024 needs "
                      r"root or CAP_NET_BIND_SERVICE", p.stderr), p.stderr
+
+
+def test_sd_notify_ready_reloading_stopping(heliosd, tmp_path):
+    """Under systemd (Type=notify), heliosd says READY=1 once it serves,
+    RELOADING=1 then READY=1 around a reload, STOPPING=1 when it stops."""
+    if "systemd notify: yes" not in run("-V").stdout:
+        pytest.skip("heliosd built without libsystemd: no sd_notify to test")
+    path = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(20)
+    old = os.environ.get("NOTIFY_SOCKET")
+    os.environ["NOTIFY_SOCKET"] = path
+    try:
+        h = heliosd(make_config(free_port(), [static_route("x", "x\n")]))
+    finally:
+        if old is None:
+            del os.environ["NOTIFY_SOCKET"]
+        else:
+            os.environ["NOTIFY_SOCKET"] = old
+
+    def next_message():
+        return sock.recv(4096).decode()
+
+    try:
+        m = next_message()
+        assert "READY=1" in m and f"MAINPID={h.pid}" in m, m
+        h.reload()
+        assert "RELOADING=1" in next_message()
+        assert "READY=1" in next_message()
+        h.signal(signal.SIGTERM)
+        assert "STOPPING=1" in next_message()
+        assert h.wait_exit() == 0
+    finally:
+        sock.close()
