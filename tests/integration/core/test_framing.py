@@ -204,3 +204,43 @@ def test_a_dead_backend_does_not_write_one_error_line_per_request(heliosd, tmp_p
     assert len(lines) < n / 10, f"{len(lines)} lines for {n} identical failures"
     counts = [int(m) for m in re.findall(r"last message repeated (\d+) times", text)]
     assert counts and sum(counts) + len(lines) >= n, (counts, len(lines))
+
+
+# ---- request buffering ----
+
+def backend_view(r):
+    assert r.status == 200, (r.status, r.body[:200])
+    return {n.lower(): v for n, v in json.loads(r.body)["headers"]}
+
+
+def test_a_small_chunked_body_reaches_the_origin_with_a_content_length(proxy):
+    with RawConn(proxy.port, timeout=10) as c:
+        c.send(chunked_post(b"/headers", b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"))
+        seen = backend_view(c.read_response())
+    assert seen.get("content-length") == "5" and "transfer-encoding" not in seen
+
+
+def test_a_body_larger_than_request_buffering_streams_chunked_and_intact(heliosd, backend):
+    port = free_port()
+    h = heliosd(make_config(port, [proxy_route("app", "app")],
+                            {"app": upstream_conf(backend, request_buffering="4k")}))
+    body = bytes(range(256)) * 64  # 16 KiB in 4 chunks: past the 4k buffer
+    chunks = b"".join(b"1000\r\n" + body[i:i + 4096] + b"\r\n" for i in range(0, len(body), 4096))
+    with RawConn(h.port, timeout=10) as c:
+        c.send(chunked_post(b"/echo", chunks + b"0\r\n\r\n"))
+        r = c.read_response()
+    assert r.status == 200 and r.body == body
+    with RawConn(h.port, timeout=10) as c:
+        c.send(chunked_post(b"/headers", chunks + b"0\r\n\r\n"))
+        seen = backend_view(c.read_response())
+    assert seen.get("transfer-encoding") == "chunked" and "content-length" not in seen
+
+
+def test_request_buffering_0_streams_every_body(heliosd, backend):
+    port = free_port()
+    h = heliosd(make_config(port, [proxy_route("app", "app")],
+                            {"app": upstream_conf(backend, request_buffering=0)}))
+    with RawConn(h.port, timeout=10) as c:
+        c.send(chunked_post(b"/headers", b"3\r\nabc\r\n0\r\n\r\n"))
+        seen = backend_view(c.read_response())
+    assert seen.get("transfer-encoding") == "chunked"
