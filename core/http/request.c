@@ -337,20 +337,22 @@ static void refuse_method(hx_req *r)
 
 /* The Host field value heliosd sends on: HOST, and the port when one was
  * given that is not the default of the client's scheme. */
-static int set_host_header(hx_req *r, helios_buf host, unsigned port)
+static int set_host_header(hx_req *r, helios_buf field, helios_buf host, unsigned port)
 {
-    hx_hdrs_remove(&r->hdrs, "host");
-    if (host.len == 0)
-        return 0; /* HTTP/1.0 without Host: the proxy names the backend */
     char v[300];
-    if (host.len > sizeof(v) - 8)
-        return -1;
-    memcpy(v, host.ptr, host.len);
     size_t n = host.len;
+    if (n > sizeof(v) - 8)
+        return -1;
+    memcpy(v, host.ptr, n);
     if (port && port != (r->https ? 443u : 80u)) {
         v[n++] = ':';
         n += hx_u64_dec(v + n, port);
     }
+    if (n && field.len == n && memcmp(field.ptr, v, n) == 0)
+        return 0; /* already the one value (the usual case): nothing to copy */
+    hx_hdrs_remove(&r->hdrs, "host");
+    if (n == 0)
+        return 0; /* HTTP/1.0 without Host: the proxy names the backend */
     return hx_hdrs_add(&r->arena, &r->hdrs, "Host", 4, v, n);
 }
 
@@ -387,7 +389,7 @@ static int req_identity(hx_req *r)
         return -1;
     }
     r->host = host;
-    if (set_host_header(r, host, port) != 0) {
+    if (set_host_header(r, field, host, port) != 0) {
         hx_req_error(r, 400, "invalid Host header");
         return -1;
     }
