@@ -634,8 +634,6 @@ int main(int argc, char **argv)
     self_argv = argv;
     if (realpath("/proc/self/exe", self_exe) == NULL)
         snprintf(self_exe, sizeof(self_exe), "%s", argv[0]);
-    hx_listeners_inherit(getenv("HELIOS_LISTEN_FDS"));
-    pid_t upgrade_parent = hx_upgrade_parent();
     signal(SIGPIPE, SIG_IGN);
     /* every connection costs a descriptor, a proxied one two: use what the
      * hard limit allows (nginx's worker_rlimit_nofile, automatic) */
@@ -704,6 +702,10 @@ int main(int argc, char **argv)
         sigaddset(&set, signums[i]);
     sigaddset(&set, SIGCHLD);
     pthread_sigmask(SIG_BLOCK, &set, &old);
+    /* a binary upgrade's sockets: taken by hx_workers_start, the rest
+     * closed right after (nothing may return in between: they are heap) */
+    hx_listeners_inherit(getenv("HELIOS_LISTEN_FDS"));
+    pid_t upgrade_parent = hx_upgrade_parent(); /* clears the variables */
     int started = hx_workers_start(g);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     hx_listeners_inherited_close();
