@@ -12,7 +12,8 @@ export DEBIAN_FRONTEND=noninteractive
 
 BUILD="build-essential cmake pkg-config git ca-certificates
  libev-dev node-llhttp libnghttp2-dev libssl-dev libjansson-dev libyaml-dev
- zlib1g-dev libjwt-dev libmicrohttpd-dev libhiredis-dev"
+ zlib1g-dev libjwt-dev libmicrohttpd-dev libhiredis-dev
+ clang-14 libfuzzer-14-dev"
 # The build itself fetches the pinned QuickJS sources (npm package qjsc) from
 # registry.npmjs.org with CMake and checks their sha512 (modules/js). Node.js
 # is for bench/js.sh (the JS handler against node's http). A machine that

@@ -3,9 +3,14 @@
 # unit tests and the pytest integration tests against the real binary.
 #   packaging/test.sh              normal build (build/)
 #   packaging/test.sh --sanitize   ASan+UBSan build (build-asan/)
+#   packaging/test.sh --fuzz       libFuzzer build (build-fuzz/), each harness
+#                                  for a bounded time (packaging/fuzz.sh)
 # Extra arguments after -- go to ctest (e.g. -- -R proxy).
 set -eu
 cd "$(dirname "$0")/.."
+if [ "${1:-}" = "--fuzz" ]; then
+    exec sh packaging/fuzz.sh
+fi
 san=0
 if [ "${1:-}" = "--sanitize" ]; then
     san=1

@@ -168,6 +168,13 @@ int hx_workers_switch(hx_gen *g);
 /* Main thread: graceful stop; blocks until workers exit or TIMEOUT passes. */
 void hx_workers_stop(uint64_t timeout_ms);
 
+/* Tests and fuzzing (tests/fuzz): the calling thread runs W (zeroed, with
+ * its loop) on G for the rest of the process, with no thread and no
+ * listening socket of its own: W gets G's worker view (module worker
+ * states) and hx_worker_self() is W. Connections come in through the
+ * accept hook on the caller's hx_lsock. 0, or -1 when out of memory. */
+int hx_worker_attach(hx_worker *w, hx_gen *g);
+
 /* Any thread: runs FN(ARG) on W. 0, or -1 if W no longer takes tasks. */
 int hx_worker_post(hx_worker *w, void (*fn)(void *), void *arg);
 /* Worker thread: the worker running this thread, or NULL. */

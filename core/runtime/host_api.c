@@ -24,6 +24,8 @@
 #define NODE(n) ((const hx_conf_node *)(n))
 
 static void api_log(int level, const char *module, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void api_log(int level, const char *module, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -81,6 +83,8 @@ static const char *api_conf_scalar(const helios_conf *n)
     return n && NODE(n)->kind == HX_CONF_SCALAR ? NODE(n)->scalar : NULL;
 }
 
+static void api_conf_error(const helios_conf *n, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 static void api_conf_error(const helios_conf *n, const char *fmt, ...)
 {
     char msg[1024];

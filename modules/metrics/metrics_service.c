@@ -71,6 +71,7 @@ static enum MHD_Result mx_http(void *cls, struct MHD_Connection *conn, const cha
 }
 
 /* libmicrohttpd's own messages, into the error log with our prefix. */
+static void mx_mhd_log(void *cls, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
 static void mx_mhd_log(void *cls, const char *fmt, va_list ap)
 {
     (void)cls;
