@@ -16,7 +16,7 @@ import socket
 import ssl
 import time
 
-from conftest import make_ca, make_cert
+from conftest import RawConn, make_ca, make_cert
 from test_http2 import (
     DATA,
     END_HEADERS,
@@ -137,21 +137,10 @@ def test_trailers_on_a_lower_stream_that_is_still_open_are_fine(h2):
 
 def plain_exchange(port, data, timeout=5.0):
     """Sends DATA on a fresh connection; (bytes received, closed by server)."""
-    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-    s.sendall(data)
-    got = b""
-    try:
-        while True:
-            b = s.recv(65536)
-            if not b:
-                return got, True
-            got += b
-    except ConnectionResetError:
-        return got, True
-    except socket.timeout:
-        return got, False
-    finally:
-        s.close()
+    with RawConn(port, timeout=timeout) as c:
+        c.send(data)
+        closed = c.wait_closed(timeout)
+        return bytes(c.buf), closed
 
 
 def test_invalid_preface_on_an_h2c_listener_is_closed_without_an_http1_answer(h2):
@@ -185,17 +174,11 @@ def test_http1_on_an_h2c_listener_still_gets_its_answers_and_400s(h2):
     got, _ = plain_exchange(h.port, b"GET / HTTP/1.1\r\nBad Name: x\r\n\r\n")
     assert got.startswith(b"HTTP/1.1 400"), got
     # a request line split across reads is waited for, not judged early
-    s = socket.create_connection(("127.0.0.1", h.port), timeout=5)
-    s.sendall(b"GET /sta")
-    time.sleep(0.1)
-    s.sendall(b"tic HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-    got = b""
-    while True:
-        b = s.recv(65536)
-        if not b:
-            break
-        got += b
-    s.close()
+    with RawConn(h.port) as c:
+        c.send(b"GET /sta")
+        time.sleep(0.1)
+        c.send(b"tic HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        got = c.read_to_eof()
     assert got.startswith(b"HTTP/1.1 200"), got
 
 
