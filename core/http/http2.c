@@ -172,11 +172,9 @@ void hx_h2_reap(hx_conn *c)
 
 static int stream_takes_body(hx_req *r)
 {
-    if (r->body_discard || r->phase == HX_PH_DONE || r->phase == HX_PH_RESPONDING)
+    if (r->phase == HX_PH_DONE || r->phase == HX_PH_RESPONDING)
         return 1; /* dropped, but still acknowledged */
-    if (hx_req_body_wanted_by_handler(r))
-        return 1;
-    return r->phase == HX_PH_PROXY && hx_proxy->body_writable(r);
+    return hx_req_takes_body(r);
 }
 
 static void stream_push_body_loop(hx_h2_stream *st, hx_h2 *h, hx_req *r);
