@@ -53,7 +53,10 @@ static void reset_backends(void)
     backends[1].weight = 5;
 }
 
-static const fz_backend *B(const helios_backend *b) { return (const fz_backend *)b; }
+static const fz_backend *B(const helios_backend *b)
+{
+    return (const fz_backend *)b;
+}
 
 static void h_log(int level, const char *module, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -68,7 +71,10 @@ static void h_log(int level, const char *module, const char *fmt, ...)
     va_end(ap);
 }
 
-static int is_app(const char *u) { return u && strcmp(u, "app") == 0; }
+static int is_app(const char *u)
+{
+    return u && strcmp(u, "app") == 0;
+}
 
 static fz_backend *find(const char *name)
 {
@@ -143,8 +149,14 @@ static long h_walk(const char *u, void (*fn)(void *, const helios_backend *), vo
     return (long)nbackends;
 }
 
-static const char *h_balancer_name(const char *u) { return is_app(u) ? "round_robin" : NULL; }
-static size_t h_upstreams_count(void) { return 1; }
+static const char *h_balancer_name(const char *u)
+{
+    return is_app(u) ? "round_robin" : NULL;
+}
+static size_t h_upstreams_count(void)
+{
+    return 1;
+}
 
 static int h_upstream_name(size_t i, char *buf, size_t size)
 {
@@ -154,29 +166,63 @@ static int h_upstream_name(size_t i, char *buf, size_t size)
     return 0;
 }
 
-static const char *h_bname(const helios_backend *b) { return B(b)->name; }
-static const char *h_baddr(const helios_backend *b) { return B(b)->address; }
-static uint32_t h_bweight(const helios_backend *b) { return B(b)->weight; }
-static int h_busable(const helios_backend *b) { return !B(b)->draining; }
-static int h_bhealthy(const helios_backend *b) { return !B(b)->draining; }
-static int h_bdraining(const helios_backend *b) { return B(b)->draining; }
-static uint32_t h_binflight(const helios_backend *b) { return (uint32_t)(B(b) - backends); }
-static uint64_t h_bcount(const helios_backend *b) { return 1000u * B(b)->weight; }
-static int h_bbreaker(const helios_backend *b) { return B(b)->draining ? 1 : 0; }
+static const char *h_bname(const helios_backend *b)
+{
+    return B(b)->name;
+}
+static const char *h_baddr(const helios_backend *b)
+{
+    return B(b)->address;
+}
+static uint32_t h_bweight(const helios_backend *b)
+{
+    return B(b)->weight;
+}
+static int h_busable(const helios_backend *b)
+{
+    return !B(b)->draining;
+}
+static int h_bhealthy(const helios_backend *b)
+{
+    return !B(b)->draining;
+}
+static int h_bdraining(const helios_backend *b)
+{
+    return B(b)->draining;
+}
+static uint32_t h_binflight(const helios_backend *b)
+{
+    return (uint32_t)(B(b) - backends);
+}
+static uint64_t h_bcount(const helios_backend *b)
+{
+    return 1000u * B(b)->weight;
+}
+static int h_bbreaker(const helios_backend *b)
+{
+    return B(b)->draining ? 1 : 0;
+}
 
 static uint64_t h_btransitions(const helios_backend *b, int state)
 {
     return (uint64_t)state + B(b)->weight;
 }
 
-static uint32_t h_generation(void) { return 7; }
+static uint32_t h_generation(void)
+{
+    return 7;
+}
 
 static int h_core_stats(helios_core_stats *out)
 {
     if (out == NULL || out->size < sizeof(*out))
         return -1;
-    *out = (helios_core_stats){.size = sizeof(*out), .generation = 7, .workers = 2,
-                               .version = "fuzz", .requests = 12345, .bytes_out = 678};
+    *out = (helios_core_stats){.size = sizeof(*out),
+                               .generation = 7,
+                               .workers = 2,
+                               .version = "fuzz",
+                               .requests = 12345,
+                               .bytes_out = 678};
     return 0;
 }
 
@@ -338,8 +384,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     char www[512] = "";
     char cl[32];
     snprintf(cl, sizeof(cl), "%zu", (size_t)(end - p));
-    int answered = aa_req_check(&q, &m, (struct sockaddr *)&peer, authorization, cl, www,
-                                sizeof(www));
+    int answered =
+        aa_req_check(&q, &m, (struct sockaddr *)&peer, authorization, cl, www, sizeof(www));
     if (!answered)
         aa_req_run(&q, &m, (const char *)p, (size_t)(end - p));
 

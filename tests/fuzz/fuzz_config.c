@@ -85,8 +85,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     write_file(nfiles++, p, (size_t)(end - p));
 
     hx_conf_tree *tree = NULL;
-    hx_gen *g = hx_gen_build(dir, HELIOS_BUILD_MODULE_DIR, HELIOS_BUILD_MODULE_DIR, &hx_srv.modreg,
-                             &tree);
+    hx_gen *g =
+        hx_gen_build(dir, HELIOS_BUILD_MODULE_DIR, HELIOS_BUILD_MODULE_DIR, &hx_srv.modreg, &tree);
     if (g != NULL) {
         FZ_CHECK(tree == NULL, "a generation and an error tree");
         FZ_CHECK(g->nlisteners > 0 && g->nroutes > 0, "a generation without listeners or routes");

@@ -82,8 +82,8 @@ static void check_responses(const uint8_t *p, size_t len)
             const uint8_t *q = line;
             while (q < eol && is_tchar(*q))
                 q++;
-            FZ_CHECK(q > line && q < eol && *q == ':', "bad header line: %.*s",
-                     (int)(eol - line), (const char *)line);
+            FZ_CHECK(q > line && q < eol && *q == ':', "bad header line: %.*s", (int)(eol - line),
+                     (const char *)line);
             for (const uint8_t *v = q + 1; v < eol; v++)
                 FZ_CHECK(*v == '\t' || (*v >= 0x20 && *v != 0x7f) || *v >= 0x80,
                          "control byte in a header value");

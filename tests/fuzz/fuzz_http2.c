@@ -49,8 +49,7 @@ static void decode_block(frames_state *s)
         nghttp2_nv nv;
         int flags = 0;
         ssize_t k = nghttp2_hd_inflate_hd2(s->inf, &nv, &flags, in, left, 1);
-        FZ_CHECK(k >= 0, "a response header block does not decode: %s",
-                 nghttp2_strerror((int)k));
+        FZ_CHECK(k >= 0, "a response header block does not decode: %s", nghttp2_strerror((int)k));
         in += k;
         left -= (size_t)k;
         if (flags & NGHTTP2_HD_INFLATE_EMIT) {
@@ -63,8 +62,7 @@ static void decode_block(frames_state *s)
             } else {
                 FZ_CHECK(nv.namelen > 0 && nv.name[0] != ':', "a pseudo-header after :status");
                 for (size_t i = 0; i < nv.namelen; i++)
-                    FZ_CHECK(!(nv.name[i] >= 'A' && nv.name[i] <= 'Z'),
-                             "an upper-case field name");
+                    FZ_CHECK(!(nv.name[i] >= 'A' && nv.name[i] <= 'Z'), "an upper-case field name");
             }
         }
         if (flags & NGHTTP2_HD_INFLATE_FINAL) {
@@ -150,9 +148,7 @@ static void check_frames(const uint8_t *p, size_t len)
                 s.block_stream = 0;
             }
             break;
-        case NGHTTP2_PRIORITY:
-            FZ_CHECK(0, "PRIORITY from the server");
-            break;
+        case NGHTTP2_PRIORITY: FZ_CHECK(0, "PRIORITY from the server"); break;
         case NGHTTP2_RST_STREAM:
             FZ_CHECK(sid != 0 && flen == 4, "RST_STREAM of %u bytes on stream %u", flen, sid);
             if (done)
@@ -162,28 +158,23 @@ static void check_frames(const uint8_t *p, size_t len)
             FZ_CHECK(sid == 0 && flen % 6 == 0, "SETTINGS of %u bytes on stream %u", flen, sid);
             FZ_CHECK(!(flags & NGHTTP2_FLAG_ACK) || flen == 0, "a SETTINGS ACK with a payload");
             break;
-        case NGHTTP2_PUSH_PROMISE:
-            FZ_CHECK(0, "PUSH_PROMISE from the server");
-            break;
+        case NGHTTP2_PUSH_PROMISE: FZ_CHECK(0, "PUSH_PROMISE from the server"); break;
         case NGHTTP2_PING:
             FZ_CHECK(sid == 0 && flen == 8, "PING of %u bytes on stream %u", flen, sid);
             break;
         case NGHTTP2_GOAWAY:
             FZ_CHECK(sid == 0 && flen >= 8, "GOAWAY of %u bytes on stream %u", flen, sid);
             {
-                uint32_t last = ((uint32_t)pl[0] << 24 | (uint32_t)pl[1] << 16 |
-                                 (uint32_t)pl[2] << 8 | pl[3]) &
-                                0x7fffffffu;
+                uint32_t last =
+                    ((uint32_t)pl[0] << 24 | (uint32_t)pl[1] << 16 | (uint32_t)pl[2] << 8 | pl[3]) &
+                    0x7fffffffu;
                 FZ_CHECK(!s.goaway || last <= s.goaway_last, "a later GOAWAY raised its last id");
                 s.goaway = 1;
                 s.goaway_last = last;
             }
             break;
-        case NGHTTP2_WINDOW_UPDATE:
-            FZ_CHECK(flen == 4, "WINDOW_UPDATE of %u bytes", flen);
-            break;
-        default:
-            FZ_CHECK(0, "unknown frame type %u from the server", type);
+        case NGHTTP2_WINDOW_UPDATE: FZ_CHECK(flen == 4, "WINDOW_UPDATE of %u bytes", flen); break;
+        default: FZ_CHECK(0, "unknown frame type %u from the server", type);
         }
         if (s.goaway && sid != 0 && type != NGHTTP2_WINDOW_UPDATE)
             FZ_CHECK(sid <= s.goaway_last, "a frame on stream %u after GOAWAY(last %u)", sid,

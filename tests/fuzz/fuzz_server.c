@@ -87,8 +87,8 @@ int fz_server_start(void)
     }
     fclose(f);
     hx_conf_tree *tree = NULL;
-    hx_gen *g = hx_gen_build(path, HELIOS_BUILD_MODULE_DIR, HELIOS_BUILD_MODULE_DIR,
-                             &hx_srv.modreg, &tree);
+    hx_gen *g =
+        hx_gen_build(path, HELIOS_BUILD_MODULE_DIR, HELIOS_BUILD_MODULE_DIR, &hx_srv.modreg, &tree);
     unlink(path);
     rmdir(dir);
     if (g == NULL) {
@@ -182,8 +182,8 @@ void fz_exchange(const uint8_t *prefix, size_t plen, const uint8_t *in, size_t n
     ev_run(fz_worker.loop, EVRUN_NOWAIT);
     hx_conns_kill(&fz_worker);
     if (getenv("HX_FUZZ_VERBOSE")) /* what came back, for writing seeds */
-        fprintf(stderr, "--- %zu bytes back%s:\n%.*s\n", out->len,
-                out->closed ? ", closed" : "", (int)out->len, (const char *)out->data);
+        fprintf(stderr, "--- %zu bytes back%s:\n%.*s\n", out->len, out->closed ? ", closed" : "",
+                (int)out->len, (const char *)out->data);
 }
 
 void fz_reply_free(fz_reply *r)
