@@ -5,6 +5,7 @@
 #   packaging/fuzz.sh                 build, then FUZZ_SECONDS (default 25) per harness
 #   packaging/fuzz.sh --build-only    build only
 #   FUZZ_SECONDS=60 FUZZ_HARNESSES="http1 http2" packaging/fuzz.sh
+#   FUZZ_SEED=1 packaging/fuzz.sh     libFuzzer's -seed (default: a random one)
 # A finding stops the run with libFuzzer's report; the input is kept in
 # build-fuzz/fuzz/findings/<harness>/ (add it to tests/fuzz/corpus/<harness>/
 # once fixed: ctest replays it from then on).
@@ -37,6 +38,7 @@ for h in $harnesses; do
     echo "=== fuzz $h: ${seconds}s"
     found=0
     "$dir/fuzz/fuzz_$h" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
+        ${FUZZ_SEED:+-seed="$FUZZ_SEED"} \
         -max_len=8192 -print_final_stats=1 -artifact_prefix="$findings/" "$work" \
         >"$log" 2>&1 || found=1
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)
