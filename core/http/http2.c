@@ -536,7 +536,8 @@ static int on_header(nghttp2_session *s, const nghttp2_frame *f, const uint8_t *
         if (valuelen == 0 || cl < 0)
             st->bad = 1;
         r->content_length = cl;
-        return 0; /* the core writes its own framing upstream */
+        /* kept like any header, so filters see it as on HTTP/1.1; both
+         * upstream serialisers write their own framing, never this one */
     }
     /* cookies may come split (RFC 9113 8.2.3): joined at the end */
     if (hx_hdrs_add(&r->arena, &r->hdrs, n, namelen, v, valuelen) != 0)

@@ -110,6 +110,21 @@ void hx_req_log(hx_req *r)
     hx_accesslog_write(r);
 }
 
+/* A hook's return code as its name, for log lines ("returned PAUSE"). */
+static const char *rc_name(int rc)
+{
+    static _Thread_local char other[32];
+    switch (rc) {
+    case HELIOS_CONTINUE: return "CONTINUE";
+    case HELIOS_RESPONDED: return "RESPONDED";
+    case HELIOS_PAUSE: return "PAUSE";
+    case HELIOS_ERROR: return "ERROR";
+    default:
+        snprintf(other, sizeof(other), "unknown code %d", rc);
+        return other;
+    }
+}
+
 /* ------------------------------------------------------------------ */
 /* request buffering                                                   */
 
@@ -200,12 +215,12 @@ int hx_req_body_in(hx_req *r, const char *at, size_t len, int last)
                  * stream is reset instead) */
                 hx_proxy->detach(r);
                 r->body_discard = 1;
-                if (r->ops->no_reuse)
+                if (!last && r->ops->no_reuse) /* with LAST the body is all read */
                     r->ops->no_reuse(r);
                 return 0;
             }
             if (rc != HELIOS_CONTINUE) {
-                hx_error("module %s: on_request_body returned %d", inst->mod->name, rc);
+                hx_error("module %s: on_request_body returned %s", inst->mod->name, rc_name(rc));
                 return -1;
             }
         }
@@ -458,6 +473,18 @@ static void run_request_filters(hx_req *r)
 static void run_handler_or_proxy(hx_req *r)
 {
     const hx_route *rt = r->route;
+    if (!r->has_body) {
+        /* module.h: every request ends its body with on_request_body(LAST),
+         * a bodiless one included (Content-Length: 0, END_STREAM on
+         * HEADERS), before the handler or the upstream sees it, so a
+         * filter that checks bodies cannot be skipped by sending none */
+        if (hx_req_body_in(r, NULL, 0, 1) != 0) {
+            hx_req_error(r, 500, "request body filter failed");
+            return;
+        }
+        if (r->head_sent || r->phase == HX_PH_DONE)
+            return; /* a filter answered */
+    }
     if (rt->handler) {
         r->phase = HX_PH_HANDLER;
         const hx_instance *inst = rt->handler;
@@ -674,7 +701,8 @@ int hx_resp_begin(hx_req *r)
             hx_ctx_init(&ctx, r, inst);
             int rc = inst->mod->filter->on_response_headers(&ctx);
             if (rc != HELIOS_CONTINUE) {
-                hx_error("module %s: on_response_headers returned %d", inst->mod->name, rc);
+                hx_error("module %s: on_response_headers returned %s", inst->mod->name,
+                         rc_name(rc));
                 /* replace the response with a plain 500, no filters */
                 r->route = NULL;
                 hx_proxy->detach(r);
@@ -721,7 +749,7 @@ int hx_resp_body(hx_req *r, const char *p, size_t n, int last)
             hx_ctx_init(&ctx, r, inst);
             int rc = inst->mod->filter->on_response_body(&ctx, &chunk, last);
             if (rc != HELIOS_CONTINUE) {
-                hx_error("module %s: on_response_body returned %d", inst->mod->name, rc);
+                hx_error("module %s: on_response_body returned %s", inst->mod->name, rc_name(rc));
                 hx_resp_abort(r, "response body filter failed");
                 return -1;
             }
