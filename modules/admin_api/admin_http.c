@@ -379,10 +379,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     atomic_fetch_sub(&c->active, 1);
 }
 
-/* libmicrohttpd's format strings: printf-style (clang checks the call) */
-static void on_mhd_log(void *cls, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
-
-static void on_mhd_log(void *cls, const char *fmt, va_list ap)
+static __attribute__((format(printf, 2, 0))) void on_mhd_log(void *cls, const char *fmt,
+                                                             va_list ap)
 {
     (void)cls;
     char msg[512];
@@ -405,6 +403,7 @@ int aa_http_start(aa_config *c)
                         ? ntohs(((struct sockaddr_in6 *)&c->listen)->sin6_port)
                         : ntohs(((struct sockaddr_in *)&c->listen)->sin_port);
     errno = 0;
+    /* the logger first: libmicrohttpd warns when another option precedes it */
     c->daemon = MHD_start_daemon(
         flags, port, NULL, NULL, on_request, c, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, c,
         MHD_OPTION_SOCK_ADDR, (const struct sockaddr *)&c->listen, MHD_OPTION_NOTIFY_COMPLETED,
