@@ -10,7 +10,7 @@ BUILD="build-essential cmake pkg-config git ca-certificates
  zlib1g-dev libjwt-dev libmicrohttpd-dev libhiredis-dev libsystemd-dev"
 # CI builds with clang too, and builds, checks and installs the Debian
 # packages (packaging/deb-test.sh); systemd brings systemd-analyze.
-PACKAGE="clang-14 debhelper lintian fakeroot systemd"
+PACKAGE="clang-14 libfuzzer-14-dev debhelper lintian fakeroot systemd"
 # The build itself fetches the pinned QuickJS sources (npm package qjsc) from
 # registry.npmjs.org with CMake and checks their sha512 (modules/js). Node.js
 # is for bench/js.sh (the JS handler against node's http). A machine that

@@ -185,6 +185,18 @@ static hx_wgen *wgen_new(hx_worker *w, hx_gen *g)
     return v;
 }
 
+int hx_worker_attach(hx_worker *w, hx_gen *g)
+{
+    hx_wgen *v = wgen_new(w, g);
+    if (v == NULL)
+        return -1;
+    hx_gen_ref(g);
+    v->current = 1;
+    w->wgen = v;
+    self = w;
+    return 0;
+}
+
 /* ------------------------------------------------------------------ */
 /* listening sockets                                                   */
 

@@ -168,6 +168,13 @@ int hx_workers_switch(hx_gen *g);
 /* Main thread: graceful stop; blocks until workers exit or TIMEOUT passes. */
 void hx_workers_stop(uint64_t timeout_ms);
 
+/* Tests and fuzzing (tests/fuzz): the calling thread runs W (zeroed, with
+ * its loop) on G for the rest of the process, with no thread and no
+ * listening socket of its own: W gets G's worker view (module worker
+ * states) and hx_worker_self() is W. Connections come in through the
+ * accept hook on the caller's hx_lsock. 0, or -1 when out of memory. */
+int hx_worker_attach(hx_worker *w, hx_gen *g);
+
 /*
  * Binary upgrade: listening sockets handed from one heliosd to the next.
  * The text is "ADDR=FD,FD,...;ADDR=..." (one FD per worker, ADDR as
