@@ -288,10 +288,11 @@ static ssize_t tls_result(bench_conn *c, int n, int is_read)
     }
 }
 
-ssize_t bench_io_read(bench_conn *c, void *buf, size_t len)
+/* One read (into RBUF) or write (from WBUF) of at most LEN bytes. */
+static ssize_t io_once(bench_conn *c, void *rbuf, const void *wbuf, size_t len)
 {
     if (c->ssl == NULL) {
-        ssize_t n = recv(c->fd, buf, len, 0);
+        ssize_t n = rbuf ? recv(c->fd, rbuf, len, 0) : send(c->fd, wbuf, len, MSG_NOSIGNAL);
         if (n >= 0)
             return n;
         if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
@@ -301,33 +302,23 @@ ssize_t bench_io_read(bench_conn *c, void *buf, size_t len)
     }
     ERR_clear_error();
     errno = 0;
-    int n = SSL_read(c->ssl, buf, len > INT32_MAX ? INT32_MAX : (int)len);
+    int max = len > INT32_MAX ? INT32_MAX : (int)len;
+    int n = rbuf ? SSL_read(c->ssl, rbuf, max) : SSL_write(c->ssl, wbuf, max);
     if (n > 0) {
         c->tls_want_write = 0;
         return n;
     }
-    return tls_result(c, n, 1);
+    return tls_result(c, n, rbuf != NULL);
+}
+
+ssize_t bench_io_read(bench_conn *c, void *buf, size_t len)
+{
+    return io_once(c, buf, NULL, len);
 }
 
 ssize_t bench_io_write(bench_conn *c, const void *buf, size_t len)
 {
-    if (c->ssl == NULL) {
-        ssize_t n = send(c->fd, buf, len, MSG_NOSIGNAL);
-        if (n >= 0)
-            return n;
-        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
-            return BENCH_IO_AGAIN;
-        snprintf(c->t->ioerr, sizeof(c->t->ioerr), "%s", strerror(errno));
-        return BENCH_IO_ERROR;
-    }
-    ERR_clear_error();
-    errno = 0;
-    int n = SSL_write(c->ssl, buf, len > INT32_MAX ? INT32_MAX : (int)len);
-    if (n > 0) {
-        c->tls_want_write = 0;
-        return n;
-    }
-    return tls_result(c, n, 0);
+    return io_once(c, NULL, buf, len);
 }
 
 /* ------------------------------------------------------------------ */

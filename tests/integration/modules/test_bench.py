@@ -400,8 +400,8 @@ def test_open_loop_corrected_p99_shows_a_stall_the_uncorrected_one_hides(pybacke
     co, un = d["latency_ms"]["corrected"], d["latency_ms"]["uncorrected"]
     assert un["max"] >= 1000 and co["max"] >= 1000  # both saw the stalls
     assert co["p99"] >= 800, co
-    assert un["p99"] < 200, un  # generous: a loaded or sanitizer machine is slow
-    assert co["p50"] > 5 * un["p50"]
+    assert un["p99"] < 300, un  # a fast request; generous for a loaded or sanitizer machine
+    assert co["p99"] > 3 * un["p99"] and co["p50"] > 5 * un["p50"]
     # the same server in a closed loop hides it too, and has nothing to correct
     d = bench(f"http://127.0.0.1:{b.port}/", "-n", 100, "-c", 1, "-t", 1, "--warmup", 0)
     assert d["latency_ms"]["corrected"] is None
