@@ -773,7 +773,7 @@ static hx_upstream *parse_upstream(build *b, const char *name, const hx_conf_nod
 {
     static const char *const keys[] = {"balancer", "backends", "keepalive",   "timeouts",
                                        "retries",  "protocol", "tls",         "max_tunnels",
-                                       NULL};
+                                       "request_buffering", NULL};
     static const char *const re_keys[] = {"tries", "on", "per_try_timeout", "budget_percent",
                                           "budget_min", NULL};
     static const char *const ka_keys[] = {"max_idle", "idle_timeout", NULL};
@@ -830,6 +830,8 @@ static hx_upstream *parse_upstream(build *b, const char *name, const hx_conf_nod
                     &max_tunnels) < 0)
         ok = 0;
     u->max_tunnels = (unsigned)max_tunnels;
+    get_size(un->kind == HX_CONF_MAP ? un : NULL, "request_buffering", 64 * KiB, 0, 16 * MiB,
+             "0 (stream every body)..16m", &u->request_buffering);
 
     const hx_conf_node *re = opt_map(un, "retries", re_keys);
     long long tries = 3, pct = 20, bmin = 3;

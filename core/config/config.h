@@ -69,6 +69,7 @@ typedef struct hx_upstream {
     uint64_t read_timeout_ms; /* between bytes from the upstream */
     uint64_t send_timeout_ms; /* between bytes to the upstream */
     unsigned max_tunnels;     /* open tunnels per backend, 0 = unlimited */
+    uint64_t request_buffering; /* bodies up to this are read whole first, 0 = stream */
     /* retries (upstream.c) */
     unsigned retry_tries;      /* attempts in all, first included */
     unsigned retry_on;         /* HX_RETRY_* bits */

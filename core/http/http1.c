@@ -932,9 +932,7 @@ static int body_wanted(hx_conn *c)
     hx_req *r = c->req;
     if (r == NULL)
         return 0;
-    if (r->body_discard || hx_req_body_wanted_by_handler(r))
-        return 1;
-    return r->phase == HX_PH_PROXY && hx_proxy->body_writable(r);
+    return hx_req_takes_body(r);
 }
 
 void hx_http1_body_wanted(hx_conn *c)
@@ -945,7 +943,11 @@ void hx_http1_body_wanted(hx_conn *c)
         static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
         hx_conn_write(c, cont, sizeof(cont) - 1);
     }
-    conn_process(c);
+    /* From inside llhttp's callbacks (a request body that outgrew its
+     * buffer starts the proxy there) the parser is already running: its
+     * caller's loop reads on when it returns. */
+    if (!c->parsing)
+        conn_process(c);
 }
 
 static void conn_parse_error(hx_conn *c, llhttp_errno_t err)
@@ -1030,7 +1032,9 @@ static void conn_process(hx_conn *c)
             if (n > room)
                 n = room;
         }
+        c->parsing = 1;
         llhttp_errno_t err = llhttp_execute(&c->parser, p, n);
+        c->parsing = 0;
         size_t used = n;
         if (err == HPE_PAUSED || err == HPE_PAUSED_UPGRADE) {
             used = (size_t)(llhttp_get_error_pos(&c->parser) - p);

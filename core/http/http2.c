@@ -165,11 +165,9 @@ void hx_h2_reap(hx_conn *c)
 
 static int stream_takes_body(hx_req *r)
 {
-    if (r->body_discard || r->phase == HX_PH_DONE || r->phase == HX_PH_RESPONDING)
+    if (r->phase == HX_PH_DONE || r->phase == HX_PH_RESPONDING)
         return 1; /* dropped, but still acknowledged */
-    if (hx_req_body_wanted_by_handler(r))
-        return 1;
-    return r->phase == HX_PH_PROXY && hx_proxy->body_writable(r);
+    return hx_req_takes_body(r);
 }
 
 static void stream_push_body_loop(hx_h2_stream *st, hx_h2 *h, hx_req *r);
@@ -493,7 +491,8 @@ static int on_header(nghttp2_session *s, const nghttp2_frame *f, const uint8_t *
         if (valuelen == 0 || cl < 0)
             st->bad = 1;
         r->content_length = cl;
-        return 0; /* the core writes its own framing upstream */
+        /* kept like any header, so filters see it as on HTTP/1.1; both
+         * upstream serialisers write their own framing, never this one */
     }
     /* cookies may come split (RFC 9113 8.2.3): joined at the end */
     if (hx_hdrs_add(&r->arena, &r->hdrs, n, namelen, v, valuelen) != 0)

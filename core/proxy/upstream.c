@@ -1128,14 +1128,32 @@ static void start_exchange(hx_upconn *u)
     u->body_queued_all = !r->has_body;
     hx_buf_reset(&u->out);
     serialize_request(r, &u->out);
-    if (r->sub) {
-        /* a subrequest's whole body is in memory: queued with the head */
-        helios_buf body = hx_sub_body_bytes(r);
-        if (body.len) {
+    if (r->body_mem.ptr) {
+        /* A body held in memory (buffered, or a subrequest's) goes with the
+         * head, on every attempt: a whole one can be sent again on a retry;
+         * the first part of a body that outgrew request_buffering cannot
+         * (the rest streams after it). */
+        helios_buf body = r->body_mem;
+        if (body.len && r->up_chunked) {
+            char hdr[24];
+            size_t hn = hx_u64_hex(hdr, body.len);
+            hdr[hn++] = '\r';
+            hdr[hn++] = '\n';
+            hx_buf_append(&u->out, hdr, hn);
             hx_buf_append(&u->out, body.ptr, body.len);
+            hx_buf_append(&u->out, "\r\n", 2);
+        } else if (body.len) {
+            hx_buf_append(&u->out, body.ptr, body.len);
+        }
+        if (r->body_done) {
+            if (r->up_chunked)
+                hx_buf_append(&u->out, "0\r\n\r\n", 5);
+            u->body_queued_all = 1;
+        } else if (body.len) {
             r->req_sent_some = 1;
         }
-        u->body_queued_all = 1;
+        if (r->buffering == 3)
+            r->buffering = 0; /* taken: the rest of the body streams */
     }
     ev_set_cb(&u->rio, up_read_cb);
     ev_set_cb(&u->wio, up_write_cb);
@@ -1236,7 +1254,8 @@ void hx_proxy_start(hx_req *r)
 {
     hx_upstream *up = r->route->upstream;
     hx_tunnel_slot_release(r); /* a retry: the slot was the last backend's */
-    r->up_chunked = r->chunked || (r->has_body && request_body_filtered(r));
+    /* a buffered body went through the filters already: its length is known */
+    r->up_chunked = r->buffering != 2 && (r->chunked || (r->has_body && request_body_filtered(r)));
     hx_backends *bs = atomic_load(&up->backends);
     r->phase = HX_PH_PROXY;
     if (bs == NULL || bs->n == 0) {
