@@ -24,10 +24,8 @@
  */
 #include <arpa/inet.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -100,7 +98,6 @@ void bench_slot_done(bench_conn *c, bench_slot *s)
         bench_hist_record(&t->lat, now - s->sent_ns);
         if (r->o.rate > 0)
             bench_hist_record(&t->lat_co, now > s->intended_ns ? now - s->intended_ns : 0);
-        t->st.last_done_ns = now;
     }
     atomic_fetch_add_explicit(&t->live_done, 1, memory_order_relaxed);
     slot_release(c, s);
@@ -219,37 +216,44 @@ static void conn_reconnect(bench_conn *c, int pause)
     ev_timer_start(c->t->loop, &c->timer);
 }
 
+/* Ends every request in flight on C with KIND (one already counted as a
+ * timeout is only released); returns how many there were. */
+static unsigned fail_inflight(bench_conn *c, int kind, uint64_t now)
+{
+    unsigned n = 0;
+    for (unsigned i = 0; i < c->max_inflight; i++) {
+        bench_slot *s = &c->slots[i];
+        if (!s->busy)
+            continue;
+        if (!s->timed_out)
+            count_error(c->t, kind, s->measured, now);
+        slot_release(c, s);
+        n++;
+    }
+    return n;
+}
+
 /* The server ended the connection between requests (keep-alive timeout,
  * Connection: close, GOAWAY): not an error; open the next one. */
 void bench_conn_close_quietly(bench_conn *c)
 {
-    for (unsigned i = 0; i < c->max_inflight; i++)
-        if (c->slots[i].busy)
-            bench_slot_failed(c, &c->slots[i], BENCH_ERR_READ);
+    uint64_t now = bench_now_ns();
+    fail_inflight(c, BENCH_ERR_READ, now);
     conn_teardown(c);
+    check_budget_done(c->t, now);
     conn_reconnect(c, 0);
 }
 
-/* A failure of KIND: every request in flight fails with it (a connection
- * that fails with none in flight counts once, unless it is a connect or TLS
- * failure, which count connection attempts). */
+/* A failure of KIND: every request in flight fails with it. A connection
+ * that fails with nothing in flight counts one error of KIND: so connect
+ * and tls errors (never with requests out) count attempts. */
 void bench_conn_fail(bench_conn *c, int kind, const char *what)
 {
     bench_thread *t = c->t;
     uint64_t now = bench_now_ns();
     if (what)
         record_msg(t, kind, what);
-    unsigned failed = 0;
-    for (unsigned i = 0; i < c->max_inflight; i++) {
-        bench_slot *s = &c->slots[i];
-        if (!s->busy)
-            continue;
-        if (!s->timed_out)
-            count_error(t, kind, s->measured, now);
-        slot_release(c, s);
-        failed++;
-    }
-    if (failed == 0 && measuring(t->run, now)) {
+    if (fail_inflight(c, kind, now) == 0 && measuring(t->run, now)) {
         t->st.errors[kind]++;
         atomic_fetch_add_explicit(&t->live_err, 1, memory_order_relaxed);
     }

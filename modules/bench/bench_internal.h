@@ -172,7 +172,6 @@ typedef struct bench_stats {
     uint64_t errors[BENCH_ERR_COUNT];
     uint64_t opened; /* connections established */
     uint64_t proto_h1, proto_h2;
-    uint64_t last_done_ns; /* last measured completion */
     uint64_t finish_ns;    /* when the thread stopped */
 } bench_stats;
 
