@@ -7,17 +7,19 @@
 # it completed.
 #
 # Targets, pinned to SERVER_CPU and idle but when measured:
+#   slow      hx_backend's /slow?ms=10: every response takes 10 ms, so
+#             CONNS connections make at most CONNS/10ms req/s whatever the
+#             client; the clients must agree within 10 %
 #   proxy     heliosd (workers: 1, keep-alive upstream) in front of
-#             hx_backend, both on SERVER_CPU: the server side costs more per
-#             request than either client, so the target is the bottleneck
-#             and the two clients must agree (within 10 %); HTTP/1.1, and
-#             h2c into heliosd for the h2 pair
-#   backend   hx_backend --threads 1 alone: cheaper per request than the
-#             clients, so here the client is the bottleneck and the req/s
-#             compare the clients (the one with less CPU per request wins)
+#             hx_backend, both on SERVER_CPU: more CPU per request than
+#             either client, so on a quiet machine the target is the
+#             bottleneck and the clients agree; HTTP/1.1, and h2c into
+#             heliosd for the h2 pair (h2load)
+#   backend   hx_backend alone: cheaper per request than the clients, so the
+#             client is the bottleneck and the req/s compare the clients
 # Clients: pinned to LOAD_CPU, one thread, CONNS connections, DURATION s, no
-# warm-up for either (wrk has none; h2load gets --warm-up-time=0 too). The
-# target CPU column says which side was the bottleneck.
+# warm-up for either (wrk has none; h2load gets --warm-up-time=0). The
+# target CPU and other load columns say what the bottleneck was.
 #
 # Usage: bench/client.sh
 # Env:   DURATION=5 ROUNDS=3 CONNS=50 STREAMS=10 SERVER_CPU=0 LOAD_CPU=1
@@ -66,12 +68,11 @@ start_heliosd heliosd "$SERVER_CPU" "$tmp/heliosd.yaml"
 wait_http_ok "http://127.0.0.1:$p_heliosd/" || die "heliosd does not answer (last status $last_code)"
 hz_ticks() { echo $(($(proc_ticks "${pid[backend]}") + $(proc_ticks "${pid[heliosd]}"))); }
 
-# run CLIENT PROTO PORT OUT: one run; OUT gets "req/s requests client_cpu_s
+# run CLIENT PROTO URL OUT: one run; OUT gets "req/s requests client_cpu_s
 # target_cpu_% other_%" (the target: heliosd and hx_backend together; other:
 # what anything else used of the two CPUs, as in proxy.sh)
 run() {
-    local client=$1 proto=$2 port=$3 out=$4 t0 t1 TIMEFORMAT='%3U %3S'
-    local url="http://127.0.0.1:$port/"
+    local client=$1 proto=$2 url=$3 out=$4 t0 t1 TIMEFORMAT='%3U %3S'
     t0=$(hz_ticks)
     local c0 l0 c1 l1
     c0=$(cpu_ticks "$SERVER_CPU")
@@ -118,8 +119,9 @@ run() {
             os < 0 ? 0 : os, ol < 0 ? 0 : ol }' >"$out"
 }
 
-pairs=("h1 proxy wrk heliosd" "h1 backend wrk heliosd")
-[ "$H2" = 0 ] || pairs+=("h2 proxy h2load heliosd")
+# protocol, target, path, what should limit the rate, the other client
+pairs=("h1 slow /slow?ms=10 target wrk" "h1 proxy / target wrk" "h1 backend / client wrk")
+[ "$H2" = 0 ] || pairs+=("h2 proxy / target h2load")
 
 echo "# client cross-check: ${dur_s}s rounds x $ROUNDS, -c$CONNS, 1 client thread on CPU $LOAD_CPU," \
      "targets on CPU $SERVER_CPU; h2: $STREAMS streams per connection" >&2
@@ -128,7 +130,8 @@ results=$tmp/results
 load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 for r in $(seq "$ROUNDS"); do
     for pr in "${pairs[@]}"; do
-        read -r proto tgt a b <<<"$pr"
+        read -r proto tgt path _ a <<<"$pr"
+        b=heliosd
         port=$p_backend
         [ "$tgt" = proxy ] && port=$p_heliosd
         # alternate which client goes first
@@ -136,7 +139,7 @@ for r in $(seq "$ROUNDS"); do
         [ $((r % 2)) = 0 ] && order="$b $a"
         for c in $order; do
             out=$tmp/$proto.$tgt.$c.$r
-            run "$c" "$proto" "$port" "$out"
+            run "$c" "$proto" "http://127.0.0.1:$port$path" "$out"
             read -r rps n cpu tcpu other <"$out"
             printf 'round %s %-3s %-8s %-8s %8s req/s %9s requests  client %6.3f s CPU  target CPU %s%%  other load %s%%\n' \
                 "$r" "$proto" "$tgt" "$c" "$rps" "$n" "$cpu" "$tcpu" "$other" >&2
@@ -157,8 +160,8 @@ declare -A med=()
     echo "| protocol | target | client | req/s (median) | heliosd bench / other | within 10 %? | client CPU us/req (median) | target CPU % |"
     echo "|---|---|---|---:|---:|---|---:|---:|"
     for pr in "${pairs[@]}"; do
-        read -r proto tgt a b <<<"$pr"
-        for c in "$a" "$b"; do
+        read -r proto tgt _ bound a <<<"$pr"
+        for c in "$a" heliosd; do
             mapfile -t rs < <(awk -v p="$proto" -v t="$tgt" -v c="$c" '$1 == p && $2 == t && $3 == c { print $5 }' "$results")
             mapfile -t us < <(awk -v p="$proto" -v t="$tgt" -v c="$c" '$1 == p && $2 == t && $3 == c && $6 > 0 { printf "%.3f\n", $7 * 1e6 / $6 }' "$results")
             mapfile -t tc < <(awk -v p="$proto" -v t="$tgt" -v c="$c" '$1 == p && $2 == t && $3 == c { print $8 }' "$results")
@@ -167,6 +170,7 @@ declare -A med=()
             if [ "$c" = heliosd ]; then
                 rt=$(ratio "$m" "${med[$a]}" 3)
                 ok=$(awk -v x="$rt" 'BEGIN { print (x >= 0.9 && x <= 1.1) ? "yes" : "NO" }')
+                [ "$bound" = client ] && ok="n/a: client-bound"
             else
                 rt=""
                 ok=""
