@@ -2,14 +2,17 @@
 # The load generators side by side: `heliosd bench` against wrk (HTTP/1.1)
 # and against h2load (h2c), on the same target in the same run, in
 # alternating rounds. For each pair it prints the median req/s of both
-# clients and their ratio, and each client's own CPU per request: user +
-# system time of the client process (bash `time`) divided by the requests
-# it completed.
+# clients, the median of their per-round ratios, and each client's own CPU
+# per request: user + system time of the client process (bash `time`)
+# divided by the requests it completed.
 #
 # Targets, pinned to SERVER_CPU and idle but when measured:
 #   slow      hx_backend's /slow?ms=10: every response takes 10 ms, so
 #             CONNS connections make at most CONNS/10ms req/s whatever the
 #             client; the clients must agree within 10 %
+#   gzip      heliosd gzipping a 64 KiB body from hx_backend for each request
+#             (Accept-Encoding: gzip): far more CPU per request than either
+#             client, so the server sets the rate even on a busy machine
 #   proxy     heliosd (workers: 1, keep-alive upstream) in front of
 #             hx_backend, both on SERVER_CPU: more CPU per request than
 #             either client, so on a quiet machine the target is the
@@ -17,8 +20,9 @@
 #             heliosd for the h2 pair (h2load)
 #   backend   hx_backend alone: cheaper per request than the clients, so the
 #             client is the bottleneck and the req/s compare the clients
-# Clients: pinned to LOAD_CPU, one thread, CONNS connections, DURATION s, no
-# warm-up for either (wrk has none; h2load gets --warm-up-time=0). The
+# Clients: pinned to LOAD_CPU, one thread, CONNS connections, DURATION s,
+# HTTP/1.1 requests with Accept-Encoding: gzip (only the gzip target
+# compresses), no warm-up for either (wrk has none; h2load gets --warm-up-time=0). The
 # target CPU and other load columns say what the bottleneck was.
 #
 # Usage: bench/client.sh
@@ -42,7 +46,7 @@ H2=${H2:-1}
 
 use_build_dir
 need_exec "$HELIOSD" "$BACKEND"
-need_files "$MODULES/bench.so" "$MODULES/round_robin.so"
+need_files "$MODULES/bench.so" "$MODULES/round_robin.so" "$MODULES/gzip.so"
 need_tools wrk taskset curl python3 timeout
 [ "$H2" = 0 ] || need_tools h2load
 refuse_sanitizer_build
@@ -60,6 +64,9 @@ upstreams:
     backends: [{address: 127.0.0.1:$p_backend}]
     keepalive: {max_idle: 64, idle_timeout: 60s}
 routes:
+  - match: {prefix: /bytes/}
+    filters: [{module: gzip, config: {types: ["*"], level: 6}}]
+    upstream: app
   - {match: {prefix: /}, upstream: app}
 logging: {level: warn, access_log: "off"}
 EOF
@@ -80,10 +87,10 @@ run() {
     { time {
         case $client.$proto in
         wrk.h1) timeout $((dur_s + 30)) taskset -c "$LOAD_CPU" \
-            wrk -t1 -c"$CONNS" -d"${dur_s}s" "$url" >"$out.raw" 2>&1 & ;;
+            wrk -t1 -c"$CONNS" -d"${dur_s}s" -H 'Accept-Encoding: gzip' "$url" >"$out.raw" 2>&1 & ;;
         h2load.h2) timeout $((dur_s + 30)) taskset -c "$LOAD_CPU" \
             h2load -c "$CONNS" -m "$STREAMS" -D "$dur_s" --warm-up-time=0 "$url" >"$out.raw" 2>&1 & ;;
-        heliosd.h1) hb_report "$dur_s" "$url" --http http1 >"$out.raw" & ;;
+        heliosd.h1) hb_report "$dur_s" "$url" --http http1 -H 'Accept-Encoding: gzip' >"$out.raw" & ;;
         heliosd.h2) hb_report "$dur_s" "$url" --http http2 --streams "$STREAMS" >"$out.raw" & ;;
         esac
         bench_child=$!
@@ -120,7 +127,8 @@ run() {
 }
 
 # protocol, target, path, what should limit the rate, the other client
-pairs=("h1 slow /slow?ms=10 target wrk" "h1 proxy / target wrk" "h1 backend / client wrk")
+pairs=("h1 slow /slow?ms=10 target wrk" "h1 gzip /bytes/65536 target wrk" "h1 proxy / target wrk"
+    "h1 backend / client wrk")
 [ "$H2" = 0 ] || pairs+=("h2 proxy / target h2load")
 
 echo "# client cross-check: ${dur_s}s rounds x $ROUNDS, -c$CONNS, 1 client thread on CPU $LOAD_CPU," \
@@ -133,7 +141,7 @@ for r in $(seq "$ROUNDS"); do
         read -r proto tgt path _ a <<<"$pr"
         b=heliosd
         port=$p_backend
-        [ "$tgt" = proxy ] && port=$p_heliosd
+        [ "$tgt" = proxy ] || [ "$tgt" = gzip ] && port=$p_heliosd
         # alternate which client goes first
         order="$a $b"
         [ $((r % 2)) = 0 ] && order="$b $a"
@@ -149,7 +157,6 @@ for r in $(seq "$ROUNDS"); do
 done
 
 md=$(results_path client md)
-declare -A med=()
 {
     echo "# bench/client.sh $(date -u '+%F %T UTC'), commit $(bench_commit)"
     echo
@@ -157,7 +164,7 @@ declare -A med=()
     echo "- machine: $(nproc) CPUs, load average $load_start at the start, $(cut -d' ' -f1-3 /proc/loadavg) at the end"
     echo "- $("$HELIOSD" -V | first_line); $(wrk -v 2>&1 | first_line | cut -d' ' -f1-2); $(h2load --version 2>/dev/null | first_line)"
     echo
-    echo "| protocol | target | client | req/s (median) | heliosd bench / other | within 10 %? | client CPU us/req (median) | target CPU % |"
+    echo "| protocol | target | client | req/s (median) | heliosd bench / other (median of rounds) | within 10 %? | client CPU us/req (median) | target CPU % |"
     echo "|---|---|---|---:|---:|---|---:|---:|"
     for pr in "${pairs[@]}"; do
         read -r proto tgt _ bound a <<<"$pr"
@@ -166,9 +173,15 @@ declare -A med=()
             mapfile -t us < <(awk -v p="$proto" -v t="$tgt" -v c="$c" '$1 == p && $2 == t && $3 == c && $6 > 0 { printf "%.3f\n", $7 * 1e6 / $6 }' "$results")
             mapfile -t tc < <(awk -v p="$proto" -v t="$tgt" -v c="$c" '$1 == p && $2 == t && $3 == c { print $8 }' "$results")
             m=$(median "${rs[@]}")
-            med[$c]=$m
             if [ "$c" = heliosd ]; then
-                rt=$(ratio "$m" "${med[$a]}" 3)
+                # the median of the per-round ratios: both clients of a round
+                # ran back to back, so the machine's drift cancels better
+                # than in a ratio of medians
+                mapfile -t rr < <(awk -v p="$proto" -v t="$tgt" -v a="$a" '
+                    $1 == p && $2 == t && $3 == a { o[$4] = $5 }
+                    $1 == p && $2 == t && $3 == "heliosd" { h[$4] = $5 }
+                    END { for (r in h) if (o[r] > 0) printf "%.4f\n", h[r] / o[r] }' "$results")
+                rt=$(printf '%.3f' "$(median "${rr[@]}")")
                 ok=$(awk -v x="$rt" 'BEGIN { print (x >= 0.9 && x <= 1.1) ? "yes" : "NO" }')
                 [ "$bound" = client ] && ok="n/a: client-bound"
             else
