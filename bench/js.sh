@@ -12,6 +12,7 @@
 # Usage: bench/js.sh
 # Env:   DURATION=10s CONNS=50 ROUNDS=3 SERVER_CPU=0 LOAD_CPU=1 BUILD_DIR=build
 #        NGINX=/usr/sbin/nginx NODE=node
+#        CLIENT=wrk (or heliosd: heliosd bench from the build's bench module)
 # Everything runs on 127.0.0.1 and is bounded; processes are stopped on exit.
 set -euo pipefail
 
@@ -30,7 +31,8 @@ NODE=${NODE:-node}
 use_build_dir
 need_exec "$HELIOSD"
 for m in js static_response; do need_files "$MODULES/$m.so"; done
-need_tools wrk taskset curl python3 "$NGINX" "$NODE"
+need_tools taskset curl python3 "$NGINX" "$NODE"
+client_check
 refuse_sanitizer_build
 
 bench_setup heliosd-js-bench
@@ -91,10 +93,10 @@ for p in "$p_js" "$p_static" "$p_nginx" "$p_node"; do
         die "nothing answers 200 '$BODY' on port $p (last status $last_code)"
 done
 
-rps() { wrk_report "$DURATION" "http://127.0.0.1:$1/" | wrk_rps; } # $1 port -> req/s
+rps() { client_rps "$DURATION" "http://127.0.0.1:$1/"; } # $1 port -> req/s
 
-echo "# hello world, one core each (server CPU $SERVER_CPU, wrk CPU $LOAD_CPU):" \
-     "$ROUNDS rounds of wrk -t1 -c$CONNS -d$DURATION"
+echo "# hello world, one core each (server CPU $SERVER_CPU, $(client_name) CPU $LOAD_CPU):" \
+     "$ROUNDS rounds of $(client_desc URL)"
 echo "# $("$NODE" --version | sed 's/^/node /'), $("$NGINX" -v 2>&1 | sed 's/.*: //')"
 js=() st=() ng=() nd=()
 for r in $(seq "$ROUNDS"); do

@@ -12,7 +12,8 @@
 # Sets: root (the repository), BENCH_NAME (the script's name, for messages),
 # clk (clock ticks per second). bench_setup sets tmp, pids and pid[NAME].
 # Reads, where a helper says so: BUILD_DIR, LOAD_CPU, PROXY_CPU, CONNS,
-# WRK_THREADS (default 1), IDLE_WAIT, MAX_OTHER_LOAD, NGINX, OUT_DIR.
+# WRK_THREADS (default 1), CLIENT (wrk or heliosd), IDLE_WAIT,
+# MAX_OTHER_LOAD, NGINX, OUT_DIR.
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BENCH_NAME=$(basename "$0")
@@ -311,6 +312,83 @@ wrk_timed() {
     { time {
         timeout $((secs + 30)) taskset -c "$LOAD_CPU" \
             wrk -t"${WRK_THREADS:-1}" -c"$CONNS" -d"${secs}s" "$@" "$url" >"$out" 2>&1 &
+        bench_child=$!
+        wait "$bench_child" || true
+    }; } 2>"$out.time"
+    bench_child=
+    awk '{ print $1 + $2 }' "$out.time" >"$out.cpu"
+}
+
+# ---- the client: wrk or heliosd bench ------------------------------------------------
+
+# client_check: CLIENT is wrk (the default) or heliosd (`heliosd bench`, from
+# the bench module in MODULES), and is there. wrk stays the default and the
+# cross-check; bench/client.sh compares the two on the same target.
+client_check() {
+    case ${CLIENT:=wrk} in
+    wrk) need_tools wrk ;;
+    heliosd)
+        need_exec "$HELIOSD"
+        need_files "$MODULES/bench.so"
+        ;;
+    *) die "CLIENT=$CLIENT: expected wrk or heliosd" ;;
+    esac
+}
+
+# client_name: "wrk" or "heliosd bench", for messages.
+client_name() {
+    if [ "${CLIENT:-wrk}" = heliosd ]; then echo "heliosd bench"; else echo wrk; fi
+}
+
+# client_desc URL: the client's command line, for the result files.
+client_desc() {
+    if [ "${CLIENT:-wrk}" = heliosd ]; then
+        echo "taskset -c $LOAD_CPU heliosd bench $1 -c$CONNS -t${WRK_THREADS:-1} -d${DURATION:-10s} --warmup 0 --json"
+    else
+        echo "taskset -c $LOAD_CPU wrk -t${WRK_THREADS:-1} -c$CONNS -d${DURATION:-10s} --latency $1"
+    fi
+}
+
+# hb_report SECONDS URL [ARGS...]: the --json document of one heliosd bench
+# run of -cCONNS -tWRK_THREADS for SECONDS (no warm-up: like wrk), pinned to
+# LOAD_CPU, bounded to SECONDS + 30 s. ARGS are heliosd bench options.
+hb_report() {
+    local secs=$1 url=$2
+    shift 2
+    timeout $((secs + 30)) taskset -c "$LOAD_CPU" "$HELIOSD" bench -m "$MODULES" "$url" --json \
+        --warmup 0 -d "$secs" -c "$CONNS" -t "${WRK_THREADS:-1}" "$@" 2>/dev/null
+}
+
+# json_get KEY[.KEY...]: a field of the JSON document on stdin.
+json_get() {
+    python3 -c 'import json, sys
+d = json.load(sys.stdin)
+for k in sys.argv[1].split("."):
+    d = d[k]
+print(d)' "$1"
+}
+
+# client_rps DURATION URL: the req/s of one run of CLIENT against URL.
+client_rps() {
+    if [ "${CLIENT:-wrk}" = heliosd ]; then
+        hb_report "$(to_seconds "$1")" "$2" | json_get requests_per_s
+    else
+        wrk_report "$1" "$2" | wrk_rps
+    fi
+}
+
+# client_timed OUT SECONDS URL [WRK_ARGS...]: like wrk_timed, with CLIENT:
+# OUT is wrk's report or heliosd bench's JSON (which gets no WRK_ARGS), and
+# OUT.cpu the client's CPU seconds. bench/wrk_table.py reads either.
+client_timed() {
+    local out=$1 secs=$2 url=$3 TIMEFORMAT='%3U %3S'
+    shift 3
+    if [ "${CLIENT:-wrk}" != heliosd ]; then
+        wrk_timed "$out" "$secs" "$url" "$@"
+        return
+    fi
+    { time {
+        hb_report "$secs" "$url" >"$out" &
         bench_child=$!
         wait "$bench_child" || true
     }; } 2>"$out.time"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Throughput and latency of heliosd, nginx and HAProxy as HTTP/1.1 reverse
-# proxies in front of the same hx_backend, measured with wrk in one run.
+# proxies in front of the same hx_backend, measured with wrk (or with
+# `heliosd bench`: CLIENT=heliosd) in one run.
 #
 # Each proxy runs one worker/thread pinned to PROXY_CPU, with keep-alive to the
 # upstream and access logging off. The backend and wrk share LOAD_CPU, so the
@@ -13,6 +14,7 @@
 #        PROXY_CPU=0 LOAD_CPU=1 BUILD_DIR=build NGINX=/usr/sbin/nginx
 #        HAPROXY=/usr/sbin/haproxy OUT_DIR=bench/results
 #        MAX_OTHER_LOAD=10 RETRIES=2 IDLE_WAIT=60 (see "Other work" below)
+#        CLIENT=wrk (or heliosd: heliosd bench from the build's bench module)
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -39,7 +41,8 @@ use_build_dir
 PROXIES=(heliosd nginx haproxy)
 
 need_exec "$HELIOSD" "$BACKEND" "$NGINX" "$HAPROXY"
-need_tools wrk taskset curl python3 timeout
+need_tools taskset curl python3 timeout
+client_check
 [ "$ROUNDS" -ge 1 ] || die "ROUNDS must be >= 1"
 dur_s=$(to_seconds "$DURATION")
 warm_s=$(to_seconds "$WARMUP")
@@ -149,9 +152,9 @@ other_load() {
         printf "%d %d\n", (o0 < 0 ? 0 : o0), (o1 < 0 ? 0 : o1) }'
 }
 
-# wrk_run PROXY SECONDS OUTFILE: wrk's report goes to OUTFILE, its CPU seconds
-# (user + system) to OUTFILE.cpu.
-wrk_run() { wrk_timed "$3" "$2" "$(url "$1")" --latency; }
+# wrk_run PROXY SECONDS OUTFILE: the client's report (wrk) or JSON (heliosd
+# bench) goes to OUTFILE, its CPU seconds (user + system) to OUTFILE.cpu.
+wrk_run() { client_timed "$3" "$2" "$(url "$1")" --latency; }
 
 # Other work on the machine distorts everything: wait for quiet first, and
 # repeat a round during which something else took more than MAX_OTHER_LOAD %
@@ -164,7 +167,7 @@ else
 fi
 echo "# $preflight" >&2
 
-echo "# heliosd/nginx/haproxy via wrk -t$THREADS -c$CONNS -d$DURATION --latency, path $REQ_PATH, $ROUNDS rounds" >&2
+echo "# heliosd/nginx/haproxy via $(client_name) -t$THREADS -c$CONNS -d$DURATION, path $REQ_PATH, $ROUNDS rounds" >&2
 declare -A dead=()
 results=$tmp/results.tsv
 : >"$results"
@@ -213,9 +216,10 @@ md=$(results_path proxy md)
 export BENCH_PREFLIGHT=$preflight BENCH_MAX_OTHER_LOAD=$MAX_OTHER_LOAD
 export BENCH_CLK_TCK=$clk
 export BENCH_RESULTS=$results BENCH_MD=$md BENCH_LOGS=$logs_note
-export BENCH_CMD="DURATION=$DURATION CONNS=$CONNS ROUNDS=$ROUNDS WARMUP=$WARMUP THREADS=$THREADS REQ_PATH=$REQ_PATH MAX_OTHER_LOAD=$MAX_OTHER_LOAD RETRIES=$RETRIES bench/proxy.sh"
-export BENCH_WRK="taskset -c $LOAD_CPU wrk -t$THREADS -c$CONNS -d$DURATION --latency http://127.0.0.1:PORT$REQ_PATH"
-export BENCH_PINNING="proxy on CPU $PROXY_CPU; hx_backend (1 thread) and wrk on CPU $LOAD_CPU"
+export BENCH_CMD="CLIENT=$CLIENT DURATION=$DURATION CONNS=$CONNS ROUNDS=$ROUNDS WARMUP=$WARMUP THREADS=$THREADS REQ_PATH=$REQ_PATH MAX_OTHER_LOAD=$MAX_OTHER_LOAD RETRIES=$RETRIES bench/proxy.sh"
+BENCH_WRK=$(client_desc "http://127.0.0.1:PORT$REQ_PATH")
+export BENCH_WRK
+export BENCH_PINNING="proxy on CPU $PROXY_CPU; hx_backend (1 thread) and $(client_name) on CPU $LOAD_CPU"
 BENCH_VERSIONS="$("$HELIOSD" -V 2>&1 | first_line) ($heliosd_build); $("$NGINX" -v 2>&1); $("$HAPROXY" -v 2>&1 | first_line | cut -d' ' -f1-3)"
 export BENCH_VERSIONS
 python3 "$here/wrk_table.py"

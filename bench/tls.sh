@@ -4,6 +4,9 @@
 # with alternating rounds:
 #   - h2load over TLS with ALPN h2 (CONNS connections x STREAMS streams);
 #   - wrk over TLS (HTTP/1.1, keep-alive).
+# With CLIENT=heliosd, `heliosd bench` does both: --http http2 --streams
+# STREAMS, then --http http1 (TLS 1.3, ALPN, no certificate check, as the
+# other two).
 # Both use the same ECDSA P-256 certificate, TLS 1.3, and keep-alive to the
 # backend; access logs off. Prints req/s per round, the medians and the
 # ratio heliosd / nginx, and writes them to OUT_DIR/tls-<time>.txt.
@@ -11,6 +14,7 @@
 # Usage: bench/tls.sh
 # Env:   DURATION=10 (seconds) ROUNDS=3 CONNS=50 STREAMS=10 PROXY_CPU=0 LOAD_CPU=1
 #        BUILD_DIR=build NGINX=/usr/sbin/nginx OUT_DIR=bench/results
+#        CLIENT=wrk (h2load and wrk; or heliosd: heliosd bench for both)
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -28,7 +32,9 @@ OUT_DIR=${OUT_DIR:-$here/results}
 
 use_build_dir
 need_exec "$HELIOSD" "$BACKEND" "$NGINX"
-need_tools h2load wrk openssl taskset curl python3
+need_tools openssl taskset curl python3
+client_check
+[ "$CLIENT" = heliosd ] || need_tools h2load
 
 bench_setup heliosd-tls-bench
 private_heliosd
@@ -79,10 +85,21 @@ start_nginx nginx "$PROXY_CPU" "$tmp/nginx.conf" "$tmp/nginx"
 for p in $ph $pn; do wait_http "https://127.0.0.1:$p/" -k; done
 
 h2() { # port -> req/s
+    if [ "$CLIENT" = heliosd ]; then
+        hb_report "$DURATION" "https://127.0.0.1:$1/" --http http2 --streams "$STREAMS" --warmup 1 |
+            json_get requests_per_s
+        return
+    fi
     taskset -c "$LOAD_CPU" h2load -c "$CONNS" -m "$STREAMS" -D "$DURATION" --warm-up-time=1 \
         "https://127.0.0.1:$1/" 2>/dev/null | awk '/^finished in/ {gsub(",","",$4); print $4}'
 }
-h1() { wrk_report "${DURATION}s" "https://127.0.0.1:$1/" | wrk_rps; }
+h1() {
+    if [ "$CLIENT" = heliosd ]; then
+        hb_report "$DURATION" "https://127.0.0.1:$1/" --http http1 | json_get requests_per_s
+        return
+    fi
+    wrk_report "${DURATION}s" "https://127.0.0.1:$1/" | wrk_rps
+}
 
 declare -A res
 for r in $(seq "$ROUNDS"); do
@@ -99,7 +116,7 @@ done
 out=$(results_path tls txt)
 {
     echo "# bench/tls.sh $(date -u '+%F %T UTC'), commit $(bench_commit)"
-    echo "# ${DURATION}s x $ROUNDS rounds, $CONNS connections, h2load $STREAMS streams each; TLS 1.3 P-256"
+    echo "# ${DURATION}s x $ROUNDS rounds, $CONNS connections, h2 with $STREAMS streams each; TLS 1.3 P-256; client $(client_name)"
     printf "%-22s %12s %12s %8s\n" "client" "heliosd" "nginx" "ratio"
     for mode in h2 h1; do
         # shellcheck disable=SC2086 # a list of numbers
@@ -107,6 +124,9 @@ out=$(results_path tls txt)
         # shellcheck disable=SC2086
         nv=$(median ${res[$mode.nginx]})
         label="h2load (h2 over TLS)"; [ $mode = h1 ] && label="wrk (HTTP/1.1 TLS)"
+        if [ "$CLIENT" = heliosd ]; then
+            label="heliosd bench (h2)"; [ $mode = h1 ] && label="heliosd bench (h1 TLS)"
+        fi
         printf "%-22s %12.0f %12.0f %8.2f\n" "$label" "$hv" "$nv" "$(ratio "$hv" "$nv" 2)"
     done
 } | tee "$out"

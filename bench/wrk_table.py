@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Summarise the wrk outputs collected by bench/proxy.sh into tables.
+"""Summarise the client outputs collected by bench/proxy.sh into tables
+(wrk's reports, or heliosd bench's JSON with CLIENT=heliosd).
 
 Input (environment): BENCH_RESULTS, a TSV with one row per wrk run: proxy,
 round, status (ok, loaded, discarded, died), wrk output file, CPU snapshots
@@ -10,6 +11,7 @@ BENCH_VERSIONS and BENCH_PREFLIGHT, descriptive text. Prints an aligned table
 and the markdown to stdout.
 """
 import datetime
+import json
 import os
 import platform
 import re
@@ -24,13 +26,30 @@ def latency_ms(text):
     return float(m.group(1)) * UNIT_MS[m.group(2)] if m else None
 
 
+def parse_bench_json(text, r):
+    """heliosd bench --json (CLIENT=heliosd): the same figures as wrk's."""
+    try:
+        d = json.loads(text)
+    except ValueError:
+        return r
+    lat = d["latency_ms"]["uncorrected"]
+    st = d["status"]
+    r.update(rps=d["requests_per_s"], p50=lat["p50"], p99=lat["p99"],
+             non2xx=st["1xx"] + st["4xx"] + st["5xx"] + st["other"],
+             sockerr=d["errors"]["total"], requests=d["requests"])
+    return r
+
+
 def parse_wrk(path):
-    """Return req/s, p50 and p99 (ms), non-2xx/3xx count and socket errors."""
+    """Return req/s, p50 and p99 (ms), non-2xx/3xx count and socket errors,
+    from wrk's report or from heliosd bench's JSON."""
     r = {"rps": None, "p50": None, "p99": None, "non2xx": 0, "sockerr": 0, "requests": 0}
     try:
         text = open(path).read()
     except OSError:
         return r
+    if text.lstrip().startswith("{"):
+        return parse_bench_json(text, r)
     for line in text.splitlines():
         s = line.split()
         if line.startswith("Requests/sec:"):
@@ -177,10 +196,10 @@ def main():
         "- machine: %d CPUs, %s; load average at end %s" % (os.cpu_count(), cpu_model(), " ".join(load)),
         "- versions: %s" % os.environ.get("BENCH_VERSIONS", ""),
         "- idle check: %s" % os.environ.get("BENCH_PREFLIGHT", "n/a"),
-        "- every column is the median over rounds; p50/p99 are wrk's per-round latency",
+        "- every column is the median over rounds; p50/p99 are the client's per-round latency",
         "  percentiles; proxy CPU is the proxy process's user+system time over wall time;",
         "  \"other load\" is CPU time used by anything but the proxy on its core, or",
-        "  anything but hx_backend and wrk on theirs; a round with more than",
+        "  anything but hx_backend and the client on theirs; a round with more than",
         "  MAX_OTHER_LOAD % of either is repeated (up to RETRIES times) and not used",
         "",
         md_table,
