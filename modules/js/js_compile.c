@@ -47,8 +47,37 @@ static int js_is_module(const char *src, size_t len)
     return 0;
 }
 
+/* ------------------------------------------------------------------ */
+/* imports                                                             */
+
+/* Module names are kept as written: the script is registered under its
+ * configured path, and the glue that reads its default export imports it by
+ * that name (QuickJS's default would rewrite "./worker.js" to "worker.js"
+ * and miss it). */
+static char *js_module_normalize(JSContext *ctx, const char *base, const char *name, void *opaque)
+{
+    (void)base;
+    (void)opaque;
+    return js_strdup(ctx, name);
+}
+
+static JSModuleDef *js_module_load(JSContext *ctx, const char *name, void *opaque)
+{
+    (void)opaque;
+    JS_ThrowReferenceError(ctx,
+                           "cannot import '%s': imports are not supported (the script must be "
+                           "one file)",
+                           name);
+    return NULL;
+}
+
+void js_module_loader_install(JSRuntime *rt)
+{
+    JS_SetModuleLoaderFunc(rt, js_module_normalize, js_module_load, NULL);
+}
+
 /* "file:line: message" of the pending exception (a SyntaxError from the
- * parser carries its position as the first line of its stack). */
+ * parser carries its position in the first "    at" line of its stack). */
 static void js_compile_error(JSContext *ctx, const char *path, char *err, size_t errlen)
 {
     JSValue e = JS_GetException(ctx);
@@ -57,8 +86,10 @@ static void js_compile_error(JSContext *ctx, const char *path, char *err, size_t
     JSValue st = JS_GetPropertyStr(ctx, e, "stack");
     const char *stack = JS_IsString(st) ? JS_ToCString(ctx, st) : NULL;
     if (stack) {
-        /* "    at /path/app.js:3\n" */
-        const char *at = strstr(stack, "at ");
+        /* "SyntaxError: message\n    at /path/app.js:3\n" */
+        const char *at = strstr(stack, "\n    at ");
+        if (at)
+            at += 5;
         const char *nl = at ? strchr(at, '\n') : NULL;
         const char *end = nl ? nl : (at ? at + strlen(at) : NULL);
         if (at) {
@@ -85,6 +116,8 @@ static int js_compile(const char *path, const char *src, size_t len, uint8_t **o
                       char *err, size_t errlen)
 {
     JSRuntime *rt = JS_NewRuntime();
+    if (rt)
+        js_module_loader_install(rt);
     JSContext *ctx = rt ? JS_NewContext(rt) : NULL;
     int rc = -1;
     if (ctx == NULL) {

@@ -56,7 +56,9 @@ typedef struct js_rq js_rq;
 
 typedef struct js_worker {
     const js_config *cfg;
-    helios_worker *w;
+    helios_worker *w;  /* NULL for config_new's trial run */
+    int broken;        /* the script could not be initialised: 503 */
+    int trial;         /* config_new's trial run: console output is dropped */
     JSRuntime *rt;
     JSContext *ctx;
     JSValue dispatch, filter_req, filter_resp, error_text;
@@ -68,7 +70,8 @@ typedef struct js_worker {
     int cpu_hit;       /* the interrupt handler stopped the script */
     int mem_hit;       /* memory_limit passed: stop the script at the next check */
     int next_timer_id;
-    js_rq *rqs; /* every live js_rq of this worker */
+    unsigned unsent; /* fetches waiting for the end of the run (js_fetch_flush) */
+    js_rq *rqs;      /* every live js_rq of this worker */
 } js_worker;
 
 typedef struct js_timer {
@@ -87,6 +90,14 @@ typedef struct js_fetch {
     char *buf;
     size_t len, cap;
     int parented; /* cancelled by the core with the parent request */
+    /* what js_fetch_flush sends at the end of the JS run that asked */
+    int unsent;
+    int own;             /* the route's own upstream (the request's host) */
+    char *upstream;      /* named upstream (NULL: own) */
+    char *method, *target;
+    char *host;          /* Host to send: the URL's host[:port] for a named
+                          * upstream, NULL to keep the request's */
+    JSValue hdrs, body;  /* [[name, value]...] or null; string|ArrayBuffer|null */
     struct js_fetch *prev, *next;
 } js_fetch;
 
@@ -147,6 +158,7 @@ void js_linger_end(void *arg);
 
 int js_worker_init(void *cfgp, helios_worker *w, void **wstate);
 void js_worker_fini(void *cfg, helios_worker *w, void *wstate);
+int js_trial_run(const js_config *cfg, char *err, size_t errlen);
 
 JSValue nat_set_timeout(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv);
 JSValue nat_clear_timeout(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv);
@@ -164,11 +176,14 @@ int js_pairs(JSContext *ctx, JSValueConst pairs, int (*fn)(void *arg, const char
 /* ---- js_fetch.c ---- */
 
 void js_fetch_free(js_worker *ws, js_fetch *f, int cancel);
+void js_fetch_flush(js_worker *ws);
+void js_fetch_orphaned(js_worker *ws, js_rq *rq);
 JSValue nat_fetch(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv);
 
 /* ---- js_compile.c ---- */
 
 int js_load_script(const char *path, uint8_t **bc, size_t *bclen, char *err, size_t errlen);
+void js_module_loader_install(JSRuntime *rt);
 int js_compile_command(const helios_host_api *api, int argc, char **argv);
 
 #endif

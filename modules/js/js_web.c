@@ -88,7 +88,8 @@ static JSValue nat_log(JSContext *ctx, JSValueConst this_val, int argc, JSValueC
         return JS_EXCEPTION;
     if (level < HELIOS_LOG_ERROR || level > HELIOS_LOG_DEBUG)
         level = HELIOS_LOG_INFO;
-    js_api->log(level, JS_NAME, "%s: console: %s", js_ws(ctx)->cfg->script, s);
+    if (!js_ws(ctx)->trial)
+        js_api->log(level, JS_NAME, "%s: console: %s", js_ws(ctx)->cfg->script, s);
     JS_FreeCString(ctx, s);
     return JS_UNDEFINED;
 }
@@ -550,7 +551,7 @@ static const JSCFunctionListEntry js_natives[] = {
     JS_CFUNC_DEF("pass", 2, nat_pass),
     JS_CFUNC_DEF("rh", 4, nat_resp_header),
     JS_CFUNC_DEF("body", 1, nat_body),
-    JS_CFUNC_DEF("fetch", 6, nat_fetch),
+    JS_CFUNC_DEF("fetch", 7, nat_fetch),
     JS_CFUNC_DEF("setTimeout", 2, nat_set_timeout),
     JS_CFUNC_DEF("clearTimeout", 1, nat_clear_timeout),
     JS_CFUNC_DEF("waitBegin", 1, nat_wait_begin),

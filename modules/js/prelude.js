@@ -19,9 +19,11 @@ function define(name, value) {
 
 function errorText(e) {
     if (e instanceof Error) {
-        let s = e.name + ': ' + e.message;
-        if (e.stack) s += '\n' + String(e.stack).replace(/\n$/, '');
-        return s;
+        /* the stack starts with "Name: message" (quickjs_patch.cmake) */
+        const head = e.message ? e.name + ': ' + e.message : e.name;
+        const st = typeof e.stack === 'string' ? e.stack.replace(/\n$/, '') : '';
+        if (st.startsWith(head)) return st;
+        return st ? head + '\n' + st.replace(/^[^\n]*\n/, '') : head;
     }
     try {
         return 'uncaught value: ' + (typeof e === 'string' ? e : JSON.stringify(e));
@@ -59,20 +61,190 @@ function bodyBuffer(b) {
     return typeof b === 'string' ? hx.encode(b) : b.slice(0);
 }
 
-/* ---- console -> heliosd's error log ---- */
+/* ---- console -> heliosd's error log, formatted the way node and workerd
+ * print values (util.inspect: one line, depth 2) ---- */
+
+const INSPECT = Symbol.for('nodejs.util.inspect.custom');
+const IDENT_RX = /^[A-Za-z_$][A-Za-z0-9_$]*$/;
+const TYPED_ARRAYS = [Int8Array, Uint8Array, Uint8ClampedArray, Int16Array, Uint16Array, Int32Array,
+    Uint32Array, Float32Array, Float64Array];
+
+function quote(s) {
+    const q = s.includes("'") && !s.includes('"') ? '"' : "'";
+    return q + s.replace(/[\\\n\r\t\b\f\v\0]/g, c => ({ '\\': '\\\\', '\n': '\\n', '\r': '\\r',
+        '\t': '\\t', '\b': '\\b', '\f': '\\f', '\v': '\\v', '\0': '\\0' })[c])
+        .replace(q === "'" ? /'/g : /"/g, '\\' + q) + q;
+}
+
+function ctorName(o) {
+    try {
+        const p = Object.getPrototypeOf(o);
+        if (p === null) return null;
+        const c = p.constructor;
+        return typeof c === 'function' && c.name ? c.name : '';
+    } catch (_) {
+        return '';
+    }
+}
+
+/* Scripts run from bytecode, without their source: a class is told by its
+ * read-only `prototype` (the globals it could be confused with, Map or
+ * Response, are named on globalThis), async and generator functions by
+ * their prototype's constructor. */
+function fnText(f) {
+    const name = f.name ? String(f.name) : '';
+    const d = Object.getOwnPropertyDescriptor(f, 'prototype');
+    if (d && !d.writable && !(name && G[name] === f)) return '[class ' + (name || '(anonymous)') + ']';
+    let kind = ctorName(f);
+    if (kind !== 'AsyncFunction' && kind !== 'GeneratorFunction' && kind !== 'AsyncGeneratorFunction')
+        kind = 'Function';
+    return '[' + kind + (name ? ': ' + name : ' (anonymous)') + ']';
+}
+
+function inspect(v, opts) {
+    const st = { depth: opts && opts.depth !== undefined ? opts.depth : 2, seen: [], refs: new Map() };
+    return inspectValue(v, st, 0);
+}
+
+function inspectKey(k) {
+    if (typeof k === 'symbol') return '[' + k.toString() + ']';
+    return IDENT_RX.test(k) ? k : quote(k);
+}
+
+function inspectProps(o, st, level, skipIndices) {
+    const out = [];
+    for (const k of Reflect.ownKeys(o)) {
+        const d = Object.getOwnPropertyDescriptor(o, k);
+        if (!d || (!d.enumerable && typeof k !== 'symbol') || (typeof k === 'symbol' && !d.enumerable)) continue;
+        if (skipIndices && typeof k === 'string' && /^(0|[1-9][0-9]*)$/.test(k)) continue;
+        let val;
+        if (d.get || d.set) val = d.get && d.set ? '[Getter/Setter]' : d.get ? '[Getter]' : '[Setter]';
+        else val = inspectValue(d.value, st, level + 1);
+        out.push(inspectKey(k) + ': ' + val);
+    }
+    return out;
+}
+
+function wrap(prefix, items, open, close) {
+    const body = items.length ? open + ' ' + items.join(', ') + ' ' + close : open + close;
+    return prefix ? prefix + ' ' + body : body;
+}
+
+function inspectValue(v, st, level) {
+    switch (typeof v) {
+    case 'string': return quote(v);
+    case 'number': return Object.is(v, -0) ? '-0' : String(v);
+    case 'bigint': return String(v) + 'n';
+    case 'boolean': return String(v);
+    case 'undefined': return 'undefined';
+    case 'symbol': return v.toString();
+    case 'function': {
+        const props = inspectProps(v, st, level, false).filter(p => !/^(prototype|length|name):/.test(p));
+        return props.length ? wrap(fnText(v), props, '{', '}') : fnText(v);
+    }
+    }
+    if (v === null) return 'null';
+    if (st.seen.includes(v)) {
+        if (!st.refs.has(v)) st.refs.set(v, st.refs.size + 1);
+        return '[Circular *' + st.refs.get(v) + ']';
+    }
+    if (typeof v[INSPECT] === 'function') {
+        const r = v[INSPECT](st.depth - level, { depth: st.depth - level },
+            (x, o) => inspectValue(x, st, level + 1));
+        return typeof r === 'string' ? r : inspectValue(r, st, level);
+    }
+    const name = ctorName(v);
+    if (v instanceof Error) return errorText(v);
+    if (v instanceof Date) return isNaN(v.getTime()) ? 'Invalid Date' : v.toISOString();
+    if (v instanceof RegExp) return v.toString();
+    if (v instanceof String) return '[String: ' + quote(String(v)) + ']';
+    if (v instanceof Number) return '[Number: ' + inspectValue(Number(v), st, level) + ']';
+    if (v instanceof Boolean) return '[Boolean: ' + String(Boolean(v.valueOf())) + ']';
+    if (v instanceof Promise) return 'Promise { <unknown> }';
+    if (v instanceof WeakMap || v instanceof WeakSet) return name + ' { <items unknown> }';
+    const isArray = Array.isArray(v);
+    const typed = ArrayBuffer.isView(v) && !(v instanceof DataView);
+    if (level > st.depth) {
+        if (isArray) return '[Array]';
+        return '[' + (name || 'Object') + ']';
+    }
+    st.seen.push(v);
+    let out;
+    try {
+        if (isArray || typed) {
+            const items = [];
+            let holes = 0;
+            const n = Math.min(v.length, 100);
+            const flush = () => {
+                if (holes) items.push('<' + holes + ' empty item' + (holes > 1 ? 's' : '') + '>');
+                holes = 0;
+            };
+            for (let i = 0; i < n; i++) {
+                if (isArray && !(i in v)) { holes++; continue; }
+                flush();
+                items.push(inspectValue(v[i], st, level + 1));
+            }
+            flush();
+            if (v.length > n) items.push('... ' + (v.length - n) + ' more item' + (v.length - n > 1 ? 's' : ''));
+            if (isArray) items.push(...inspectProps(v, st, level, true));
+            const prefix = isArray ? (name === 'Array' ? '' : name + '(' + v.length + ')')
+                : name + '(' + v.length + ')';
+            out = wrap(prefix, items, '[', ']');
+        } else if (v instanceof Map) {
+            const items = [];
+            for (const [k, x] of v) items.push(inspectValue(k, st, level + 1) + ' => ' + inspectValue(x, st, level + 1));
+            out = wrap(name + '(' + v.size + ')', items, '{', '}');
+        } else if (v instanceof Set) {
+            const items = [];
+            for (const x of v) items.push(inspectValue(x, st, level + 1));
+            out = wrap(name + '(' + v.size + ')', items, '{', '}');
+        } else if (v instanceof ArrayBuffer) {
+            const b = new Uint8Array(v, 0, Math.min(v.byteLength, 50));
+            let hex = Array.from(b, x => (x + 256).toString(16).slice(1)).join(' ');
+            if (v.byteLength > 50) hex += ' ... ' + (v.byteLength - 50) + ' more bytes';
+            out = 'ArrayBuffer { [Uint8Contents]: <' + hex + '>, byteLength: ' + v.byteLength + ' }';
+        } else if (v instanceof DataView) {
+            out = 'DataView { byteLength: ' + v.byteLength + ', byteOffset: ' + v.byteOffset +
+                ', buffer: ' + inspectValue(v.buffer, st, level + 1) + ' }';
+        } else {
+            const prefix = name === null ? '[Object: null prototype]' : name === 'Object' ? '' : name;
+            const tag = v[Symbol.toStringTag];
+            const p2 = typeof tag === 'string' && tag !== name ? (prefix ? prefix + ' ' : 'Object ') + '[' + tag + ']' : prefix;
+            out = wrap(p2, inspectProps(v, st, level, false), '{', '}');
+        }
+    } finally {
+        st.seen.pop();
+    }
+    if (st.refs.has(v)) out = '<ref *' + st.refs.get(v) + '> ' + out;
+    return out;
+}
 
 function fmt(args) {
     let out = '';
-    for (let i = 0; i < args.length; i++) {
-        const a = args[i];
-        if (i) out += ' ';
-        if (typeof a === 'string') out += a;
-        else if (a instanceof Error) out += errorText(a);
-        else {
-            let s;
-            try { s = JSON.stringify(a); } catch (_) { s = undefined; }
-            out += s === undefined ? String(a) : s;
+    let i = 0;
+    if (typeof args[0] === 'string' && args[0].includes('%') && args.length > 1) {
+        const f = args[0];
+        i = 1;
+        for (let k = 0; k < f.length; k++) {
+            const c = f[k];
+            if (c !== '%' || k + 1 >= f.length) { out += c; continue; }
+            const d = f[++k];
+            if (d === '%') { out += '%'; continue; }
+            if (!'sdifjoOc'.includes(d) || i >= args.length) { out += '%' + d; continue; }
+            const a = args[i++];
+            if (d === 's') out += typeof a === 'string' ? a : typeof a === 'object' && a !== null ? inspect(a, { depth: 1 }) : String(a);
+            else if (d === 'd') out += typeof a === 'object' ? 'NaN' : inspectValue(Number(a), null, 0);
+            else if (d === 'i') out += String(parseInt(a, 10));
+            else if (d === 'f') out += String(parseFloat(a));
+            else if (d === 'j') { try { out += JSON.stringify(a); } catch (_) { out += '[Circular]'; } }
+            else if (d === 'o' || d === 'O') out += inspect(a, { depth: d === 'o' ? 4 : 2 });
+            /* %c: CSS, ignored */
         }
+    }
+    for (; i < args.length; i++) {
+        const a = args[i];
+        if (out !== '' || i > 0) out += ' ';
+        out += typeof a === 'string' ? a : inspect(a);
     }
     return out;
 }
@@ -172,6 +344,10 @@ class Headers {
     *values() { for (const [, v] of this.entries()) yield v; }
     [Symbol.iterator]() { return this.entries(); }
     get [Symbol.toStringTag]() { return 'Headers'; }
+    [INSPECT]() {
+        const items = [...this.entries()].map(([k, v]) => quote(k) + ' => ' + quote(v));
+        return wrap('Headers(' + items.length + ')', items, '{', '}');
+    }
 }
 define('Headers', Headers);
 
@@ -242,6 +418,7 @@ class URLSearchParams {
     *values() { for (const p of this._l) yield p[1]; }
     [Symbol.iterator]() { return this.entries(); }
     toString() { return this._l.map(p => formEncode(p[0]) + '=' + formEncode(p[1])).join('&'); }
+    [INSPECT]() { return wrap('URLSearchParams', this._l.map(p => quote(p[0]) + ' => ' + quote(p[1])), '{', '}'); }
 }
 define('URLSearchParams', URLSearchParams);
 
@@ -336,6 +513,12 @@ class URL {
     }
     toString() { return this.href; }
     toJSON() { return this.href; }
+    [INSPECT](d, o, insp) {
+        const f = ['href', 'origin', 'protocol', 'username', 'password', 'host', 'hostname', 'port',
+            'pathname', 'search'].map(k => k + ': ' + quote(this[k]));
+        f.push('searchParams: ' + insp(this.searchParams), 'hash: ' + quote(this.hash));
+        return wrap('URL', f, '{', '}');
+    }
     static canParse(u, b) { try { new URL(u, b); return true; } catch (_) { return false; } }
 }
 define('URL', URL);
@@ -460,6 +643,15 @@ class Request {
             this._m = 'GET';
             this._h = null;
         }
+        if (init instanceof Request) {
+            /* new Request(url, request): the request's method, headers and
+             * body (its `body` is not a plain init member) */
+            this._m = init.method;
+            this._h = new Headers(init.headers);
+            this._t = init._t;
+            this._b = init._b;
+            init = {};
+        }
         if (init.method !== undefined) {
             const m = String(init.method);
             if (!TOKEN_RX.test(m)) throw new TypeError('invalid method: ' + JSON.stringify(m));
@@ -504,6 +696,10 @@ class Request {
     json() { return this.text().then(JSON.parse); }
     arrayBuffer() { this.bodyUsed = true; return this._bytes().then(bodyBuffer); }
     clone() { return new Request(this); }
+    [INSPECT](d, o, insp) {
+        return wrap('Request', ['method: ' + quote(this.method), 'url: ' + quote(this.url),
+            'headers: ' + insp(this.headers), 'bodyUsed: ' + this.bodyUsed], '{', '}');
+    }
 }
 define('Request', Request);
 
@@ -545,6 +741,11 @@ class Response {
     text() { this.bodyUsed = true; return Promise.resolve(bodyText(this._b)); }
     json() { return this.text().then(JSON.parse); }
     arrayBuffer() { this.bodyUsed = true; return Promise.resolve(bodyBuffer(this._b)); }
+    [INSPECT](d, o, insp) {
+        return wrap('Response', ['status: ' + this.status, 'statusText: ' + quote(this.statusText),
+            'headers: ' + insp(this.headers), 'ok: ' + this.ok, 'redirected: ' + this.redirected,
+            'url: ' + quote(this.url), 'bodyUsed: ' + this.bodyUsed], '{', '}');
+    }
     clone() {
         const r = new Response(null, this);
         r._b = this._b;
@@ -593,7 +794,8 @@ define('fetch', function fetch(input, init) {
     }
     const u = new URL(req.url);
     const send = (body) => hx.fetch(req._t, u.hostname, req.method, u.pathname + u.search,
-        req._h === null && req._t === null ? null : req.headers._l, body === undefined ? null : body);
+        req._h === null && req._t === null ? null : req.headers._l, body === undefined ? null : body,
+        u.host);
     const p = req.method === 'GET' || req.method === 'HEAD' ? send(null) : req._bytes().then(send);
     return p.then(r => {
         const resp = Object.create(Response.prototype);
