@@ -61,12 +61,41 @@ static char *js_module_normalize(JSContext *ctx, const char *base, const char *n
     return js_strdup(ctx, name);
 }
 
+/* node:buffer exports Buffer (and a default object holding it): the class
+ * prelude.js made for this context (undefined in the compile-only runtime,
+ * which never runs the module). */
+static int js_node_buffer_init(JSContext *ctx, JSModuleDef *m)
+{
+    js_worker *ws = JS_GetContextOpaque(ctx);
+    JSValue b = ws ? JS_DupValue(ctx, ws->buffer) : JS_UNDEFINED;
+    JSValue def = JS_NewObject(ctx);
+    if (JS_IsException(def)) {
+        JS_FreeValue(ctx, b);
+        return -1;
+    }
+    JS_SetPropertyStr(ctx, def, "Buffer", JS_DupValue(ctx, b));
+    JS_SetPropertyStr(ctx, def, "kMaxLength", JS_NewInt32(ctx, 0x7fffffff));
+    if (JS_SetModuleExport(ctx, m, "Buffer", b) != 0 ||
+        JS_SetModuleExport(ctx, m, "kMaxLength", JS_NewInt32(ctx, 0x7fffffff)) != 0 ||
+        JS_SetModuleExport(ctx, m, "default", def) != 0)
+        return -1;
+    return 0;
+}
+
 static JSModuleDef *js_module_load(JSContext *ctx, const char *name, void *opaque)
 {
     (void)opaque;
+    if (strcmp(name, "node:buffer") == 0 || strcmp(name, "buffer") == 0) {
+        JSModuleDef *m = JS_NewCModule(ctx, name, js_node_buffer_init);
+        if (m == NULL || JS_AddModuleExport(ctx, m, "Buffer") != 0 ||
+            JS_AddModuleExport(ctx, m, "kMaxLength") != 0 ||
+            JS_AddModuleExport(ctx, m, "default") != 0)
+            return NULL;
+        return m;
+    }
     JS_ThrowReferenceError(ctx,
                            "cannot import '%s': imports are not supported (the script must be "
-                           "one file)",
+                           "one file; node:buffer is the only module provided)",
                            name);
     return NULL;
 }

@@ -62,6 +62,7 @@ typedef struct js_worker {
     JSRuntime *rt;
     JSContext *ctx;
     JSValue dispatch, filter_req, filter_resp, error_text;
+    JSValue buffer; /* the Buffer class, for `import ... from 'node:buffer'` */
     JSValue env;
     js_rq *cur;        /* request the running JS is attributed to */
     unsigned depth;    /* nesting of js_enter */
@@ -79,6 +80,7 @@ typedef struct js_timer {
     helios_timer *t;
     JSValue fn;
     int id;
+    uint64_t every_ms; /* setInterval: re-armed before each call; 0 = once */
     struct js_timer *prev, *next;
 } js_timer;
 

@@ -455,9 +455,13 @@ static void js_timer_fire(void *arg)
     js_worker *ws = rq->ws;
     t->t = NULL; /* fired: freed by the core */
     JSValue fn = JS_DupValue(ws->ctx, t->fn);
+    int every = t->every_ms > 0;
     js_rq_ref(rq);
-    js_timer_free(ws, t, 0);
-    js_call(ws, rq, fn, 0, NULL, "in a setTimeout callback");
+    /* an interval is re-armed first: its callback may clear it (T is not
+     * touched after the call) */
+    if (!every || (t->t = js_api->timer_add(ws->w, t->every_ms, js_timer_fire, t)) == NULL)
+        js_timer_free(ws, t, 0);
+    js_call(ws, rq, fn, 0, NULL, every ? "in a setInterval callback" : "in a setTimeout callback");
     JS_FreeValue(ws->ctx, fn);
     js_rq_unref(rq);
 }
@@ -480,6 +484,9 @@ JSValue nat_set_timeout(JSContext *ctx, JSValueConst this_val, int argc, JSValue
         return JS_ThrowOutOfMemory(ctx);
     t->rq = rq;
     t->fn = JS_DupValue(ctx, argv[0]);
+    /* hx.setTimeout(fn, ms, repeat): an interval runs at most every 1 ms */
+    if (argc > 2 && JS_ToBool(ctx, argv[2]))
+        t->every_ms = ms >= 1 ? (uint64_t)ms : 1;
     t->id = ++ws->next_timer_id;
     if (ws->next_timer_id >= INT_MAX - 1)
         ws->next_timer_id = 0;
@@ -572,11 +579,13 @@ static void js_runtime_close(js_worker *ws)
         JS_FreeValue(ws->ctx, ws->filter_req);
         JS_FreeValue(ws->ctx, ws->filter_resp);
         JS_FreeValue(ws->ctx, ws->error_text);
+        JS_FreeValue(ws->ctx, ws->buffer);
         JS_FreeValue(ws->ctx, ws->env);
         JS_FreeContext(ws->ctx);
         ws->ctx = NULL;
     }
     ws->dispatch = ws->filter_req = ws->filter_resp = ws->error_text = ws->env = JS_UNDEFINED;
+    ws->buffer = JS_UNDEFINED;
     if (ws->rt) {
         JS_FreeRuntime(ws->rt); /* finalizes the tokens: drops their refs */
         ws->rt = NULL;
@@ -635,6 +644,7 @@ static int js_load_prelude(js_worker *ws, char *err, size_t errlen)
     ws->filter_req = JS_GetPropertyStr(ctx, o, "filterRequest");
     ws->filter_resp = JS_GetPropertyStr(ctx, o, "filterResponse");
     ws->error_text = JS_GetPropertyStr(ctx, o, "errorText");
+    ws->buffer = JS_GetPropertyStr(ctx, o, "Buffer");
     JS_FreeValue(ctx, o);
     return 0;
 }
@@ -720,6 +730,7 @@ static int js_runtime_open(js_worker *ws, char *err, size_t errlen)
 {
     const js_config *cfg = ws->cfg;
     ws->dispatch = ws->filter_req = ws->filter_resp = ws->error_text = ws->env = JS_UNDEFINED;
+    ws->buffer = JS_UNDEFINED;
     ws->rt = JS_NewRuntime2(&js_mem_funcs, ws);
     if (ws->rt == NULL) {
         snprintf(err, errlen, "cannot create a JavaScript runtime (out of memory)");

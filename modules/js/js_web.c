@@ -541,6 +541,212 @@ static JSValue nat_decode(JSContext *ctx, JSValueConst this_val, int argc, JSVal
     return v;
 }
 
+/* ---- binary codecs (node:buffer, atob/btoa, crypto JWK) ---- */
+
+/* hx.b64enc(bytes, url) -> string: standard (padded) or base64url (not) */
+static JSValue nat_b64enc(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv)
+{
+    (void)this_val;
+    (void)argc;
+    static const char std[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    static const char url[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    const char *hold;
+    const uint8_t *p;
+    size_t len;
+    if (js_bytes(ctx, argv[0], &hold, &p, &len) != 0)
+        return JS_EXCEPTION;
+    int u = JS_ToBool(ctx, argv[1]);
+    const char *a = u ? url : std;
+    char *out = malloc(len / 3 * 4 + 5);
+    if (out == NULL) {
+        JS_FreeCString(ctx, hold);
+        return JS_ThrowOutOfMemory(ctx);
+    }
+    size_t o = 0, i = 0;
+    for (; i + 2 < len; i += 3) {
+        uint32_t n = (uint32_t)p[i] << 16 | (uint32_t)p[i + 1] << 8 | p[i + 2];
+        out[o++] = a[n >> 18];
+        out[o++] = a[(n >> 12) & 63];
+        out[o++] = a[(n >> 6) & 63];
+        out[o++] = a[n & 63];
+    }
+    if (i < len) {
+        uint32_t n = (uint32_t)p[i] << 16 | (i + 1 < len ? (uint32_t)p[i + 1] << 8 : 0);
+        out[o++] = a[n >> 18];
+        out[o++] = a[(n >> 12) & 63];
+        if (i + 1 < len)
+            out[o++] = a[(n >> 6) & 63];
+        else if (!u)
+            out[o++] = '=';
+        if (!u)
+            out[o++] = '=';
+    }
+    JSValue v = JS_NewStringLen(ctx, out, o);
+    free(out);
+    JS_FreeCString(ctx, hold);
+    return v;
+}
+
+/* hx.b64dec(string, strict) -> ArrayBuffer, or null when STRICT and the
+ * text is not base64. Both alphabets; whitespace is skipped; decoding
+ * stops at '=' (lenient, as node does unless STRICT). */
+static JSValue nat_b64dec(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv)
+{
+    (void)this_val;
+    (void)argc;
+    size_t len;
+    const char *s = JS_ToCStringLen(ctx, &len, argv[0]);
+    if (s == NULL)
+        return JS_EXCEPTION;
+    int strict = JS_ToBool(ctx, argv[1]);
+    uint8_t *out = malloc(len / 4 * 3 + 3);
+    if (out == NULL) {
+        JS_FreeCString(ctx, s);
+        return JS_ThrowOutOfMemory(ctx);
+    }
+    uint32_t acc = 0;
+    int bits = 0, bad = 0;
+    size_t o = 0, i = 0;
+    for (; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        int v;
+        if (c >= 'A' && c <= 'Z')
+            v = c - 'A';
+        else if (c >= 'a' && c <= 'z')
+            v = c - 'a' + 26;
+        else if (c >= '0' && c <= '9')
+            v = c - '0' + 52;
+        else if (c == '+' || c == '-')
+            v = 62;
+        else if (c == '/' || c == '_')
+            v = 63;
+        else if (c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f')
+            continue;
+        else if (c == '=')
+            break;
+        else {
+            bad = 1;
+            if (strict)
+                break;
+            continue;
+        }
+        acc = acc << 6 | (uint32_t)v;
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            out[o++] = (uint8_t)(acc >> bits);
+        }
+    }
+    if (strict) {
+        /* padding only at the end, and a whole number of bytes */
+        for (; i < len; i++)
+            if (s[i] != '=' && s[i] != ' ' && s[i] != '\n' && s[i] != '\r' && s[i] != '\t')
+                bad = 1;
+        if (bits >= 6)
+            bad = 1;
+    }
+    JS_FreeCString(ctx, s);
+    JSValue v = bad && strict ? JS_NULL : JS_NewArrayBufferCopy(ctx, out, o);
+    free(out);
+    return v;
+}
+
+/* hx.hexenc(bytes) -> string */
+static JSValue nat_hexenc(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv)
+{
+    (void)this_val;
+    (void)argc;
+    static const char hex[] = "0123456789abcdef";
+    const char *hold;
+    const uint8_t *p;
+    size_t len;
+    if (js_bytes(ctx, argv[0], &hold, &p, &len) != 0)
+        return JS_EXCEPTION;
+    char *out = malloc(len * 2 + 1);
+    if (out == NULL) {
+        JS_FreeCString(ctx, hold);
+        return JS_ThrowOutOfMemory(ctx);
+    }
+    for (size_t i = 0; i < len; i++) {
+        out[2 * i] = hex[p[i] >> 4];
+        out[2 * i + 1] = hex[p[i] & 15];
+    }
+    JSValue v = JS_NewStringLen(ctx, out, len * 2);
+    free(out);
+    JS_FreeCString(ctx, hold);
+    return v;
+}
+
+static int js_hexval(int c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/* hx.hexdec(string) -> ArrayBuffer: pairs of hex digits up to the first
+ * that is not (as node does) */
+static JSValue nat_hexdec(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv)
+{
+    (void)this_val;
+    (void)argc;
+    size_t len;
+    const char *s = JS_ToCStringLen(ctx, &len, argv[0]);
+    if (s == NULL)
+        return JS_EXCEPTION;
+    uint8_t *out = malloc(len / 2 + 1);
+    if (out == NULL) {
+        JS_FreeCString(ctx, s);
+        return JS_ThrowOutOfMemory(ctx);
+    }
+    size_t o = 0;
+    for (size_t i = 0; i + 1 < len; i += 2) {
+        int hi = js_hexval((unsigned char)s[i]), lo = js_hexval((unsigned char)s[i + 1]);
+        if (hi < 0 || lo < 0)
+            break;
+        out[o++] = (uint8_t)(hi << 4 | lo);
+    }
+    JS_FreeCString(ctx, s);
+    JSValue v = JS_NewArrayBufferCopy(ctx, out, o);
+    free(out);
+    return v;
+}
+
+/* hx.latin1(bytes) -> string of code points 0..255 */
+static JSValue nat_latin1(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv)
+{
+    (void)this_val;
+    (void)argc;
+    const char *hold;
+    const uint8_t *p;
+    size_t len;
+    if (js_bytes(ctx, argv[0], &hold, &p, &len) != 0)
+        return JS_EXCEPTION;
+    /* as UTF-8: at most two bytes per byte */
+    char *out = malloc(len * 2 + 1);
+    if (out == NULL) {
+        JS_FreeCString(ctx, hold);
+        return JS_ThrowOutOfMemory(ctx);
+    }
+    size_t o = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (p[i] < 0x80) {
+            out[o++] = (char)p[i];
+        } else {
+            out[o++] = (char)(0xc0 | p[i] >> 6);
+            out[o++] = (char)(0x80 | (p[i] & 0x3f));
+        }
+    }
+    JSValue v = JS_NewStringLen(ctx, out, o);
+    free(out);
+    JS_FreeCString(ctx, hold);
+    return v;
+}
+
 static const JSCFunctionListEntry js_natives[] = {
     JS_CFUNC_DEF("log", 2, nat_log),
     JS_CFUNC_DEF("method", 1, nat_method),
@@ -552,13 +758,18 @@ static const JSCFunctionListEntry js_natives[] = {
     JS_CFUNC_DEF("rh", 4, nat_resp_header),
     JS_CFUNC_DEF("body", 1, nat_body),
     JS_CFUNC_DEF("fetch", 7, nat_fetch),
-    JS_CFUNC_DEF("setTimeout", 2, nat_set_timeout),
+    JS_CFUNC_DEF("setTimeout", 3, nat_set_timeout),
     JS_CFUNC_DEF("clearTimeout", 1, nat_clear_timeout),
     JS_CFUNC_DEF("waitBegin", 1, nat_wait_begin),
     JS_CFUNC_DEF("waitEnd", 1, nat_wait_end),
     JS_CFUNC_DEF("random", 1, nat_random),
     JS_CFUNC_DEF("encode", 1, nat_encode),
     JS_CFUNC_DEF("decode", 3, nat_decode),
+    JS_CFUNC_DEF("b64enc", 2, nat_b64enc),
+    JS_CFUNC_DEF("b64dec", 2, nat_b64dec),
+    JS_CFUNC_DEF("hexenc", 1, nat_hexenc),
+    JS_CFUNC_DEF("hexdec", 1, nat_hexdec),
+    JS_CFUNC_DEF("latin1", 1, nat_latin1),
 };
 
 void js_natives_install(JSContext *ctx, JSValueConst hx)

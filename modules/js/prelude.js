@@ -618,10 +618,231 @@ define('setTimeout', function setTimeout(fn, ms, ...args) {
 define('clearTimeout', function clearTimeout(id) {
     if (typeof id === 'number') hx.clearTimeout(id);
 });
+define('setInterval', function setInterval(fn, ms, ...args) {
+    if (typeof fn !== 'function') throw new TypeError('setInterval: the callback must be a function');
+    ms = Number(ms);
+    if (!(ms > 0)) ms = 0;
+    return hx.setTimeout(args.length ? () => fn(...args) : fn, Math.min(ms, 2147483647), true);
+});
+/* one pool of ids, as in HTML: either clears either */
+define('clearInterval', function clearInterval(id) {
+    if (typeof id === 'number') hx.clearTimeout(id);
+});
 define('queueMicrotask', function queueMicrotask(fn) {
     if (typeof fn !== 'function') throw new TypeError('queueMicrotask: the callback must be a function');
     Promise.resolve().then(fn);
 });
+
+/* ---- self, structuredClone ---- */
+
+define('self', G);
+
+/* The structured clone algorithm for what a worker can hold: primitives,
+ * plain objects and arrays (own enumerable properties; prototypes are not
+ * kept), Date, RegExp, Map, Set, ArrayBuffer and views, Error objects,
+ * boxed primitives, Blob and File; cycles and shared references are kept.
+ * Functions, symbols and other platform objects throw DataCloneError.
+ * `transfer` is accepted and ignored (everything is copied). */
+const CLONE_ERRORS = { Error, EvalError, RangeError, ReferenceError, SyntaxError, TypeError, URIError };
+function cloneValue(v, memo) {
+    if (typeof v === 'symbol') throw new DOMException('structuredClone: a Symbol cannot be cloned', 'DataCloneError');
+    if (typeof v === 'function') throw new DOMException('structuredClone: a function cannot be cloned', 'DataCloneError');
+    if (typeof v !== 'object' || v === null) return v;
+    if (memo.has(v)) return memo.get(v);
+    let out;
+    const set = (o) => { memo.set(v, o); return o; };
+    if (v instanceof Boolean) return set(new Boolean(v.valueOf()));
+    if (v instanceof Number) return set(new Number(v.valueOf()));
+    if (v instanceof String) return set(new String(v.valueOf()));
+    if (v instanceof Date) return set(new Date(v.getTime()));
+    if (v instanceof RegExp) return set(new RegExp(v.source, v.flags));
+    if (v instanceof ArrayBuffer) return set(v.slice(0));
+    if (ArrayBuffer.isView(v)) {
+        const buf = cloneValue(v.buffer, memo);
+        if (v instanceof DataView) return set(new DataView(buf, v.byteOffset, v.byteLength));
+        return set(new v.constructor(buf, v.byteOffset, v.length));
+    }
+    if (typeof Blob === 'function' && v instanceof Blob) return set(v.slice(0, v.size, v.type)._as(v));
+    if (v instanceof Map) {
+        out = set(new Map());
+        for (const [k, x] of v) out.set(cloneValue(k, memo), cloneValue(x, memo));
+        return out;
+    }
+    if (v instanceof Set) {
+        out = set(new Set());
+        for (const x of v) out.add(cloneValue(x, memo));
+        return out;
+    }
+    if (v instanceof Error) {
+        const C = CLONE_ERRORS[v.name] || Error;
+        out = set(new C(v.message));
+        if (v.stack !== undefined) out.stack = String(v.stack);
+        if ('cause' in v) out.cause = cloneValue(v.cause, memo);
+        return out;
+    }
+    if (Array.isArray(v)) {
+        out = set(new Array(v.length));
+    } else {
+        const proto = Object.getPrototypeOf(v);
+        if (proto !== Object.prototype && proto !== null &&
+            (v instanceof Promise || v instanceof WeakMap || v instanceof WeakSet ||
+             v instanceof Request || v instanceof Response || v instanceof Headers))
+            throw new DOMException('structuredClone: ' + ctorName(v) + ' objects cannot be cloned', 'DataCloneError');
+        out = set({});
+    }
+    for (const k of Object.keys(v)) out[k] = cloneValue(v[k], memo);
+    return out;
+}
+define('structuredClone', function structuredClone(value, options) {
+    if (arguments.length === 0) throw new TypeError('structuredClone: a value is required');
+    return cloneValue(value, new Map());
+});
+
+/* ---- Buffer (node:buffer): a Uint8Array with node's common methods ---- */
+
+function normEnc(enc) {
+    const e = enc === undefined ? 'utf8' : String(enc).toLowerCase();
+    switch (e) {
+    case 'utf8': case 'utf-8': return 'utf8';
+    case 'hex': return 'hex';
+    case 'base64': return 'base64';
+    case 'base64url': return 'base64url';
+    case 'latin1': case 'binary': return 'latin1';
+    case 'ascii': return 'ascii';
+    case 'utf16le': case 'utf-16le': case 'ucs2': case 'ucs-2': return 'utf16le';
+    }
+    throw new TypeError('Unknown encoding: ' + enc);
+}
+
+function encodeString(str, enc) {
+    switch (normEnc(enc)) {
+    case 'utf8': return hx.encode(str);
+    case 'hex': return hx.hexdec(str);
+    case 'base64': case 'base64url': return hx.b64dec(str, false);
+    case 'utf16le': {
+        const b = new Uint8Array(str.length * 2);
+        for (let i = 0; i < str.length; i++) { const c = str.charCodeAt(i); b[2 * i] = c & 255; b[2 * i + 1] = c >> 8; }
+        return b.buffer;
+    }
+    default: { /* latin1, ascii */
+        const b = new Uint8Array(str.length);
+        for (let i = 0; i < str.length; i++) b[i] = str.charCodeAt(i) & 255;
+        return b.buffer;
+    }
+    }
+}
+
+class Buffer extends Uint8Array {
+    static from(v, a, b) {
+        if (typeof v === 'string') return new Buffer(encodeString(v, a));
+        if (v instanceof ArrayBuffer) return new Buffer(v, a === undefined ? 0 : a, b === undefined ? v.byteLength - (a || 0) : b);
+        if (ArrayBuffer.isView(v)) return new Buffer(new Uint8Array(v.buffer, v.byteOffset, v.byteLength));
+        if (v !== null && typeof v === 'object') {
+            if (v.type === 'Buffer' && Array.isArray(v.data)) return new Buffer(v.data);
+            if (typeof v[Symbol.iterator] === 'function' || typeof v.length === 'number') return new Buffer(Array.from(v));
+        }
+        throw new TypeError('Buffer.from: expected a string, an ArrayBuffer, a typed array or an array');
+    }
+    static alloc(n, fill, enc) {
+        const b = new Buffer(n);
+        if (fill !== undefined) b.fill(fill, 0, n, enc);
+        return b;
+    }
+    static allocUnsafe(n) { return new Buffer(n); }
+    static isBuffer(b) { return b instanceof Buffer; }
+    static isEncoding(e) { try { normEnc(e); return true; } catch (_) { return false; } }
+    static byteLength(v, enc) {
+        if (typeof v === 'string') return encodeString(v, enc).byteLength;
+        if (v instanceof ArrayBuffer || ArrayBuffer.isView(v)) return v.byteLength;
+        throw new TypeError('Buffer.byteLength: expected a string, an ArrayBuffer or a view');
+    }
+    static concat(list, total) {
+        if (!Array.isArray(list)) throw new TypeError('Buffer.concat: expected an array');
+        if (total === undefined) total = list.reduce((n, b) => n + b.length, 0);
+        const out = Buffer.alloc(total);
+        let o = 0;
+        for (const b of list) {
+            if (o >= total) break;
+            const u = b instanceof Uint8Array ? b : new Uint8Array(b);
+            out.set(u.subarray(0, total - o), o);
+            o += Math.min(u.length, total - o);
+        }
+        return out;
+    }
+    static compare(a, b) {
+        const n = Math.min(a.length, b.length);
+        for (let i = 0; i < n; i++) if (a[i] !== b[i]) return a[i] < b[i] ? -1 : 1;
+        return a.length < b.length ? -1 : a.length > b.length ? 1 : 0;
+    }
+    toString(enc, start, end) {
+        start = start === undefined ? 0 : Math.max(0, start | 0);
+        end = end === undefined ? this.length : Math.min(this.length, end | 0);
+        const v = start === 0 && end === this.length ? this : this.subarray(start, end);
+        switch (normEnc(enc)) {
+        case 'utf8': return hx.decode(v, false, true);
+        case 'hex': return hx.hexenc(v);
+        case 'base64': return hx.b64enc(v, false);
+        case 'base64url': return hx.b64enc(v, true);
+        case 'latin1': return hx.latin1(v);
+        case 'ascii': return hx.latin1(Uint8Array.from(v, x => x & 127));
+        case 'utf16le': {
+            let s = '';
+            for (let i = 0; i + 1 < v.length; i += 2) s += String.fromCharCode(v[i] | (v[i + 1] << 8));
+            return s;
+        }
+        }
+    }
+    toJSON() { return { type: 'Buffer', data: Array.from(this) }; }
+    equals(o) {
+        if (!(o instanceof Uint8Array)) throw new TypeError('Buffer.equals: expected a Buffer or Uint8Array');
+        return Buffer.compare(this, o) === 0;
+    }
+    compare(o) { return Buffer.compare(this, o); }
+    slice(s, e) { return this.subarray(s, e); } /* node: a view, not a copy */
+    write(str, offset, length, enc) {
+        if (typeof offset === 'string') { enc = offset; offset = 0; length = undefined; }
+        else if (typeof length === 'string') { enc = length; length = undefined; }
+        offset = offset === undefined ? 0 : offset;
+        const b = new Uint8Array(encodeString(String(str), enc));
+        const n = Math.min(b.length, this.length - offset, length === undefined ? Infinity : length);
+        this.set(b.subarray(0, n), offset);
+        return n;
+    }
+    fill(v, start, end, enc) {
+        if (typeof start === 'string') { enc = start; start = 0; end = this.length; }
+        start = start === undefined ? 0 : start;
+        end = end === undefined ? this.length : end;
+        if (typeof v === 'string') {
+            const b = new Uint8Array(encodeString(v, enc));
+            if (b.length === 0) return super.fill(0, start, end);
+            for (let i = start, j = 0; i < end; i++, j = (j + 1) % b.length) this[i] = b[j];
+            return this;
+        }
+        return super.fill(typeof v === 'number' ? v & 255 : v ? 1 : 0, start, end);
+    }
+    copy(target, tStart, sStart, sEnd) {
+        tStart = tStart || 0;
+        sStart = sStart || 0;
+        sEnd = sEnd === undefined ? this.length : sEnd;
+        const n = Math.max(0, Math.min(sEnd - sStart, target.length - tStart));
+        target.set(this.subarray(sStart, sStart + n), tStart);
+        return n;
+    }
+    readUInt8(o = 0) { return this[o]; }
+    readUInt16BE(o = 0) { return new DataView(this.buffer, this.byteOffset).getUint16(o); }
+    readUInt32BE(o = 0) { return new DataView(this.buffer, this.byteOffset).getUint32(o); }
+    readUInt16LE(o = 0) { return new DataView(this.buffer, this.byteOffset).getUint16(o, true); }
+    readUInt32LE(o = 0) { return new DataView(this.buffer, this.byteOffset).getUint32(o, true); }
+    writeUInt8(v, o = 0) { this[o] = v; return o + 1; }
+    writeUInt16BE(v, o = 0) { new DataView(this.buffer, this.byteOffset).setUint16(o, v); return o + 2; }
+    writeUInt32BE(v, o = 0) { new DataView(this.buffer, this.byteOffset).setUint32(o, v); return o + 4; }
+    [INSPECT]() {
+        const hex = Array.from(this.subarray(0, 50), x => (x + 256).toString(16).slice(1)).join(' ');
+        return '<Buffer' + (hex ? ' ' + hex : '') + (this.length > 50 ? ' ... ' + (this.length - 50) + ' more bytes' : '') + '>';
+    }
+}
+Buffer.poolSize = 8192;
+Object.defineProperty(Buffer.prototype, 'parent', { get() { return this.buffer; } });
 
 /* ---- Request / Response ---- */
 
@@ -925,5 +1146,5 @@ function filterResponse(tok, env, status) {
     return r !== undefined && r !== null && typeof r.status === 'number' ? r.status : resp.status;
 }
 
-return { dispatch, filterRequest, filterResponse, errorText };
+return { dispatch, filterRequest, filterResponse, errorText, Buffer };
 })

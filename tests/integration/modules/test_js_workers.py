@@ -256,3 +256,111 @@ export default {
     assert got["custom"] == "AppError: custom"
     assert got["empty"] == "Error"
     assert got["engine"] == "TypeError: cannot read property 'x' of null"
+
+
+# ---------------------------------------------------------------- self, structuredClone, intervals, Buffer
+
+
+def test_self_structured_clone_and_set_interval(heliosd, tmp_path):
+    src = """
+self.addEventListener('fetch', (event) => event.respondWith(handle()));
+async function handle() {
+  const src = { d: new Date(5), m: new Map([['k', new Set([1])]]), u8: new Uint8Array([1, 2]),
+                re: /x+/g, nested: { a: [1, { b: 2 }] }, err: new RangeError('bad') };
+  src.self = src;
+  src.again = src.nested;
+  const c = structuredClone(src);
+  const errs = [];
+  for (const bad of [{ f() {} }, Symbol('s'), new Request('http://x/')]) {
+    try { structuredClone(bad); errs.push('cloned'); } catch (e) { errs.push(e.name); }
+  }
+  const ticks = [];
+  await new Promise((resolve) => {
+    const id = setInterval((x) => { ticks.push(x); if (ticks.length === 3) { clearInterval(id); resolve(); } }, 10, 't');
+  });
+  let n = 0;
+  const id2 = setInterval(() => n++, 5);
+  clearTimeout(id2);  // one id pool
+  await new Promise((r) => setTimeout(r, 40));
+  return Response.json({
+    selfIsGlobal: self === globalThis, cycle: c !== src && c.self === c, shared: c.again === c.nested,
+    date: c.d instanceof Date && c.d.getTime(), map: c.m.get('k').has(1) && c.m !== src.m,
+    u8: Array.from(c.u8), copied: c.u8.buffer !== src.u8.buffer, re: c.re.source + '/' + c.re.flags,
+    nested: c.nested, err: [c.err instanceof RangeError, c.err.message], errs, ticks, cleared: n,
+  });
+}
+"""
+    h = start_js(heliosd, tmp_path, src)
+    got = get_json(h, "/")
+    assert got == {
+        "selfIsGlobal": True, "cycle": True, "shared": True, "date": 5, "map": True, "u8": [1, 2],
+        "copied": True, "re": "x+/g", "nested": {"a": [1, {"b": 2}]}, "err": [True, "bad"],
+        "errs": ["DataCloneError", "DataCloneError", "DataCloneError"], "ticks": ["t", "t", "t"], "cleared": 0,
+    }
+
+
+def test_an_interval_stops_when_its_request_ends(heliosd, tmp_path):
+    src = """
+addEventListener('fetch', (event) => {
+  setInterval(() => console.log('interval-tick'), 20);
+  event.respondWith(new Response('done'));
+});
+"""
+    h = start_js(heliosd, tmp_path, src)
+    assert h.get("/")[2] == b"done"
+    time.sleep(0.3)
+    assert h.stderr().count("interval-tick") <= 1
+
+
+def test_node_buffer_module(heliosd, tmp_path):
+    import base64
+
+    src = r"""
+import { Buffer } from 'node:buffer';
+import buffer from 'node:buffer';
+export default {
+  async fetch(request) {
+    const body = Buffer.from(await request.arrayBuffer());
+    const b = Buffer.from('héllo wörld', 'utf8');
+    const shared = Buffer.from('abc');
+    shared.subarray(0, 1)[0] = 65;
+    return Response.json({
+      sameClass: buffer.Buffer === Buffer, isUint8Array: b instanceof Uint8Array,
+      utf8: b.toString(), base64: b.toString('base64'), hex: b.toString('hex'),
+      b64url: Buffer.from([251, 255, 191]).toString('base64url'),
+      fromB64: Buffer.from('aGVsbG8gd29ybGQ=', 'base64').toString(),
+      fromB64url: Array.from(Buffer.from('-_-_', 'base64url')),
+      fromHex: Array.from(Buffer.from('00ff10', 'hex')),
+      concat: Buffer.concat([Buffer.from('ab'), Buffer.from([0x63]), new Uint8Array([100])]).toString(),
+      concatCut: Buffer.concat([Buffer.from('abc'), Buffer.from('def')], 4).toString(),
+      byteLength: [Buffer.byteLength('héllo'), Buffer.byteLength('aGVsbG8=', 'base64'), Buffer.byteLength(new ArrayBuffer(7))],
+      equals: [Buffer.from('x').equals(Buffer.from('x')), Buffer.from('x').equals(Buffer.from('xy'))],
+      sub: b.subarray(1, 3).toString('hex'), subIsBuffer: Buffer.isBuffer(b.subarray(1)), shared: shared.toString(),
+      isBuffer: [Buffer.isBuffer(b), Buffer.isBuffer(new Uint8Array(1))],
+      slice: b.slice(0, 2).toString('latin1'),
+      body: body.toString('base64'), json: JSON.stringify(Buffer.from([1, 2])),
+      alloc: Buffer.alloc(5, 'ab').toString(), latin1: Buffer.from('\xe9t\xe9', 'latin1').toString('hex'),
+      range: b.toString('utf8', 0, 1), compare: Buffer.compare(Buffer.from('a'), Buffer.from('b')),
+      fromArray: Buffer.from([1, 256, -1]).toString('hex'),
+    });
+  },
+};
+"""
+    h = start_js(heliosd, tmp_path, src)
+    body = bytes(range(256)) * 3
+    status, _, data = h.get("/", method="POST", body=body)
+    assert status == 200, data
+    got = json.loads(data)
+    text = "héllo wörld".encode()
+    assert got == {
+        "sameClass": True, "isUint8Array": True,
+        "utf8": "héllo wörld", "base64": base64.b64encode(text).decode(), "hex": text.hex(),
+        "b64url": base64.urlsafe_b64encode(bytes([251, 255, 191])).decode().rstrip("="),
+        "fromB64": "hello world", "fromB64url": list(base64.urlsafe_b64decode("-_-_")),
+        "fromHex": [0, 255, 16], "concat": "abcd", "concatCut": "abcd",
+        "byteLength": [6, 5, 7], "equals": [True, False],
+        "sub": text[1:3].hex(), "subIsBuffer": True, "shared": "Abc", "isBuffer": [True, False],
+        "slice": text[:2].decode("latin-1"),
+        "body": base64.b64encode(body).decode(), "json": '{"type":"Buffer","data":[1,2]}',
+        "alloc": "ababa", "latin1": "e974e9", "range": "h", "compare": -1, "fromArray": "0100ff",
+    }
