@@ -341,5 +341,6 @@ HELIOS_MODULE_ENTRY(const helios_host_api *host)
 {
     js_api = host;
     js_tok_class_init();
+    js_crypto_class_init();
     return &js_module;
 }

@@ -8,6 +8,7 @@
  *                 worker_init/worker_fini
  *   js_web.c      the natives behind prelude.js's Web API (hx.*): request,
  *                 response, headers, body, crypto, TextEncoder/Decoder
+ *   js_crypto.c   crypto.subtle's OpenSSL natives (hx.digest, hx.sign...)
  *   js_fetch.c    fetch(): subrequests and their promises
  *   js_compile.c  source and .qjsbc loading, `heliosd compile`
  *
@@ -174,6 +175,12 @@ int js_bytes(JSContext *ctx, JSValueConst v, const char **hold, const uint8_t **
 int js_hop_header(const char *n);
 int js_pairs(JSContext *ctx, JSValueConst pairs, int (*fn)(void *arg, const char *n, const char *v),
              void *arg);
+
+/* ---- js_crypto.c ---- */
+
+void js_crypto_class_init(void);          /* once per process, from the module entry */
+int js_crypto_runtime_init(JSRuntime *rt); /* per runtime */
+void js_crypto_natives_install(JSContext *ctx, JSValueConst hx);
 
 /* ---- js_fetch.c ---- */
 

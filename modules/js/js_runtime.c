@@ -626,27 +626,48 @@ static int js_init_error(js_worker *ws, const char *what, char *err, size_t errl
     return -1;
 }
 
+/* Evaluates the embedded .js files (js_prelude_files): each is a function
+ * expression called with `hx` (the natives) and the `lib` object the first
+ * one, prelude.js, returns among its entry points. */
 static int js_load_prelude(js_worker *ws, char *err, size_t errlen)
 {
     JSContext *ctx = ws->ctx;
-    JSValue fn = JS_Eval(ctx, (const char *)js_prelude_src, js_prelude_len, "helios:prelude.js",
-                         JS_EVAL_TYPE_GLOBAL | JS_EVAL_FLAG_STRICT);
-    if (JS_IsException(fn))
-        return js_init_error(ws, "the prelude", err, errlen);
     JSValue hx = JS_NewObject(ctx);
-    js_natives_install(ctx, hx);
-    JSValue o = JS_Call(ctx, fn, JS_UNDEFINED, 1, (JSValueConst *)&hx);
-    JS_FreeValue(ctx, fn);
-    JS_FreeValue(ctx, hx);
-    if (JS_IsException(o))
+    if (JS_IsException(hx))
         return js_init_error(ws, "the prelude", err, errlen);
-    ws->dispatch = JS_GetPropertyStr(ctx, o, "dispatch");
-    ws->filter_req = JS_GetPropertyStr(ctx, o, "filterRequest");
-    ws->filter_resp = JS_GetPropertyStr(ctx, o, "filterResponse");
-    ws->error_text = JS_GetPropertyStr(ctx, o, "errorText");
-    ws->buffer = JS_GetPropertyStr(ctx, o, "Buffer");
+    js_natives_install(ctx, hx);
+    JSValue o = JS_UNDEFINED, lib = JS_UNDEFINED;
+    int rc = 0;
+    for (size_t i = 0; i < sizeof(js_prelude_files) / sizeof(js_prelude_files[0]) && rc == 0; i++) {
+        JSValue fn = JS_Eval(ctx, (const char *)js_prelude_files[i].src, js_prelude_files[i].len,
+                             js_prelude_files[i].name, JS_EVAL_TYPE_GLOBAL | JS_EVAL_FLAG_STRICT);
+        if (JS_IsException(fn)) {
+            rc = js_init_error(ws, js_prelude_files[i].name, err, errlen);
+            break;
+        }
+        JSValueConst args[2] = {hx, lib};
+        JSValue r = JS_Call(ctx, fn, JS_UNDEFINED, 2, args);
+        JS_FreeValue(ctx, fn);
+        if (JS_IsException(r)) {
+            rc = js_init_error(ws, js_prelude_files[i].name, err, errlen);
+        } else if (i == 0) {
+            o = r;
+            lib = JS_GetPropertyStr(ctx, o, "lib");
+        } else {
+            JS_FreeValue(ctx, r);
+        }
+    }
+    if (rc == 0) {
+        ws->dispatch = JS_GetPropertyStr(ctx, o, "dispatch");
+        ws->filter_req = JS_GetPropertyStr(ctx, o, "filterRequest");
+        ws->filter_resp = JS_GetPropertyStr(ctx, o, "filterResponse");
+        ws->error_text = JS_GetPropertyStr(ctx, o, "errorText");
+        ws->buffer = JS_GetPropertyStr(ctx, o, "Buffer");
+    }
+    JS_FreeValue(ctx, lib);
     JS_FreeValue(ctx, o);
-    return 0;
+    JS_FreeValue(ctx, hx);
+    return rc;
 }
 
 static int js_make_env(js_worker *ws, char *err, size_t errlen)
@@ -742,7 +763,7 @@ static int js_runtime_open(js_worker *ws, char *err, size_t errlen)
     JS_SetCanBlock(ws->rt, 0);
     js_module_loader_install(ws->rt);
     if (JS_NewClass(ws->rt, js_tok_class_id, &js_tok_class) != 0 ||
-        (ws->ctx = JS_NewContext(ws->rt)) == NULL) {
+        js_crypto_runtime_init(ws->rt) != 0 || (ws->ctx = JS_NewContext(ws->rt)) == NULL) {
         snprintf(err, errlen, "cannot create a JavaScript context (out of memory)");
         js_runtime_close(ws);
         return -1;

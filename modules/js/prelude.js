@@ -1,11 +1,13 @@
 /*
  * prelude.js - the Web API subset of the js module, in JavaScript.
  *
- * Evaluated once per worker runtime before the user's script. It is a
- * function expression: js_runtime.c calls it with `hx`, the object of
- * native helpers (see js_natives in js_web.c), and keeps the object it returns
- * ({dispatch, filterRequest, filterResponse}). Nothing here is reachable
- * from user code except the globals it defines on purpose.
+ * Evaluated once per worker runtime before the user's script, first of the
+ * embedded files (modules/js/CMakeLists.txt lists them). It is a function
+ * expression: js_runtime.c calls it with `hx`, the object of native helpers
+ * (js_natives in js_web.c, js_crypto_natives in js_crypto.c), and keeps
+ * the object it returns ({dispatch, filterRequest, filterResponse, ...});
+ * its `lib` member is passed to the files after it. Nothing here is
+ * reachable from user code except the globals it defines on purpose.
  */
 (function (hx) {
 'use strict';
@@ -32,11 +34,19 @@ function errorText(e) {
     }
 }
 
+const DOM_CODES = { IndexSizeError: 1, NotFoundError: 8, NotSupportedError: 9, InvalidStateError: 11,
+    SyntaxError: 12, InvalidAccessError: 15, TypeMismatchError: 17, SecurityError: 18, NetworkError: 19,
+    AbortError: 20, QuotaExceededError: 22, TimeoutError: 23, DataCloneError: 25, InvalidCharacterError: 5 };
+
 class DOMException extends Error {
     constructor(message, name) {
-        super(message);
+        super(message === undefined ? '' : String(message));
         this.name = name === undefined ? 'Error' : String(name);
+        /* the stack's first line was made before the name was set */
+        if (typeof this.stack === 'string')
+            this.stack = this.stack.replace(/^[^\n]*/, this.message ? this.name + ': ' + this.message : this.name);
     }
+    get code() { return DOM_CODES[this.name] || 0; }
 }
 define('DOMException', DOMException);
 
@@ -582,31 +592,6 @@ define('atob', function atob(s) {
     return out;
 });
 
-/* ---- crypto ---- */
-
-const HEX = [];
-for (let i = 0; i < 256; i++) HEX.push((i + 256).toString(16).slice(1));
-
-define('crypto', {
-    getRandomValues(view) {
-        if (!ArrayBuffer.isView(view) || view instanceof Float32Array || view instanceof Float64Array ||
-            view instanceof DataView)
-            throw new TypeError('getRandomValues: expected an integer typed array');
-        if (view.byteLength > 65536)
-            throw new DOMException('getRandomValues: at most 65536 bytes', 'QuotaExceededError');
-        hx.random(view);
-        return view;
-    },
-    randomUUID() {
-        const b = hx.random(new Uint8Array(16));
-        b[6] = (b[6] & 0x0f) | 0x40;
-        b[8] = (b[8] & 0x3f) | 0x80;
-        return HEX[b[0]] + HEX[b[1]] + HEX[b[2]] + HEX[b[3]] + '-' + HEX[b[4]] + HEX[b[5]] + '-' +
-            HEX[b[6]] + HEX[b[7]] + '-' + HEX[b[8]] + HEX[b[9]] + '-' + HEX[b[10]] + HEX[b[11]] +
-            HEX[b[12]] + HEX[b[13]] + HEX[b[14]] + HEX[b[15]];
-    },
-});
-
 /* ---- timers (request-scoped, on the worker's loop) ---- */
 
 define('setTimeout', function setTimeout(fn, ms, ...args) {
@@ -1146,5 +1131,8 @@ function filterResponse(tok, env, status) {
     return r !== undefined && r !== null && typeof r.status === 'number' ? r.status : resp.status;
 }
 
-return { dispatch, filterRequest, filterResponse, errorText, Buffer };
+/* what the other embedded files (crypto.js...) build on */
+const lib = { define, DOMException, INSPECT, quote, wrap, inspect, toBody, bodyText, bodyBuffer };
+
+return { dispatch, filterRequest, filterResponse, errorText, Buffer, lib };
 })
