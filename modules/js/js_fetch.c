@@ -10,8 +10,10 @@
  * request as parent (the core cancels it when the request ends, and
  * balancers see the client); any other has no parent, so that it outlives
  * the response, and lives until it settles, the waitUntil work ends or the
- * linger ends. The response body is buffered up to max_body; `timeout`
- * bounds the whole exchange.
+ * linger ends. The promise resolves with the response head; the body
+ * follows piece by piece to a JS sink (streams.js makes it the response's
+ * ReadableStream and bounds what it queues); `timeout` bounds the whole
+ * exchange.
  *
  * Host: a URL naming an upstream sends the URL's host (as Workers do); the
  * route's own upstream (the URL's host is the request's) keeps the Host of
@@ -57,16 +59,18 @@ void js_fetch_free(js_worker *ws, js_fetch *f, int cancel)
     JS_FreeValueRT(ws->rt, f->res[1]);
     JS_FreeValueRT(ws->rt, f->hdrs);
     JS_FreeValueRT(ws->rt, f->body);
+    JS_FreeValueRT(ws->rt, f->sink);
     free(f->upstream);
     free(f->method);
     free(f->target);
     free(f->host);
-    free(f->buf);
     free(f);
 }
 
 /* ---- fetch ---- */
 
+/* Settles F's promise (WHICH: 0 resolve, 1 reject) with V (owned) and
+ * frees F: the fetch failed before its response head. */
 static void js_fetch_settle(js_fetch *f, int which, JSValue v)
 {
     js_rq *rq = f->rq;
@@ -86,49 +90,44 @@ static JSValue js_type_error(JSContext *ctx, const char *msg)
     return JS_GetException(ctx);
 }
 
-static void js_fetch_on_head(void *arg, helios_subreq *s)
+/* Hands a piece of the response body to F's stream: sink(CHUNK, DONE,
+ * MSG). A final piece frees F first. The JS may cancel F meanwhile (a
+ * reader's cancel()): F is not touched after the call. */
+static void js_fetch_feed(js_fetch *f, JSValue chunk, int done, const char *msg)
 {
-    (void)arg;
-    (void)s;
+    js_rq *rq = f->rq;
+    js_worker *ws = rq->ws;
+    JSContext *ctx = ws->ctx;
+    JSValue fn = JS_DupValue(ctx, f->sink);
+    js_rq_ref(rq);
+    if (done)
+        js_fetch_free(ws, f, 0);
+    JSValue args[3] = {chunk, JS_NewBool(ctx, done), msg ? JS_NewString(ctx, msg) : JS_UNDEFINED};
+    js_call(ws, rq, fn, 3, args, "in a fetch body stream");
+    JS_FreeValue(ctx, fn);
+    JS_FreeValue(ctx, args[0]);
+    JS_FreeValue(ctx, args[2]);
+    js_rq_unref(rq);
 }
 
-static void js_fetch_on_body(void *arg, helios_subreq *s, helios_buf chunk, int last)
+/* F cannot complete: its promise rejects or, once resolved, its body
+ * stream errors. F is freed; its subrequest is already gone. */
+static void js_fetch_fail(js_fetch *f, const char *msg)
+{
+    if (f->head_done)
+        js_fetch_feed(f, JS_NULL, 1, msg);
+    else
+        js_fetch_settle(f, 1, js_type_error(f->rq->ws->ctx, msg));
+}
+
+/* The head arrived: the promise resolves with [status, statusText,
+ * [name, value...]]; the body follows through the sink. */
+static void js_fetch_on_head(void *arg, helios_subreq *s)
 {
     js_fetch *f = arg;
-    js_worker *ws = f->rq->ws;
+    js_rq *rq = f->rq;
+    js_worker *ws = rq->ws;
     JSContext *ctx = ws->ctx;
-    if (f->len + chunk.len > ws->cfg->max_body) {
-        char msg[160];
-        snprintf(msg, sizeof(msg), "fetch: the response body is over max_body (%llu bytes)",
-                 (unsigned long long)ws->cfg->max_body);
-        if (!last)
-            js_api->subreq_cancel(s);
-        f->s = NULL;
-        js_fetch_settle(f, 1, js_type_error(ctx, msg));
-        return;
-    }
-    if (chunk.len) {
-        if (f->len + chunk.len > f->cap) {
-            size_t cap = f->cap ? f->cap : 4096;
-            while (cap < f->len + chunk.len)
-                cap *= 2;
-            char *nb = realloc(f->buf, cap);
-            if (nb == NULL) {
-                if (!last)
-                    js_api->subreq_cancel(s);
-                f->s = NULL;
-                js_fetch_settle(f, 1, js_type_error(ctx, "fetch: out of memory"));
-                return;
-            }
-            f->buf = nb;
-            f->cap = cap;
-        }
-        memcpy(f->buf + f->len, chunk.ptr, chunk.len);
-        f->len += chunk.len;
-    }
-    if (!last)
-        return;
-    /* [status, statusText, [name, value...], body] */
     JSValue a = JS_NewArray(ctx);
     JS_SetPropertyUint32(ctx, a, 0, JS_NewInt32(ctx, js_api->subreq_status(s)));
     JS_SetPropertyUint32(ctx, a, 1, JS_NewString(ctx, ""));
@@ -143,17 +142,36 @@ static void js_fetch_on_body(void *arg, helios_subreq *s, helios_buf chunk, int 
         if (name.len < sizeof(nb)) {
             memcpy(nb, name.ptr, name.len);
             nb[name.len] = '\0';
-            if (js_hop_header(nb))
+            /* Content-Length stays visible, as in Workers (respond and
+             * fetch drop it: heliosd frames what it sends) */
+            if (js_hop_header(nb) && strcasecmp(nb, "content-length") != 0)
                 continue;
         }
         JS_SetPropertyUint32(ctx, h, k++, JS_NewStringLen(ctx, name.ptr, name.len));
         JS_SetPropertyUint32(ctx, h, k++, JS_NewStringLen(ctx, value.ptr, value.len));
     }
     JS_SetPropertyUint32(ctx, a, 2, h);
-    JS_SetPropertyUint32(
-        ctx, a, 3, f->len ? JS_NewArrayBufferCopy(ctx, (const uint8_t *)f->buf, f->len) : JS_NULL);
-    f->s = NULL; /* freed by the core after this call */
-    js_fetch_settle(f, 0, a);
+    f->head_done = 1;
+    JSValue fn = JS_DupValue(ctx, f->res[0]);
+    js_rq_ref(rq);
+    js_call(ws, rq, fn, 1, (JSValueConst *)&a, "in a fetch callback");
+    JS_FreeValue(ctx, fn);
+    JS_FreeValue(ctx, a);
+    js_rq_unref(rq);
+}
+
+static void js_fetch_on_body(void *arg, helios_subreq *s, helios_buf chunk, int last)
+{
+    js_fetch *f = arg;
+    JSContext *ctx = f->rq->ws->ctx;
+    if (last)
+        f->s = NULL; /* freed by the core after this call */
+    if (!chunk.len && !last)
+        return;
+    (void)s;
+    JSValue c = chunk.len ? JS_NewArrayBufferCopy(ctx, (const uint8_t *)chunk.ptr, chunk.len)
+                          : JS_NULL;
+    js_fetch_feed(f, c, last, NULL);
 }
 
 static void js_fetch_on_error(void *arg, helios_subreq *s, int status, const char *reason)
@@ -163,7 +181,7 @@ static void js_fetch_on_error(void *arg, helios_subreq *s, int status, const cha
     char msg[256];
     snprintf(msg, sizeof(msg), "fetch failed: %d %s", status, reason ? reason : "");
     f->s = NULL;
-    js_fetch_settle(f, 1, js_type_error(f->rq->ws->ctx, msg));
+    js_fetch_fail(f, msg);
 }
 
 static const helios_subreq_cb js_fetch_cb = {
@@ -184,7 +202,26 @@ static void js_fetch_timeout(void *arg)
     char msg[96];
     snprintf(msg, sizeof(msg), "fetch timed out after %llu ms",
              (unsigned long long)f->rq->ws->cfg->timeout_ms);
-    js_fetch_settle(f, 1, js_type_error(f->rq->ws->ctx, msg));
+    js_fetch_fail(f, msg);
+}
+
+/* hx.fetchCancel(id): the body stream was cancelled; nothing more is
+ * called back */
+JSValue nat_fetch_cancel(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv)
+{
+    (void)this_val;
+    (void)argc;
+    js_worker *ws = js_ws(ctx);
+    int id;
+    if (JS_ToInt32(ctx, &id, argv[0]))
+        return JS_EXCEPTION;
+    for (js_rq *rq = ws->rqs; rq; rq = rq->next)
+        for (js_fetch *f = rq->fetches; f; f = f->next)
+            if (f->id == id) {
+                js_fetch_free(ws, f, 1);
+                return JS_UNDEFINED;
+            }
+    return JS_UNDEFINED;
 }
 
 typedef struct js_sub_hdrs {
@@ -293,11 +330,10 @@ void js_fetch_orphaned(js_worker *ws, js_rq *rq)
             f = f->next;
         if (f == NULL)
             return;
+        (void)ws;
         js_api->subreq_cancel(f->s);
         f->s = NULL;
-        js_fetch_settle(f, 1,
-                        js_type_error(ws->ctx, "fetch() cancelled: the request it was made "
-                                               "for ended"));
+        js_fetch_fail(f, "fetch() cancelled: the request it was made for ended");
     }
 }
 
@@ -309,8 +345,9 @@ static char *js_strdup_js(JSContext *ctx, JSValueConst v)
     return out;
 }
 
-/* hx.fetch(tok|null, hostname, method, target, pairs|null, body|null, host)
- * -> Promise<[status, statusText, [name, value...], body]> */
+/* hx.fetch(tok|null, hostname, method, target, pairs|null, body|null, host,
+ * sink) -> [Promise<[status, statusText, [name, value...]]>, id]; the body
+ * then goes to sink(chunk ArrayBuffer | null, done, error message) */
 JSValue nat_fetch(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv)
 {
     (void)this_val;
@@ -329,6 +366,10 @@ JSValue nat_fetch(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst 
     f->res[0] = f->res[1] = JS_UNDEFINED;
     f->hdrs = JS_DupValue(ctx, argv[4]);
     f->body = JS_DupValue(ctx, argv[5]);
+    f->sink = JS_DupValue(ctx, argv[7]);
+    f->id = ++ws->next_fetch_id;
+    if (ws->next_fetch_id >= INT_MAX - 1)
+        ws->next_fetch_id = 0;
     f->rq = rq;
     f->next = rq->fetches;
     if (rq->fetches)
@@ -360,5 +401,8 @@ JSValue nat_fetch(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst 
     }
     f->unsent = 1;
     ws->unsent++;
-    return p;
+    JSValue ret = JS_NewArray(ctx);
+    JS_SetPropertyUint32(ctx, ret, 0, p);
+    JS_SetPropertyUint32(ctx, ret, 1, JS_NewInt32(ctx, f->id));
+    return ret;
 }

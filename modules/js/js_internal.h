@@ -72,6 +72,7 @@ typedef struct js_worker {
     int cpu_hit;       /* the interrupt handler stopped the script */
     int mem_hit;       /* memory_limit passed: stop the script at the next check */
     int next_timer_id;
+    int next_fetch_id;
     unsigned unsent; /* fetches waiting for the end of the run (js_fetch_flush) */
     js_rq *rqs;      /* every live js_rq of this worker */
 } js_worker;
@@ -90,9 +91,10 @@ typedef struct js_fetch {
     helios_subreq *s;
     JSValue res[2];
     helios_timer *t; /* `timeout` */
-    char *buf;
-    size_t len, cap;
     int parented; /* cancelled by the core with the parent request */
+    int id;        /* hx.fetchCancel(id) */
+    int head_done; /* the promise is resolved: body pieces go to SINK */
+    JSValue sink;  /* sink(chunk ArrayBuffer | null, done, error message) */
     /* what js_fetch_flush sends at the end of the JS run that asked */
     int unsent;
     int own;             /* the route's own upstream (the request's host) */
@@ -120,7 +122,8 @@ struct js_rq {
     char host[256];     /* the request's host, lower case, no port */
     char upstream[128]; /* the route's upstream, for fetches after the end */
     int body_state;
-    JSValue body_p, body_res[2];
+    JSValue body_p, body_res[2]; /* hx.body(): the whole body, once */
+    JSValue body_sink;           /* hx.bodyStream(): each chunk as it comes */
     char *body;
     size_t body_len, body_cap;
     js_timer *timers;
@@ -188,6 +191,7 @@ void js_fetch_free(js_worker *ws, js_fetch *f, int cancel);
 void js_fetch_flush(js_worker *ws);
 void js_fetch_orphaned(js_worker *ws, js_rq *rq);
 JSValue nat_fetch(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv);
+JSValue nat_fetch_cancel(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv);
 
 /* ---- js_compile.c ---- */
 

@@ -173,7 +173,8 @@ void js_rq_drop_body(js_rq *rq)
     JS_FreeValueRT(rt, rq->body_p);
     JS_FreeValueRT(rt, rq->body_res[0]);
     JS_FreeValueRT(rt, rq->body_res[1]);
-    rq->body_p = rq->body_res[0] = rq->body_res[1] = JS_UNDEFINED;
+    JS_FreeValueRT(rt, rq->body_sink);
+    rq->body_p = rq->body_res[0] = rq->body_res[1] = rq->body_sink = JS_UNDEFINED;
     free(rq->body);
     rq->body = NULL;
     rq->body_len = rq->body_cap = 0;
@@ -227,7 +228,7 @@ js_rq *js_rq_new(js_worker *ws, helios_request *r)
     rq->ws = ws;
     rq->r = r;
     rq->refs = 1; /* the request */
-    rq->body_p = rq->body_res[0] = rq->body_res[1] = JS_UNDEFINED;
+    rq->body_p = rq->body_res[0] = rq->body_res[1] = rq->body_sink = JS_UNDEFINED;
     js_copy_lower(rq->host, sizeof(rq->host), js_api->req_host(r));
     const char *up = js_api->req_upstream(r);
     if (up && strlen(up) < sizeof(rq->upstream))
@@ -636,6 +637,7 @@ static int js_load_prelude(js_worker *ws, char *err, size_t errlen)
     if (JS_IsException(hx))
         return js_init_error(ws, "the prelude", err, errlen);
     js_natives_install(ctx, hx);
+    JS_SetPropertyStr(ctx, hx, "maxBody", JS_NewFloat64(ctx, (double)ws->cfg->max_body));
     JSValue o = JS_UNDEFINED, lib = JS_UNDEFINED;
     int rc = 0;
     for (size_t i = 0; i < sizeof(js_prelude_files) / sizeof(js_prelude_files[0]) && rc == 0; i++) {

@@ -328,12 +328,41 @@ static JSValue nat_resp_header(JSContext *ctx, JSValueConst this_val, int argc, 
 
 /* ---- request body ---- */
 
+/* Stream mode (hx.bodyStream): each piece goes to the sink as it comes;
+ * the JS stream bounds what it queues (streams.js). */
+static void js_body_to_sink(js_rq *rq, helios_buf chunk, int last, int error)
+{
+    js_worker *ws = rq->ws;
+    JSContext *ctx = ws->ctx;
+    if (last || error)
+        rq->body_state = JS_BODY_DONE;
+    JSValue fn = JS_DupValue(ctx, rq->body_sink);
+    JSValue args[3] = {JS_NULL, JS_NewBool(ctx, last || error), JS_UNDEFINED};
+    if (error)
+        args[2] = JS_NewString(ctx, "the request body could not be read");
+    else if (chunk.len)
+        args[0] = JS_NewArrayBufferCopy(ctx, (const uint8_t *)chunk.ptr, chunk.len);
+    if (last || error) {
+        JS_FreeValue(ctx, rq->body_sink);
+        rq->body_sink = JS_UNDEFINED;
+    }
+    if (chunk.len || last || error)
+        js_call(ws, rq, fn, 3, args, "in a request body stream");
+    JS_FreeValue(ctx, fn);
+    JS_FreeValue(ctx, args[0]);
+    JS_FreeValue(ctx, args[2]);
+}
+
 static void js_body_data(void *arg, helios_buf chunk, int last, int error)
 {
     js_rq *rq = arg;
     js_worker *ws = rq->ws;
     if (rq->body_state != JS_BODY_READING)
         return;
+    if (!JS_IsUndefined(rq->body_sink)) {
+        js_body_to_sink(rq, chunk, last, error);
+        return;
+    }
     JSContext *ctx = ws->ctx;
     JSValue v = JS_UNDEFINED;
     int settle = -1; /* 0 resolve, 1 reject */
@@ -401,6 +430,8 @@ static JSValue nat_body(JSContext *ctx, JSValueConst this_val, int argc, JSValue
         return JS_DupValue(ctx, rq->body_p);
     if (rq->r == NULL)
         return JS_ThrowTypeError(ctx, "the request has ended: its body is gone");
+    if (rq->body_state != JS_BODY_NONE)
+        return JS_ThrowTypeError(ctx, "the request body is being read as a stream (request.body)");
     JSValue p = JS_NewPromiseCapability(ctx, rq->body_res);
     if (JS_IsException(p))
         return p;
@@ -417,6 +448,30 @@ static JSValue nat_body(JSContext *ctx, JSValueConst this_val, int argc, JSValue
         JS_FreeValue(ctx, e);
     }
     return p;
+}
+
+/* hx.bodyStream(tok, sink): the body piece by piece, sink(chunk, done,
+ * error); throws if the body was already asked for */
+static JSValue nat_body_stream(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv)
+{
+    (void)this_val;
+    (void)argc;
+    js_rq *rq = js_tok_rq(argv[0]);
+    if (rq == NULL)
+        return JS_ThrowTypeError(ctx, "not a request");
+    if (rq->r == NULL)
+        return JS_ThrowTypeError(ctx, "the request has ended: its body is gone");
+    if (rq->body_state != JS_BODY_NONE)
+        return JS_ThrowTypeError(ctx, "the request body is already being read");
+    rq->body_sink = JS_DupValue(ctx, argv[1]);
+    rq->body_state = JS_BODY_READING;
+    if (js_api->req_body_read(rq->r, js_body_data, rq) != 0) {
+        rq->body_state = JS_BODY_DONE;
+        JS_FreeValue(ctx, rq->body_sink);
+        rq->body_sink = JS_UNDEFINED;
+        return JS_ThrowTypeError(ctx, "the request body cannot be read here");
+    }
+    return JS_UNDEFINED;
 }
 
 /* ---- crypto, text ---- */
@@ -757,7 +812,9 @@ static const JSCFunctionListEntry js_natives[] = {
     JS_CFUNC_DEF("pass", 2, nat_pass),
     JS_CFUNC_DEF("rh", 4, nat_resp_header),
     JS_CFUNC_DEF("body", 1, nat_body),
-    JS_CFUNC_DEF("fetch", 7, nat_fetch),
+    JS_CFUNC_DEF("bodyStream", 2, nat_body_stream),
+    JS_CFUNC_DEF("fetchCancel", 1, nat_fetch_cancel),
+    JS_CFUNC_DEF("fetch", 8, nat_fetch),
     JS_CFUNC_DEF("setTimeout", 3, nat_set_timeout),
     JS_CFUNC_DEF("clearTimeout", 1, nat_clear_timeout),
     JS_CFUNC_DEF("waitBegin", 1, nat_wait_begin),

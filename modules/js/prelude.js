@@ -50,15 +50,22 @@ class DOMException extends Error {
 }
 define('DOMException', DOMException);
 
-/* Body init -> string | ArrayBuffer | null (what the native side takes). */
-function toBody(body) {
-    if (body === null || body === undefined) return null;
-    if (typeof body === 'string') return body;
-    if (body instanceof ArrayBuffer) return body;
+/* Body init -> [string | ArrayBuffer | ReadableStream | null, implied
+ * Content-Type or null]. Files after this one (formdata.js, streams.js)
+ * add converters for their types to `extractors`. */
+const extractors = [];
+function extractBody(body) {
+    if (body === null || body === undefined) return [null, null];
+    if (typeof body === 'string') return [body, 'text/plain;charset=UTF-8'];
+    if (body instanceof ArrayBuffer) return [body.slice(0), null];
     if (ArrayBuffer.isView(body))
-        return body.buffer.slice(body.byteOffset, body.byteOffset + body.byteLength);
-    if (body instanceof URLSearchParams) return body.toString();
-    return String(body);
+        return [body.buffer.slice(body.byteOffset, body.byteOffset + body.byteLength), null];
+    if (body instanceof URLSearchParams) return [body.toString(), 'application/x-www-form-urlencoded;charset=UTF-8'];
+    for (const x of extractors) {
+        const r = x(body);
+        if (r !== undefined) return r;
+    }
+    return [String(body), 'text/plain;charset=UTF-8'];
 }
 
 function bodyText(b) {
@@ -647,7 +654,7 @@ function cloneValue(v, memo) {
         if (v instanceof DataView) return set(new DataView(buf, v.byteOffset, v.byteLength));
         return set(new v.constructor(buf, v.byteOffset, v.length));
     }
-    if (typeof Blob === 'function' && v instanceof Blob) return set(v.slice(0, v.size, v.type)._as(v));
+    if (typeof G.Blob === 'function' && v instanceof G.Blob) return set(v._clone());
     if (v instanceof Map) {
         out = set(new Map());
         for (const [k, x] of v) out.set(cloneValue(k, memo), cloneValue(x, memo));
@@ -833,17 +840,74 @@ Object.defineProperty(Buffer.prototype, 'parent', { get() { return this.buffer; 
 
 const NORMALIZED_METHODS = ['DELETE', 'GET', 'HEAD', 'OPTIONS', 'POST', 'PUT', 'PATCH'];
 
-class Request {
+/*
+ * The body of a Request or Response. Slots: _b, the source (null: no body;
+ * a string or ArrayBuffer; undefined with _t: the incoming request's body,
+ * read from heliosd; a ReadableStream once streams.js made one), _ct (the
+ * Content-Type the body implies) and _used. Reading methods consume it once
+ * (as in the Fetch standard); a stream body is read up to max_body.
+ */
+const streamHooks = { isStream: () => false, fromSource: null, readAll: null, tee: null, disturbed: () => false };
+
+class Body {
+    get bodyUsed() { return !!this._used || (streamHooks.isStream(this._b) && streamHooks.disturbed(this._b)); }
+    /* a ReadableStream of the body (made on first use), or null */
+    get body() {
+        if (this._b === null || (this._b === undefined && !this._t)) return null;
+        if (!streamHooks.isStream(this._b)) {
+            if (streamHooks.fromSource === null) throw new TypeError('streams are not available');
+            this._b = streamHooks.fromSource(this._b, this._t);
+        }
+        return this._b;
+    }
+    /* -> Promise<string | ArrayBuffer | null>, once */
+    _consume() {
+        if (this.bodyUsed)
+            return Promise.reject(new TypeError('Body has already been used. It can only be used once. ' +
+                'Use tee() first if you need to read it twice.'));
+        this._used = true;
+        const b = this._b;
+        if (b === undefined) return this._t ? hx.body(this._t) : Promise.resolve(null);
+        if (streamHooks.isStream(b)) return streamHooks.readAll(b, hx.maxBody);
+        return Promise.resolve(b);
+    }
+    /* -> Promise<string | ArrayBuffer | null>: the bytes fetch() sends. A
+     * buffered body is still there after it was read, so sending it is
+     * allowed (scripts log a body, then pass the request on); a stream is
+     * consumed. */
+    _sendable() {
+        if (streamHooks.isStream(this._b)) return this._consume();
+        if (this._b === undefined) return this._t ? hx.body(this._t) : Promise.resolve(null);
+        return Promise.resolve(this._b);
+    }
+    /* the source for a copy of this body (clone(), or a Request init) */
+    _share() {
+        if (this.bodyUsed) throw new TypeError('Body has already been used: it cannot be cloned');
+        if (!streamHooks.isStream(this._b)) return this._b;
+        const [a, b] = streamHooks.tee(this._b);
+        this._b = a;
+        return b;
+    }
+    text() { return this._consume().then(bodyText); }
+    json() { return this.text().then(JSON.parse); }
+    arrayBuffer() { return this._consume().then(bodyBuffer); }
+    bytes() { return this.arrayBuffer().then((b) => new Uint8Array(b)); }
+}
+
+class Request extends Body {
     constructor(input, init) {
+        super();
         init = init || {};
         this._t = null; /* token of the incoming request this one derives from */
         this._b = undefined; /* own body; undefined: the incoming body (if _t) */
+        this._ct = null;
+        this._used = false;
         if (input instanceof Request) {
             this._url = input.url;
             this._m = input.method;
             this._h = new Headers(input.headers);
             this._t = input._t;
-            this._b = input._b;
+            this._b = input._share();
         } else {
             this._url = new URL(String(input)).href;
             this._m = 'GET';
@@ -855,7 +919,7 @@ class Request {
             this._m = init.method;
             this._h = new Headers(init.headers);
             this._t = init._t;
-            this._b = init._b;
+            this._b = init._share();
             init = {};
         }
         if (init.method !== undefined) {
@@ -868,11 +932,9 @@ class Request {
             if (this._m === 'GET' || this._m === 'HEAD') {
                 if (init.body !== null) throw new TypeError('a GET or HEAD request cannot have a body');
             }
-            this._b = toBody(init.body);
-            if (typeof this._b === 'string' && !this.headers.has('content-type'))
-                this._h.set('content-type', 'text/plain;charset=UTF-8');
+            [this._b, this._ct] = extractBody(init.body);
+            if (this._ct !== null && !this.headers.has('content-type')) this._h.set('content-type', this._ct);
         }
-        this.bodyUsed = false;
     }
     static _incoming(tok) {
         const r = Object.create(Request.prototype);
@@ -881,7 +943,8 @@ class Request {
         r._m = undefined;
         r._h = null;
         r._b = undefined;
-        r.bodyUsed = false;
+        r._ct = null;
+        r._used = false;
         return r;
     }
     get url() { return this._url === undefined ? (this._url = hx.url(this._t)) : this._url; }
@@ -892,15 +955,7 @@ class Request {
     }
     get redirect() { return 'manual'; }
     get signal() { return undefined; }
-    /* -> Promise<string | ArrayBuffer | null> */
-    _bytes() {
-        if (this._b !== undefined) return Promise.resolve(this._b);
-        if (this._t) return hx.body(this._t);
-        return Promise.resolve(null);
-    }
-    text() { this.bodyUsed = true; return this._bytes().then(bodyText); }
-    json() { return this.text().then(JSON.parse); }
-    arrayBuffer() { this.bodyUsed = true; return this._bytes().then(bodyBuffer); }
+    get cf() { return undefined; }
     clone() { return new Request(this); }
     [INSPECT](d, o, insp) {
         return wrap('Request', ['method: ' + quote(this.method), 'url: ' + quote(this.url),
@@ -911,8 +966,9 @@ define('Request', Request);
 
 const NULL_BODY_STATUS = [101, 204, 205, 304];
 
-class Response {
+class Response extends Body {
     constructor(body, init) {
+        super();
         init = init || {};
         const status = init.status === undefined ? 200 : Number(init.status);
         if (!(status >= 200 && status <= 599) || status !== Math.floor(status))
@@ -921,32 +977,23 @@ class Response {
         this.statusText = init.statusText === undefined ? '' : String(init.statusText);
         this._hi = init.headers;
         this._h = null;
-        this._b = toBody(body);
+        this._t = null;
+        [this._b, this._ct] = extractBody(body);
         if (this._b !== null && NULL_BODY_STATUS.includes(status))
             throw new TypeError('Response: a ' + status + ' response cannot have a body');
+        this._used = false;
         this.url = '';
         this.redirected = false;
-        this.bodyUsed = false;
     }
     get type() { return 'default'; }
     get ok() { return this.status >= 200 && this.status < 300; }
     get headers() {
         if (this._h === null) {
             this._h = new Headers(this._hi);
-            if (typeof this._b === 'string' && !this._h.has('content-type'))
-                this._h.set('content-type', 'text/plain;charset=UTF-8');
+            if (this._ct !== null && !this._h.has('content-type')) this._h.set('content-type', this._ct);
         }
         return this._h;
     }
-    /* Streams are not supported: the body is the whole payload as a
-     * Uint8Array, enough for `new Response(resp.body, resp)`. */
-    get body() {
-        if (this._b === null) return null;
-        return new Uint8Array(typeof this._b === 'string' ? hx.encode(this._b) : this._b);
-    }
-    text() { this.bodyUsed = true; return Promise.resolve(bodyText(this._b)); }
-    json() { return this.text().then(JSON.parse); }
-    arrayBuffer() { this.bodyUsed = true; return Promise.resolve(bodyBuffer(this._b)); }
     [INSPECT](d, o, insp) {
         return wrap('Response', ['status: ' + this.status, 'statusText: ' + quote(this.statusText),
             'headers: ' + insp(this.headers), 'ok: ' + this.ok, 'redirected: ' + this.redirected,
@@ -954,8 +1001,10 @@ class Response {
     }
     clone() {
         const r = new Response(null, this);
-        r._b = this._b;
+        r._b = this._share();
+        r._ct = this._ct;
         r.url = this.url;
+        r.redirected = this.redirected;
         return r;
     }
     static json(data, init) {
@@ -985,7 +1034,7 @@ define('Response', Response);
  * or null. */
 function headerPairs(r) {
     if (r._h !== null) return r._h._l;
-    if (r._hi === undefined || r._hi === null) return null;
+    if ((r._hi === undefined || r._hi === null) && r._ct === null) return null;
     return r.headers._l;
 }
 
@@ -999,20 +1048,29 @@ define('fetch', function fetch(input, init) {
         return Promise.reject(e);
     }
     const u = new URL(req.url);
-    const send = (body) => hx.fetch(req._t, u.hostname, req.method, u.pathname + u.search,
-        req._h === null && req._t === null ? null : req.headers._l, body === undefined ? null : body,
-        u.host);
-    const p = req.method === 'GET' || req.method === 'HEAD' ? send(null) : req._bytes().then(send);
+    /* the response body arrives through a sink into a stream (streams.js) */
+    let id = 0;
+    const body = streamHooks.sinkStream('fetch ' + u.href + ': the response body', () => hx.fetchCancel(id));
+    const send = (b) => {
+        const [p, i] = hx.fetch(req._t, u.hostname, req.method, u.pathname + u.search,
+            req._h === null && req._t === null ? null : req.headers._l, b === undefined ? null : b,
+            u.host, body.sink);
+        id = i;
+        return p;
+    };
+    const p = req.method === 'GET' || req.method === 'HEAD' ? send(null) : req._sendable().then(send);
     return p.then(r => {
         const resp = Object.create(Response.prototype);
         resp.status = r[0];
         resp.statusText = r[1];
         resp._hi = undefined;
         resp._h = Headers._flat(r[2]);
-        resp._b = r[3];
+        resp._b = req.method === 'HEAD' || NULL_BODY_STATUS.includes(r[0]) ? null : body.stream;
+        resp._t = null;
+        resp._ct = null;
+        resp._used = false;
         resp.url = u.href;
         resp.redirected = false;
-        resp.bodyUsed = false;
         return resp;
     });
 });
@@ -1060,6 +1118,11 @@ function finish(tok, r) {
         return;
     }
     try {
+        if (streamHooks.isStream(r._b)) {
+            /* heliosd's host API takes a whole response: read the stream */
+            r._consume().then(b => hx.respond(tok, r.status, headerPairs(r), b)).catch(e => hx.fail(tok, e));
+            return;
+        }
         hx.respond(tok, r.status, headerPairs(r), r._b);
     } catch (e) {
         hx.fail(tok, e);
@@ -1132,7 +1195,8 @@ function filterResponse(tok, env, status) {
 }
 
 /* what the other embedded files (crypto.js...) build on */
-const lib = { define, DOMException, INSPECT, quote, wrap, inspect, toBody, bodyText, bodyBuffer };
+const lib = { define, DOMException, INSPECT, quote, wrap, inspect, ctorName, extractors, bodyText, bodyBuffer,
+    streamHooks, Body, Request, Response, Headers, formDecode, parseQuery };
 
 return { dispatch, filterRequest, filterResponse, errorText, Buffer, lib };
 })
