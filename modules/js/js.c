@@ -32,7 +32,7 @@ const helios_host_api *js_api;
 /* configuration                                                       */
 
 static const char *const js_keys[] = {
-    "script", "env", "memory_limit", "cpu_limit", "max_body", "timeout", NULL,
+    "script", "env", "memory_limit", "cpu_limit", "max_body", "timeout", "cache_size", NULL,
 };
 
 /* ------------------------------------------------------------------ */
@@ -129,7 +129,8 @@ static int js_config_new(const helios_conf *conf, void **cfgp)
     if (js_api->conf_size(conf, "memory_limit", 64u << 20, &c->memory_limit) < 0 ||
         js_api->conf_duration_ms(conf, "cpu_limit", 50, &c->cpu_limit_ms) < 0 ||
         js_api->conf_size(conf, "max_body", 1u << 20, &c->max_body) < 0 ||
-        js_api->conf_duration_ms(conf, "timeout", 30000, &c->timeout_ms) < 0)
+        js_api->conf_duration_ms(conf, "timeout", 30000, &c->timeout_ms) < 0 ||
+        js_api->conf_size(conf, "cache_size", 8u << 20, &c->cache_size) < 0)
         bad = 1;
     if (!bad && c->memory_limit < (1u << 20)) {
         js_api->conf_error(js_api->conf_get(conf, "memory_limit"),

@@ -9,6 +9,7 @@
  *   js_web.c      the natives behind prelude.js's Web API (hx.*): request,
  *                 response, headers, body, crypto, TextEncoder/Decoder
  *   js_crypto.c   crypto.subtle's OpenSSL natives (hx.digest, hx.sign...)
+ *   js_cache.c    the Cache API's store: per worker, LRU, cache_size
  *   js_fetch.c    fetch(): subrequests and their promises
  *   js_compile.c  source and .qjsbc loading, `heliosd compile`
  *
@@ -49,11 +50,13 @@ typedef struct js_config {
     uint64_t cpu_limit_ms;
     uint64_t max_body;
     uint64_t timeout_ms;
+    uint64_t cache_size; /* per worker: the Cache API's bound (0: off) */
 } js_config;
 
 /* ---- per-worker and per-request state ---- */
 
 typedef struct js_rq js_rq;
+typedef struct js_cache js_cache;
 
 typedef struct js_worker {
     const js_config *cfg;
@@ -74,6 +77,7 @@ typedef struct js_worker {
     int next_timer_id;
     int next_fetch_id;
     unsigned unsent; /* fetches waiting for the end of the run (js_fetch_flush) */
+    js_cache *cache; /* the Cache API's store (js_cache.c) */
     js_rq *rqs;      /* every live js_rq of this worker */
 } js_worker;
 
@@ -178,6 +182,12 @@ int js_bytes(JSContext *ctx, JSValueConst v, const char **hold, const uint8_t **
 int js_hop_header(const char *n);
 int js_pairs(JSContext *ctx, JSValueConst pairs, int (*fn)(void *arg, const char *n, const char *v),
              void *arg);
+
+/* ---- js_cache.c ---- */
+
+js_cache *js_cache_new(size_t cap);
+void js_cache_free(js_cache *c);
+void js_cache_natives_install(JSContext *ctx, JSValueConst hx);
 
 /* ---- js_crypto.c ---- */
 

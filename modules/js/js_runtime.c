@@ -601,6 +601,7 @@ static void js_runtime_close(js_worker *ws)
 static void js_worker_free(js_worker *ws)
 {
     js_runtime_close(ws);
+    js_cache_free(ws->cache);
     free(ws);
 }
 
@@ -818,6 +819,9 @@ int js_worker_init(void *cfgp, helios_worker *w, void **wstate)
     int rc;
     if (fault && fault[0] && strstr(cfg->script, fault)) {
         snprintf(err, sizeof(err), "Error: fault injected (HELIOS_JS_TEST_FAIL_INIT)");
+        rc = -1;
+    } else if (cfg->cache_size && (ws->cache = js_cache_new(cfg->cache_size)) == NULL) {
+        snprintf(err, sizeof(err), "out of memory (the cache)");
         rc = -1;
     } else {
         rc = js_runtime_open(ws, err, sizeof(err));

@@ -833,4 +833,5 @@ void js_natives_install(JSContext *ctx, JSValueConst hx)
 {
     JS_SetPropertyFunctionList(ctx, hx, js_natives, sizeof(js_natives) / sizeof(js_natives[0]));
     js_crypto_natives_install(ctx, hx);
+    js_cache_natives_install(ctx, hx);
 }
