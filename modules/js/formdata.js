@@ -11,7 +11,7 @@
  */
 (function (hx, lib) {
 'use strict';
-const { define, INSPECT, wrap, quote, extractors, Body, parseQuery } = lib;
+const { define, INSPECT, wrap, quote, extractors, Request, Response, parseQuery } = lib;
 
 function utf8(s) { return new Uint8Array(hx.encode(String(s))); }
 
@@ -250,6 +250,8 @@ function blob() {
     return this.arrayBuffer().then((buf) => new Blob([buf], { type }));
 }
 
-Object.defineProperty(Body.prototype, 'formData', { value: formData, writable: true, configurable: true });
-Object.defineProperty(Body.prototype, 'blob', { value: blob, writable: true, configurable: true });
+for (const C of [Request, Response]) {
+    Object.defineProperty(C.prototype, 'formData', { value: formData, writable: true, configurable: true });
+    Object.defineProperty(C.prototype, 'blob', { value: blob, writable: true, configurable: true });
+}
 })

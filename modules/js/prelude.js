@@ -54,9 +54,10 @@ define('DOMException', DOMException);
  * Content-Type or null]. Files after this one (formdata.js, streams.js)
  * add converters for their types to `extractors`. */
 const extractors = [];
+const TEXT_PLAIN = 'text/plain;charset=UTF-8';
 function extractBody(body) {
     if (body === null || body === undefined) return [null, null];
-    if (typeof body === 'string') return [body, 'text/plain;charset=UTF-8'];
+    if (typeof body === 'string') return [body, TEXT_PLAIN];
     if (body instanceof ArrayBuffer) return [body.slice(0), null];
     if (ArrayBuffer.isView(body))
         return [body.buffer.slice(body.byteOffset, body.byteOffset + body.byteLength), null];
@@ -625,9 +626,15 @@ define('queueMicrotask', function queueMicrotask(fn) {
     Promise.resolve().then(fn);
 });
 
-/* ---- self, structuredClone ---- */
+/* ---- self, performance, structuredClone ---- */
 
 define('self', G);
+
+const timeOrigin = Date.now(), monoOrigin = hx.now();
+define('performance', Object.freeze({
+    get timeOrigin() { return timeOrigin; },
+    now() { return hx.now() - monoOrigin; },
+}));
 
 /* The structured clone algorithm for what a worker can hold: primitives,
  * plain objects and arrays (own enumerable properties; prototypes are not
@@ -894,9 +901,8 @@ class Body {
     bytes() { return this.arrayBuffer().then((b) => new Uint8Array(b)); }
 }
 
-class Request extends Body {
+class Request {
     constructor(input, init) {
-        super();
         init = init || {};
         this._t = null; /* token of the incoming request this one derives from */
         this._b = undefined; /* own body; undefined: the incoming body (if _t) */
@@ -932,7 +938,9 @@ class Request extends Body {
             if (this._m === 'GET' || this._m === 'HEAD') {
                 if (init.body !== null) throw new TypeError('a GET or HEAD request cannot have a body');
             }
-            [this._b, this._ct] = extractBody(init.body);
+            const x = extractBody(init.body);
+            this._b = x[0];
+            this._ct = x[1];
             if (this._ct !== null && !this.headers.has('content-type')) this._h.set('content-type', this._ct);
         }
     }
@@ -943,8 +951,7 @@ class Request extends Body {
         r._m = undefined;
         r._h = null;
         r._b = undefined;
-        r._ct = null;
-        r._used = false;
+        r._ct = null; /* _used starts undefined: one property less to add */
         return r;
     }
     get url() { return this._url === undefined ? (this._url = hx.url(this._t)) : this._url; }
@@ -966,9 +973,8 @@ define('Request', Request);
 
 const NULL_BODY_STATUS = [101, 204, 205, 304];
 
-class Response extends Body {
+class Response {
     constructor(body, init) {
-        super();
         init = init || {};
         const status = init.status === undefined ? 200 : Number(init.status);
         if (!(status >= 200 && status <= 599) || status !== Math.floor(status))
@@ -977,11 +983,16 @@ class Response extends Body {
         this.statusText = init.statusText === undefined ? '' : String(init.statusText);
         this._hi = init.headers;
         this._h = null;
-        this._t = null;
-        [this._b, this._ct] = extractBody(body);
+        if (typeof body === 'string') { /* the common case, without an array */
+            this._b = body;
+            this._ct = TEXT_PLAIN;
+        } else {
+            const x = extractBody(body);
+            this._b = x[0];
+            this._ct = x[1];
+        }
         if (this._b !== null && NULL_BODY_STATUS.includes(status))
             throw new TypeError('Response: a ' + status + ' response cannot have a body');
-        this._used = false;
         this.url = '';
         this.redirected = false;
     }
@@ -1030,11 +1041,19 @@ class Response extends Body {
 }
 define('Response', Response);
 
+/* Body's members on both (a mixin, as in the Fetch standard: no super()
+ * call on the hot path of `new Response(...)`) */
+for (const C of [Request, Response])
+    for (const k of Object.getOwnPropertyNames(Body.prototype))
+        if (k !== 'constructor')
+            Object.defineProperty(C.prototype, k, Object.getOwnPropertyDescriptor(Body.prototype, k));
+
 /* Headers of a Response as the native side wants them: [[name, value]...]
- * or null. */
+ * or null (then the body's own Content-Type, r._ct, is passed apart: no
+ * Headers object for `new Response('text')`). */
 function headerPairs(r) {
     if (r._h !== null) return r._h._l;
-    if ((r._hi === undefined || r._hi === null) && r._ct === null) return null;
+    if (r._hi === undefined || r._hi === null) return null;
     return r.headers._l;
 }
 
@@ -1066,9 +1085,7 @@ define('fetch', function fetch(input, init) {
         resp._hi = undefined;
         resp._h = Headers._flat(r[2]);
         resp._b = req.method === 'HEAD' || NULL_BODY_STATUS.includes(r[0]) ? null : body.stream;
-        resp._t = null;
         resp._ct = null;
-        resp._used = false;
         resp.url = u.href;
         resp.redirected = false;
         return resp;
@@ -1118,12 +1135,13 @@ function finish(tok, r) {
         return;
     }
     try {
-        if (streamHooks.isStream(r._b)) {
-            /* heliosd's host API takes a whole response: read the stream */
-            r._consume().then(b => hx.respond(tok, r.status, headerPairs(r), b)).catch(e => hx.fail(tok, e));
+        if (typeof r._b === 'object' && r._b !== null && !(r._b instanceof ArrayBuffer)) {
+            /* a stream: heliosd's host API takes a whole response, read it */
+            r._consume().then(b => hx.respond(tok, r.status, headerPairs(r), b, r._ct)).catch(e => hx.fail(tok, e));
             return;
         }
-        hx.respond(tok, r.status, headerPairs(r), r._b);
+        /* heliosd's default for a string body is text/plain: no string to pass */
+        hx.respond(tok, r.status, headerPairs(r), r._b, r._ct === TEXT_PLAIN ? null : r._ct);
     } catch (e) {
         hx.fail(tok, e);
     }
@@ -1196,7 +1214,7 @@ function filterResponse(tok, env, status) {
 
 /* what the other embedded files (crypto.js...) build on */
 const lib = { define, DOMException, INSPECT, quote, wrap, inspect, ctorName, extractors, bodyText, bodyBuffer,
-    streamHooks, Body, Request, Response, Headers, formDecode, parseQuery };
+    streamHooks, Request, Response, Headers, formDecode, parseQuery };
 
 return { dispatch, filterRequest, filterResponse, errorText, Buffer, lib };
 })

@@ -261,7 +261,7 @@ export default {
 # ---------------------------------------------------------------- self, structuredClone, intervals, Buffer
 
 
-def test_self_structured_clone_and_set_interval(heliosd, tmp_path):
+def test_self_structured_clone_set_interval_and_performance(heliosd, tmp_path):
     src = """
 self.addEventListener('fetch', (event) => event.respondWith(handle()));
 async function handle() {
@@ -281,12 +281,15 @@ async function handle() {
   let n = 0;
   const id2 = setInterval(() => n++, 5);
   clearTimeout(id2);  // one id pool
+  const t0 = performance.now();
   await new Promise((r) => setTimeout(r, 40));
+  const waited = performance.now() - t0;
   return Response.json({
     selfIsGlobal: self === globalThis, cycle: c !== src && c.self === c, shared: c.again === c.nested,
     date: c.d instanceof Date && c.d.getTime(), map: c.m.get('k').has(1) && c.m !== src.m,
     u8: Array.from(c.u8), copied: c.u8.buffer !== src.u8.buffer, re: c.re.source + '/' + c.re.flags,
     nested: c.nested, err: [c.err instanceof RangeError, c.err.message], errs, ticks, cleared: n,
+    perf: waited >= 39 && waited < 5000 && Math.abs(performance.timeOrigin + performance.now() - Date.now()) < 50,
   });
 }
 """
@@ -296,6 +299,7 @@ async function handle() {
         "selfIsGlobal": True, "cycle": True, "shared": True, "date": 5, "map": True, "u8": [1, 2],
         "copied": True, "re": "x+/g", "nested": {"a": [1, {"b": 2}]}, "err": [True, "bad"],
         "errs": ["DataCloneError", "DataCloneError", "DataCloneError"], "ticks": ["t", "t", "t"], "cleared": 0,
+        "perf": True,
     }
 
 
