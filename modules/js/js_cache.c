@@ -313,7 +313,8 @@ static JSValue nat_cache_match(JSContext *ctx, JSValueConst this_val, int argc, 
         q += b1 + 1;
     }
     JS_SetPropertyUint32(ctx, a, 1, h);
-    JS_SetPropertyUint32(ctx, a, 2, e->blen ? JS_NewArrayBufferCopy(ctx, e->body, e->blen) : JS_NULL);
+    JS_SetPropertyUint32(ctx, a, 2,
+                         e->blen ? JS_NewArrayBufferCopy(ctx, e->body, e->blen) : JS_NULL);
     JS_SetPropertyUint32(ctx, a, 3, JS_NewInt64(ctx, (int64_t)((now - e->stored_us) / 1000000u)));
     return a;
 }

@@ -78,7 +78,7 @@ static EVP_PKEY *js_pkey_get(JSContext *ctx, JSValueConst v)
  * fetched objects are reference counted and safe to share between
  * threads. */
 static const char *const js_md_names[][2] = {
-    {"SHA-1", "SHA1"}, {"SHA-256", "SHA2-256"}, {"SHA-384", "SHA2-384"},
+    {"SHA-1", "SHA1"},       {"SHA-256", "SHA2-256"}, {"SHA-384", "SHA2-384"},
     {"SHA-512", "SHA2-512"}, {"MD5", "MD5"},
 };
 #define JS_NMD (sizeof(js_md_names) / sizeof(js_md_names[0]))
@@ -383,10 +383,9 @@ static JSValue nat_key_info(JSContext *ctx, JSValueConst this_val, int argc, JSV
     OPENSSL_cleanse(raw, sizeof(raw));
     JS_SetPropertyUint32(ctx, a, 0, JS_NewString(ctx, type));
     /* OpenSSL names P-256 "prime256v1" */
-    JS_SetPropertyUint32(ctx, a, 1,
-                         curve[0] ? JS_NewString(ctx, strcmp(curve, "prime256v1") == 0 ? "P-256"
-                                                                                      : curve)
-                                  : JS_NULL);
+    JS_SetPropertyUint32(
+        ctx, a, 1,
+        curve[0] ? JS_NewString(ctx, strcmp(curve, "prime256v1") == 0 ? "P-256" : curve) : JS_NULL);
     JS_SetPropertyUint32(ctx, a, 2, JS_NewBool(ctx, has_priv));
     return a;
 }
@@ -540,18 +539,12 @@ static JSValue nat_verify(JSContext *ctx, JSValueConst this_val, int argc, JSVal
 }
 
 static const JSCFunctionListEntry js_crypto_natives[] = {
-    JS_CFUNC_DEF("digest", 2, nat_digest),
-    JS_CFUNC_DEF("hmac", 3, nat_hmac),
-    JS_CFUNC_DEF("aesgcm", 6, nat_aesgcm),
-    JS_CFUNC_DEF("tse", 2, nat_timing_safe_equal),
-    JS_CFUNC_DEF("ecImport", 2, nat_ec_import),
-    JS_CFUNC_DEF("edImport", 2, nat_ed_import),
-    JS_CFUNC_DEF("derImport", 2, nat_der_import),
-    JS_CFUNC_DEF("derExport", 2, nat_der_export),
-    JS_CFUNC_DEF("keyInfo", 1, nat_key_info),
-    JS_CFUNC_DEF("keyRaw", 1, nat_key_raw),
-    JS_CFUNC_DEF("keygen", 1, nat_keygen),
-    JS_CFUNC_DEF("sign", 3, nat_sign),
+    JS_CFUNC_DEF("digest", 2, nat_digest),        JS_CFUNC_DEF("hmac", 3, nat_hmac),
+    JS_CFUNC_DEF("aesgcm", 6, nat_aesgcm),        JS_CFUNC_DEF("tse", 2, nat_timing_safe_equal),
+    JS_CFUNC_DEF("ecImport", 2, nat_ec_import),   JS_CFUNC_DEF("edImport", 2, nat_ed_import),
+    JS_CFUNC_DEF("derImport", 2, nat_der_import), JS_CFUNC_DEF("derExport", 2, nat_der_export),
+    JS_CFUNC_DEF("keyInfo", 1, nat_key_info),     JS_CFUNC_DEF("keyRaw", 1, nat_key_raw),
+    JS_CFUNC_DEF("keygen", 1, nat_keygen),        JS_CFUNC_DEF("sign", 3, nat_sign),
     JS_CFUNC_DEF("verify", 4, nat_verify),
 };
 

@@ -169,8 +169,8 @@ static void js_fetch_on_body(void *arg, helios_subreq *s, helios_buf chunk, int 
     if (!chunk.len && !last)
         return;
     (void)s;
-    JSValue c = chunk.len ? JS_NewArrayBufferCopy(ctx, (const uint8_t *)chunk.ptr, chunk.len)
-                          : JS_NULL;
+    JSValue c =
+        chunk.len ? JS_NewArrayBufferCopy(ctx, (const uint8_t *)chunk.ptr, chunk.len) : JS_NULL;
     js_fetch_feed(f, c, last, NULL);
 }
 
@@ -261,7 +261,8 @@ static void js_fetch_start(js_worker *ws, js_fetch *f)
             return;
         }
     }
-    helios_subreq *s = js_api->subreq_new(ws->w, parent, up, f->method, f->target, err, sizeof(err));
+    helios_subreq *s =
+        js_api->subreq_new(ws->w, parent, up, f->method, f->target, err, sizeof(err));
     if (s == NULL) {
         char msg[600];
         snprintf(msg, sizeof(msg), "fetch(%s %s%s): %s", f->method, f->own ? "" : f->upstream,

@@ -60,9 +60,9 @@ typedef struct js_cache js_cache;
 
 typedef struct js_worker {
     const js_config *cfg;
-    helios_worker *w;  /* NULL for config_new's trial run */
-    int broken;        /* the script could not be initialised: 503 */
-    int trial;         /* config_new's trial run: console output is dropped */
+    helios_worker *w; /* NULL for config_new's trial run */
+    int broken;       /* the script could not be initialised: 503 */
+    int trial;        /* config_new's trial run: console output is dropped */
     JSRuntime *rt;
     JSContext *ctx;
     JSValue dispatch, filter_req, filter_resp, error_text;
@@ -95,18 +95,18 @@ typedef struct js_fetch {
     helios_subreq *s;
     JSValue res[2];
     helios_timer *t; /* `timeout` */
-    int parented; /* cancelled by the core with the parent request */
-    int id;        /* hx.fetchCancel(id) */
-    int head_done; /* the promise is resolved: body pieces go to SINK */
-    JSValue sink;  /* sink(chunk ArrayBuffer | null, done, error message) */
+    int parented;    /* cancelled by the core with the parent request */
+    int id;          /* hx.fetchCancel(id) */
+    int head_done;   /* the promise is resolved: body pieces go to SINK */
+    JSValue sink;    /* sink(chunk ArrayBuffer | null, done, error message) */
     /* what js_fetch_flush sends at the end of the JS run that asked */
     int unsent;
-    int own;             /* the route's own upstream (the request's host) */
-    char *upstream;      /* named upstream (NULL: own) */
+    int own;        /* the route's own upstream (the request's host) */
+    char *upstream; /* named upstream (NULL: own) */
     char *method, *target;
-    char *host;          /* Host to send: the URL's host[:port] for a named
-                          * upstream, NULL to keep the request's */
-    JSValue hdrs, body;  /* [[name, value]...] or null; string|ArrayBuffer|null */
+    char *host;         /* Host to send: the URL's host[:port] for a named
+                         * upstream, NULL to keep the request's */
+    JSValue hdrs, body; /* [[name, value]...] or null; string|ArrayBuffer|null */
     struct js_fetch *prev, *next;
 } js_fetch;
 
@@ -191,7 +191,7 @@ void js_cache_natives_install(JSContext *ctx, JSValueConst hx);
 
 /* ---- js_crypto.c ---- */
 
-void js_crypto_class_init(void);          /* once per process, from the module entry */
+void js_crypto_class_init(void);           /* once per process, from the module entry */
 int js_crypto_runtime_init(JSRuntime *rt); /* per runtime */
 void js_crypto_natives_install(JSContext *ctx, JSValueConst hx);
 
