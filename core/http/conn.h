@@ -56,6 +56,7 @@ struct hx_conn {
     hx_hdr_builder hb;
     hx_buf url;
     int head_paused;   /* parser paused at headers complete */
+    int parsing;       /* inside llhttp_execute: never re-enter it */
     int msg_paused;    /* parser paused at message complete */
     int reading;       /* rio active */
     int close_after;   /* close once the current response is flushed */

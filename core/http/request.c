@@ -52,6 +52,7 @@ void hx_req_fini(hx_req *r)
     hx_req_body_end(r);
     hx_subs_cancel_all(r);
     hx_proxy->detach(r);
+    hx_buf_free(&r->body_buf);
     hx_wgen_unref(r->wg);
     hx_arena_reset(&r->arena);
 }
@@ -109,6 +110,73 @@ void hx_req_log(hx_req *r)
     hx_accesslog_write(r);
 }
 
+/* A hook's return code as its name, for log lines ("returned PAUSE"). */
+static const char *rc_name(int rc)
+{
+    static _Thread_local char other[32];
+    switch (rc) {
+    case HELIOS_CONTINUE: return "CONTINUE";
+    case HELIOS_RESPONDED: return "RESPONDED";
+    case HELIOS_PAUSE: return "PAUSE";
+    case HELIOS_ERROR: return "ERROR";
+    default:
+        snprintf(other, sizeof(other), "unknown code %d", rc);
+        return other;
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* request buffering                                                   */
+
+/*
+ * A body that fits the upstream's request_buffering is read whole before
+ * the proxy starts (nginx's proxy_request_buffering): the backend gets it
+ * with a Content-Length whatever the client's framing, in one piece, and a
+ * retry can send it again. A body that turns out larger (chunked, no
+ * length) stops the buffering: what was read goes first, the rest streams.
+ */
+static int buffering_wanted(const hx_req *r)
+{
+    uint64_t max = r->route->upstream->request_buffering;
+    if (max == 0 || !r->has_body || r->body_done || r->route->upstream->protocol != HX_PROTO_HTTP1)
+        return 0;
+    return r->content_length < 0 || (uint64_t)r->content_length <= max;
+}
+
+/* Bytes read while buffering (1), or after it overflowed while the
+ * upstream exchange has not started yet (3): they all go with the head. */
+static int buffer_body(hx_req *r, const char *p, size_t n, int last)
+{
+    if (n && hx_buf_append(&r->body_buf, p, n) != 0) {
+        hx_req_error(r, 500, "out of memory buffering the request body");
+        return 0;
+    }
+    r->body_mem = (helios_buf){hx_buf_head(&r->body_buf), hx_buf_size(&r->body_buf)};
+    if (r->buffering == 3)
+        return 0;
+    if (last) {
+        r->buffering = 2;
+        r->chunked = 0;
+        r->content_length = (int64_t)hx_buf_size(&r->body_buf);
+        hx_proxy->start(r);
+    } else if (hx_buf_size(&r->body_buf) > r->route->upstream->request_buffering) {
+        /* too large: the proxy starts now and sends what was read first;
+         * bytes that arrive before its exchange starts are kept with it
+         * (reading stops meanwhile, so that is at most one read), then
+         * the rest streams (the proxy sets buffering to 0) */
+        r->buffering = 3;
+        hx_proxy->start(r);
+    }
+    return 0;
+}
+
+int hx_req_takes_body(const hx_req *r)
+{
+    if (r->body_discard || r->buffering == 1 || hx_req_body_wanted_by_handler(r))
+        return 1;
+    return r->phase == HX_PH_PROXY && hx_proxy->body_writable(r);
+}
+
 /* Request body bytes: through the filters, then to the proxy or the
  * handler, or dropped. */
 int hx_req_body_in(hx_req *r, const char *at, size_t len, int last)
@@ -147,16 +215,18 @@ int hx_req_body_in(hx_req *r, const char *at, size_t len, int last)
                  * stream is reset instead) */
                 hx_proxy->detach(r);
                 r->body_discard = 1;
-                if (r->ops->no_reuse)
+                if (!last && r->ops->no_reuse) /* with LAST the body is all read */
                     r->ops->no_reuse(r);
                 return 0;
             }
             if (rc != HELIOS_CONTINUE) {
-                hx_error("module %s: on_request_body returned %d", inst->mod->name, rc);
+                hx_error("module %s: on_request_body returned %s", inst->mod->name, rc_name(rc));
                 return -1;
             }
         }
     }
+    if (r->buffering == 1 || r->buffering == 3)
+        return buffer_body(r, chunk.ptr, chunk.len, last);
     if (r->phase == HX_PH_PROXY)
         return hx_proxy->body(r, chunk.ptr, chunk.len, last);
     if (hx_req_body_wanted_by_handler(r))
@@ -282,20 +352,22 @@ static void refuse_method(hx_req *r)
 
 /* The Host field value heliosd sends on: HOST, and the port when one was
  * given that is not the default of the client's scheme. */
-static int set_host_header(hx_req *r, helios_buf host, unsigned port)
+static int set_host_header(hx_req *r, helios_buf field, helios_buf host, unsigned port)
 {
-    hx_hdrs_remove(&r->hdrs, "host");
-    if (host.len == 0)
-        return 0; /* HTTP/1.0 without Host: the proxy names the backend */
     char v[300];
-    if (host.len > sizeof(v) - 8)
-        return -1;
-    memcpy(v, host.ptr, host.len);
     size_t n = host.len;
+    if (n > sizeof(v) - 8)
+        return -1;
+    memcpy(v, host.ptr, n);
     if (port && port != (r->https ? 443u : 80u)) {
         v[n++] = ':';
         n += hx_u64_dec(v + n, port);
     }
+    if (n && field.len == n && memcmp(field.ptr, v, n) == 0)
+        return 0; /* already the one value (the usual case): nothing to copy */
+    hx_hdrs_remove(&r->hdrs, "host");
+    if (n == 0)
+        return 0; /* HTTP/1.0 without Host: the proxy names the backend */
     return hx_hdrs_add(&r->arena, &r->hdrs, "Host", 4, v, n);
 }
 
@@ -332,7 +404,7 @@ static int req_identity(hx_req *r)
         return -1;
     }
     r->host = host;
-    if (set_host_header(r, host, port) != 0) {
+    if (set_host_header(r, field, host, port) != 0) {
         hx_req_error(r, 400, "invalid Host header");
         return -1;
     }
@@ -401,6 +473,18 @@ static void run_request_filters(hx_req *r)
 static void run_handler_or_proxy(hx_req *r)
 {
     const hx_route *rt = r->route;
+    if (!r->has_body) {
+        /* module.h: every request ends its body with on_request_body(LAST),
+         * a bodiless one included (Content-Length: 0, END_STREAM on
+         * HEADERS), before the handler or the upstream sees it, so a
+         * filter that checks bodies cannot be skipped by sending none */
+        if (hx_req_body_in(r, NULL, 0, 1) != 0) {
+            hx_req_error(r, 500, "request body filter failed");
+            return;
+        }
+        if (r->head_sent || r->phase == HX_PH_DONE)
+            return; /* a filter answered */
+    }
     if (rt->handler) {
         r->phase = HX_PH_HANDLER;
         const hx_instance *inst = rt->handler;
@@ -417,6 +501,11 @@ static void run_handler_or_proxy(hx_req *r)
         }
         hx_req_error(r, 500, rc == HELIOS_CONTINUE ? "handler returned CONTINUE"
                                                    : "handler failed");
+        return;
+    }
+    if (buffering_wanted(r)) {
+        r->buffering = 1; /* the phase stays: the proxy has not started */
+        hx_req_body_wanted(r);
         return;
     }
     hx_proxy->start(r);
@@ -612,7 +701,8 @@ int hx_resp_begin(hx_req *r)
             hx_ctx_init(&ctx, r, inst);
             int rc = inst->mod->filter->on_response_headers(&ctx);
             if (rc != HELIOS_CONTINUE) {
-                hx_error("module %s: on_response_headers returned %d", inst->mod->name, rc);
+                hx_error("module %s: on_response_headers returned %s", inst->mod->name,
+                         rc_name(rc));
                 /* replace the response with a plain 500, no filters */
                 r->route = NULL;
                 hx_proxy->detach(r);
@@ -659,7 +749,7 @@ int hx_resp_body(hx_req *r, const char *p, size_t n, int last)
             hx_ctx_init(&ctx, r, inst);
             int rc = inst->mod->filter->on_response_body(&ctx, &chunk, last);
             if (rc != HELIOS_CONTINUE) {
-                hx_error("module %s: on_response_body returned %d", inst->mod->name, rc);
+                hx_error("module %s: on_response_body returned %s", inst->mod->name, rc_name(rc));
                 hx_resp_abort(r, "response body filter failed");
                 return -1;
             }

@@ -115,6 +115,14 @@ struct hx_req {
 
     /* request body */
     int body_done;      /* whole request body read from the client */
+    /* Request buffering (upstream request_buffering): 1 while the body is
+     * read into body_buf before the proxy starts, 2 when it all fit, 3 when
+     * it did not and the proxy is starting (request.c, buffer_body). */
+    int buffering;
+    hx_buf body_buf;
+    /* A request body held whole in memory (a buffered body, a subrequest's):
+     * the proxy queues it with the head and sends it again on a retry. */
+    helios_buf body_mem;
     int body_discard;   /* body is read and dropped (local responses) */
     uint64_t bytes_in;  /* request body bytes from the client */
 
@@ -202,6 +210,8 @@ void hx_req_log(hx_req *r);
 /* Request body bytes from the protocol: body filters, then the proxy or
  * the handler. 0, or -1 when a filter failed. */
 int hx_req_body_in(hx_req *r, const char *p, size_t n, int last);
+/* 1 when R can take request body bytes now (the protocol reads on). */
+int hx_req_takes_body(const hx_req *r);
 
 /* ---- the protocol, through r->ops ---- */
 static inline void hx_req_enter(hx_req *r) { r->ops->enter(r); }

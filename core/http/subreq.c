@@ -242,6 +242,7 @@ int hx_subreq_send(helios_subreq *hs, const void *body, size_t len, const helios
         }
         memcpy(s->body, body, len);
         s->body_len = len;
+        r->body_mem = (helios_buf){s->body, len};
     }
     r->content_length = (int64_t)len;
     r->has_body = len > 0;
@@ -348,11 +349,6 @@ int hx_sub_serialize(hx_req *r, hx_buf *o)
         append(o, "Connection: close\r\n");
     append(o, "\r\n");
     return 0;
-}
-
-helios_buf hx_sub_body_bytes(hx_req *r)
-{
-    return (helios_buf){r->sub->body, r->sub->body_len};
 }
 
 /* The module hears the end of every response, bodiless ones included, as

@@ -22,12 +22,11 @@ size_t hx_subreq_header_count(helios_subreq *s);
 int hx_subreq_header_at(helios_subreq *s, size_t i, helios_buf *name, helios_buf *value);
 void hx_subreq_cancel(helios_subreq *s);
 
-/* core side (upstream.c): a subrequest's bracket (its ops' enter/leave),
- * its request head and its in-memory body */
+/* core side (upstream.c): a subrequest's bracket (its ops' enter/leave)
+ * and its request head; its body is r->body_mem */
 void hx_sub_enter(hx_req *r);
 void hx_sub_leave(hx_req *r);
 int hx_sub_serialize(hx_req *r, hx_buf *o);
-helios_buf hx_sub_body_bytes(hx_req *r);
 /* The parent request R ends: cancel its remaining subrequests. */
 void hx_subs_cancel_all(hx_req *r);
 

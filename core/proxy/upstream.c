@@ -150,9 +150,13 @@ void hx_proxy_report(hx_req *r, hx_backend *b, int outcome, int status)
     }
 }
 
+/* Set around one pick when the upstream is in panic mode (see panic_mode):
+ * health marks are ignored then, drains and open breakers are not. */
+static _Thread_local int panic_pick;
+
 int hx_backend_usable(const hx_backend *b)
 {
-    if (!atomic_load_explicit(&b->healthy, memory_order_relaxed) ||
+    if ((!panic_pick && !atomic_load_explicit(&b->healthy, memory_order_relaxed)) ||
         atomic_load_explicit(&b->draining, memory_order_relaxed))
         return 0;
     int br = atomic_load_explicit(&b->breaker, memory_order_relaxed);
@@ -1128,14 +1132,32 @@ static void start_exchange(hx_upconn *u)
     u->body_queued_all = !r->has_body;
     hx_buf_reset(&u->out);
     serialize_request(r, &u->out);
-    if (r->sub) {
-        /* a subrequest's whole body is in memory: queued with the head */
-        helios_buf body = hx_sub_body_bytes(r);
-        if (body.len) {
+    if (r->body_mem.ptr) {
+        /* A body held in memory (buffered, or a subrequest's) goes with the
+         * head, on every attempt: a whole one can be sent again on a retry;
+         * the first part of a body that outgrew request_buffering cannot
+         * (the rest streams after it). */
+        helios_buf body = r->body_mem;
+        if (body.len && r->up_chunked) {
+            char hdr[24];
+            size_t hn = hx_u64_hex(hdr, body.len);
+            hdr[hn++] = '\r';
+            hdr[hn++] = '\n';
+            hx_buf_append(&u->out, hdr, hn);
             hx_buf_append(&u->out, body.ptr, body.len);
+            hx_buf_append(&u->out, "\r\n", 2);
+        } else if (body.len) {
+            hx_buf_append(&u->out, body.ptr, body.len);
+        }
+        if (r->body_done) {
+            if (r->up_chunked)
+                hx_buf_append(&u->out, "0\r\n\r\n", 5);
+            u->body_queued_all = 1;
+        } else if (body.len) {
             r->req_sent_some = 1;
         }
-        u->body_queued_all = 1;
+        if (r->buffering == 3)
+            r->buffering = 0; /* taken: the rest of the body streams */
     }
     ev_set_cb(&u->rio, up_read_cb);
     ev_set_cb(&u->wio, up_write_cb);
@@ -1232,11 +1254,41 @@ static int request_body_filtered(const hx_req *r)
     return 0;
 }
 
+/*
+ * Panic mode (Envoy's panic threshold): when health checks leave less than
+ * panic_threshold % of an upstream's (not drained) backends healthy, the
+ * checks are more likely wrong than the backends (one path answering 503
+ * made passive health eject them all), and sending everything to the few
+ * left would overload them: the balancer picks among all of them again,
+ * healthy or not. Logged (the error log folds the repeats) and counted.
+ */
+static int panic_mode(hx_upstream *up, const hx_backends *bs)
+{
+    if (up->panic_threshold == 0)
+        return 0;
+    size_t eligible = 0, healthy = 0;
+    for (size_t i = 0; i < bs->n; i++) {
+        const hx_backend *b = bs->v[i];
+        if (atomic_load_explicit(&b->draining, memory_order_relaxed))
+            continue;
+        eligible++;
+        healthy += atomic_load_explicit(&b->healthy, memory_order_relaxed) != 0;
+    }
+    if (eligible == 0 || healthy * 100 >= (size_t)up->panic_threshold * eligible)
+        return 0;
+    atomic_fetch_add_explicit(&up->panics, 1, memory_order_relaxed);
+    hx_warn("upstream %s: panic mode: %zu of %zu backends healthy, below panic_threshold "
+            "%u%%: balancing over all of them",
+            up->name, healthy, eligible, up->panic_threshold);
+    return 1;
+}
+
 void hx_proxy_start(hx_req *r)
 {
     hx_upstream *up = r->route->upstream;
     hx_tunnel_slot_release(r); /* a retry: the slot was the last backend's */
-    r->up_chunked = r->chunked || (r->has_body && request_body_filtered(r));
+    /* a buffered body went through the filters already: its length is known */
+    r->up_chunked = r->buffering != 2 && (r->chunked || (r->has_body && request_body_filtered(r)));
     hx_backends *bs = atomic_load(&up->backends);
     r->phase = HX_PH_PROXY;
     if (bs == NULL || bs->n == 0) {
@@ -1263,6 +1315,7 @@ void hx_proxy_start(hx_req *r)
         memset(r->tried, 0, bs->n);
         r->tried_n = bs->n;
     }
+    panic_pick = panic_mode(up, bs);
     const hx_instance *bal = r->wg->bal[up->index];
     helios_ctx ctx = {.size = sizeof(ctx),
                       .cfg = bal->cfg,
@@ -1303,6 +1356,7 @@ void hx_proxy_start(hx_req *r)
             r->tried[idx] = 1;
         }
     }
+    panic_pick = 0;
     if (b == NULL) {
         hx_req_error(r, r->attempts ? 502 : 503,
                      r->attempts ? "every backend failed" : "no usable backend");

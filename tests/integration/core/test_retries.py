@@ -341,3 +341,32 @@ def test_bad_retries_config_is_a_located_error(check_config, retries, where):
     p = check_config(cfg, "h.yaml")
     assert p.returncode == 1, (p.returncode, p.stderr)
     assert re.search(rf"{re.escape(str(p.path))}:\d+:\d+: .*{re.escape(where)}", p.stderr), p.stderr
+
+
+# ---- request buffering: a body held whole can be sent again ----
+
+
+def test_a_buffered_put_body_is_replayed_on_another_backend_after_a_reset(heliosd, scripted):
+    """PUT is idempotent; its 1000-byte body fits request_buffering (64k by
+    default), so heliosd holds it whole and a reset before the answer sends
+    it again to the other backend."""
+    bad, good = scripted("bad", "reset"), scripted("good")
+    h = start_proxy(heliosd, [bad, good], {"budget_percent": 100, "budget_min": 100})
+    n = 6
+    for i in range(n):
+        status, headers, _ = http_request(h.port, f"/u/{i}", method="PUT", body=b"y" * 1000)
+        assert status == 200, f"PUT {i}: {status}"
+        assert headers.get("x-backend") == "good"
+    assert bad.methods["PUT"] > 0, "the resetting backend was never tried: nothing proves a replay"
+    assert good.methods["PUT"] == n
+
+
+def test_without_buffering_a_put_whose_body_was_sent_is_not_retried(heliosd, scripted):
+    bad, good = scripted("bad", "reset"), scripted("good")
+    h = start_proxy(heliosd, [bad, good], {"budget_percent": 100, "budget_min": 100},
+                    request_buffering=0)
+    statuses = Counter()
+    for i in range(6):
+        status, _, _ = http_request(h.port, f"/u/{i}", method="PUT", body=b"y" * 1000)
+        statuses[status] += 1
+    assert statuses[502] >= 1 and bad.methods["PUT"] == statuses[502], (statuses, bad.methods)

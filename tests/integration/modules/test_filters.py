@@ -351,7 +351,12 @@ def test_response_body_over_limit_is_truncated(heliosd, backend):
 def test_chunked_body_over_limit_after_response_started_closes_connection(heliosd, backend):
     # /echo answers while the body streams: the head is out before the limit
     # is crossed, so no 413 is possible; the exchange is cut instead.
-    h = size_limited(heliosd, backend, max_request_body=10000)
+    # (request_buffering 0: a small body would otherwise be read whole
+    # before the backend sees the request, and the 413 would come first.)
+    port = free_port()
+    h = heliosd(make_config(port, [proxy_route("app", "app")],
+                            {"app": upstream_conf(backend, request_buffering=0)},
+                            modules=[{"module": "size_limit", "config": {"max_request_body": 10000}}]))
     with RawConn(h.port) as c:
         c.send(request_bytes("POST", "/echo", headers=[("Transfer-Encoding", "chunked")]))
         chunk = b"y" * 4000
