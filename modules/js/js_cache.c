@@ -278,20 +278,32 @@ static JSValue nat_cache_put(JSContext *ctx, JSValueConst this_val, int argc, JS
     return JS_TRUE;
 }
 
+/* The live or expired entry for (ARGV[0], ARGV[1]) in *E (NULL: none).
+ * Returns -1 with an exception. */
+static int js_cache_lookup(JSContext *ctx, JSValueConst *argv, js_cache **cp, js_centry **e)
+{
+    js_cache *c = *cp = js_cache_of(ctx);
+    *e = NULL;
+    if (c == NULL || c->count == 0)
+        return 0;
+    size_t keylen;
+    char *key = js_cache_key(ctx, argv[0], argv[1], &keylen);
+    if (key == NULL)
+        return -1;
+    *e = js_cache_find(c, key, keylen, js_hash(key, keylen));
+    free(key);
+    return 0;
+}
+
 /* hx.cacheMatch(ns, url) -> null | [status, [name, value...], body, age_s] */
 static JSValue nat_cache_match(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv)
 {
     (void)this_val;
     (void)argc;
-    js_cache *c = js_cache_of(ctx);
-    if (c == NULL || c->count == 0)
-        return JS_NULL;
-    size_t keylen;
-    char *key = js_cache_key(ctx, argv[0], argv[1], &keylen);
-    if (key == NULL)
+    js_cache *c;
+    js_centry *e;
+    if (js_cache_lookup(ctx, argv, &c, &e) != 0)
         return JS_EXCEPTION;
-    js_centry *e = js_cache_find(c, key, keylen, js_hash(key, keylen));
-    free(key);
     uint64_t now = js_now_us();
     if (e == NULL)
         return JS_NULL;
@@ -319,20 +331,15 @@ static JSValue nat_cache_match(JSContext *ctx, JSValueConst this_val, int argc, 
     return a;
 }
 
-/* hx.cacheDelete(ns, url) -> bool */
+/* hx.cacheDelete(ns, url) -> bool: whether a live entry was there */
 static JSValue nat_cache_delete(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv)
 {
     (void)this_val;
     (void)argc;
-    js_cache *c = js_cache_of(ctx);
-    if (c == NULL || c->count == 0)
-        return JS_FALSE;
-    size_t keylen;
-    char *key = js_cache_key(ctx, argv[0], argv[1], &keylen);
-    if (key == NULL)
+    js_cache *c;
+    js_centry *e;
+    if (js_cache_lookup(ctx, argv, &c, &e) != 0)
         return JS_EXCEPTION;
-    js_centry *e = js_cache_find(c, key, keylen, js_hash(key, keylen));
-    free(key);
     if (e == NULL)
         return JS_FALSE;
     int live = js_now_us() < e->expires_us;

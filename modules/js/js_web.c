@@ -17,6 +17,8 @@
 #include <strings.h>
 #include <sys/random.h>
 
+#include <helios/util/http.h>
+
 #include "js_internal.h"
 
 /* ------------------------------------------------------------------ */
@@ -602,25 +604,56 @@ static JSValue nat_decode(JSContext *ctx, JSValueConst this_val, int argc, JSVal
 
 /* ---- binary codecs (node:buffer, atob/btoa, crypto JWK) ---- */
 
-/* hx.b64enc(bytes, url) -> string: standard (padded) or base64url (not) */
-static JSValue nat_b64enc(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv)
+/* An encoder writes at most 2 * LEN + 4 bytes of text for LEN bytes and
+ * returns how many; a decoder at most LEN bytes for LEN characters, and
+ * returns how many or -1 (refused). OPT is the native's second argument. */
+typedef size_t js_encoder(const uint8_t *p, size_t len, char *out, int opt);
+typedef long js_decoder(const char *s, size_t len, uint8_t *out, int opt);
+
+/* hx.NAME(bytes, opt) -> string, through ENC */
+static JSValue js_encode(JSContext *ctx, JSValueConst *argv, js_encoder *enc)
 {
-    (void)this_val;
-    (void)argc;
-    static const char std[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    static const char url[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     const char *hold;
     const uint8_t *p;
     size_t len;
     if (js_bytes(ctx, argv[0], &hold, &p, &len) != 0)
         return JS_EXCEPTION;
-    int u = JS_ToBool(ctx, argv[1]);
-    const char *a = u ? url : std;
-    char *out = malloc(len / 3 * 4 + 5);
+    char *out = malloc(2 * len + 4);
     if (out == NULL) {
         JS_FreeCString(ctx, hold);
         return JS_ThrowOutOfMemory(ctx);
     }
+    size_t n = enc(p, len, out, JS_ToBool(ctx, argv[1]));
+    JSValue v = JS_NewStringLen(ctx, out, n);
+    free(out);
+    JS_FreeCString(ctx, hold);
+    return v;
+}
+
+/* hx.NAME(string, opt) -> ArrayBuffer, or null when DEC refuses it */
+static JSValue js_decode(JSContext *ctx, JSValueConst *argv, js_decoder *dec)
+{
+    size_t len;
+    const char *s = JS_ToCStringLen(ctx, &len, argv[0]);
+    if (s == NULL)
+        return JS_EXCEPTION;
+    uint8_t *out = malloc(len + 1);
+    if (out == NULL) {
+        JS_FreeCString(ctx, s);
+        return JS_ThrowOutOfMemory(ctx);
+    }
+    long n = dec(s, len, out, JS_ToBool(ctx, argv[1]));
+    JS_FreeCString(ctx, s);
+    JSValue v = n < 0 ? JS_NULL : JS_NewArrayBufferCopy(ctx, out, (size_t)n);
+    free(out);
+    return v;
+}
+
+/* standard base64 (padded), or base64url (not) when URL */
+static size_t js_b64_encode(const uint8_t *p, size_t len, char *out, int url)
+{
+    const char *a = url ? "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+                        : "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     size_t o = 0, i = 0;
     for (; i + 2 < len; i += 3) {
         uint32_t n = (uint32_t)p[i] << 16 | (uint32_t)p[i + 1] << 8 | p[i + 2];
@@ -635,36 +668,21 @@ static JSValue nat_b64enc(JSContext *ctx, JSValueConst this_val, int argc, JSVal
         out[o++] = a[(n >> 12) & 63];
         if (i + 1 < len)
             out[o++] = a[(n >> 6) & 63];
-        else if (!u)
+        else if (!url)
             out[o++] = '=';
-        if (!u)
+        if (!url)
             out[o++] = '=';
     }
-    JSValue v = JS_NewStringLen(ctx, out, o);
-    free(out);
-    JS_FreeCString(ctx, hold);
-    return v;
+    return o;
 }
 
-/* hx.b64dec(string, strict) -> ArrayBuffer, or null when STRICT and the
- * text is not base64. Both alphabets; whitespace is skipped; decoding
- * stops at '=' (lenient, as node does unless STRICT). */
-static JSValue nat_b64dec(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv)
+/* Both alphabets; whitespace is skipped; decoding stops at '=' and skips
+ * other bytes (lenient, as node is) unless STRICT refuses them, padding
+ * before the end, or a partial byte. */
+static long js_b64_decode(const char *s, size_t len, uint8_t *out, int strict)
 {
-    (void)this_val;
-    (void)argc;
-    size_t len;
-    const char *s = JS_ToCStringLen(ctx, &len, argv[0]);
-    if (s == NULL)
-        return JS_EXCEPTION;
-    int strict = JS_ToBool(ctx, argv[1]);
-    uint8_t *out = malloc(len / 4 * 3 + 3);
-    if (out == NULL) {
-        JS_FreeCString(ctx, s);
-        return JS_ThrowOutOfMemory(ctx);
-    }
     uint32_t acc = 0;
-    int bits = 0, bad = 0;
+    int bits = 0;
     size_t o = 0, i = 0;
     for (; i < len; i++) {
         unsigned char c = (unsigned char)s[i];
@@ -683,12 +701,10 @@ static JSValue nat_b64dec(JSContext *ctx, JSValueConst this_val, int argc, JSVal
             continue;
         else if (c == '=')
             break;
-        else {
-            bad = 1;
-            if (strict)
-                break;
+        else if (strict)
+            return -1;
+        else
             continue;
-        }
         acc = acc << 6 | (uint32_t)v;
         bits += 6;
         if (bits >= 8) {
@@ -697,100 +713,45 @@ static JSValue nat_b64dec(JSContext *ctx, JSValueConst this_val, int argc, JSVal
         }
     }
     if (strict) {
-        /* padding only at the end, and a whole number of bytes */
         for (; i < len; i++)
             if (s[i] != '=' && s[i] != ' ' && s[i] != '\n' && s[i] != '\r' && s[i] != '\t')
-                bad = 1;
+                return -1;
         if (bits >= 6)
-            bad = 1;
+            return -1;
     }
-    JS_FreeCString(ctx, s);
-    JSValue v = bad && strict ? JS_NULL : JS_NewArrayBufferCopy(ctx, out, o);
-    free(out);
-    return v;
+    return (long)o;
 }
 
-/* hx.hexenc(bytes) -> string */
-static JSValue nat_hexenc(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv)
+static size_t js_hex_encode(const uint8_t *p, size_t len, char *out, int opt)
 {
-    (void)this_val;
-    (void)argc;
+    (void)opt;
     static const char hex[] = "0123456789abcdef";
-    const char *hold;
-    const uint8_t *p;
-    size_t len;
-    if (js_bytes(ctx, argv[0], &hold, &p, &len) != 0)
-        return JS_EXCEPTION;
-    char *out = malloc(len * 2 + 1);
-    if (out == NULL) {
-        JS_FreeCString(ctx, hold);
-        return JS_ThrowOutOfMemory(ctx);
-    }
     for (size_t i = 0; i < len; i++) {
         out[2 * i] = hex[p[i] >> 4];
         out[2 * i + 1] = hex[p[i] & 15];
     }
-    JSValue v = JS_NewStringLen(ctx, out, len * 2);
-    free(out);
-    JS_FreeCString(ctx, hold);
-    return v;
+    return 2 * len;
 }
 
-static int js_hexval(int c)
+/* pairs of hex digits up to the first that is not (as node does) */
+static long js_hex_decode(const char *s, size_t len, uint8_t *out, int opt)
 {
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
-/* hx.hexdec(string) -> ArrayBuffer: pairs of hex digits up to the first
- * that is not (as node does) */
-static JSValue nat_hexdec(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv)
-{
-    (void)this_val;
-    (void)argc;
-    size_t len;
-    const char *s = JS_ToCStringLen(ctx, &len, argv[0]);
-    if (s == NULL)
-        return JS_EXCEPTION;
-    uint8_t *out = malloc(len / 2 + 1);
-    if (out == NULL) {
-        JS_FreeCString(ctx, s);
-        return JS_ThrowOutOfMemory(ctx);
-    }
+    (void)opt;
     size_t o = 0;
     for (size_t i = 0; i + 1 < len; i += 2) {
-        int hi = js_hexval((unsigned char)s[i]), lo = js_hexval((unsigned char)s[i + 1]);
+        int hi = helios_http_hexval((unsigned char)s[i]);
+        int lo = helios_http_hexval((unsigned char)s[i + 1]);
         if (hi < 0 || lo < 0)
             break;
         out[o++] = (uint8_t)(hi << 4 | lo);
     }
-    JS_FreeCString(ctx, s);
-    JSValue v = JS_NewArrayBufferCopy(ctx, out, o);
-    free(out);
-    return v;
+    return (long)o;
 }
 
-/* hx.latin1(bytes) -> string of code points 0..255 */
-static JSValue nat_latin1(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv)
+/* bytes as code points 0..255, written as UTF-8 (two bytes at most each) */
+static size_t js_latin1_encode(const uint8_t *p, size_t len, char *out, int opt)
 {
-    (void)this_val;
-    (void)argc;
-    const char *hold;
-    const uint8_t *p;
-    size_t len;
-    if (js_bytes(ctx, argv[0], &hold, &p, &len) != 0)
-        return JS_EXCEPTION;
-    /* as UTF-8: at most two bytes per byte */
-    char *out = malloc(len * 2 + 1);
-    if (out == NULL) {
-        JS_FreeCString(ctx, hold);
-        return JS_ThrowOutOfMemory(ctx);
-    }
+    (void)opt;
     size_t o = 0;
     for (size_t i = 0; i < len; i++) {
         if (p[i] < 0x80) {
@@ -800,10 +761,28 @@ static JSValue nat_latin1(JSContext *ctx, JSValueConst this_val, int argc, JSVal
             out[o++] = (char)(0x80 | (p[i] & 0x3f));
         }
     }
-    JSValue v = JS_NewStringLen(ctx, out, o);
-    free(out);
-    JS_FreeCString(ctx, hold);
-    return v;
+    return o;
+}
+
+/* hx.b64enc(bytes, url) -> string; hx.b64dec(string, strict) ->
+ * ArrayBuffer | null; hx.hexenc(bytes); hx.hexdec(string); hx.latin1(bytes)
+ * -> string of code points 0..255. MAGIC indexes js_codecs. */
+static const struct {
+    js_encoder *enc;
+    js_decoder *dec;
+} js_codecs[] = {
+    {js_b64_encode, NULL}, {NULL, js_b64_decode},    {js_hex_encode, NULL},
+    {NULL, js_hex_decode}, {js_latin1_encode, NULL},
+};
+
+static JSValue nat_codec(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv,
+                         int magic)
+{
+    (void)this_val;
+    (void)argc;
+    if (js_codecs[magic].enc)
+        return js_encode(ctx, argv, js_codecs[magic].enc);
+    return js_decode(ctx, argv, js_codecs[magic].dec);
 }
 
 /* hx.now() -> milliseconds (with fractions) on the monotonic clock */
@@ -835,11 +814,11 @@ static const JSCFunctionListEntry js_natives[] = {
     JS_CFUNC_DEF("random", 1, nat_random),
     JS_CFUNC_DEF("encode", 1, nat_encode),
     JS_CFUNC_DEF("decode", 3, nat_decode),
-    JS_CFUNC_DEF("b64enc", 2, nat_b64enc),
-    JS_CFUNC_DEF("b64dec", 2, nat_b64dec),
-    JS_CFUNC_DEF("hexenc", 1, nat_hexenc),
-    JS_CFUNC_DEF("hexdec", 1, nat_hexdec),
-    JS_CFUNC_DEF("latin1", 1, nat_latin1),
+    JS_CFUNC_MAGIC_DEF("b64enc", 2, nat_codec, 0),
+    JS_CFUNC_MAGIC_DEF("b64dec", 2, nat_codec, 1),
+    JS_CFUNC_MAGIC_DEF("hexenc", 2, nat_codec, 2),
+    JS_CFUNC_MAGIC_DEF("hexdec", 2, nat_codec, 3),
+    JS_CFUNC_MAGIC_DEF("latin1", 2, nat_codec, 4),
     JS_CFUNC_DEF("now", 0, nat_now),
 };
 
