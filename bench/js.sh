@@ -7,11 +7,13 @@
 # each server a single process/worker pinned to one core (SERVER_CPU), wrk
 # pinned to another (LOAD_CPU), in one run: ROUNDS rounds, the servers
 # alternating inside each round; prints the medians and the ratios to the
-# js handler. Target: js >= node.
+# js handler. Target: js >= node. With BASE_BUILD_DIR (another build tree,
+# e.g. of an earlier commit), the js handler of that build runs in the same
+# rounds too: what a change to the module costs the hello path.
 #
 # Usage: bench/js.sh
 # Env:   DURATION=10s CONNS=50 ROUNDS=3 SERVER_CPU=0 LOAD_CPU=1 BUILD_DIR=build
-#        NGINX=/usr/sbin/nginx NODE=node
+#        NGINX=/usr/sbin/nginx NODE=node BASE_BUILD_DIR=
 #        CLIENT=wrk (or heliosd: heliosd bench from the build's bench module)
 # Everything runs on 127.0.0.1 and is bounded; processes are stopped on exit.
 set -euo pipefail
@@ -57,6 +59,16 @@ mkdir -p "$tmp/js"
 heliosd_conf "$p_js" "{module: js, config: {script: $tmp/hello.js}}" >"$tmp/js/heliosd.yaml"
 start_heliosd js "$SERVER_CPU" "$tmp/js"
 
+p_base=
+if [ -n "${BASE_BUILD_DIR:-}" ]; then
+    need_exec "$BASE_BUILD_DIR/heliosd"
+    need_files "$BASE_BUILD_DIR/modules/js.so"
+    p_base=$(free_port)
+    mkdir -p "$tmp/base"
+    heliosd_conf "$p_base" "{module: js, config: {script: $tmp/hello.js}}" >"$tmp/base/heliosd.yaml"
+    bench_start base "$SERVER_CPU" "$BASE_BUILD_DIR/heliosd" -c "$tmp/base" -m "$BASE_BUILD_DIR/modules"
+fi
+
 p_static=$(free_port)
 mkdir -p "$tmp/static"
 heliosd_conf "$p_static" "{module: static_response, config: {body: \"$BODY\", content_type: \"text/plain;charset=UTF-8\"}}" \
@@ -88,7 +100,7 @@ http.createServer((req, res) => {
 EOF
 bench_start node "$SERVER_CPU" "$NODE" "$tmp/hello_node.js"
 
-for p in "$p_js" "$p_static" "$p_nginx" "$p_node"; do
+for p in "$p_js" "$p_static" "$p_nginx" "$p_node" $p_base; do
     wait_http_ok "http://127.0.0.1:$p/" "$tmp/hello.body" ||
         die "nothing answers 200 '$BODY' on port $p (last status $last_code)"
 done
@@ -98,11 +110,17 @@ rps() { client_rps "$DURATION" "http://127.0.0.1:$1/"; } # $1 port -> req/s
 echo "# hello world, one core each (server CPU $SERVER_CPU, $(client_name) CPU $LOAD_CPU):" \
      "$ROUNDS rounds of $(client_desc URL)"
 echo "# $("$NODE" --version | sed 's/^/node /'), $("$NGINX" -v 2>&1 | sed 's/.*: //')"
-js=() st=() ng=() nd=()
+js=() st=() ng=() nd=() bs=() jc=() bc=()
 for r in $(seq "$ROUNDS"); do
-    a=$(rps "$p_js"); b=$(rps "$p_static"); c=$(rps "$p_nginx"); d=$(rps "$p_node")
-    js+=("$a"); st+=("$b"); ng+=("$c"); nd+=("$d")
-    echo "round $r: js $a, static_response $b, nginx $c, node $d req/s"
+    read -r a ca < <(wrk_cpu_round "$DURATION" "http://127.0.0.1:$p_js/" "${pid[js]}")
+    b=$(rps "$p_static"); c=$(rps "$p_nginx"); d=$(rps "$p_node")
+    js+=("$a"); st+=("$b"); ng+=("$c"); nd+=("$d"); jc+=("$ca")
+    e= ce=
+    if [ -n "$p_base" ]; then
+        read -r e ce < <(wrk_cpu_round "$DURATION" "http://127.0.0.1:$p_base/" "${pid[base]}")
+        bs+=("$e"); bc+=("$ce")
+    fi
+    echo "round $r: js $a (${ca} µs CPU/req), static_response $b, nginx $c, node $d${e:+, js (base build) $e (${ce} µs CPU/req)} req/s"
 done
 mj=$(median "${js[@]}"); ms=$(median "${st[@]}"); mg=$(median "${ng[@]}"); mn=$(median "${nd[@]}")
 echo
@@ -112,6 +130,12 @@ echo "| heliosd + js (QuickJS) | $mj | 1.00 |"
 echo "| heliosd + static_response | $ms | $(ratio "$mj" "$ms" 2) |"
 echo "| nginx return 200 | $mg | $(ratio "$mj" "$mg" 2) |"
 echo "| node http | $mn | $(ratio "$mj" "$mn" 2) |"
+if [ -n "$p_base" ]; then
+    mb=$(median "${bs[@]}")
+    echo "| heliosd + js, $BASE_BUILD_DIR | $mb | $(ratio "$mj" "$mb" 2) |"
+    echo
+    echo "heliosd CPU per request (median): js $(median "${jc[@]}") µs, js of $BASE_BUILD_DIR $(median "${bc[@]}") µs"
+fi
 if awk -v a="$mj" -v b="$mn" 'BEGIN{exit !(a >= b)}'; then
     echo "target js >= node: met"
 else

@@ -303,6 +303,20 @@ wrk_rps() {
     sed -n 's/^Requests\/sec:[[:space:]]*//p'
 }
 
+# wrk_cpu_round DURATION URL PID -> "REQ_PER_S CPU_US_PER_REQUEST": wrk's
+# req/s, and the CPU time PID used meanwhile divided by the requests wrk
+# completed (less sensitive than req/s to other load on a shared machine).
+wrk_cpu_round() {
+    local c0 c1 out
+    c0=$(proc_cpu_us "$3")
+    out=$(wrk_report "$1" "$2")
+    c1=$(proc_cpu_us "$3")
+    awk -v c="$((c1 - c0))" '
+        /^Requests\/sec:/ {rps = $2}
+        / requests in / {n = $1}
+        END {if (rps && n) printf "%s %.2f\n", rps, c / n}' <<<"$out"
+}
+
 # wrk_timed OUT SECONDS URL [WRK_ARGS...]: like wrk_report, with the report in
 # OUT and wrk's own CPU seconds (user + system) in OUT.cpu. wrk runs in the
 # background and is waited for, so a signal to the script is handled at once.

@@ -79,19 +79,8 @@ for v in off on; do
     start_heliosd "$v" "$PROXY_CPU" "$tmp/$v"
     wait_http "http://127.0.0.1:${!port_var}/"
 done
-# round PORT PID -> "REQ_PER_S CPU_US_PER_REQUEST": wrk's req/s, and the
-# heliosd CPU time the round cost divided by the requests wrk completed
-# (less sensitive than req/s to other load on a shared machine)
-round() {
-    local c0 c1 out
-    c0=$(proc_cpu_us "$2")
-    out=$(wrk_report "$DURATION" "http://127.0.0.1:$1/")
-    c1=$(proc_cpu_us "$2")
-    awk -v c="$((c1 - c0))" '
-        /^Requests\/sec:/ {rps = $2}
-        / requests in / {n = $1}
-        END {if (rps && n) printf "%s %.2f\n", rps, c / n}' <<<"$out"
-}
+# round PORT PID -> "REQ_PER_S CPU_US_PER_REQUEST" (lib.sh's wrk_cpu_round)
+round() { wrk_cpu_round "$DURATION" "http://127.0.0.1:$1/" "$2"; }
 
 echo "# req/s: $ROUNDS alternating rounds of wrk -t1 -c$CONNS -d$DURATION, heliosd on CPU $PROXY_CPU, wrk and backend on CPU $LOAD_CPU"
 off=() on=() ratios=() cpu_off=() cpu_on=()

@@ -16,7 +16,8 @@ typedef struct hx_buf {
 } hx_buf;
 
 static inline size_t hx_buf_size(const hx_buf *b) { return b->len - b->off; }
-static inline char *hx_buf_head(const hx_buf *b) { return b->data + b->off; }
+/* An empty buffer may have no storage yet: NULL then (NULL + 0 is undefined). */
+static inline char *hx_buf_head(const hx_buf *b) { return b->data ? b->data + b->off : NULL; }
 
 /* Makes room for N more bytes at the end; 0 or -1 (out of memory). */
 static inline int hx_buf_reserve(hx_buf *b, size_t n)

@@ -11,6 +11,7 @@
 static _Atomic int log_level = HELIOS_LOG_INFO;
 static _Atomic int log_fd = STDERR_FILENO;
 static char log_path[4096];
+static _Atomic int errors_to_stderr;
 
 static const char *const level_names[] = {"error", "warn", "info", "debug"};
 
@@ -103,6 +104,11 @@ void hx_log_close(void)
     log_path[0] = '\0';
 }
 
+void hx_log_errors_to_stderr(int on)
+{
+    atomic_store(&errors_to_stderr, on);
+}
+
 int hx_log_enabled(int level)
 {
     return level <= atomic_load_explicit(&log_level, memory_order_relaxed);
@@ -155,6 +161,11 @@ void hx_vlog(int level, const char *module, const char *fmt, va_list ap)
         last.len = 0;
     }
     write_line(line, (size_t)n);
+    if (level == HELIOS_LOG_ERROR && atomic_load(&errors_to_stderr) &&
+        atomic_load(&log_fd) != STDERR_FILENO) {
+        ssize_t w = write(STDERR_FILENO, line, (size_t)n);
+        (void)w;
+    }
 }
 
 void hx_log(int level, const char *fmt, ...)

@@ -17,6 +17,10 @@ int hx_log_open(int level, const char *path);
 /* Reopens the current file (SIGUSR1); no-op for stderr. */
 int hx_log_reopen(void);
 void hx_log_close(void);
+/* While ON, error lines also go to stderr when the log is a file: heliosd
+ * turns it on until it has started, so the reason a start failed reaches
+ * the terminal or the journal, not only the file. Main thread. */
+void hx_log_errors_to_stderr(int on);
 int hx_log_enabled(int level);
 
 void hx_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

@@ -20,7 +20,9 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <grp.h>
 #include <limits.h>
+#include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -352,6 +354,17 @@ static char *absolute_dir(build *b, const char *base, size_t baselen, const char
     return out;
 }
 
+/* N's scalar made absolute: a relative path is relative to the directory
+ * of the file that names it, like module_path. */
+static char *file_relative(build *b, const hx_conf_node *n)
+{
+    const char *slash = strrchr(n->file, '/');
+    size_t baselen = slash ? (size_t)(slash - n->file) : 0;
+    if (slash == n->file)
+        baselen = 1; /* file in "/" */
+    return absolute_dir(b, n->file, baselen, n->scalar);
+}
+
 static void parse_module_dir(build *b, const hx_conf_node *root, const char *override,
                              const char *def)
 {
@@ -363,11 +376,7 @@ static void parse_module_dir(build *b, const hx_conf_node *root, const char *ove
     if (n) {
         /* Relative to the file it was written in, not to the cwd: the
          * same config must work whoever starts the daemon from where. */
-        const char *slash = strrchr(n->file, '/');
-        size_t baselen = slash ? (size_t)(slash - n->file) : 0;
-        if (slash == n->file)
-            baselen = 1; /* file in "/" */
-        b->gen->module_dir = absolute_dir(b, n->file, baselen, n->scalar);
+        b->gen->module_dir = file_relative(b, n);
         struct stat st;
         if (b->gen->module_dir &&
             (stat(b->gen->module_dir, &st) != 0 || !S_ISDIR(st.st_mode)))
@@ -376,6 +385,48 @@ static void parse_module_dir(build *b, const hx_conf_node *root, const char *ove
         return;
     }
     b->gen->module_dir = absolute_dir(b, NULL, 0, def ? def : ".");
+}
+
+/* ---- process: user, group, pid_file ---- */
+
+static void parse_process(build *b, const hx_conf_node *root)
+{
+    hx_process_conf *p = &b->gen->process;
+    const hx_conf_node *u = opt_scalar(root, "user", "a user name or uid");
+    const hx_conf_node *g = opt_scalar(root, "group", "a group name or gid");
+    const hx_conf_node *f = opt_scalar(root, "pid_file", "a file path");
+    char buf[4096];
+    if (u) {
+        struct passwd pw, *res = NULL;
+        getpwnam_r(u->scalar, &pw, buf, sizeof(buf), &res);
+        if (res == NULL && strspn(u->scalar, "0123456789") == strlen(u->scalar) && *u->scalar)
+            getpwuid_r((uid_t)strtoul(u->scalar, NULL, 10), &pw, buf, sizeof(buf), &res);
+        if (res == NULL) {
+            hx_conf_error(u, "no such user '%s' (getent passwd %s)", u->scalar, u->scalar);
+        } else {
+            p->user = b_strdup(b, res->pw_name);
+            p->uid = res->pw_uid;
+            p->gid = res->pw_gid;
+        }
+    }
+    if (g) {
+        struct group gr, *res = NULL;
+        getgrnam_r(g->scalar, &gr, buf, sizeof(buf), &res);
+        if (res == NULL && strspn(g->scalar, "0123456789") == strlen(g->scalar) && *g->scalar)
+            getgrgid_r((gid_t)strtoul(g->scalar, NULL, 10), &gr, buf, sizeof(buf), &res);
+        if (res == NULL) {
+            hx_conf_error(g, "no such group '%s' (getent group %s)", g->scalar, g->scalar);
+        } else {
+            p->group = b_strdup(b, res->gr_name);
+            p->gid = res->gr_gid;
+        }
+    }
+    if (f) {
+        if (f->scalar[0] == '\0')
+            hx_conf_error(f, "expected a file path, got an empty string");
+        else
+            p->pid_file = file_relative(b, f);
+    }
 }
 
 /* ---- global modules ---- */
@@ -773,7 +824,7 @@ static hx_upstream *parse_upstream(build *b, const char *name, const hx_conf_nod
 {
     static const char *const keys[] = {"balancer", "backends", "keepalive",   "timeouts",
                                        "retries",  "protocol", "tls",         "max_tunnels",
-                                       "request_buffering", NULL};
+                                       "request_buffering", "panic_threshold", NULL};
     static const char *const re_keys[] = {"tries", "on", "per_try_timeout", "budget_percent",
                                           "budget_min", NULL};
     static const char *const ka_keys[] = {"max_idle", "idle_timeout", NULL};
@@ -832,6 +883,10 @@ static hx_upstream *parse_upstream(build *b, const char *name, const hx_conf_nod
     u->max_tunnels = (unsigned)max_tunnels;
     get_size(un->kind == HX_CONF_MAP ? un : NULL, "request_buffering", 64 * KiB, 0, 16 * MiB,
              "0 (stream every body)..16m", &u->request_buffering);
+    long long panic = 0;
+    if (hx_conf_int(un->kind == HX_CONF_MAP ? un : NULL, "panic_threshold", 0, 0, 100, &panic) < 0)
+        ok = 0;
+    u->panic_threshold = (unsigned)panic;
 
     const hx_conf_node *re = opt_map(un, "retries", re_keys);
     long long tries = 3, pct = 20, bmin = 3;
@@ -1252,6 +1307,9 @@ static void gen_free(hx_gen *g, int free_tree)
     free(g->logging.error_log);
     free(g->logging.access_log);
     free(g->module_dir);
+    free(g->process.user);
+    free(g->process.group);
+    free(g->process.pid_file);
     if (free_tree)
         hx_conf_tree_free(g->tree);
     free(g);
@@ -1261,7 +1319,8 @@ static void validate(build *b, const char *path, const char *override, const cha
 {
     static const char *const keys[] = {"workers",  "module_path",     "modules", "listeners",
                                        "trusted_proxies", "timeouts", "limits",  "upstreams",
-                                       "routes",   "logging",         "http2",   NULL};
+                                       "routes",   "logging",         "http2",   "user",
+                                       "group",    "pid_file",        NULL};
     const hx_conf_node *root = hx_conf_root(b->tree);
 
     if (!root || root->kind == HX_CONF_NULL) {
@@ -1292,6 +1351,7 @@ static void validate(build *b, const char *path, const char *override, const cha
     parse_upstreams(b, root);
     parse_routes(b, root);
     parse_logging(b, root);
+    parse_process(b, root);
 }
 
 hx_gen *hx_gen_build(const char *path, const char *module_dir_override,
@@ -1348,4 +1408,28 @@ hx_upstream *hx_gen_upstream(const hx_gen *g, const char *name)
         if (strcmp(g->upstreams[i]->name, name) == 0)
             return g->upstreams[i];
     return NULL;
+}
+
+char *hx_config_pid_file(const char *path, char *err, size_t errlen)
+{
+    build b = {0};
+    char *out = NULL;
+    b.tree = hx_conf_tree_new();
+    if (b.tree == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    const hx_conf_node *root = NULL, *f = NULL;
+    if (hx_conf_load(b.tree, path) != 0) {
+        snprintf(err, errlen, "%s", hx_conf_error_count(b.tree) ? hx_conf_error_at(b.tree, 0)
+                                                                   : "cannot load the configuration");
+    } else if ((root = hx_conf_root(b.tree)) == NULL || root->kind != HX_CONF_MAP ||
+               (f = hx_conf_get(root, "pid_file")) == NULL || f->kind != HX_CONF_SCALAR ||
+               f->scalar[0] == '\0') {
+        snprintf(err, errlen, "%s sets no pid_file: the running heliosd cannot be found", path);
+    } else if ((out = file_relative(&b, f)) == NULL) {
+        snprintf(err, errlen, "out of memory");
+    }
+    hx_conf_tree_free(b.tree);
+    return out;
 }

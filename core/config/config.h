@@ -12,6 +12,7 @@
 
 #include <stdatomic.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "base/addr.h"
 #include "config/conf.h"
@@ -70,6 +71,8 @@ typedef struct hx_upstream {
     uint64_t send_timeout_ms; /* between bytes to the upstream */
     unsigned max_tunnels;     /* open tunnels per backend, 0 = unlimited */
     uint64_t request_buffering; /* bodies up to this are read whole first, 0 = stream */
+    unsigned panic_threshold;   /* % of healthy backends below which health is ignored */
+    _Atomic uint64_t panics;    /* picks made in panic mode */
     /* retries (upstream.c) */
     unsigned retry_tries;      /* attempts in all, first included */
     unsigned retry_on;         /* HX_RETRY_* bits */
@@ -161,6 +164,15 @@ typedef struct hx_logging {
     int access_format;     /* HX_LOG_FMT_* */
 } hx_logging;
 
+/* Process settings: read at start, a reload keeps the first ones (main.c). */
+typedef struct hx_process_conf {
+    char *user;     /* `user:` as written; NULL: keep the starting user */
+    char *group;    /* `group:`; NULL: the user's primary group */
+    uid_t uid;      /* resolved when user is set */
+    gid_t gid;      /* resolved when user or group is set */
+    char *pid_file; /* absolute; NULL: none */
+} hx_process_conf;
+
 typedef struct hx_gen {
     unsigned id;
     _Atomic long refs;
@@ -187,6 +199,7 @@ typedef struct hx_gen {
     hx_limits limits;
     hx_h2_conf http2;
     hx_logging logging;
+    hx_process_conf process;
 } hx_gen;
 
 /*
@@ -205,5 +218,11 @@ void hx_gen_ref(hx_gen *g);
 void hx_gen_unref(hx_gen *g);
 
 hx_upstream *hx_gen_upstream(const hx_gen *g, const char *name);
+
+/* The pid_file the configuration at PATH names, absolute (a relative one
+ * is relative to the file that names it), without building a generation:
+ * for `heliosd -s`. Returns a malloc'ed path, or NULL with the reason in
+ * ERR (no pid_file, or the configuration cannot be read). */
+char *hx_config_pid_file(const char *path, char *err, size_t errlen);
 
 #endif

@@ -8,16 +8,7 @@
 #include <string.h>
 #include <strings.h>
 
-static int hexval(int c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
+#include <helios/util/http.h>
 
 long hx_path_normalize(const char *in, size_t len, char *out)
 {
@@ -29,7 +20,7 @@ long hx_path_normalize(const char *in, size_t len, char *out)
         if (c == '%') {
             if (i + 2 >= len)
                 return -1;
-            int h = hexval(in[i + 1]), l = hexval(in[i + 2]);
+            int h = helios_http_hexval(in[i + 1]), l = helios_http_hexval(in[i + 2]);
             if (h < 0 || l < 0)
                 return -1;
             c = (unsigned char)(h * 16 + l);
@@ -122,8 +113,7 @@ const hx_route *hx_route_match(const hx_gen *g, const char *host, size_t hlen, c
             if (plen < rt->path_len || memcmp(path, rt->path, rt->path_len) != 0)
                 continue;
             break;
-        default:
-            break;
+        default: break;
         }
         if (host_match(rt, host, hlen) && method_match(rt, method, mlen))
             return rt;

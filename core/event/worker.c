@@ -9,6 +9,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -184,6 +185,18 @@ static hx_wgen *wgen_new(hx_worker *w, hx_gen *g)
     return v;
 }
 
+int hx_worker_attach(hx_worker *w, hx_gen *g)
+{
+    hx_wgen *v = wgen_new(w, g);
+    if (v == NULL)
+        return -1;
+    hx_gen_ref(g);
+    v->current = 1;
+    w->wgen = v;
+    self = w;
+    return 0;
+}
+
 /* ------------------------------------------------------------------ */
 /* listening sockets                                                   */
 
@@ -210,7 +223,12 @@ static int open_listener(const hx_listener_conf *lc, char *err, size_t errlen)
     if (a->ss.ss_family == AF_INET6)
         setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
     if (bind(fd, (const struct sockaddr *)&a->ss, a->len) != 0) {
-        snprintf(err, errlen, "bind %s: %s", lc->address, strerror(errno));
+        int e = errno;
+        snprintf(err, errlen, "bind %s: %s%s", lc->address, strerror(e),
+                 e == EACCES ? " (a port below 1024 needs root or CAP_NET_BIND_SERVICE: start "
+                               "heliosd as root with user: in the configuration, or give it the "
+                               "capability, as the systemd unit does)"
+                             : "");
         close(fd);
         return -1;
     }
@@ -241,7 +259,109 @@ static void lfd_free(hx_lfd *l, int close_fds)
     free(l);
 }
 
-/* Opens what G needs that is not open yet. New set in *OUT; 0 or -1. */
+/* Sockets handed over by the heliosd this one replaces (binary upgrade). */
+typedef struct hx_inherited {
+    char *key;
+    int *fds;
+    unsigned n, used;
+    struct hx_inherited *next;
+} hx_inherited;
+
+static hx_inherited *inherited;
+
+static int is_listening_socket(int fd)
+{
+    int on = 0;
+    socklen_t len = sizeof(on);
+    return getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &on, &len) == 0 && on;
+}
+
+int hx_listeners_inherit(const char *text)
+{
+    int taken = 0;
+    while (text && *text) {
+        const char *end = strchr(text, ';'), *eq = strchr(text, '=');
+        if (end == NULL)
+            end = text + strlen(text);
+        if (eq == NULL || eq > end)
+            break;
+        hx_inherited *h = calloc(1, sizeof(*h));
+        if (h == NULL || (h->key = strndup(text, (size_t)(eq - text))) == NULL ||
+            (h->fds = calloc((size_t)(end - eq), sizeof(int))) == NULL) {
+            if (h)
+                free(h->key);
+            free(h);
+            break;
+        }
+        for (const char *p = eq + 1; p < end;) {
+            char *next;
+            long fd = strtol(p, &next, 10);
+            if (next == p)
+                break;
+            if (fd >= 0 && fd < INT_MAX && is_listening_socket((int)fd)) {
+                fcntl((int)fd, F_SETFD, FD_CLOEXEC);
+                h->fds[h->n++] = (int)fd;
+                taken++;
+            }
+            p = *next == ',' ? next + 1 : next;
+        }
+        h->next = inherited;
+        inherited = h;
+        text = *end ? end + 1 : end;
+    }
+    return taken;
+}
+
+/* The next unused inherited socket for KEY, or -1. */
+static int inherited_take(const char *key)
+{
+    for (hx_inherited *h = inherited; h; h = h->next)
+        if (strcmp(h->key, key) == 0 && h->used < h->n)
+            return h->fds[h->used++];
+    return -1;
+}
+
+void hx_listeners_inherited_close(void)
+{
+    while (inherited) {
+        hx_inherited *h = inherited;
+        inherited = h->next;
+        if (h->used < h->n)
+            hx_warn("binary upgrade: %u inherited socket(s) for %s not used by this "
+                    "configuration: closed (connections queued on them are lost)",
+                    h->n - h->used, h->key);
+        for (unsigned i = h->used; i < h->n; i++)
+            close(h->fds[i]);
+        free(h->key);
+        free(h->fds);
+        free(h);
+    }
+}
+
+int hx_listeners_export(char *buf, size_t len, int *fds, size_t maxfds)
+{
+    size_t used = 0, n = 0;
+    buf[0] = '\0';
+    for (hx_lfd *l = listen_set; l; l = l->next) {
+        int k = snprintf(buf + used, len - used, "%s%s=", used ? ";" : "", l->key);
+        if (k < 0 || (size_t)k >= len - used)
+            return -1;
+        used += (size_t)k;
+        for (unsigned w = 0; w < hx_srv.nworkers; w++) {
+            if (n == maxfds)
+                return -1;
+            fds[n++] = l->fds[w];
+            k = snprintf(buf + used, len - used, "%s%d", w ? "," : "", l->fds[w]);
+            if (k < 0 || (size_t)k >= len - used)
+                return -1;
+            used += (size_t)k;
+        }
+    }
+    return (int)n;
+}
+
+/* Opens what G needs that is not open yet (or takes it from the heliosd
+ * this one replaces). New set in *OUT; 0 or -1. */
 static int listeners_prepare(hx_gen *g, hx_lfd **out)
 {
     hx_lfd *set = NULL;
@@ -265,7 +385,9 @@ static int listeners_prepare(hx_gen *g, hx_lfd **out)
                 l->fds[w] = old->fds[w];
                 continue;
             }
-            char err[256];
+            if ((l->fds[w] = inherited_take(key)) >= 0)
+                continue;
+            char err[512];
             l->fds[w] = open_listener(lc, err, sizeof(err));
             if (l->fds[w] < 0) {
                 hx_error("listener %s: %s", lc->name ? lc->name : key, err);

@@ -168,6 +168,31 @@ int hx_workers_switch(hx_gen *g);
 /* Main thread: graceful stop; blocks until workers exit or TIMEOUT passes. */
 void hx_workers_stop(uint64_t timeout_ms);
 
+/* Tests and fuzzing (tests/fuzz): the calling thread runs W (zeroed, with
+ * its loop) on G for the rest of the process, with no thread and no
+ * listening socket of its own: W gets G's worker view (module worker
+ * states) and hx_worker_self() is W. Connections come in through the
+ * accept hook on the caller's hx_lsock. 0, or -1 when out of memory. */
+int hx_worker_attach(hx_worker *w, hx_gen *g);
+
+/*
+ * Binary upgrade: listening sockets handed from one heliosd to the next.
+ * The text is "ADDR=FD,FD,...;ADDR=..." (one FD per worker, ADDR as
+ * hx_addr_str writes it), passed in the HELIOS_LISTEN_FDS environment
+ * variable like nginx's NGINX variable.
+ */
+/* Main thread, before hx_workers_start: sockets to use instead of opening
+ * new ones for these addresses. Returns how many were taken (descriptors
+ * that are not listening sockets are ignored). */
+int hx_listeners_inherit(const char *text);
+/* Main thread, after hx_workers_start: closes inherited sockets the
+ * configuration did not use. */
+void hx_listeners_inherited_close(void);
+/* Main thread: the running listening sockets as that text, and their
+ * descriptors in FDS (at most MAXFDS). Returns the number of descriptors,
+ * or -1 when BUF or FDS is too small. */
+int hx_listeners_export(char *buf, size_t len, int *fds, size_t maxfds);
+
 /* Any thread: runs FN(ARG) on W. 0, or -1 if W no longer takes tasks. */
 int hx_worker_post(hx_worker *w, void (*fn)(void *), void *arg);
 /* Worker thread: the worker running this thread, or NULL. */

@@ -974,6 +974,47 @@ static void conn_parse_error(hx_conn *c, llhttp_errno_t err)
     conn_send_error(c, status, why ? why : "malformed request");
 }
 
+/*
+ * What a new clear-text connection on an h2c listener speaks, from its
+ * first line: 2 the HTTP/2 preface, 1 an HTTP/1.x request line ("... HTTP/
+ * d.d", after the empty lines RFC 9112 2.2 allows), 0 not known yet, -1
+ * neither. Neither is an invalid HTTP/2 preface (RFC 9113 3.4: a connection
+ * error), so it is closed without an HTTP/1.1 answer that an HTTP/2 client
+ * would read as a frame (h2spec 3.5/2); on a listener without h2c the
+ * same bytes get the HTTP/1.1 400. A first line longer than
+ * limits.max_request_line is left to the HTTP/1.1 checks (414).
+ */
+static int conn_sniff_h2c(hx_conn *c)
+{
+    const char *p = hx_buf_head(&c->in);
+    size_t n = hx_buf_size(&c->in);
+    int pre = hx_h2_preface(p, n);
+    if (pre >= 0)
+        return pre == 1 ? 2 : 0;
+    while (n >= 2 && p[0] == '\r' && p[1] == '\n') {
+        p += 2;
+        n -= 2;
+    }
+    const char *nl = memchr(p, '\n', n);
+    if (nl == NULL) {
+        int too_long = hx_buf_size(&c->in) >= c->w->wgen->gen->limits.max_request_line;
+        return too_long && !(n == 1 && p[0] == '\r') ? 1 : 0;
+    }
+    size_t len = (size_t)(nl - p);
+    if (len > 0 && p[len - 1] == '\r')
+        len--;
+    static const char pri[] = "PRI * HTTP/2.0";
+    if (len == sizeof(pri) - 1 && memcmp(p, pri, len) == 0)
+        return -1; /* the preface, broken after its first line */
+    if (len < 10)
+        return -1;
+    const char *v = p + len - 8;
+    if (memcmp(v, "HTTP/", 5) != 0 || v[-1] != ' ' || v[5] < '0' || v[5] > '9' || v[6] != '.' ||
+        v[7] < '0' || v[7] > '9')
+        return -1;
+    return 1;
+}
+
 static void conn_process(hx_conn *c)
 {
     if (c->h2) {
@@ -982,10 +1023,16 @@ static void conn_process(hx_conn *c)
     }
     if (c->requests == 0 && c->req == NULL && c->ls->conf.h2c && c->ssl == NULL &&
         hx_buf_size(&c->in) > 0) {
-        int pre = hx_h2_preface(hx_buf_head(&c->in), hx_buf_size(&c->in));
-        if (pre == 0)
-            return; /* a prefix of the preface: wait for more */
-        if (pre == 1) {
+        int proto = conn_sniff_h2c(c);
+        if (proto == 0)
+            return; /* the first line is not complete: wait for more */
+        if (proto < 0) {
+            hx_info("%s: neither an HTTP/1.x request line nor the HTTP/2 preface: closed",
+                    c->peer_ip);
+            c->head_flags |= C_DEAD;
+            return;
+        }
+        if (proto == 2) {
             if (hx_h2_start(c, NULL, 0) != 0) {
                 c->head_flags |= C_DEAD;
                 return;

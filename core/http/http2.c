@@ -35,6 +35,7 @@
 #include "http/subreq.h"
 
 #define H2_OUT_AHEAD (256 * 1024) /* serialised frames queued beyond the socket */
+#define H2_GAPS 8                 /* ranges of skipped client stream ids remembered */
 
 typedef struct hx_h2_stream {
     int32_t id;
@@ -73,6 +74,12 @@ struct hx_h2 {
     int settings_acked;
     int goaway_sent;
     const char *kill_reason;
+    /* client stream ids: the highest opened, and the last ranges skipped */
+    int64_t last_opened;
+    struct {
+        int64_t lo, hi;
+    } gaps[H2_GAPS];
+    unsigned ngaps;
     /* limits (from the generation at connection start) */
     unsigned max_ctrl_per_s, max_resets_per_s, max_continuations;
     size_t max_header_list;
@@ -382,6 +389,39 @@ const hx_req_ops hx_h2_ops = {
 /* ------------------------------------------------------------------ */
 /* nghttp2 callbacks                                                   */
 
+/*
+ * RFC 9113 5.1.1: a new stream's id is above every id the client opened,
+ * and the ids it skipped are closed. nghttp2 ignores a HEADERS frame below
+ * its highest id when it no longer holds that stream: it cannot tell an id
+ * the client skipped (a connection error) from a stream closed and
+ * forgotten, whose late trailers are no error. So the skipped ranges are
+ * remembered here (the last H2_GAPS of them; clients count up by two, so
+ * there are rarely any) and a HEADERS frame in one is a PROTOCOL_ERROR
+ * (h2spec 5.1.1/2). Returns 1 for such a frame.
+ */
+static int h2_headers_on_skipped_id(hx_h2 *h, int32_t id)
+{
+    if (id <= 0 || (id & 1) == 0)
+        return 0; /* stream 0 and even ids: nghttp2's own checks */
+    if (id > h->last_opened) {
+        if (id > h->last_opened + 2) {
+            if (h->ngaps == H2_GAPS) {
+                memmove(&h->gaps[0], &h->gaps[1], sizeof(h->gaps[0]) * (H2_GAPS - 1));
+                h->ngaps--;
+            }
+            h->gaps[h->ngaps].lo = h->last_opened + 2;
+            h->gaps[h->ngaps].hi = id - 2;
+            h->ngaps++;
+        }
+        h->last_opened = id;
+        return 0;
+    }
+    for (unsigned i = 0; i < h->ngaps; i++)
+        if (id >= h->gaps[i].lo && id <= h->gaps[i].hi)
+            return 1;
+    return 0;
+}
+
 static int on_begin_frame(nghttp2_session *s, const nghttp2_frame_hd *hd, void *user)
 {
     (void)s;
@@ -400,6 +440,11 @@ static int on_begin_frame(nghttp2_session *s, const nghttp2_frame_hd *hd, void *
         }
         break;
     case NGHTTP2_HEADERS:
+        if (h2_headers_on_skipped_id(h, hd->stream_id)) {
+            h2_kill(h, NGHTTP2_PROTOCOL_ERROR,
+                    "HEADERS opening a stream id lower than one already opened");
+            return NGHTTP2_ERR_CALLBACK_FAILURE;
+        }
         h->cont_stream = hd->stream_id;
         h->cont_count = 0;
         break;
@@ -649,6 +694,7 @@ int hx_h2_start(hx_conn *c, const uint8_t *settings_payload, size_t len)
     if (h == NULL)
         return -1;
     h->c = c;
+    h->last_opened = -1; /* the first client stream is 1 */
     h->max_ctrl_per_s = hc->max_control_frames;
     h->max_resets_per_s = hc->max_resets;
     h->max_continuations = hc->max_continuations;

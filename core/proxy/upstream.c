@@ -150,9 +150,13 @@ void hx_proxy_report(hx_req *r, hx_backend *b, int outcome, int status)
     }
 }
 
+/* Set around one pick when the upstream is in panic mode (see panic_mode):
+ * health marks are ignored then, drains and open breakers are not. */
+static _Thread_local int panic_pick;
+
 int hx_backend_usable(const hx_backend *b)
 {
-    if (!atomic_load_explicit(&b->healthy, memory_order_relaxed) ||
+    if ((!panic_pick && !atomic_load_explicit(&b->healthy, memory_order_relaxed)) ||
         atomic_load_explicit(&b->draining, memory_order_relaxed))
         return 0;
     int br = atomic_load_explicit(&b->breaker, memory_order_relaxed);
@@ -1250,6 +1254,35 @@ static int request_body_filtered(const hx_req *r)
     return 0;
 }
 
+/*
+ * Panic mode (Envoy's panic threshold): when health checks leave less than
+ * panic_threshold % of an upstream's (not drained) backends healthy, the
+ * checks are more likely wrong than the backends (one path answering 503
+ * made passive health eject them all), and sending everything to the few
+ * left would overload them: the balancer picks among all of them again,
+ * healthy or not. Logged (the error log folds the repeats) and counted.
+ */
+static int panic_mode(hx_upstream *up, const hx_backends *bs)
+{
+    if (up->panic_threshold == 0)
+        return 0;
+    size_t eligible = 0, healthy = 0;
+    for (size_t i = 0; i < bs->n; i++) {
+        const hx_backend *b = bs->v[i];
+        if (atomic_load_explicit(&b->draining, memory_order_relaxed))
+            continue;
+        eligible++;
+        healthy += atomic_load_explicit(&b->healthy, memory_order_relaxed) != 0;
+    }
+    if (eligible == 0 || healthy * 100 >= (size_t)up->panic_threshold * eligible)
+        return 0;
+    atomic_fetch_add_explicit(&up->panics, 1, memory_order_relaxed);
+    hx_warn("upstream %s: panic mode: %zu of %zu backends healthy, below panic_threshold "
+            "%u%%: balancing over all of them",
+            up->name, healthy, eligible, up->panic_threshold);
+    return 1;
+}
+
 void hx_proxy_start(hx_req *r)
 {
     hx_upstream *up = r->route->upstream;
@@ -1282,6 +1315,7 @@ void hx_proxy_start(hx_req *r)
         memset(r->tried, 0, bs->n);
         r->tried_n = bs->n;
     }
+    panic_pick = panic_mode(up, bs);
     const hx_instance *bal = r->wg->bal[up->index];
     helios_ctx ctx = {.size = sizeof(ctx),
                       .cfg = bal->cfg,
@@ -1322,6 +1356,7 @@ void hx_proxy_start(hx_req *r)
             r->tried[idx] = 1;
         }
     }
+    panic_pick = 0;
     if (b == NULL) {
         hx_req_error(r, r->attempts ? 502 : 503,
                      r->attempts ? "every backend failed" : "no usable backend");

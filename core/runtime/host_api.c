@@ -23,7 +23,9 @@
 #define REQ(r) ((hx_req *)(r))
 #define NODE(n) ((const hx_conf_node *)(n))
 
-static void api_log(int level, const char *module, const char *fmt, ...)
+/* the attributes let the compiler check the forwarded format (-Wformat-nonliteral) */
+static __attribute__((format(printf, 3, 4))) void api_log(int level, const char *module,
+                                                          const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -81,7 +83,8 @@ static const char *api_conf_scalar(const helios_conf *n)
     return n && NODE(n)->kind == HX_CONF_SCALAR ? NODE(n)->scalar : NULL;
 }
 
-static void api_conf_error(const helios_conf *n, const char *fmt, ...)
+static __attribute__((format(printf, 2, 3))) void api_conf_error(const helios_conf *n,
+                                                                 const char *fmt, ...)
 {
     char msg[1024];
     va_list ap;

@@ -1,14 +1,21 @@
 /*
  * main.c - command line, startup, signals, reload and shutdown.
  *
- *   heliosd -c PATH [-m DIR]     run
- *   heliosd -t -c PATH [-m DIR]  validate and exit 0/1
- *   heliosd -V                   versions
- *   heliosd COMMAND [-m DIR] ...  a module's command (ABI 1.2), e.g. the
- *                                js module's `compile app.js -o app.qjsbc`
+ *   heliosd [-c PATH] [-m DIR]     run (in the foreground: a service
+ *                                  manager or the shell owns the process)
+ *   heliosd -t [-c PATH] [-m DIR]  validate and exit 0/1
+ *   heliosd -s reload|stop|reopen|upgrade [-c PATH]
+ *                                  signal the running heliosd (pid_file)
+ *   heliosd -V                     versions and built-in directories
+ *   heliosd COMMAND [-m DIR] ...   a module's command (ABI 1.2), e.g. the
+ *                                  js module's `compile app.js -o app.qjsbc`
+ *
+ * Signals: SIGHUP reload, SIGTERM/SIGINT graceful stop, SIGUSR1 reopen
+ * logs, SIGUSR2 binary upgrade (runtime/daemon.h).
  */
 #include <errno.h>
 #include <ev.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <jansson.h>
 #include <limits.h>
@@ -21,6 +28,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 #include <yaml.h>
@@ -29,24 +37,96 @@
 #include "http/accesslog.h"
 #include "config/config.h"
 #include "runtime/control.h"
+#include "runtime/daemon.h"
 #include "base/log.h"
 #include "config/module_loader.h"
 #include "event/worker.h"
 #include "runtime/runtime.h"
 
 
+/* The directory of the running binary, resolved. 0 or -1. */
+static int exe_dir(char *buf, size_t len)
+{
+    char exe[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+    if (n <= 0)
+        return -1;
+    exe[n] = '\0';
+    char *slash = strrchr(exe, '/');
+    if (slash == NULL)
+        return -1;
+    *slash = '\0';
+    if (strlen(exe) >= len)
+        return -1;
+    strcpy(buf, exe);
+    return 0;
+}
+
+/* An installed directory as compiled in (HELIOS_INSTALL_*_DIR): absolute,
+ * or relative to the installed heliosd's own directory, so that a tree
+ * installed under any prefix finds its modules and configuration. */
+static const char *installed_dir(const char *compiled, char buf[PATH_MAX])
+{
+    char dir[PATH_MAX];
+    if (compiled[0] == '/' || exe_dir(dir, sizeof(dir)) != 0)
+        return compiled;
+    size_t dl = strlen(dir), cl = strlen(compiled);
+    if (dl + 1 + cl >= PATH_MAX)
+        return compiled;
+    char joined[PATH_MAX];
+    memcpy(joined, dir, dl);
+    joined[dl] = '/';
+    memcpy(joined + dl + 1, compiled, cl + 1);
+    /* tidy (no "sbin/..") when it exists; as joined when it does not */
+    if (realpath(joined, buf) == NULL)
+        memcpy(buf, joined, dl + cl + 2);
+    return buf;
+}
+
+static int in_build_tree(void)
+{
+    char dir[PATH_MAX], build[PATH_MAX];
+    return exe_dir(dir, sizeof(dir)) == 0 && realpath(HELIOS_BUILD_DIR, build) &&
+           strcmp(build, dir) == 0;
+}
+
+/* A binary run from the build tree uses the build's modules and the
+ * source's conf.d/; an installed one what was installed with it. */
+static const char *default_module_dir(void)
+{
+    static char path[PATH_MAX];
+    if (in_build_tree())
+        return HELIOS_BUILD_MODULE_DIR;
+    return installed_dir(HELIOS_INSTALL_MODULE_DIR, path);
+}
+
+static const char *default_conf(void)
+{
+    static char path[PATH_MAX];
+    if (in_build_tree())
+        return HELIOS_SOURCE_CONF_DIR;
+    return installed_dir(HELIOS_INSTALL_CONF_DIR, path);
+}
+
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: heliosd -c PATH [-m MODULE_DIR] [-t]\n"
-               "       heliosd -V\n"
-               "       heliosd COMMAND [-m MODULE_DIR] [ARGS...]\n"
-               "           a module's command, e.g. compile SCRIPT.js -o OUT.qjsbc (js)\n"
-               "  -c PATH  configuration: a directory (every *.yaml, lexical order, merged)\n"
-               "           or one file (default /etc/helios)\n"
-               "  -m DIR   module directory (overrides module_path)\n"
-               "  -t       validate the configuration, print every error, exit 0 or 1\n"
-               "  -V       print versions and exit\n"
-               "  -h       this help\n");
+    fprintf(f,
+            "usage: heliosd [-c PATH] [-m MODULE_DIR]        run in the foreground\n"
+            "       heliosd -t [-c PATH] [-m MODULE_DIR]     check the configuration\n"
+            "       heliosd -s SIGNAL [-c PATH]              signal the running heliosd\n"
+            "       heliosd -V | -h\n"
+            "       heliosd COMMAND [-m MODULE_DIR] [ARGS...]\n"
+            "           a module's command, e.g. compile SCRIPT.js -o OUT.qjsbc (js)\n"
+            "  -c, --config PATH       a directory (every *.yaml, lexical order, merged)\n"
+            "                          or one file (default %s)\n"
+            "  -m, --module-dir DIR    module directory (overrides module_path)\n"
+            "  -t, --test              validate the configuration and that the log files\n"
+            "                          can be opened; print every error, exit 0 or 1\n"
+            "  -s, --signal SIGNAL     reload (SIGHUP), stop (SIGTERM), reopen (SIGUSR1) or\n"
+            "                          upgrade (SIGUSR2), sent to the pid in pid_file\n"
+            "  -V, --version           print versions and directories, exit\n"
+            "  -h, --help              this help\n",
+            default_conf());
 }
 
 static void print_versions(void)
@@ -62,25 +142,13 @@ static void print_versions(void)
     printf("libyaml %s\n", yaml_get_version_string());
     printf("zlib %s\n", zlibVersion());
     printf("jansson %s\n", JANSSON_VERSION);
-    printf("module directory %s\n", HELIOS_INSTALL_MODULE_DIR);
-}
-
-/* A binary run from the build tree uses the build's modules. */
-static const char *default_module_dir(void)
-{
-    static char exe[PATH_MAX];
-    ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
-    if (n > 0) {
-        exe[n] = '\0';
-        char *slash = strrchr(exe, '/');
-        if (slash) {
-            *slash = '\0';
-            char build[PATH_MAX];
-            if (realpath(HELIOS_BUILD_DIR, build) && strcmp(build, exe) == 0)
-                return HELIOS_BUILD_MODULE_DIR;
-        }
-    }
-    return HELIOS_INSTALL_MODULE_DIR;
+    printf("module directory %s\n", default_module_dir());
+    printf("configuration %s\n", default_conf());
+#ifdef HELIOS_HAVE_SYSTEMD
+    printf("systemd notify: yes\n");
+#else
+    printf("systemd notify: no (built without libsystemd)\n");
+#endif
 }
 
 static void print_errors(hx_conf_tree *t)
@@ -154,9 +222,31 @@ static void service_stop(hx_gen *g)
     }
 }
 
+static int same_str(const char *a, const char *b)
+{
+    return (a == NULL && b == NULL) || (a && b && strcmp(a, b) == 0);
+}
+
+static int same_process_conf(const hx_process_conf *a, const hx_process_conf *b)
+{
+    return same_str(a->user, b->user) && same_str(a->group, b->group) &&
+           same_str(a->pid_file, b->pid_file);
+}
+
+static int reload_generation(char *err, size_t errlen);
+
 /* Returns 0 when the new generation is live, -1 when the old one stays
- * (reasons in ERR when given). */
+ * (reasons in ERR when given). The service manager sees RELOADING=1, then
+ * READY=1 either way. */
 static int reload(char *err, size_t errlen)
+{
+    hx_notify("RELOADING=1\nSTATUS=reloading");
+    int rc = reload_generation(err, errlen);
+    hx_notify(rc == 0 ? "READY=1\nSTATUS=serving" : "READY=1\nSTATUS=serving (reload refused)");
+    return rc;
+}
+
+static int reload_generation(char *err, size_t errlen)
 {
     hx_info("reloading configuration from %s", hx_srv.conf_path);
     /* runtime control calls (admin API) wait while the generation changes */
@@ -169,6 +259,8 @@ static int reload(char *err, size_t errlen)
         hx_ctl_unlock();
         return -1;
     }
+    if (!same_process_conf(&g->process, &hx_srv.gen->process))
+        hx_warn("user, group and pid_file take effect at a restart; the running ones stay");
     if (hx_workers_switch(g) != 0) {
         hx_srv.reload_failures++;
         hx_error("reload failed: cannot open listeners; generation %u stays", hx_srv.gen->id);
@@ -285,6 +377,54 @@ static int main_ctl_reload(uint32_t *gen, char *err, size_t errlen)
     return rc;
 }
 
+/* ---- binary upgrade (SIGUSR2) ---- */
+
+static char self_exe[PATH_MAX]; /* this binary's path at start: the file an upgrade replaced */
+static char **self_argv;
+static pid_t upgrade_pid;  /* the new heliosd while an upgrade runs */
+static int handed_over;    /* stopping because the new heliosd took over */
+static ev_child upgrade_watch;
+
+static void upgrade_child_cb(struct ev_loop *loop, ev_child *w, int revents)
+{
+    (void)revents;
+    ev_child_stop(loop, w);
+    if (!handed_over)
+        hx_error("binary upgrade failed: the new heliosd (pid %d) exited with %s %d before "
+                 "taking over; this one (pid %ld) keeps serving",
+                 w->rpid, WIFSIGNALED(w->rstatus) ? "signal" : "status",
+                 WIFSIGNALED(w->rstatus) ? WTERMSIG(w->rstatus) : WEXITSTATUS(w->rstatus),
+                 (long)getpid());
+    upgrade_pid = 0;
+    hx_upgrade_release();
+}
+
+static void upgrade_start(struct ev_loop *loop)
+{
+    if (upgrade_pid > 0) {
+        hx_warn("binary upgrade: one is already running (pid %d)", upgrade_pid);
+        return;
+    }
+    char text[16384], err[256];
+    int fds[4096];
+    int n = hx_listeners_export(text, sizeof(text), fds, sizeof(fds) / sizeof(fds[0]));
+    if (n < 0) {
+        hx_error("binary upgrade: too many listening sockets to hand over");
+        return;
+    }
+    pid_t pid = hx_upgrade_spawn(self_exe, self_argv, text, fds, (size_t)n, err, sizeof(err));
+    if (pid < 0) {
+        hx_error("binary upgrade: cannot start %s: %s", self_exe, err);
+        return;
+    }
+    upgrade_pid = pid;
+    ev_child_init(&upgrade_watch, upgrade_child_cb, pid, 0);
+    ev_child_start(loop, &upgrade_watch);
+    hx_info("binary upgrade: started %s (pid %d) with %d listening socket%s; this heliosd "
+            "stops accepting once it has taken over",
+            self_exe, pid, n, n == 1 ? "" : "s");
+}
+
 static void sig_cb(struct ev_loop *loop, ev_signal *s, int revents)
 {
     (void)revents;
@@ -297,8 +437,18 @@ static void sig_cb(struct ev_loop *loop, ev_signal *s, int revents)
         hx_accesslog_reopen();
         hx_info("log files reopened");
         break;
+    case SIGUSR2:
+        upgrade_start(loop);
+        break;
     default:
-        hx_info("received %s, stopping", s->signum == SIGINT ? "SIGINT" : "SIGTERM");
+        /* a SIGTERM while the new binary of an upgrade runs is its take-over */
+        handed_over = upgrade_pid > 0 && kill(upgrade_pid, 0) == 0;
+        if (handed_over)
+            hx_info("binary upgrade: pid %d took over; finishing the requests in flight, "
+                    "then exiting",
+                    upgrade_pid);
+        else
+            hx_info("received %s, stopping", s->signum == SIGINT ? "SIGINT" : "SIGTERM");
         pthread_mutex_lock(&hx_srv.reload_lock);
         hx_srv.stopping = 1;
         /* a service thread waiting in ctl_reload must not wait forever */
@@ -378,19 +528,88 @@ static int command_main(int argc, char **argv)
     return rc;
 }
 
+/* A log file the configuration names: an existing one must open for
+ * appending; a missing one must be creatable (its directory writable). -t
+ * creates nothing, so a check run as root leaves no root-owned file that
+ * the service's own user could not open. 0, or -1 with a line on stderr. */
+static int log_file_ok(const char *key, const char *path)
+{
+    if (path == NULL)
+        return 0;
+    int fd = open(path, O_WRONLY | O_APPEND | O_CLOEXEC);
+    if (fd >= 0) {
+        close(fd);
+        return 0;
+    }
+    int e = errno;
+    if (e == ENOENT) {
+        char dir[PATH_MAX];
+        snprintf(dir, sizeof(dir), "%s", path);
+        char *slash = strrchr(dir, '/');
+        if (slash == dir)
+            slash[1] = '\0';
+        else if (slash)
+            *slash = '\0';
+        else
+            snprintf(dir, sizeof(dir), ".");
+        if (access(dir, W_OK | X_OK) == 0)
+            return 0;
+        e = errno;
+        fprintf(stderr, "heliosd: %s: %s: cannot create it in %s: %s\n", key, path, dir,
+                strerror(e));
+        return -1;
+    }
+    fprintf(stderr, "heliosd: %s: %s: %s\n", key, path, strerror(e));
+    return -1;
+}
+
+static int test_main(const char *conf)
+{
+    hx_log_open(HELIOS_LOG_WARN, NULL);
+    hx_conf_tree *tree = NULL;
+    hx_gen *g = hx_gen_build(conf, hx_srv.module_override, hx_srv.default_module_dir,
+                             &hx_srv.modreg, &tree);
+    int rc = 0;
+    if (g == NULL) {
+        print_errors(tree);
+        hx_conf_tree_free(tree);
+        rc = 1;
+    } else {
+        if (log_file_ok("logging.error_log", g->logging.error_log) != 0 ||
+            log_file_ok("logging.access_log", g->logging.access_enabled ? g->logging.access_log
+                                                                        : NULL) != 0)
+            rc = 1;
+        else
+            printf("configuration OK: %s (%zu listener%s, %zu route%s, %zu upstream%s, "
+                   "%zu module instance%s)\n",
+                   conf, g->nlisteners, g->nlisteners == 1 ? "" : "s", g->nroutes,
+                   g->nroutes == 1 ? "" : "s", g->nupstreams, g->nupstreams == 1 ? "" : "s",
+                   g->ninstances, g->ninstances == 1 ? "" : "s");
+        hx_gen_unref(g);
+    }
+    hx_modreg_free(&hx_srv.modreg);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     hx_runtime_wire(); /* before anything loads a module */
     if (argc > 1 && argv[1][0] != '-')
         return command_main(argc - 1, argv + 1);
-    const char *conf = "/etc/helios";
+    static const struct option longopts[] = {
+        {"config", required_argument, NULL, 'c'}, {"module-dir", required_argument, NULL, 'm'},
+        {"test", no_argument, NULL, 't'},         {"signal", required_argument, NULL, 's'},
+        {"version", no_argument, NULL, 'V'},      {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0}};
+    const char *conf = default_conf(), *action = NULL;
     int test = 0, opt;
     hx_srv.module_override = NULL;
-    while ((opt = getopt(argc, argv, "c:m:tVh")) != -1) {
+    while ((opt = getopt_long(argc, argv, "c:m:ts:Vh", longopts, NULL)) != -1) {
         switch (opt) {
         case 'c': conf = optarg; break;
         case 'm': hx_srv.module_override = optarg; break;
         case 't': test = 1; break;
+        case 's': action = optarg; break;
         case 'V': print_versions(); return 0;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
@@ -401,34 +620,20 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
+    if (action)
+        return hx_signal_running(conf, action);
     if (hx_srv.module_override && !module_dir_ok(hx_srv.module_override))
         return 1;
     hx_srv.conf_path = conf;
     hx_srv.default_module_dir = default_module_dir();
+    if (test)
+        return test_main(conf);
 
-    /* -t prints errors plainly; a running server logs them */
-    if (test) {
-        hx_log_open(HELIOS_LOG_WARN, NULL);
-        hx_conf_tree *tree = NULL;
-        hx_gen *g = hx_gen_build(conf, hx_srv.module_override, hx_srv.default_module_dir,
-                                 &hx_srv.modreg, &tree);
-        int rc = 0;
-        if (g == NULL) {
-            print_errors(tree);
-            hx_conf_tree_free(tree);
-            rc = 1;
-        } else {
-            printf("configuration OK: %s (%zu listener%s, %zu route%s, %zu upstream%s, "
-                   "%zu module instance%s)\n",
-                   conf, g->nlisteners, g->nlisteners == 1 ? "" : "s", g->nroutes,
-                   g->nroutes == 1 ? "" : "s", g->nupstreams, g->nupstreams == 1 ? "" : "s",
-                   g->ninstances, g->ninstances == 1 ? "" : "s");
-            hx_gen_unref(g);
-        }
-        hx_modreg_free(&hx_srv.modreg);
-        return rc;
-    }
-
+    /* a failed start says why on stderr too, even with a log file */
+    hx_log_errors_to_stderr(1);
+    self_argv = argv;
+    if (realpath("/proc/self/exe", self_exe) == NULL)
+        snprintf(self_exe, sizeof(self_exe), "%s", argv[0]);
     signal(SIGPIPE, SIG_IGN);
     /* every connection costs a descriptor, a proxied one two: use what the
      * hard limit allows (nginx's worker_rlimit_nofile, automatic) */
@@ -452,9 +657,10 @@ int main(int argc, char **argv)
     /* Watch signals before anything can be observed from outside (the
      * listeners): a SIGHUP or SIGTERM right after startup must not take
      * the default action and kill the process. */
-    ev_signal sigs[4];
-    int signums[4] = {SIGHUP, SIGTERM, SIGINT, SIGUSR1};
-    for (int i = 0; i < 4; i++) {
+    enum { NSIGS = 5 };
+    ev_signal sigs[NSIGS];
+    int signums[NSIGS] = {SIGHUP, SIGTERM, SIGINT, SIGUSR1, SIGUSR2};
+    for (int i = 0; i < NSIGS; i++) {
         ev_signal_init(&sigs[i], sig_cb, signums[i]);
         ev_signal_start(loop, &sigs[i]);
     }
@@ -475,48 +681,94 @@ int main(int argc, char **argv)
         hx_modreg_free(&hx_srv.modreg);
         return 1;
     }
+    char err[512];
+    int pidfd = -1;
+    /* the first generation's: a reload does not move it */
+    char *pid_file = g->process.pid_file ? strdup(g->process.pid_file) : NULL;
+    if (pid_file && (pidfd = hx_pidfile_open(pid_file, err, sizeof(err))) < 0) {
+        hx_error("not starting: %s", err);
+        free(pid_file);
+        hx_gen_unref(g);
+        hx_modreg_free(&hx_srv.modreg);
+        return 1;
+    }
     hx_srv.gen = g;
     atomic_store(&hx_srv.gen_id, g->id);
     hx_srv.start_time = (uint64_t)time(NULL);
     /* workers inherit a mask with our signals blocked: only main gets them */
     sigset_t set, old;
     sigemptyset(&set);
-    sigaddset(&set, SIGHUP);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGUSR1);
+    for (int i = 0; i < NSIGS; i++)
+        sigaddset(&set, signums[i]);
+    sigaddset(&set, SIGCHLD);
     pthread_sigmask(SIG_BLOCK, &set, &old);
+    /* a binary upgrade's sockets: taken by hx_workers_start, the rest
+     * closed right after (nothing may return in between: they are heap) */
+    hx_listeners_inherit(getenv("HELIOS_LISTEN_FDS"));
+    pid_t upgrade_parent = hx_upgrade_parent(); /* clears the variables */
     int started = hx_workers_start(g);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
+    hx_listeners_inherited_close();
+    /* listeners are bound: from here on, the configured user */
+    if (started == 0 && hx_drop_privileges(&g->process, err, sizeof(err)) != 0) {
+        hx_error("not starting: %s", err);
+        started = -1;
+    }
     if (started != 0) {
         hx_error("not starting: workers could not be started");
         hx_workers_stop(0);
+        if (pidfd >= 0)
+            close(pidfd);
+        free(pid_file);
         hx_gen_unref(g);
         hx_modreg_free(&hx_srv.modreg);
         return 1;
     }
+    /* the heliosd we replace stops accepting, then frees its service
+     * addresses (admin API, metrics) for ours */
+    if (upgrade_parent > 0) {
+        /* under systemd this process becomes the main one (MAINPID) before
+         * the old one may exit, or the service would be seen as stopped */
+        hx_notify("STATUS=binary upgrade: taking over");
+        hx_upgrade_take_over(upgrade_parent, 10000);
+    }
     if (service_start(g) != 0) {
         /* like a listener that cannot bind: refuse to run half-configured */
         hx_error("not starting: a module service failed to start");
-        fprintf(stderr, "heliosd: not starting: a module service failed to start (see the log)\n");
         service_stop(g);
         hx_workers_stop(0);
+        if (pidfd >= 0)
+            close(pidfd);
+        free(pid_file);
         hx_gen_unref(g);
         hx_srv.gen = NULL;
         hx_modreg_free(&hx_srv.modreg);
         return 1;
     }
-    hx_info("heliosd %s started: %u worker%s, generation %u, modules from %s", HELIOS_VERSION,
-            g->workers, g->workers == 1 ? "" : "s", g->id, g->module_dir);
+    if (pidfd >= 0 && hx_pidfile_commit(pidfd, pid_file, err, sizeof(err)) != 0)
+        hx_warn("%s (heliosd -s cannot find this process)", err);
+    hx_info("heliosd %s started: %u worker%s, generation %u, modules from %s%s", HELIOS_VERSION,
+            g->workers, g->workers == 1 ? "" : "s", g->id, g->module_dir,
+            upgrade_parent > 0 ? " (binary upgrade: took over the listening sockets)" : "");
+    hx_log_errors_to_stderr(0);
+    hx_notify("READY=1\nSTATUS=serving");
 
     ev_run(loop, 0);
 
+    if (!handed_over)
+        hx_notify("STOPPING=1");
     uint64_t grace = hx_srv.gen->timeouts.shutdown_ms;
     service_stop(hx_srv.gen);
+    hx_upgrade_release();
     hx_workers_stop(grace);
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; i < NSIGS; i++)
         ev_signal_stop(loop, &sigs[i]);
+    ev_child_stop(loop, &upgrade_watch);
     ev_async_stop(loop, &hx_srv.reload_async);
+    /* after a take-over the file is the new heliosd's, written or not yet */
+    if (!handed_over)
+        hx_pidfile_remove(pid_file);
+    free(pid_file);
     hx_gen_unref(hx_srv.gen);
     hx_srv.gen = NULL;
     hx_modreg_free(&hx_srv.modreg);

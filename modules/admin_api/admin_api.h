@@ -136,6 +136,7 @@ typedef struct aa_req {
 
 int aa_http_start(aa_config *c);
 void aa_http_stop(aa_config *c);
+
 /* Sets the reply to {"error": {"status": S, "message": ...}}; returns S. */
 int aa_fail(aa_req *q, int status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 /* Sets a JSON reply (steals OBJ); returns STATUS. */
@@ -160,5 +161,19 @@ typedef struct aa_match {
 int aa_route(const char *method, const char *path, aa_match *m);
 /* Converts a config node to JSON with secrets redacted. */
 json_t *aa_conf_to_json(const helios_conf *n, const char *key);
+
+/* ---- admin_http.c: the request path without libmicrohttpd ---- */
+
+/* A request's checks before its body: peer SA against the IP lists, the
+ * route of Q's method and path into M, the Authorization value AUTHZ (may
+ * be NULL) and the scope, the Content-Length value (may be NULL) against
+ * max_body. Returns 1 when Q holds the answer already (WWW gets the
+ * WWW-Authenticate value of a 401), 0 to go on with the body. No I/O:
+ * tests/fuzz calls it directly. */
+int aa_req_check(aa_req *q, aa_match *m, const struct sockaddr *sa, const char *authz,
+                 const char *content_length, char *www, size_t wwwlen);
+/* Parses BODY (LEN bytes; none is no body) as JSON and runs M's endpoint;
+ * the answer is in Q. */
+void aa_req_run(aa_req *q, aa_match *m, const char *body, size_t len);
 
 #endif

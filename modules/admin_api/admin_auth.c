@@ -301,22 +301,25 @@ static int fail(char *why, size_t whylen, const char *msg)
     return -1;
 }
 
-/* exp (required) and nbf (optional), seconds since the epoch, with LEEWAY. */
+/* exp (required) and nbf (optional), seconds since the epoch, with LEEWAY.
+ * Compared as doubles: a JSON number can be far outside long long (1e30,
+ * or an integer near LLONG_MAX plus the leeway), where a cast or the sum
+ * would be undefined. */
 static int check_times(const aa_auth *a, json_t *claims, char *why, size_t whylen)
 {
-    long long now = (long long)time(NULL), leeway = (long long)a->leeway_s;
+    double now = (double)time(NULL), leeway = (double)a->leeway_s;
     json_t *exp = json_object_get(claims, "exp");
     if (exp == NULL)
         return fail(why, whylen, "the token has no exp claim");
     if (!json_is_number(exp))
         return fail(why, whylen, "the token's exp claim is not a number");
-    if ((long long)json_number_value(exp) + leeway <= now)
+    if (json_number_value(exp) + leeway <= now)
         return fail(why, whylen, "the token has expired");
     json_t *nbf = json_object_get(claims, "nbf");
     if (nbf != NULL) {
         if (!json_is_number(nbf))
             return fail(why, whylen, "the token's nbf claim is not a number");
-        if ((long long)json_number_value(nbf) - leeway > now)
+        if (json_number_value(nbf) - leeway > now)
             return fail(why, whylen, "the token is not valid yet (nbf)");
     }
     return 0;

@@ -52,6 +52,16 @@ static int reply_error(aa_req *q, int status, const char *msg)
 {
     json_decref(q->reply);
     q->reply = json_pack("{s:{s:i,s:s}}", "error", "status", status, "message", msg);
+    if (q->reply == NULL) {
+        /* a message quoting the client (a path, a field) that is not
+         * UTF-8: JSON cannot carry it, so its non-ASCII bytes become '?' */
+        char safe[1024];
+        size_t i = 0;
+        for (; msg[i] && i < sizeof(safe) - 1; i++)
+            safe[i] = (unsigned char)msg[i] < 0x80 ? msg[i] : '?';
+        safe[i] = '\0';
+        q->reply = json_pack("{s:{s:i,s:s}}", "error", "status", status, "message", safe);
+    }
     q->status = status;
     return status;
 }
@@ -201,25 +211,18 @@ static void peer_text(const struct sockaddr *sa, char *out, size_t size)
         inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, out, (socklen_t)size);
 }
 
-/* The checks that need only the head. Returns 1 when a response is ready
- * (queued by the caller), 0 to go on reading the body. WWW gets the
- * WWW-Authenticate value for a 401. */
-static int check_head(aa_state *s, char *www, size_t wwwlen)
+/* The checks that need only the head (admin_api.h). */
+int aa_req_check(aa_req *q, aa_match *m, const struct sockaddr *sa, const char *authz,
+                 const char *content_length, char *www, size_t wwwlen)
 {
-    aa_req *q = &s->q;
     aa_config *c = q->cfg;
-    const union MHD_ConnectionInfo *ci =
-        MHD_get_connection_info(q->conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
-    const struct sockaddr *sa = ci ? ci->client_addr : NULL;
     peer_text(sa, q->peer, sizeof(q->peer));
     if (!aa_acl_permits(c, sa))
         return reply_error(q, 403, "your address is not allowed to use the admin API"), 1;
-    int known = aa_route(q->method, q->path, &s->m) == 0;
-    int need_auth = !(known && (s->m.is_public || (s->m.is_metrics && !c->metrics_auth)));
+    int known = aa_route(q->method, q->path, m) == 0;
+    int need_auth = !(known && (m->is_public || (m->is_metrics && !c->metrics_auth)));
     if (need_auth) {
         char why[256];
-        const char *authz = MHD_lookup_connection_value(q->conn, MHD_HEADER_KIND,
-                                                        MHD_HTTP_HEADER_AUTHORIZATION);
         if (aa_auth_check(&c->auth, authz, &q->who, why, sizeof(why)) != 0) {
             if (why[0] == '\0') {
                 snprintf(www, wwwlen, "Bearer realm=\"%s\"", AA_REALM);
@@ -237,28 +240,39 @@ static int check_head(aa_state *s, char *www, size_t wwwlen)
     }
     if (!known)
         return aa_fail(q, 404, "no such endpoint: %s", q->path), 1;
-    if (s->m.fn == NULL) {
-        q->allow = s->m.allow;
+    if (m->fn == NULL) {
+        q->allow = m->allow;
         return aa_fail(q, 405, "%s is not allowed on %s (allowed: %s)", q->method, q->path,
-                       s->m.allow),
+                       m->allow),
                1;
     }
     if (need_auth) {
-        unsigned want = s->m.write ? AA_SCOPE_WRITE : AA_SCOPE_READ;
+        unsigned want = m->write ? AA_SCOPE_WRITE : AA_SCOPE_READ;
         if ((q->who.scopes & want) == 0) {
             snprintf(www, wwwlen, "Bearer realm=\"%s\", error=\"insufficient_scope\", scope=\"%s\"",
-                     AA_REALM, s->m.write ? "write" : "read");
-            return aa_fail(q, 403, "the token lacks the '%s' scope", s->m.write ? "write" : "read"),
+                     AA_REALM, m->write ? "write" : "read");
+            return aa_fail(q, 403, "the token lacks the '%s' scope", m->write ? "write" : "read"),
                    1;
         }
     }
-    const char *cl =
-        MHD_lookup_connection_value(q->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
-    if (cl != NULL && strtoull(cl, NULL, 10) > c->max_body)
+    if (content_length != NULL && strtoull(content_length, NULL, 10) > c->max_body)
         return aa_fail(q, 413, "the body is larger than max_body (%llu bytes)",
                        (unsigned long long)c->max_body),
                1;
     return 0;
+}
+
+/* The MHD side of aa_req_check: the peer and headers from the connection. */
+static int check_head(aa_state *s, char *www, size_t wwwlen)
+{
+    struct MHD_Connection *conn = s->q.conn;
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    const char *authz =
+        MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+    const char *cl =
+        MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    return aa_req_check(&s->q, &s->m, ci ? ci->client_addr : NULL, authz, cl, www, wwwlen);
 }
 
 static void take_chunk(aa_state *s, const char *data, size_t n)
@@ -284,19 +298,24 @@ static void take_chunk(aa_state *s, const char *data, size_t n)
     s->body = nb;
 }
 
-static enum MHD_Result run_endpoint(aa_state *s)
+/* Parses the body and runs the endpoint (admin_api.h). */
+void aa_req_run(aa_req *q, aa_match *m, const char *body, size_t len)
 {
-    aa_req *q = &s->q;
-    if (s->len > 0) {
+    if (len > 0) {
         json_error_t jerr;
-        q->body = json_loadb(s->body, s->len, JSON_REJECT_DUPLICATES, &jerr);
+        q->body = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
         if (q->body == NULL) {
             aa_fail(q, 400, "the body is not valid JSON: %s (line %d, column %d)", jerr.text,
                     jerr.line, jerr.column);
-            return finish(s, NULL);
+            return;
         }
     }
-    s->m.fn(q, s->m.a1, s->m.a2);
+    m->fn(q, m->a1, m->a2);
+}
+
+static enum MHD_Result run_endpoint(aa_state *s)
+{
+    aa_req_run(&s->q, &s->m, s->body, s->len);
     return finish(s, NULL);
 }
 
@@ -360,7 +379,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     atomic_fetch_sub(&c->active, 1);
 }
 
-static void on_mhd_log(void *cls, const char *fmt, va_list ap)
+static __attribute__((format(printf, 2, 0))) void on_mhd_log(void *cls, const char *fmt,
+                                                             va_list ap)
 {
     (void)cls;
     char msg[512];
@@ -383,6 +403,7 @@ int aa_http_start(aa_config *c)
                         ? ntohs(((struct sockaddr_in6 *)&c->listen)->sin6_port)
                         : ntohs(((struct sockaddr_in *)&c->listen)->sin_port);
     errno = 0;
+    /* the logger first: libmicrohttpd warns when another option precedes it */
     c->daemon = MHD_start_daemon(
         flags, port, NULL, NULL, on_request, c, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, c,
         MHD_OPTION_SOCK_ADDR, (const struct sockaddr *)&c->listen, MHD_OPTION_NOTIFY_COMPLETED,

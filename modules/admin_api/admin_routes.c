@@ -143,6 +143,8 @@ static const char *str_field(aa_req *q, const char *key)
 /* Weight: an integer 1..10000; DEF when absent and DEF > 0. */
 static int weight_field(aa_req *q, long long def, uint32_t *out)
 {
+    /* set on every path: gcc -O3 cannot see that aa_fail never returns 0 */
+    *out = 0;
     json_t *v = json_object_get(q->body, "weight");
     if (v == NULL && def > 0) {
         *out = (uint32_t)def;

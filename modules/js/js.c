@@ -22,6 +22,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "js_internal.h"
 
@@ -31,7 +32,7 @@ const helios_host_api *js_api;
 /* configuration                                                       */
 
 static const char *const js_keys[] = {
-    "script", "env", "memory_limit", "cpu_limit", "max_body", "timeout", NULL,
+    "script", "env", "memory_limit", "cpu_limit", "max_body", "timeout", "cache_size", NULL,
 };
 
 /* ------------------------------------------------------------------ */
@@ -80,6 +81,32 @@ static int js_config_env(const helios_conf *conf, js_config *c)
     return bad ? -1 : 0;
 }
 
+/* The script's path: relative to the YAML file's directory, then made
+ * absolute, so that names in stacks and the module's own name do not
+ * depend on how heliosd was started (`-c config.yaml`). */
+static int js_script_path(const helios_conf *sn, const char *script, char *path, size_t size)
+{
+    char rel[PATH_MAX];
+    if (js_api->conf_path(sn, script, rel, sizeof(rel)) != 0)
+        return -1;
+    if (rel[0] == '/' || getcwd(path, size) == NULL) {
+        if (strlen(rel) >= size)
+            return -1;
+        memcpy(path, rel, strlen(rel) + 1);
+        return 0;
+    }
+    const char *r = rel;
+    while (r[0] == '.' && r[1] == '/')
+        r += 2;
+    size_t n = strlen(path);
+    if (n + 1 + strlen(r) >= size)
+        return -1;
+    if (n == 0 || path[n - 1] != '/')
+        path[n++] = '/';
+    memcpy(path + n, r, strlen(r) + 1);
+    return 0;
+}
+
 static int js_config_new(const helios_conf *conf, void **cfgp)
 {
     if (js_api->conf_kind(conf) != HELIOS_CONF_MAP) {
@@ -102,7 +129,8 @@ static int js_config_new(const helios_conf *conf, void **cfgp)
     if (js_api->conf_size(conf, "memory_limit", 64u << 20, &c->memory_limit) < 0 ||
         js_api->conf_duration_ms(conf, "cpu_limit", 50, &c->cpu_limit_ms) < 0 ||
         js_api->conf_size(conf, "max_body", 1u << 20, &c->max_body) < 0 ||
-        js_api->conf_duration_ms(conf, "timeout", 30000, &c->timeout_ms) < 0)
+        js_api->conf_duration_ms(conf, "timeout", 30000, &c->timeout_ms) < 0 ||
+        js_api->conf_size(conf, "cache_size", 8u << 20, &c->cache_size) < 0)
         bad = 1;
     if (!bad && c->memory_limit < (1u << 20)) {
         js_api->conf_error(js_api->conf_get(conf, "memory_limit"),
@@ -119,7 +147,7 @@ static int js_config_new(const helios_conf *conf, void **cfgp)
     if (script != NULL) {
         char path[PATH_MAX], err[1024];
         const helios_conf *sn = js_api->conf_get(conf, "script");
-        if (js_api->conf_path(sn, script, path, sizeof(path)) != 0) {
+        if (js_script_path(sn, script, path, sizeof(path)) != 0) {
             js_api->conf_error(sn, "script path is too long");
             bad = 1;
         } else if ((c->script = strdup(path)) == NULL) {
@@ -127,6 +155,9 @@ static int js_config_new(const helios_conf *conf, void **cfgp)
             bad = 1;
         } else if (js_load_script(path, &c->bc, &c->bc_len, err, sizeof(err)) != 0) {
             js_api->conf_error(sn, "%s", err);
+            bad = 1;
+        } else if (!bad && js_trial_run(c, err, sizeof(err)) != 0) {
+            js_api->conf_error(sn, "%s: %s", path, err);
             bad = 1;
         }
     }
@@ -167,9 +198,21 @@ static int js_begin(helios_ctx *c, JSValueConst fn, int filter, const char *wher
     return rq->hook_rc;
 }
 
+/* An instance whose script could not be initialised on this worker
+ * answers 503 on its own routes (js_worker_init logged why). */
+static int js_unavailable(helios_ctx *c)
+{
+    static const char body[] = "Service Unavailable\n";
+    if (js_api->respond(c->req, 503, "text/plain; charset=utf-8", body, sizeof(body) - 1) != 0)
+        return HELIOS_ERROR;
+    return HELIOS_RESPONDED;
+}
+
 static int js_handle(helios_ctx *c)
 {
     js_worker *ws = c->wstate;
+    if (ws->broken)
+        return js_unavailable(c);
     return js_begin(c, ws->dispatch, 0, "in the handler");
 }
 
@@ -185,16 +228,12 @@ static void js_done(helios_ctx *c)
     js_worker *ws = rq->ws;
     rq->r = NULL;
     js_rq_drop_body(rq);
-    for (js_fetch *f = rq->fetches, *next; f; f = next) {
-        next = f->next;
-        if (f->parented)
-            js_fetch_free(ws, f, 1);
-    }
     if (rq->waits > 0 && !rq->lingering) {
         rq->lingering = 1;
         js_rq_ref(rq);
         rq->linger = js_api->timer_add(ws->w, JS_LINGER_MS, js_linger_end, rq);
-    } else {
+        js_fetch_orphaned(ws, rq);
+    } else if (!rq->lingering) {
         js_rq_stop_work(rq);
     }
     js_rq_unref(rq);
@@ -206,6 +245,8 @@ static void js_done(helios_ctx *c)
 static int js_filter_request(helios_ctx *c)
 {
     js_worker *ws = c->wstate;
+    if (ws->broken)
+        return js_unavailable(c);
     return js_begin(c, ws->filter_req, 1, "in onRequest");
 }
 
@@ -301,5 +342,6 @@ HELIOS_MODULE_ENTRY(const helios_host_api *host)
 {
     js_api = host;
     js_tok_class_init();
+    js_crypto_class_init();
     return &js_module;
 }

@@ -47,8 +47,66 @@ static int js_is_module(const char *src, size_t len)
     return 0;
 }
 
+/* ------------------------------------------------------------------ */
+/* imports                                                             */
+
+/* Module names are kept as written: the script is registered under its
+ * configured path, and the glue that reads its default export imports it by
+ * that name (QuickJS's default would rewrite "./worker.js" to "worker.js"
+ * and miss it). */
+static char *js_module_normalize(JSContext *ctx, const char *base, const char *name, void *opaque)
+{
+    (void)base;
+    (void)opaque;
+    return js_strdup(ctx, name);
+}
+
+/* node:buffer exports Buffer (and a default object holding it): the class
+ * prelude.js made for this context (undefined in the compile-only runtime,
+ * which never runs the module). */
+static int js_node_buffer_init(JSContext *ctx, JSModuleDef *m)
+{
+    js_worker *ws = JS_GetContextOpaque(ctx);
+    JSValue b = ws ? JS_DupValue(ctx, ws->buffer) : JS_UNDEFINED;
+    JSValue def = JS_NewObject(ctx);
+    if (JS_IsException(def)) {
+        JS_FreeValue(ctx, b);
+        return -1;
+    }
+    JS_SetPropertyStr(ctx, def, "Buffer", JS_DupValue(ctx, b));
+    JS_SetPropertyStr(ctx, def, "kMaxLength", JS_NewInt32(ctx, 0x7fffffff));
+    if (JS_SetModuleExport(ctx, m, "Buffer", b) != 0 ||
+        JS_SetModuleExport(ctx, m, "kMaxLength", JS_NewInt32(ctx, 0x7fffffff)) != 0 ||
+        JS_SetModuleExport(ctx, m, "default", def) != 0)
+        return -1;
+    return 0;
+}
+
+static JSModuleDef *js_module_load(JSContext *ctx, const char *name, void *opaque)
+{
+    (void)opaque;
+    if (strcmp(name, "node:buffer") == 0 || strcmp(name, "buffer") == 0) {
+        JSModuleDef *m = JS_NewCModule(ctx, name, js_node_buffer_init);
+        if (m == NULL || JS_AddModuleExport(ctx, m, "Buffer") != 0 ||
+            JS_AddModuleExport(ctx, m, "kMaxLength") != 0 ||
+            JS_AddModuleExport(ctx, m, "default") != 0)
+            return NULL;
+        return m;
+    }
+    JS_ThrowReferenceError(ctx,
+                           "cannot import '%s': imports are not supported (the script must be "
+                           "one file; node:buffer is the only module provided)",
+                           name);
+    return NULL;
+}
+
+void js_module_loader_install(JSRuntime *rt)
+{
+    JS_SetModuleLoaderFunc(rt, js_module_normalize, js_module_load, NULL);
+}
+
 /* "file:line: message" of the pending exception (a SyntaxError from the
- * parser carries its position as the first line of its stack). */
+ * parser carries its position in the first "    at" line of its stack). */
 static void js_compile_error(JSContext *ctx, const char *path, char *err, size_t errlen)
 {
     JSValue e = JS_GetException(ctx);
@@ -57,8 +115,10 @@ static void js_compile_error(JSContext *ctx, const char *path, char *err, size_t
     JSValue st = JS_GetPropertyStr(ctx, e, "stack");
     const char *stack = JS_IsString(st) ? JS_ToCString(ctx, st) : NULL;
     if (stack) {
-        /* "    at /path/app.js:3\n" */
-        const char *at = strstr(stack, "at ");
+        /* "SyntaxError: message\n    at /path/app.js:3\n" */
+        const char *at = strstr(stack, "\n    at ");
+        if (at)
+            at += 5;
         const char *nl = at ? strchr(at, '\n') : NULL;
         const char *end = nl ? nl : (at ? at + strlen(at) : NULL);
         if (at) {
@@ -85,6 +145,8 @@ static int js_compile(const char *path, const char *src, size_t len, uint8_t **o
                       char *err, size_t errlen)
 {
     JSRuntime *rt = JS_NewRuntime();
+    if (rt)
+        js_module_loader_install(rt);
     JSContext *ctx = rt ? JS_NewContext(rt) : NULL;
     int rc = -1;
     if (ctx == NULL) {

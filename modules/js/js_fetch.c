@@ -2,11 +2,22 @@
  * js_fetch.c - fetch(): a subrequest through heliosd's upstreams, settled
  * into a promise.
  *
- * A fetch belongs to its js_rq (rq->fetches) and is freed with it; one made
- * while the request is live has it as parent, so the core cancels it when
- * the request ends. One made from ctx.waitUntil work after the end has no
- * parent and lives until it settles or the linger ends. The response body
- * is buffered up to max_body; `timeout` bounds the whole exchange.
+ * A fetch belongs to its js_rq (rq->fetches) and is freed with it. It is
+ * sent at the end of the JS run that called fetch() (js_fetch_flush, from
+ * js_leave), when the script has had its chance to call ctx.waitUntil on
+ * it: `ctx.waitUntil(fetch(url))` evaluates fetch() first. A fetch sent
+ * while the request is live and no waitUntil work is pending has the
+ * request as parent (the core cancels it when the request ends, and
+ * balancers see the client); any other has no parent, so that it outlives
+ * the response, and lives until it settles, the waitUntil work ends or the
+ * linger ends. The promise resolves with the response head; the body
+ * follows piece by piece to a JS sink (streams.js makes it the response's
+ * ReadableStream and bounds what it queues); `timeout` bounds the whole
+ * exchange.
+ *
+ * Host: a URL naming an upstream sends the URL's host (as Workers do); the
+ * route's own upstream (the URL's host is the request's) keeps the Host of
+ * the headers given, else the request's.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -36,18 +47,30 @@ static void js_fetch_unlink(js_fetch *f)
 void js_fetch_free(js_worker *ws, js_fetch *f, int cancel)
 {
     js_fetch_unlink(f);
+    if (f->unsent) {
+        f->unsent = 0;
+        ws->unsent--;
+    }
     if (cancel && f->s)
         js_api->subreq_cancel(f->s);
     if (f->t)
         js_api->timer_cancel(f->t);
     JS_FreeValueRT(ws->rt, f->res[0]);
     JS_FreeValueRT(ws->rt, f->res[1]);
-    free(f->buf);
+    JS_FreeValueRT(ws->rt, f->hdrs);
+    JS_FreeValueRT(ws->rt, f->body);
+    JS_FreeValueRT(ws->rt, f->sink);
+    free(f->upstream);
+    free(f->method);
+    free(f->target);
+    free(f->host);
     free(f);
 }
 
 /* ---- fetch ---- */
 
+/* Settles F's promise (WHICH: 0 resolve, 1 reject) with V (owned) and
+ * frees F: the fetch failed before its response head. */
 static void js_fetch_settle(js_fetch *f, int which, JSValue v)
 {
     js_rq *rq = f->rq;
@@ -67,49 +90,44 @@ static JSValue js_type_error(JSContext *ctx, const char *msg)
     return JS_GetException(ctx);
 }
 
-static void js_fetch_on_head(void *arg, helios_subreq *s)
+/* Hands a piece of the response body to F's stream: sink(CHUNK, DONE,
+ * MSG). A final piece frees F first. The JS may cancel F meanwhile (a
+ * reader's cancel()): F is not touched after the call. */
+static void js_fetch_feed(js_fetch *f, JSValue chunk, int done, const char *msg)
 {
-    (void)arg;
-    (void)s;
+    js_rq *rq = f->rq;
+    js_worker *ws = rq->ws;
+    JSContext *ctx = ws->ctx;
+    JSValue fn = JS_DupValue(ctx, f->sink);
+    js_rq_ref(rq);
+    if (done)
+        js_fetch_free(ws, f, 0);
+    JSValue args[3] = {chunk, JS_NewBool(ctx, done), msg ? JS_NewString(ctx, msg) : JS_UNDEFINED};
+    js_call(ws, rq, fn, 3, args, "in a fetch body stream");
+    JS_FreeValue(ctx, fn);
+    JS_FreeValue(ctx, args[0]);
+    JS_FreeValue(ctx, args[2]);
+    js_rq_unref(rq);
 }
 
-static void js_fetch_on_body(void *arg, helios_subreq *s, helios_buf chunk, int last)
+/* F cannot complete: its promise rejects or, once resolved, its body
+ * stream errors. F is freed; its subrequest is already gone. */
+static void js_fetch_fail(js_fetch *f, const char *msg)
+{
+    if (f->head_done)
+        js_fetch_feed(f, JS_NULL, 1, msg);
+    else
+        js_fetch_settle(f, 1, js_type_error(f->rq->ws->ctx, msg));
+}
+
+/* The head arrived: the promise resolves with [status, statusText,
+ * [name, value...]]; the body follows through the sink. */
+static void js_fetch_on_head(void *arg, helios_subreq *s)
 {
     js_fetch *f = arg;
-    js_worker *ws = f->rq->ws;
+    js_rq *rq = f->rq;
+    js_worker *ws = rq->ws;
     JSContext *ctx = ws->ctx;
-    if (f->len + chunk.len > ws->cfg->max_body) {
-        char msg[160];
-        snprintf(msg, sizeof(msg), "fetch: the response body is over max_body (%llu bytes)",
-                 (unsigned long long)ws->cfg->max_body);
-        if (!last)
-            js_api->subreq_cancel(s);
-        f->s = NULL;
-        js_fetch_settle(f, 1, js_type_error(ctx, msg));
-        return;
-    }
-    if (chunk.len) {
-        if (f->len + chunk.len > f->cap) {
-            size_t cap = f->cap ? f->cap : 4096;
-            while (cap < f->len + chunk.len)
-                cap *= 2;
-            char *nb = realloc(f->buf, cap);
-            if (nb == NULL) {
-                if (!last)
-                    js_api->subreq_cancel(s);
-                f->s = NULL;
-                js_fetch_settle(f, 1, js_type_error(ctx, "fetch: out of memory"));
-                return;
-            }
-            f->buf = nb;
-            f->cap = cap;
-        }
-        memcpy(f->buf + f->len, chunk.ptr, chunk.len);
-        f->len += chunk.len;
-    }
-    if (!last)
-        return;
-    /* [status, statusText, [name, value...], body] */
     JSValue a = JS_NewArray(ctx);
     JS_SetPropertyUint32(ctx, a, 0, JS_NewInt32(ctx, js_api->subreq_status(s)));
     JS_SetPropertyUint32(ctx, a, 1, JS_NewString(ctx, ""));
@@ -124,17 +142,36 @@ static void js_fetch_on_body(void *arg, helios_subreq *s, helios_buf chunk, int 
         if (name.len < sizeof(nb)) {
             memcpy(nb, name.ptr, name.len);
             nb[name.len] = '\0';
-            if (js_hop_header(nb))
+            /* Content-Length stays visible, as in Workers (respond and
+             * fetch drop it: heliosd frames what it sends) */
+            if (js_hop_header(nb) && strcasecmp(nb, "content-length") != 0)
                 continue;
         }
         JS_SetPropertyUint32(ctx, h, k++, JS_NewStringLen(ctx, name.ptr, name.len));
         JS_SetPropertyUint32(ctx, h, k++, JS_NewStringLen(ctx, value.ptr, value.len));
     }
     JS_SetPropertyUint32(ctx, a, 2, h);
-    JS_SetPropertyUint32(
-        ctx, a, 3, f->len ? JS_NewArrayBufferCopy(ctx, (const uint8_t *)f->buf, f->len) : JS_NULL);
-    f->s = NULL; /* freed by the core after this call */
-    js_fetch_settle(f, 0, a);
+    f->head_done = 1;
+    JSValue fn = JS_DupValue(ctx, f->res[0]);
+    js_rq_ref(rq);
+    js_call(ws, rq, fn, 1, (JSValueConst *)&a, "in a fetch callback");
+    JS_FreeValue(ctx, fn);
+    JS_FreeValue(ctx, a);
+    js_rq_unref(rq);
+}
+
+static void js_fetch_on_body(void *arg, helios_subreq *s, helios_buf chunk, int last)
+{
+    js_fetch *f = arg;
+    JSContext *ctx = f->rq->ws->ctx;
+    if (last)
+        f->s = NULL; /* freed by the core after this call */
+    if (!chunk.len && !last)
+        return;
+    (void)s;
+    JSValue c =
+        chunk.len ? JS_NewArrayBufferCopy(ctx, (const uint8_t *)chunk.ptr, chunk.len) : JS_NULL;
+    js_fetch_feed(f, c, last, NULL);
 }
 
 static void js_fetch_on_error(void *arg, helios_subreq *s, int status, const char *reason)
@@ -144,7 +181,7 @@ static void js_fetch_on_error(void *arg, helios_subreq *s, int status, const cha
     char msg[256];
     snprintf(msg, sizeof(msg), "fetch failed: %d %s", status, reason ? reason : "");
     f->s = NULL;
-    js_fetch_settle(f, 1, js_type_error(f->rq->ws->ctx, msg));
+    js_fetch_fail(f, msg);
 }
 
 static const helios_subreq_cb js_fetch_cb = {
@@ -165,11 +202,32 @@ static void js_fetch_timeout(void *arg)
     char msg[96];
     snprintf(msg, sizeof(msg), "fetch timed out after %llu ms",
              (unsigned long long)f->rq->ws->cfg->timeout_ms);
-    js_fetch_settle(f, 1, js_type_error(f->rq->ws->ctx, msg));
+    js_fetch_fail(f, msg);
+}
+
+/* hx.fetchCancel(id): the body stream was cancelled; nothing more is
+ * called back */
+JSValue nat_fetch_cancel(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv)
+{
+    (void)this_val;
+    (void)argc;
+    js_worker *ws = js_ws(ctx);
+    int id;
+    if (JS_ToInt32(ctx, &id, argv[0]))
+        return JS_EXCEPTION;
+    for (js_rq *rq = ws->rqs; rq; rq = rq->next)
+        for (js_fetch *f = rq->fetches; f; f = f->next)
+            if (f->id == id) {
+                js_fetch_free(ws, f, 1);
+                return JS_UNDEFINED;
+            }
+    return JS_UNDEFINED;
 }
 
 typedef struct js_sub_hdrs {
     helios_subreq *s;
+    int skip_host; /* the URL's host replaces any Host given */
+    int have_host;
 } js_sub_hdrs;
 
 static int js_sub_header(void *arg, const char *n, const char *v)
@@ -177,10 +235,120 @@ static int js_sub_header(void *arg, const char *n, const char *v)
     js_sub_hdrs *h = arg;
     if (js_hop_header(n))
         return 0;
+    if (strcasecmp(n, "host") == 0) {
+        if (h->skip_host)
+            return 0;
+        h->have_host = 1;
+    }
     return js_api->subreq_header_add(h->s, n, v) == 0 ? 0 : -1;
 }
 
-/* hx.fetch(tok|null, host, method, target, pairs|null, body|null) */
+/* Sends F (see the top of the file for the parent and Host rules). A
+ * failure rejects its promise. */
+static void js_fetch_start(js_worker *ws, js_fetch *f)
+{
+    JSContext *ctx = ws->ctx;
+    js_rq *rq = f->rq;
+    f->unsent = 0;
+    ws->unsent--;
+    helios_request *parent = rq->r && rq->waits == 0 ? rq->r : NULL;
+    const char *up = f->upstream;
+    char err[256] = "";
+    if (f->own) {
+        up = parent ? NULL : rq->upstream;
+        if (up && up[0] == '\0') {
+            js_fetch_settle(f, 1, js_type_error(ctx, "fetch(): the route has no upstream"));
+            return;
+        }
+    }
+    helios_subreq *s =
+        js_api->subreq_new(ws->w, parent, up, f->method, f->target, err, sizeof(err));
+    if (s == NULL) {
+        char msg[600];
+        snprintf(msg, sizeof(msg), "fetch(%s %s%s): %s", f->method, f->own ? "" : f->upstream,
+                 f->target, err);
+        js_fetch_settle(f, 1, js_type_error(ctx, msg));
+        return;
+    }
+    js_sub_hdrs sh = {s, f->host != NULL, 0};
+    const char *hold = NULL;
+    const uint8_t *p;
+    size_t len;
+    int bad = js_pairs(ctx, f->hdrs, js_sub_header, &sh) != 0;
+    if (!bad && f->host && js_api->subreq_header_add(s, "host", f->host) != 0) {
+        JS_ThrowTypeError(ctx, "fetch(): invalid host '%s'", f->host);
+        bad = 1;
+    }
+    if (bad || js_bytes(ctx, f->body, &hold, &p, &len) != 0) {
+        js_api->subreq_cancel(s);
+        js_fetch_settle(f, 1, JS_GetException(ctx));
+        return;
+    }
+    if (!f->host && !sh.have_host && !parent && rq->host[0])
+        js_api->subreq_header_add(s, "host", rq->host);
+    f->s = s;
+    f->parented = parent != NULL;
+    int rc = js_api->subreq_send(s, p, len, &js_fetch_cb, f);
+    JS_FreeCString(ctx, hold);
+    if (rc != 0) {
+        f->s = NULL; /* freed by subreq_send */
+        js_fetch_settle(f, 1, js_type_error(ctx, "fetch(): the subrequest could not be sent"));
+        return;
+    }
+    JS_FreeValue(ctx, f->hdrs);
+    JS_FreeValue(ctx, f->body);
+    f->hdrs = f->body = JS_NULL;
+    if (ws->cfg->timeout_ms)
+        f->t = js_api->timer_add(ws->w, ws->cfg->timeout_ms, js_fetch_timeout, f);
+}
+
+/* Sends the fetches asked for during the run that just ended. Each
+ * rejection runs JS, which may free or add fetches: rescan each time. */
+void js_fetch_flush(js_worker *ws)
+{
+    while (ws->unsent > 0) {
+        js_fetch *found = NULL;
+        for (js_rq *rq = ws->rqs; rq && !found; rq = rq->next)
+            for (js_fetch *f = rq->fetches; f && !found; f = f->next)
+                if (f->unsent)
+                    found = f;
+        if (found == NULL) {
+            ws->unsent = 0;
+            return;
+        }
+        js_fetch_start(ws, found);
+    }
+}
+
+/* RQ ended with ctx.waitUntil work pending: its fetches that have it as
+ * parent are cancelled by the core now, so reject them (the waitUntil work
+ * may be waiting for them). */
+void js_fetch_orphaned(js_worker *ws, js_rq *rq)
+{
+    for (;;) {
+        js_fetch *f = rq->fetches;
+        while (f && !(f->parented && f->s))
+            f = f->next;
+        if (f == NULL)
+            return;
+        (void)ws;
+        js_api->subreq_cancel(f->s);
+        f->s = NULL;
+        js_fetch_fail(f, "fetch() cancelled: the request it was made for ended");
+    }
+}
+
+static char *js_strdup_js(JSContext *ctx, JSValueConst v)
+{
+    const char *c = JS_ToCString(ctx, v);
+    char *out = c ? strdup(c) : NULL;
+    JS_FreeCString(ctx, c);
+    return out;
+}
+
+/* hx.fetch(tok|null, hostname, method, target, pairs|null, body|null, host,
+ * sink) -> [Promise<[status, statusText, [name, value...]]>, id]; the body
+ * then goes to sink(chunk ArrayBuffer | null, done, error message) */
 JSValue nat_fetch(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv)
 {
     (void)this_val;
@@ -193,83 +361,49 @@ JSValue nat_fetch(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst 
         return JS_ThrowTypeError(ctx, "fetch() is only available while handling a request");
     if (rq->r == NULL && !rq->lingering)
         return JS_ThrowTypeError(ctx, "fetch(): the request has ended");
-    const char *host = JS_ToCString(ctx, argv[1]);
-    const char *method = JS_ToCString(ctx, argv[2]);
-    const char *target = JS_ToCString(ctx, argv[3]);
-    JSValue ret = JS_UNDEFINED;
-    js_fetch *f = NULL;
-    helios_subreq *s = NULL;
-    char err[256] = "";
-    if (host == NULL || method == NULL || target == NULL) {
-        ret = JS_EXCEPTION;
-        goto out;
-    }
-    /* the incoming request's own host means the route's own upstream */
-    const char *upstream = host;
-    if (strcasecmp(host, rq->host) == 0 && rq->host[0]) {
-        upstream = rq->r ? NULL : rq->upstream;
-        if (upstream && upstream[0] == '\0') {
-            ret = JS_ThrowTypeError(ctx, "fetch(): the route has no upstream");
-            goto out;
-        }
-    }
-    s = js_api->subreq_new(ws->w, rq->r, upstream, method, target, err, sizeof(err));
-    if (s == NULL) {
-        ret = JS_ThrowTypeError(ctx, "fetch(%s %s%s): %s", method, host, target, err);
-        goto out;
-    }
-    js_sub_hdrs sh = {s};
-    if (js_pairs(ctx, argv[4], js_sub_header, &sh) != 0) {
-        js_api->subreq_cancel(s);
-        ret = JS_EXCEPTION;
-        goto out;
-    }
-    const char *hold;
-    const uint8_t *p;
-    size_t len;
-    if (js_bytes(ctx, argv[5], &hold, &p, &len) != 0) {
-        js_api->subreq_cancel(s);
-        ret = JS_EXCEPTION;
-        goto out;
-    }
-    f = calloc(1, sizeof(*f));
-    if (f == NULL) {
-        JS_FreeCString(ctx, hold);
-        js_api->subreq_cancel(s);
-        ret = JS_ThrowOutOfMemory(ctx);
-        goto out;
-    }
+    js_fetch *f = calloc(1, sizeof(*f));
+    if (f == NULL)
+        return JS_ThrowOutOfMemory(ctx);
     f->res[0] = f->res[1] = JS_UNDEFINED;
-    ret = JS_NewPromiseCapability(ctx, f->res);
-    if (JS_IsException(ret)) {
-        JS_FreeCString(ctx, hold);
-        js_api->subreq_cancel(s);
-        free(f);
-        goto out;
-    }
+    f->hdrs = JS_DupValue(ctx, argv[4]);
+    f->body = JS_DupValue(ctx, argv[5]);
+    f->sink = JS_DupValue(ctx, argv[7]);
+    f->id = ++ws->next_fetch_id;
+    if (ws->next_fetch_id >= INT_MAX - 1)
+        ws->next_fetch_id = 0;
     f->rq = rq;
-    f->s = s;
-    f->parented = rq->r != NULL;
     f->next = rq->fetches;
     if (rq->fetches)
         rq->fetches->prev = f;
     rq->fetches = f;
-    int rc = js_api->subreq_send(s, p, len, &js_fetch_cb, f);
-    JS_FreeCString(ctx, hold);
-    if (rc != 0) {
-        f->s = NULL; /* freed by subreq_send */
-        JSValue e = js_type_error(ctx, "fetch(): the subrequest could not be sent");
-        JSValue r = JS_Call(ctx, f->res[1], JS_UNDEFINED, 1, (JSValueConst *)&e);
-        JS_FreeValue(ctx, r);
-        JS_FreeValue(ctx, e);
+    char *hostname = js_strdup_js(ctx, argv[1]);
+    f->method = js_strdup_js(ctx, argv[2]);
+    f->target = js_strdup_js(ctx, argv[3]);
+    if (hostname == NULL || f->method == NULL || f->target == NULL) {
+        free(hostname);
         js_fetch_free(ws, f, 0);
-        goto out;
+        return JS_EXCEPTION;
     }
-    if (ws->cfg->timeout_ms)
-        f->t = js_api->timer_add(ws->w, ws->cfg->timeout_ms, js_fetch_timeout, f);
-out:
-    JS_FreeCString(ctx, host);
-    JS_FreeCString(ctx, method);
-    JS_FreeCString(ctx, target);
+    /* the incoming request's own host means the route's own upstream */
+    f->own = rq->host[0] && strcasecmp(hostname, rq->host) == 0;
+    if (!f->own) {
+        f->upstream = hostname;
+        hostname = NULL;
+        if ((f->host = js_strdup_js(ctx, argv[6])) == NULL) {
+            js_fetch_free(ws, f, 0);
+            return JS_EXCEPTION;
+        }
+    }
+    free(hostname);
+    JSValue p = JS_NewPromiseCapability(ctx, f->res);
+    if (JS_IsException(p)) {
+        js_fetch_free(ws, f, 0);
+        return p;
+    }
+    f->unsent = 1;
+    ws->unsent++;
+    JSValue ret = JS_NewArray(ctx);
+    JS_SetPropertyUint32(ctx, ret, 0, p);
+    JS_SetPropertyUint32(ctx, ret, 1, JS_NewInt32(ctx, f->id));
     return ret;
 }

@@ -8,6 +8,8 @@
  *                 worker_init/worker_fini
  *   js_web.c      the natives behind prelude.js's Web API (hx.*): request,
  *                 response, headers, body, crypto, TextEncoder/Decoder
+ *   js_crypto.c   crypto.subtle's OpenSSL natives (hx.digest, hx.sign...)
+ *   js_cache.c    the Cache API's store: per worker, LRU, cache_size
  *   js_fetch.c    fetch(): subrequests and their promises
  *   js_compile.c  source and .qjsbc loading, `heliosd compile`
  *
@@ -48,18 +50,23 @@ typedef struct js_config {
     uint64_t cpu_limit_ms;
     uint64_t max_body;
     uint64_t timeout_ms;
+    uint64_t cache_size; /* per worker: the Cache API's bound (0: off) */
 } js_config;
 
 /* ---- per-worker and per-request state ---- */
 
 typedef struct js_rq js_rq;
+typedef struct js_cache js_cache;
 
 typedef struct js_worker {
     const js_config *cfg;
-    helios_worker *w;
+    helios_worker *w; /* NULL for config_new's trial run */
+    int broken;       /* the script could not be initialised: 503 */
+    int trial;        /* config_new's trial run: console output is dropped */
     JSRuntime *rt;
     JSContext *ctx;
     JSValue dispatch, filter_req, filter_resp, error_text;
+    JSValue buffer; /* the Buffer class, for `import ... from 'node:buffer'` */
     JSValue env;
     js_rq *cur;        /* request the running JS is attributed to */
     unsigned depth;    /* nesting of js_enter */
@@ -68,7 +75,10 @@ typedef struct js_worker {
     int cpu_hit;       /* the interrupt handler stopped the script */
     int mem_hit;       /* memory_limit passed: stop the script at the next check */
     int next_timer_id;
-    js_rq *rqs; /* every live js_rq of this worker */
+    int next_fetch_id;
+    unsigned unsent; /* fetches waiting for the end of the run (js_fetch_flush) */
+    js_cache *cache; /* the Cache API's store (js_cache.c) */
+    js_rq *rqs;      /* every live js_rq of this worker */
 } js_worker;
 
 typedef struct js_timer {
@@ -76,6 +86,7 @@ typedef struct js_timer {
     helios_timer *t;
     JSValue fn;
     int id;
+    uint64_t every_ms; /* setInterval: re-armed before each call; 0 = once */
     struct js_timer *prev, *next;
 } js_timer;
 
@@ -84,9 +95,18 @@ typedef struct js_fetch {
     helios_subreq *s;
     JSValue res[2];
     helios_timer *t; /* `timeout` */
-    char *buf;
-    size_t len, cap;
-    int parented; /* cancelled by the core with the parent request */
+    int parented;    /* cancelled by the core with the parent request */
+    int id;          /* hx.fetchCancel(id) */
+    int head_done;   /* the promise is resolved: body pieces go to SINK */
+    JSValue sink;    /* sink(chunk ArrayBuffer | null, done, error message) */
+    /* what js_fetch_flush sends at the end of the JS run that asked */
+    int unsent;
+    int own;        /* the route's own upstream (the request's host) */
+    char *upstream; /* named upstream (NULL: own) */
+    char *method, *target;
+    char *host;         /* Host to send: the URL's host[:port] for a named
+                         * upstream, NULL to keep the request's */
+    JSValue hdrs, body; /* [[name, value]...] or null; string|ArrayBuffer|null */
     struct js_fetch *prev, *next;
 } js_fetch;
 
@@ -106,7 +126,8 @@ struct js_rq {
     char host[256];     /* the request's host, lower case, no port */
     char upstream[128]; /* the route's upstream, for fetches after the end */
     int body_state;
-    JSValue body_p, body_res[2];
+    JSValue body_p, body_res[2]; /* hx.body(): the whole body, once */
+    JSValue body_sink;           /* hx.bodyStream(): each chunk as it comes */
     char *body;
     size_t body_len, body_cap;
     js_timer *timers;
@@ -147,6 +168,7 @@ void js_linger_end(void *arg);
 
 int js_worker_init(void *cfgp, helios_worker *w, void **wstate);
 void js_worker_fini(void *cfg, helios_worker *w, void *wstate);
+int js_trial_run(const js_config *cfg, char *err, size_t errlen);
 
 JSValue nat_set_timeout(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv);
 JSValue nat_clear_timeout(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv);
@@ -161,14 +183,30 @@ int js_hop_header(const char *n);
 int js_pairs(JSContext *ctx, JSValueConst pairs, int (*fn)(void *arg, const char *n, const char *v),
              void *arg);
 
+/* ---- js_cache.c ---- */
+
+js_cache *js_cache_new(size_t cap);
+void js_cache_free(js_cache *c);
+void js_cache_natives_install(JSContext *ctx, JSValueConst hx);
+
+/* ---- js_crypto.c ---- */
+
+void js_crypto_class_init(void);           /* once per process, from the module entry */
+int js_crypto_runtime_init(JSRuntime *rt); /* per runtime */
+void js_crypto_natives_install(JSContext *ctx, JSValueConst hx);
+
 /* ---- js_fetch.c ---- */
 
 void js_fetch_free(js_worker *ws, js_fetch *f, int cancel);
+void js_fetch_flush(js_worker *ws);
+void js_fetch_orphaned(js_worker *ws, js_rq *rq);
 JSValue nat_fetch(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv);
+JSValue nat_fetch_cancel(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv);
 
 /* ---- js_compile.c ---- */
 
 int js_load_script(const char *path, uint8_t **bc, size_t *bclen, char *err, size_t errlen);
+void js_module_loader_install(JSRuntime *rt);
 int js_compile_command(const helios_host_api *api, int argc, char **argv);
 
 #endif

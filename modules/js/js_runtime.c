@@ -173,7 +173,8 @@ void js_rq_drop_body(js_rq *rq)
     JS_FreeValueRT(rt, rq->body_p);
     JS_FreeValueRT(rt, rq->body_res[0]);
     JS_FreeValueRT(rt, rq->body_res[1]);
-    rq->body_p = rq->body_res[0] = rq->body_res[1] = JS_UNDEFINED;
+    JS_FreeValueRT(rt, rq->body_sink);
+    rq->body_p = rq->body_res[0] = rq->body_res[1] = rq->body_sink = JS_UNDEFINED;
     free(rq->body);
     rq->body = NULL;
     rq->body_len = rq->body_cap = 0;
@@ -227,7 +228,7 @@ js_rq *js_rq_new(js_worker *ws, helios_request *r)
     rq->ws = ws;
     rq->r = r;
     rq->refs = 1; /* the request */
-    rq->body_p = rq->body_res[0] = rq->body_res[1] = JS_UNDEFINED;
+    rq->body_p = rq->body_res[0] = rq->body_res[1] = rq->body_sink = JS_UNDEFINED;
     js_copy_lower(rq->host, sizeof(rq->host), js_api->req_host(r));
     const char *up = js_api->req_upstream(r);
     if (up && strlen(up) < sizeof(rq->upstream))
@@ -314,6 +315,8 @@ void js_leave(js_worker *ws, js_saved *sv)
     ws->cur = sv->cur;
     if (rq)
         js_rq_unref(rq);
+    if (ws->depth == 0 && ws->unsent > 0)
+        js_fetch_flush(ws);
 }
 
 /* "GET /path" of RQ for log lines, or a note that it ended. */
@@ -453,9 +456,13 @@ static void js_timer_fire(void *arg)
     js_worker *ws = rq->ws;
     t->t = NULL; /* fired: freed by the core */
     JSValue fn = JS_DupValue(ws->ctx, t->fn);
+    int every = t->every_ms > 0;
     js_rq_ref(rq);
-    js_timer_free(ws, t, 0);
-    js_call(ws, rq, fn, 0, NULL, "in a setTimeout callback");
+    /* an interval is re-armed first: its callback may clear it (T is not
+     * touched after the call) */
+    if (!every || (t->t = js_api->timer_add(ws->w, t->every_ms, js_timer_fire, t)) == NULL)
+        js_timer_free(ws, t, 0);
+    js_call(ws, rq, fn, 0, NULL, every ? "in a setInterval callback" : "in a setTimeout callback");
     JS_FreeValue(ws->ctx, fn);
     js_rq_unref(rq);
 }
@@ -478,6 +485,9 @@ JSValue nat_set_timeout(JSContext *ctx, JSValueConst this_val, int argc, JSValue
         return JS_ThrowOutOfMemory(ctx);
     t->rq = rq;
     t->fn = JS_DupValue(ctx, argv[0]);
+    /* hx.setTimeout(fn, ms, repeat): an interval runs at most every 1 ms */
+    if (argc > 2 && JS_ToBool(ctx, argv[2]))
+        t->every_ms = ms >= 1 ? (uint64_t)ms : 1;
     t->id = ++ws->next_timer_id;
     if (ws->next_timer_id >= INT_MAX - 1)
         ws->next_timer_id = 0;
@@ -557,7 +567,8 @@ JSValue nat_wait_end(JSContext *ctx, JSValueConst this_val, int argc, JSValueCon
 /* ------------------------------------------------------------------ */
 /* worker_init / worker_fini                                           */
 
-static void js_worker_free(js_worker *ws)
+/* Frees WS's runtime and what could call back into it; WS stays. */
+static void js_runtime_close(js_worker *ws)
 {
     /* stop everything that could call back into this runtime */
     for (js_rq *rq = ws->rqs; rq; rq = rq->next) {
@@ -569,65 +580,105 @@ static void js_worker_free(js_worker *ws)
         JS_FreeValue(ws->ctx, ws->filter_req);
         JS_FreeValue(ws->ctx, ws->filter_resp);
         JS_FreeValue(ws->ctx, ws->error_text);
+        JS_FreeValue(ws->ctx, ws->buffer);
         JS_FreeValue(ws->ctx, ws->env);
         JS_FreeContext(ws->ctx);
+        ws->ctx = NULL;
     }
-    if (ws->rt)
+    ws->dispatch = ws->filter_req = ws->filter_resp = ws->error_text = ws->env = JS_UNDEFINED;
+    ws->buffer = JS_UNDEFINED;
+    if (ws->rt) {
         JS_FreeRuntime(ws->rt); /* finalizes the tokens: drops their refs */
-    while (ws->rqs) {           /* lingering or leaked: nothing can use them now */
+        ws->rt = NULL;
+    }
+    while (ws->rqs) { /* lingering or leaked: nothing can use them now */
         js_rq *rq = ws->rqs;
         ws->rqs = rq->next;
         free(rq);
     }
+}
+
+static void js_worker_free(js_worker *ws)
+{
+    js_runtime_close(ws);
+    js_cache_free(ws->cache);
     free(ws);
 }
 
-/* Logs the pending exception of worker init and returns -1. */
-static int js_init_error(js_worker *ws, const char *what)
+/* Puts "WHAT: " and the text of the pending exception in ERR; returns -1. */
+static int js_init_error(js_worker *ws, const char *what, char *err, size_t errlen)
 {
     JSValue e = JS_GetException(ws->ctx);
     ws->deadline = 0;
+    if (ws->cpu_hit) {
+        snprintf(err, errlen, "%s: interrupted after its startup budget of %llu ms", what,
+                 (unsigned long long)(ws->cfg->cpu_limit_ms > 2000 ? ws->cfg->cpu_limit_ms : 2000));
+        JS_FreeValue(ws->ctx, e);
+        return -1;
+    }
     char *text = JS_IsFunction(ws->ctx, ws->error_text) ? js_error_text(ws, e) : NULL;
     if (text == NULL) {
         const char *s = JS_ToCString(ws->ctx, e);
         text = s ? strdup(s) : NULL;
         JS_FreeCString(ws->ctx, s);
     }
-    js_api->log(HELIOS_LOG_ERROR, JS_NAME, "%s: %s failed on worker %u: %s", ws->cfg->script, what,
-                js_api->worker_index(ws->w), text ? text : "out of memory");
+    snprintf(err, errlen, "%s: %s", what, text ? text : "out of memory");
     free(text);
     JS_FreeValue(ws->ctx, e);
     return -1;
 }
 
-static int js_load_prelude(js_worker *ws)
+/* Evaluates the embedded .js files (js_prelude_files): each is a function
+ * expression called with `hx` (the natives) and the `lib` object the first
+ * one, prelude.js, returns among its entry points. */
+static int js_load_prelude(js_worker *ws, char *err, size_t errlen)
 {
     JSContext *ctx = ws->ctx;
-    JSValue fn = JS_Eval(ctx, (const char *)js_prelude_src, js_prelude_len, "helios:prelude.js",
-                         JS_EVAL_TYPE_GLOBAL | JS_EVAL_FLAG_STRICT);
-    if (JS_IsException(fn))
-        return js_init_error(ws, "the prelude");
     JSValue hx = JS_NewObject(ctx);
+    if (JS_IsException(hx))
+        return js_init_error(ws, "the prelude", err, errlen);
     js_natives_install(ctx, hx);
-    JSValue o = JS_Call(ctx, fn, JS_UNDEFINED, 1, (JSValueConst *)&hx);
-    JS_FreeValue(ctx, fn);
-    JS_FreeValue(ctx, hx);
-    if (JS_IsException(o))
-        return js_init_error(ws, "the prelude");
-    ws->dispatch = JS_GetPropertyStr(ctx, o, "dispatch");
-    ws->filter_req = JS_GetPropertyStr(ctx, o, "filterRequest");
-    ws->filter_resp = JS_GetPropertyStr(ctx, o, "filterResponse");
-    ws->error_text = JS_GetPropertyStr(ctx, o, "errorText");
+    JS_SetPropertyStr(ctx, hx, "maxBody", JS_NewFloat64(ctx, (double)ws->cfg->max_body));
+    JSValue o = JS_UNDEFINED, lib = JS_UNDEFINED;
+    int rc = 0;
+    for (size_t i = 0; i < sizeof(js_prelude_files) / sizeof(js_prelude_files[0]) && rc == 0; i++) {
+        JSValue fn = JS_Eval(ctx, (const char *)js_prelude_files[i].src, js_prelude_files[i].len,
+                             js_prelude_files[i].name, JS_EVAL_TYPE_GLOBAL | JS_EVAL_FLAG_STRICT);
+        if (JS_IsException(fn)) {
+            rc = js_init_error(ws, js_prelude_files[i].name, err, errlen);
+            break;
+        }
+        JSValueConst args[2] = {hx, lib};
+        JSValue r = JS_Call(ctx, fn, JS_UNDEFINED, 2, args);
+        JS_FreeValue(ctx, fn);
+        if (JS_IsException(r)) {
+            rc = js_init_error(ws, js_prelude_files[i].name, err, errlen);
+        } else if (i == 0) {
+            o = r;
+            lib = JS_GetPropertyStr(ctx, o, "lib");
+        } else {
+            JS_FreeValue(ctx, r);
+        }
+    }
+    if (rc == 0) {
+        ws->dispatch = JS_GetPropertyStr(ctx, o, "dispatch");
+        ws->filter_req = JS_GetPropertyStr(ctx, o, "filterRequest");
+        ws->filter_resp = JS_GetPropertyStr(ctx, o, "filterResponse");
+        ws->error_text = JS_GetPropertyStr(ctx, o, "errorText");
+        ws->buffer = JS_GetPropertyStr(ctx, o, "Buffer");
+    }
+    JS_FreeValue(ctx, lib);
     JS_FreeValue(ctx, o);
-    return 0;
+    JS_FreeValue(ctx, hx);
+    return rc;
 }
 
-static int js_make_env(js_worker *ws)
+static int js_make_env(js_worker *ws, char *err, size_t errlen)
 {
     JSContext *ctx = ws->ctx;
     ws->env = JS_NewObject(ctx);
     if (JS_IsException(ws->env))
-        return js_init_error(ws, "building env");
+        return js_init_error(ws, "building env", err, errlen);
     for (size_t i = 0; i < ws->cfg->nenv; i++)
         JS_DefinePropertyValueStr(ctx, ws->env, ws->cfg->env_keys[i],
                                   JS_NewString(ctx, ws->cfg->env_vals[i]), JS_PROP_ENUMERABLE);
@@ -637,16 +688,17 @@ static int js_make_env(js_worker *ws)
 
 /* Runs the script's bytecode; an ES module's default export becomes
  * globalThis.__helios_default through a one-line glue module. */
-static int js_run_script(js_worker *ws)
+static int js_run_script(js_worker *ws, char *err, size_t errlen)
 {
+    static const char top[] = "the script's top level failed";
     JSContext *ctx = ws->ctx;
     JSValue obj = JS_ReadObject(ctx, ws->cfg->bc, ws->cfg->bc_len, JS_READ_OBJ_BYTECODE);
     if (JS_IsException(obj))
-        return js_init_error(ws, "loading the bytecode");
+        return js_init_error(ws, "loading the bytecode", err, errlen);
     if (JS_VALUE_GET_TAG(obj) != JS_TAG_MODULE) {
         JSValue r = JS_EvalFunction(ctx, obj);
         if (JS_IsException(r))
-            return js_init_error(ws, "running the script");
+            return js_init_error(ws, top, err, errlen);
         JS_FreeValue(ctx, r);
         return 0;
     }
@@ -655,24 +707,25 @@ static int js_run_script(js_worker *ws)
     const char *name = JS_AtomToCString(ctx, name_atom);
     JS_FreeAtom(ctx, name_atom);
     if (name == NULL)
-        return js_init_error(ws, "loading the module");
+        return js_init_error(ws, "loading the module", err, errlen);
     if (JS_ResolveModule(ctx, obj) < 0) {
         JS_FreeCString(ctx, name);
-        return js_init_error(ws, "linking the module (imports are not supported)");
+        return js_init_error(ws, "linking the module", err, errlen);
     }
     JSValue r = JS_EvalFunction(ctx, obj);
     if (JS_IsException(r)) {
         JS_FreeCString(ctx, name);
-        return js_init_error(ws, "running the module");
+        return js_init_error(ws, top, err, errlen);
     }
     JS_FreeValue(ctx, r);
-    /* import by the module's own name, escaped as a JSON string */
+    /* import by the module's own name (js_module_normalize keeps names as
+     * they are), escaped as a JSON string */
     size_t nl = strlen(name);
     char *glue = malloc(nl * 6 + 128);
     if (glue == NULL) {
         JS_FreeCString(ctx, name);
         JS_ThrowOutOfMemory(ctx);
-        return js_init_error(ws, "linking the module");
+        return js_init_error(ws, "linking the module", err, errlen);
     }
     char *o = glue + sprintf(glue, "import * as m from \"");
     for (size_t i = 0; i < nl; i++) {
@@ -689,11 +742,70 @@ static int js_run_script(js_worker *ws)
     r = JS_Eval(ctx, glue, (size_t)(o - glue), "helios:glue", JS_EVAL_TYPE_MODULE);
     free(glue);
     if (JS_IsException(r))
-        return js_init_error(ws, "reading the module's default export");
+        return js_init_error(ws, "reading the module's default export", err, errlen);
     JS_FreeValue(ctx, r);
     return 0;
 }
 
+/* Creates WS's runtime and context and runs the prelude and the script's
+ * top level (with its promise jobs) under a startup budget. Returns 0, or
+ * -1 with the reason in ERR (WS then has no runtime). */
+static int js_runtime_open(js_worker *ws, char *err, size_t errlen)
+{
+    const js_config *cfg = ws->cfg;
+    ws->dispatch = ws->filter_req = ws->filter_resp = ws->error_text = ws->env = JS_UNDEFINED;
+    ws->buffer = JS_UNDEFINED;
+    ws->rt = JS_NewRuntime2(&js_mem_funcs, ws);
+    if (ws->rt == NULL) {
+        snprintf(err, errlen, "cannot create a JavaScript runtime (out of memory)");
+        return -1;
+    }
+    JS_SetMemoryLimit(ws->rt, cfg->memory_limit);
+    JS_SetMaxStackSize(ws->rt, JS_STACK_SIZE);
+    JS_SetInterruptHandler(ws->rt, js_interrupt, ws);
+    JS_SetCanBlock(ws->rt, 0);
+    js_module_loader_install(ws->rt);
+    if (JS_NewClass(ws->rt, js_tok_class_id, &js_tok_class) != 0 ||
+        js_crypto_runtime_init(ws->rt) != 0 || (ws->ctx = JS_NewContext(ws->rt)) == NULL) {
+        snprintf(err, errlen, "cannot create a JavaScript context (out of memory)");
+        js_runtime_close(ws);
+        return -1;
+    }
+    JS_SetContextOpaque(ws->ctx, ws);
+    /* top-level code gets a generous but finite budget */
+    uint64_t startup_ms = cfg->cpu_limit_ms > 2000 ? cfg->cpu_limit_ms : 2000;
+    ws->deadline = js_now_us() + startup_ms * 1000u;
+    int rc = js_load_prelude(ws, err, errlen);
+    if (rc == 0)
+        rc = js_make_env(ws, err, errlen);
+    if (rc == 0)
+        rc = js_run_script(ws, err, errlen);
+    if (rc == 0) {
+        JSContext *c1;
+        int jr;
+        while ((jr = JS_ExecutePendingJob(ws->rt, &c1)) != 0)
+            if (jr < 0) {
+                rc = js_init_error(ws, "the script's top-level promises failed", err, errlen);
+                break;
+            }
+    }
+    ws->deadline = 0;
+    ws->cpu_hit = 0;
+    if (rc != 0)
+        js_runtime_close(ws);
+    return rc;
+}
+
+/*
+ * A script that cannot be initialised on a worker (a top level that is not
+ * deterministic, or no memory) does not fail worker_init: that would make
+ * the core answer 503 on every route of the worker. The instance stays,
+ * broken: its routes answer 503 (js.c) and the reason is logged once.
+ *
+ * HELIOS_JS_TEST_FAIL_INIT=TEXT makes the scripts whose path contains TEXT
+ * fail here: the configuration check runs the same top level first, so a
+ * test cannot reach this path with a deterministic script otherwise.
+ */
 int js_worker_init(void *cfgp, helios_worker *w, void **wstate)
 {
     const js_config *cfg = cfgp;
@@ -702,48 +814,24 @@ int js_worker_init(void *cfgp, helios_worker *w, void **wstate)
         return -1;
     ws->cfg = cfg;
     ws->w = w;
-    ws->dispatch = ws->filter_req = ws->filter_resp = ws->error_text = ws->env = JS_UNDEFINED;
-    ws->rt = JS_NewRuntime2(&js_mem_funcs, ws);
-    if (ws->rt == NULL) {
-        js_api->log(HELIOS_LOG_ERROR, JS_NAME, "%s: cannot create a JavaScript runtime",
-                    cfg->script);
-        js_worker_free(ws);
-        return -1;
+    char err[2048];
+    const char *fault = getenv("HELIOS_JS_TEST_FAIL_INIT");
+    int rc;
+    if (fault && fault[0] && strstr(cfg->script, fault)) {
+        snprintf(err, sizeof(err), "Error: fault injected (HELIOS_JS_TEST_FAIL_INIT)");
+        rc = -1;
+    } else if (cfg->cache_size && (ws->cache = js_cache_new(cfg->cache_size)) == NULL) {
+        snprintf(err, sizeof(err), "out of memory (the cache)");
+        rc = -1;
+    } else {
+        rc = js_runtime_open(ws, err, sizeof(err));
     }
-    JS_SetMemoryLimit(ws->rt, cfg->memory_limit);
-    JS_SetMaxStackSize(ws->rt, JS_STACK_SIZE);
-    JS_SetInterruptHandler(ws->rt, js_interrupt, ws);
-    JS_SetCanBlock(ws->rt, 0);
-    if (JS_NewClass(ws->rt, js_tok_class_id, &js_tok_class) != 0 ||
-        (ws->ctx = JS_NewContext(ws->rt)) == NULL) {
-        js_api->log(HELIOS_LOG_ERROR, JS_NAME, "%s: cannot create a JavaScript context",
-                    cfg->script);
-        js_worker_free(ws);
-        return -1;
-    }
-    JS_SetContextOpaque(ws->ctx, ws);
-    /* top-level code gets a generous but finite budget */
-    uint64_t startup_ms = cfg->cpu_limit_ms > 2000 ? cfg->cpu_limit_ms : 2000;
-    ws->deadline = js_now_us() + startup_ms * 1000u;
-    int rc = js_load_prelude(ws);
-    if (rc == 0)
-        rc = js_make_env(ws);
-    if (rc == 0)
-        rc = js_run_script(ws);
-    if (rc == 0) {
-        JSContext *c1;
-        int jr;
-        while ((jr = JS_ExecutePendingJob(ws->rt, &c1)) != 0)
-            if (jr < 0) {
-                rc = js_init_error(ws, "running the script's top-level promises");
-                break;
-            }
-    }
-    ws->deadline = 0;
-    ws->cpu_hit = 0;
     if (rc != 0) {
-        js_worker_free(ws);
-        return -1;
+        ws->broken = 1;
+        js_api->log(HELIOS_LOG_ERROR, JS_NAME,
+                    "%s: the script could not be initialised on worker %u, its routes answer 503: "
+                    "%s",
+                    cfg->script, js_api->worker_index(w), err);
     }
     *wstate = ws;
     return 0;
@@ -755,4 +843,21 @@ void js_worker_fini(void *cfg, helios_worker *w, void *wstate)
     (void)w;
     if (wstate)
         js_worker_free(wstate);
+}
+
+/* config_new's check: the script's top level runs once in a runtime of its
+ * own, with the workers' limits, so `heliosd -t`, a start and a reload
+ * report its errors instead of workers answering 503. */
+int js_trial_run(const js_config *cfg, char *err, size_t errlen)
+{
+    js_worker *ws = calloc(1, sizeof(*ws));
+    if (ws == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    ws->cfg = cfg;
+    ws->trial = 1;
+    int rc = js_runtime_open(ws, err, errlen);
+    js_worker_free(ws);
+    return rc;
 }

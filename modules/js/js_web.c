@@ -17,6 +17,8 @@
 #include <strings.h>
 #include <sys/random.h>
 
+#include <helios/util/http.h>
+
 #include "js_internal.h"
 
 /* ------------------------------------------------------------------ */
@@ -88,7 +90,8 @@ static JSValue nat_log(JSContext *ctx, JSValueConst this_val, int argc, JSValueC
         return JS_EXCEPTION;
     if (level < HELIOS_LOG_ERROR || level > HELIOS_LOG_DEBUG)
         level = HELIOS_LOG_INFO;
-    js_api->log(level, JS_NAME, "%s: console: %s", js_ws(ctx)->cfg->script, s);
+    if (!js_ws(ctx)->trial)
+        js_api->log(level, JS_NAME, "%s: console: %s", js_ws(ctx)->cfg->script, s);
     JS_FreeCString(ctx, s);
     return JS_UNDEFINED;
 }
@@ -207,7 +210,7 @@ static int js_resp_header(void *arg, const char *n, const char *v)
     return js_api->resp_header_add(h->r, n, v) == 0 ? 0 : -1;
 }
 
-/* hx.respond(tok, status, pairs, body) -> true if sent */
+/* hx.respond(tok, status, pairs, body, implied content type|null) -> true if sent */
 static JSValue nat_respond(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv)
 {
     (void)this_val;
@@ -232,13 +235,17 @@ static JSValue nat_respond(JSContext *ctx, JSValueConst this_val, int argc, JSVa
         free(h.ctype);
         return JS_EXCEPTION;
     }
-    const char *ctype = h.ctype;
-    if (ctype == NULL && JS_IsString(argv[3]))
+    /* no Content-Type among the headers: the one the body implies */
+    const char *ctype = h.ctype, *implied = NULL;
+    if (ctype == NULL && JS_IsString(argv[4]))
+        ctype = implied = JS_ToCString(ctx, argv[4]);
+    else if (ctype == NULL && JS_IsString(argv[3]))
         ctype = "text/plain;charset=UTF-8";
     if (status == 204 || status == 304)
         len = 0;
     int rc = js_api->respond(rq->r, status, ctype, p, len);
     JS_FreeCString(ctx, hold);
+    JS_FreeCString(ctx, implied);
     free(h.ctype);
     if (rc != 0)
         return JS_ThrowTypeError(ctx, "the response could not be sent (invalid Content-Type?)");
@@ -327,12 +334,41 @@ static JSValue nat_resp_header(JSContext *ctx, JSValueConst this_val, int argc, 
 
 /* ---- request body ---- */
 
+/* Stream mode (hx.bodyStream): each piece goes to the sink as it comes;
+ * the JS stream bounds what it queues (streams.js). */
+static void js_body_to_sink(js_rq *rq, helios_buf chunk, int last, int error)
+{
+    js_worker *ws = rq->ws;
+    JSContext *ctx = ws->ctx;
+    if (last || error)
+        rq->body_state = JS_BODY_DONE;
+    JSValue fn = JS_DupValue(ctx, rq->body_sink);
+    JSValue args[3] = {JS_NULL, JS_NewBool(ctx, last || error), JS_UNDEFINED};
+    if (error)
+        args[2] = JS_NewString(ctx, "the request body could not be read");
+    else if (chunk.len)
+        args[0] = JS_NewArrayBufferCopy(ctx, (const uint8_t *)chunk.ptr, chunk.len);
+    if (last || error) {
+        JS_FreeValue(ctx, rq->body_sink);
+        rq->body_sink = JS_UNDEFINED;
+    }
+    if (chunk.len || last || error)
+        js_call(ws, rq, fn, 3, args, "in a request body stream");
+    JS_FreeValue(ctx, fn);
+    JS_FreeValue(ctx, args[0]);
+    JS_FreeValue(ctx, args[2]);
+}
+
 static void js_body_data(void *arg, helios_buf chunk, int last, int error)
 {
     js_rq *rq = arg;
     js_worker *ws = rq->ws;
     if (rq->body_state != JS_BODY_READING)
         return;
+    if (!JS_IsUndefined(rq->body_sink)) {
+        js_body_to_sink(rq, chunk, last, error);
+        return;
+    }
     JSContext *ctx = ws->ctx;
     JSValue v = JS_UNDEFINED;
     int settle = -1; /* 0 resolve, 1 reject */
@@ -400,6 +436,8 @@ static JSValue nat_body(JSContext *ctx, JSValueConst this_val, int argc, JSValue
         return JS_DupValue(ctx, rq->body_p);
     if (rq->r == NULL)
         return JS_ThrowTypeError(ctx, "the request has ended: its body is gone");
+    if (rq->body_state != JS_BODY_NONE)
+        return JS_ThrowTypeError(ctx, "the request body is being read as a stream (request.body)");
     JSValue p = JS_NewPromiseCapability(ctx, rq->body_res);
     if (JS_IsException(p))
         return p;
@@ -416,6 +454,30 @@ static JSValue nat_body(JSContext *ctx, JSValueConst this_val, int argc, JSValue
         JS_FreeValue(ctx, e);
     }
     return p;
+}
+
+/* hx.bodyStream(tok, sink): the body piece by piece, sink(chunk, done,
+ * error); throws if the body was already asked for */
+static JSValue nat_body_stream(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv)
+{
+    (void)this_val;
+    (void)argc;
+    js_rq *rq = js_tok_rq(argv[0]);
+    if (rq == NULL)
+        return JS_ThrowTypeError(ctx, "not a request");
+    if (rq->r == NULL)
+        return JS_ThrowTypeError(ctx, "the request has ended: its body is gone");
+    if (rq->body_state != JS_BODY_NONE)
+        return JS_ThrowTypeError(ctx, "the request body is already being read");
+    rq->body_sink = JS_DupValue(ctx, argv[1]);
+    rq->body_state = JS_BODY_READING;
+    if (js_api->req_body_read(rq->r, js_body_data, rq) != 0) {
+        rq->body_state = JS_BODY_DONE;
+        JS_FreeValue(ctx, rq->body_sink);
+        rq->body_sink = JS_UNDEFINED;
+        return JS_ThrowTypeError(ctx, "the request body cannot be read here");
+    }
+    return JS_UNDEFINED;
 }
 
 /* ---- crypto, text ---- */
@@ -540,27 +602,229 @@ static JSValue nat_decode(JSContext *ctx, JSValueConst this_val, int argc, JSVal
     return v;
 }
 
+/* ---- binary codecs (node:buffer, atob/btoa, crypto JWK) ---- */
+
+/* An encoder writes at most 2 * LEN + 4 bytes of text for LEN bytes and
+ * returns how many; a decoder at most LEN bytes for LEN characters, and
+ * returns how many or -1 (refused). OPT is the native's second argument. */
+typedef size_t js_encoder(const uint8_t *p, size_t len, char *out, int opt);
+typedef long js_decoder(const char *s, size_t len, uint8_t *out, int opt);
+
+/* hx.NAME(bytes, opt) -> string, through ENC */
+static JSValue js_encode(JSContext *ctx, JSValueConst *argv, js_encoder *enc)
+{
+    const char *hold;
+    const uint8_t *p;
+    size_t len;
+    if (js_bytes(ctx, argv[0], &hold, &p, &len) != 0)
+        return JS_EXCEPTION;
+    char *out = malloc(2 * len + 4);
+    if (out == NULL) {
+        JS_FreeCString(ctx, hold);
+        return JS_ThrowOutOfMemory(ctx);
+    }
+    size_t n = enc(p, len, out, JS_ToBool(ctx, argv[1]));
+    JSValue v = JS_NewStringLen(ctx, out, n);
+    free(out);
+    JS_FreeCString(ctx, hold);
+    return v;
+}
+
+/* hx.NAME(string, opt) -> ArrayBuffer, or null when DEC refuses it */
+static JSValue js_decode(JSContext *ctx, JSValueConst *argv, js_decoder *dec)
+{
+    size_t len;
+    const char *s = JS_ToCStringLen(ctx, &len, argv[0]);
+    if (s == NULL)
+        return JS_EXCEPTION;
+    uint8_t *out = malloc(len + 1);
+    if (out == NULL) {
+        JS_FreeCString(ctx, s);
+        return JS_ThrowOutOfMemory(ctx);
+    }
+    long n = dec(s, len, out, JS_ToBool(ctx, argv[1]));
+    JS_FreeCString(ctx, s);
+    JSValue v = n < 0 ? JS_NULL : JS_NewArrayBufferCopy(ctx, out, (size_t)n);
+    free(out);
+    return v;
+}
+
+/* standard base64 (padded), or base64url (not) when URL */
+static size_t js_b64_encode(const uint8_t *p, size_t len, char *out, int url)
+{
+    const char *a = url ? "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+                        : "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    size_t o = 0, i = 0;
+    for (; i + 2 < len; i += 3) {
+        uint32_t n = (uint32_t)p[i] << 16 | (uint32_t)p[i + 1] << 8 | p[i + 2];
+        out[o++] = a[n >> 18];
+        out[o++] = a[(n >> 12) & 63];
+        out[o++] = a[(n >> 6) & 63];
+        out[o++] = a[n & 63];
+    }
+    if (i < len) {
+        uint32_t n = (uint32_t)p[i] << 16 | (i + 1 < len ? (uint32_t)p[i + 1] << 8 : 0);
+        out[o++] = a[n >> 18];
+        out[o++] = a[(n >> 12) & 63];
+        if (i + 1 < len)
+            out[o++] = a[(n >> 6) & 63];
+        else if (!url)
+            out[o++] = '=';
+        if (!url)
+            out[o++] = '=';
+    }
+    return o;
+}
+
+/* Both alphabets; whitespace is skipped; decoding stops at '=' and skips
+ * other bytes (lenient, as node is) unless STRICT refuses them, padding
+ * before the end, or a partial byte. */
+static long js_b64_decode(const char *s, size_t len, uint8_t *out, int strict)
+{
+    uint32_t acc = 0;
+    int bits = 0;
+    size_t o = 0, i = 0;
+    for (; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        int v;
+        if (c >= 'A' && c <= 'Z')
+            v = c - 'A';
+        else if (c >= 'a' && c <= 'z')
+            v = c - 'a' + 26;
+        else if (c >= '0' && c <= '9')
+            v = c - '0' + 52;
+        else if (c == '+' || c == '-')
+            v = 62;
+        else if (c == '/' || c == '_')
+            v = 63;
+        else if (c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f')
+            continue;
+        else if (c == '=')
+            break;
+        else if (strict)
+            return -1;
+        else
+            continue;
+        acc = acc << 6 | (uint32_t)v;
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            out[o++] = (uint8_t)(acc >> bits);
+        }
+    }
+    if (strict) {
+        for (; i < len; i++)
+            if (s[i] != '=' && s[i] != ' ' && s[i] != '\n' && s[i] != '\r' && s[i] != '\t')
+                return -1;
+        if (bits >= 6)
+            return -1;
+    }
+    return (long)o;
+}
+
+static size_t js_hex_encode(const uint8_t *p, size_t len, char *out, int opt)
+{
+    (void)opt;
+    static const char hex[] = "0123456789abcdef";
+    for (size_t i = 0; i < len; i++) {
+        out[2 * i] = hex[p[i] >> 4];
+        out[2 * i + 1] = hex[p[i] & 15];
+    }
+    return 2 * len;
+}
+
+/* pairs of hex digits up to the first that is not (as node does) */
+static long js_hex_decode(const char *s, size_t len, uint8_t *out, int opt)
+{
+    (void)opt;
+    size_t o = 0;
+    for (size_t i = 0; i + 1 < len; i += 2) {
+        int hi = helios_http_hexval((unsigned char)s[i]);
+        int lo = helios_http_hexval((unsigned char)s[i + 1]);
+        if (hi < 0 || lo < 0)
+            break;
+        out[o++] = (uint8_t)(hi << 4 | lo);
+    }
+    return (long)o;
+}
+
+/* bytes as code points 0..255, written as UTF-8 (two bytes at most each) */
+static size_t js_latin1_encode(const uint8_t *p, size_t len, char *out, int opt)
+{
+    (void)opt;
+    size_t o = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (p[i] < 0x80) {
+            out[o++] = (char)p[i];
+        } else {
+            out[o++] = (char)(0xc0 | p[i] >> 6);
+            out[o++] = (char)(0x80 | (p[i] & 0x3f));
+        }
+    }
+    return o;
+}
+
+/* hx.b64enc(bytes, url) -> string; hx.b64dec(string, strict) ->
+ * ArrayBuffer | null; hx.hexenc(bytes); hx.hexdec(string); hx.latin1(bytes)
+ * -> string of code points 0..255. MAGIC indexes js_codecs. */
+static const struct {
+    js_encoder *enc;
+    js_decoder *dec;
+} js_codecs[] = {
+    {js_b64_encode, NULL}, {NULL, js_b64_decode},    {js_hex_encode, NULL},
+    {NULL, js_hex_decode}, {js_latin1_encode, NULL},
+};
+
+static JSValue nat_codec(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv,
+                         int magic)
+{
+    (void)this_val;
+    (void)argc;
+    if (js_codecs[magic].enc)
+        return js_encode(ctx, argv, js_codecs[magic].enc);
+    return js_decode(ctx, argv, js_codecs[magic].dec);
+}
+
+/* hx.now() -> milliseconds (with fractions) on the monotonic clock */
+static JSValue nat_now(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv)
+{
+    (void)this_val;
+    (void)argc;
+    (void)argv;
+    return JS_NewFloat64(ctx, (double)js_now_us() / 1000.0);
+}
+
 static const JSCFunctionListEntry js_natives[] = {
     JS_CFUNC_DEF("log", 2, nat_log),
     JS_CFUNC_DEF("method", 1, nat_method),
     JS_CFUNC_DEF("url", 1, nat_url),
     JS_CFUNC_DEF("headers", 1, nat_headers),
-    JS_CFUNC_DEF("respond", 4, nat_respond),
+    JS_CFUNC_DEF("respond", 5, nat_respond),
     JS_CFUNC_DEF("fail", 2, nat_fail),
     JS_CFUNC_DEF("pass", 2, nat_pass),
     JS_CFUNC_DEF("rh", 4, nat_resp_header),
     JS_CFUNC_DEF("body", 1, nat_body),
-    JS_CFUNC_DEF("fetch", 6, nat_fetch),
-    JS_CFUNC_DEF("setTimeout", 2, nat_set_timeout),
+    JS_CFUNC_DEF("bodyStream", 2, nat_body_stream),
+    JS_CFUNC_DEF("fetchCancel", 1, nat_fetch_cancel),
+    JS_CFUNC_DEF("fetch", 8, nat_fetch),
+    JS_CFUNC_DEF("setTimeout", 3, nat_set_timeout),
     JS_CFUNC_DEF("clearTimeout", 1, nat_clear_timeout),
     JS_CFUNC_DEF("waitBegin", 1, nat_wait_begin),
     JS_CFUNC_DEF("waitEnd", 1, nat_wait_end),
     JS_CFUNC_DEF("random", 1, nat_random),
     JS_CFUNC_DEF("encode", 1, nat_encode),
     JS_CFUNC_DEF("decode", 3, nat_decode),
+    JS_CFUNC_MAGIC_DEF("b64enc", 2, nat_codec, 0),
+    JS_CFUNC_MAGIC_DEF("b64dec", 2, nat_codec, 1),
+    JS_CFUNC_MAGIC_DEF("hexenc", 2, nat_codec, 2),
+    JS_CFUNC_MAGIC_DEF("hexdec", 2, nat_codec, 3),
+    JS_CFUNC_MAGIC_DEF("latin1", 2, nat_codec, 4),
+    JS_CFUNC_DEF("now", 0, nat_now),
 };
 
 void js_natives_install(JSContext *ctx, JSValueConst hx)
 {
     JS_SetPropertyFunctionList(ctx, hx, js_natives, sizeof(js_natives) / sizeof(js_natives[0]));
+    js_crypto_natives_install(ctx, hx);
+    js_cache_natives_install(ctx, hx);
 }

@@ -1,11 +1,13 @@
 /*
  * prelude.js - the Web API subset of the js module, in JavaScript.
  *
- * Evaluated once per worker runtime before the user's script. It is a
- * function expression: js_runtime.c calls it with `hx`, the object of
- * native helpers (see js_natives in js_web.c), and keeps the object it returns
- * ({dispatch, filterRequest, filterResponse}). Nothing here is reachable
- * from user code except the globals it defines on purpose.
+ * Evaluated once per worker runtime before the user's script, first of the
+ * embedded files (modules/js/CMakeLists.txt lists them). It is a function
+ * expression: js_runtime.c calls it with `hx`, the object of native helpers
+ * (js_natives in js_web.c, js_crypto_natives in js_crypto.c), and keeps
+ * the object it returns ({dispatch, filterRequest, filterResponse, ...});
+ * its `lib` member is passed to the files after it. Nothing here is
+ * reachable from user code except the globals it defines on purpose.
  */
 (function (hx) {
 'use strict';
@@ -19,9 +21,11 @@ function define(name, value) {
 
 function errorText(e) {
     if (e instanceof Error) {
-        let s = e.name + ': ' + e.message;
-        if (e.stack) s += '\n' + String(e.stack).replace(/\n$/, '');
-        return s;
+        /* the stack starts with "Name: message" (quickjs_patch.cmake) */
+        const head = e.message ? e.name + ': ' + e.message : e.name;
+        const st = typeof e.stack === 'string' ? e.stack.replace(/\n$/, '') : '';
+        if (st.startsWith(head)) return st;
+        return st ? head + '\n' + st.replace(/^[^\n]*\n/, '') : head;
     }
     try {
         return 'uncaught value: ' + (typeof e === 'string' ? e : JSON.stringify(e));
@@ -30,23 +34,39 @@ function errorText(e) {
     }
 }
 
+const DOM_CODES = { IndexSizeError: 1, NotFoundError: 8, NotSupportedError: 9, InvalidStateError: 11,
+    SyntaxError: 12, InvalidAccessError: 15, TypeMismatchError: 17, SecurityError: 18, NetworkError: 19,
+    AbortError: 20, QuotaExceededError: 22, TimeoutError: 23, DataCloneError: 25, InvalidCharacterError: 5 };
+
 class DOMException extends Error {
     constructor(message, name) {
-        super(message);
+        super(message === undefined ? '' : String(message));
         this.name = name === undefined ? 'Error' : String(name);
+        /* the stack's first line was made before the name was set */
+        if (typeof this.stack === 'string')
+            this.stack = this.stack.replace(/^[^\n]*/, this.message ? this.name + ': ' + this.message : this.name);
     }
+    get code() { return DOM_CODES[this.name] || 0; }
 }
 define('DOMException', DOMException);
 
-/* Body init -> string | ArrayBuffer | null (what the native side takes). */
-function toBody(body) {
-    if (body === null || body === undefined) return null;
-    if (typeof body === 'string') return body;
-    if (body instanceof ArrayBuffer) return body;
+/* Body init -> [string | ArrayBuffer | ReadableStream | null, implied
+ * Content-Type or null]. Files after this one (formdata.js, streams.js)
+ * add converters for their types to `extractors`. */
+const extractors = [];
+const TEXT_PLAIN = 'text/plain;charset=UTF-8';
+function extractBody(body) {
+    if (body === null || body === undefined) return [null, null];
+    if (typeof body === 'string') return [body, TEXT_PLAIN];
+    if (body instanceof ArrayBuffer) return [body.slice(0), null];
     if (ArrayBuffer.isView(body))
-        return body.buffer.slice(body.byteOffset, body.byteOffset + body.byteLength);
-    if (body instanceof URLSearchParams) return body.toString();
-    return String(body);
+        return [body.buffer.slice(body.byteOffset, body.byteOffset + body.byteLength), null];
+    if (body instanceof URLSearchParams) return [body.toString(), 'application/x-www-form-urlencoded;charset=UTF-8'];
+    for (const x of extractors) {
+        const r = x(body);
+        if (r !== undefined) return r;
+    }
+    return [String(body), 'text/plain;charset=UTF-8'];
 }
 
 function bodyText(b) {
@@ -59,20 +79,190 @@ function bodyBuffer(b) {
     return typeof b === 'string' ? hx.encode(b) : b.slice(0);
 }
 
-/* ---- console -> heliosd's error log ---- */
+/* ---- console -> heliosd's error log, formatted the way node and workerd
+ * print values (util.inspect: one line, depth 2) ---- */
+
+const INSPECT = Symbol.for('nodejs.util.inspect.custom');
+const IDENT_RX = /^[A-Za-z_$][A-Za-z0-9_$]*$/;
+const TYPED_ARRAYS = [Int8Array, Uint8Array, Uint8ClampedArray, Int16Array, Uint16Array, Int32Array,
+    Uint32Array, Float32Array, Float64Array];
+
+function quote(s) {
+    const q = s.includes("'") && !s.includes('"') ? '"' : "'";
+    return q + s.replace(/[\\\n\r\t\b\f\v\0]/g, c => ({ '\\': '\\\\', '\n': '\\n', '\r': '\\r',
+        '\t': '\\t', '\b': '\\b', '\f': '\\f', '\v': '\\v', '\0': '\\0' })[c])
+        .replace(q === "'" ? /'/g : /"/g, '\\' + q) + q;
+}
+
+function ctorName(o) {
+    try {
+        const p = Object.getPrototypeOf(o);
+        if (p === null) return null;
+        const c = p.constructor;
+        return typeof c === 'function' && c.name ? c.name : '';
+    } catch (_) {
+        return '';
+    }
+}
+
+/* Scripts run from bytecode, without their source: a class is told by its
+ * read-only `prototype` (the globals it could be confused with, Map or
+ * Response, are named on globalThis), async and generator functions by
+ * their prototype's constructor. */
+function fnText(f) {
+    const name = f.name ? String(f.name) : '';
+    const d = Object.getOwnPropertyDescriptor(f, 'prototype');
+    if (d && !d.writable && !(name && G[name] === f)) return '[class ' + (name || '(anonymous)') + ']';
+    let kind = ctorName(f);
+    if (kind !== 'AsyncFunction' && kind !== 'GeneratorFunction' && kind !== 'AsyncGeneratorFunction')
+        kind = 'Function';
+    return '[' + kind + (name ? ': ' + name : ' (anonymous)') + ']';
+}
+
+function inspect(v, opts) {
+    const st = { depth: opts && opts.depth !== undefined ? opts.depth : 2, seen: [], refs: new Map() };
+    return inspectValue(v, st, 0);
+}
+
+function inspectKey(k) {
+    if (typeof k === 'symbol') return '[' + k.toString() + ']';
+    return IDENT_RX.test(k) ? k : quote(k);
+}
+
+function inspectProps(o, st, level, skipIndices) {
+    const out = [];
+    for (const k of Reflect.ownKeys(o)) {
+        const d = Object.getOwnPropertyDescriptor(o, k);
+        if (!d || (!d.enumerable && typeof k !== 'symbol') || (typeof k === 'symbol' && !d.enumerable)) continue;
+        if (skipIndices && typeof k === 'string' && /^(0|[1-9][0-9]*)$/.test(k)) continue;
+        let val;
+        if (d.get || d.set) val = d.get && d.set ? '[Getter/Setter]' : d.get ? '[Getter]' : '[Setter]';
+        else val = inspectValue(d.value, st, level + 1);
+        out.push(inspectKey(k) + ': ' + val);
+    }
+    return out;
+}
+
+function wrap(prefix, items, open, close) {
+    const body = items.length ? open + ' ' + items.join(', ') + ' ' + close : open + close;
+    return prefix ? prefix + ' ' + body : body;
+}
+
+function inspectValue(v, st, level) {
+    switch (typeof v) {
+    case 'string': return quote(v);
+    case 'number': return Object.is(v, -0) ? '-0' : String(v);
+    case 'bigint': return String(v) + 'n';
+    case 'boolean': return String(v);
+    case 'undefined': return 'undefined';
+    case 'symbol': return v.toString();
+    case 'function': {
+        const props = inspectProps(v, st, level, false).filter(p => !/^(prototype|length|name):/.test(p));
+        return props.length ? wrap(fnText(v), props, '{', '}') : fnText(v);
+    }
+    }
+    if (v === null) return 'null';
+    if (st.seen.includes(v)) {
+        if (!st.refs.has(v)) st.refs.set(v, st.refs.size + 1);
+        return '[Circular *' + st.refs.get(v) + ']';
+    }
+    if (typeof v[INSPECT] === 'function') {
+        const r = v[INSPECT](st.depth - level, { depth: st.depth - level },
+            (x, o) => inspectValue(x, st, level + 1));
+        return typeof r === 'string' ? r : inspectValue(r, st, level);
+    }
+    const name = ctorName(v);
+    if (v instanceof Error) return errorText(v);
+    if (v instanceof Date) return isNaN(v.getTime()) ? 'Invalid Date' : v.toISOString();
+    if (v instanceof RegExp) return v.toString();
+    if (v instanceof String) return '[String: ' + quote(String(v)) + ']';
+    if (v instanceof Number) return '[Number: ' + inspectValue(Number(v), st, level) + ']';
+    if (v instanceof Boolean) return '[Boolean: ' + String(Boolean(v.valueOf())) + ']';
+    if (v instanceof Promise) return 'Promise { <unknown> }';
+    if (v instanceof WeakMap || v instanceof WeakSet) return name + ' { <items unknown> }';
+    const isArray = Array.isArray(v);
+    const typed = ArrayBuffer.isView(v) && !(v instanceof DataView);
+    if (level > st.depth) {
+        if (isArray) return '[Array]';
+        return '[' + (name || 'Object') + ']';
+    }
+    st.seen.push(v);
+    let out;
+    try {
+        if (isArray || typed) {
+            const items = [];
+            let holes = 0;
+            const n = Math.min(v.length, 100);
+            const flush = () => {
+                if (holes) items.push('<' + holes + ' empty item' + (holes > 1 ? 's' : '') + '>');
+                holes = 0;
+            };
+            for (let i = 0; i < n; i++) {
+                if (isArray && !(i in v)) { holes++; continue; }
+                flush();
+                items.push(inspectValue(v[i], st, level + 1));
+            }
+            flush();
+            if (v.length > n) items.push('... ' + (v.length - n) + ' more item' + (v.length - n > 1 ? 's' : ''));
+            if (isArray) items.push(...inspectProps(v, st, level, true));
+            const prefix = isArray ? (name === 'Array' ? '' : name + '(' + v.length + ')')
+                : name + '(' + v.length + ')';
+            out = wrap(prefix, items, '[', ']');
+        } else if (v instanceof Map) {
+            const items = [];
+            for (const [k, x] of v) items.push(inspectValue(k, st, level + 1) + ' => ' + inspectValue(x, st, level + 1));
+            out = wrap(name + '(' + v.size + ')', items, '{', '}');
+        } else if (v instanceof Set) {
+            const items = [];
+            for (const x of v) items.push(inspectValue(x, st, level + 1));
+            out = wrap(name + '(' + v.size + ')', items, '{', '}');
+        } else if (v instanceof ArrayBuffer) {
+            const b = new Uint8Array(v, 0, Math.min(v.byteLength, 50));
+            let hex = Array.from(b, x => (x + 256).toString(16).slice(1)).join(' ');
+            if (v.byteLength > 50) hex += ' ... ' + (v.byteLength - 50) + ' more bytes';
+            out = 'ArrayBuffer { [Uint8Contents]: <' + hex + '>, byteLength: ' + v.byteLength + ' }';
+        } else if (v instanceof DataView) {
+            out = 'DataView { byteLength: ' + v.byteLength + ', byteOffset: ' + v.byteOffset +
+                ', buffer: ' + inspectValue(v.buffer, st, level + 1) + ' }';
+        } else {
+            const prefix = name === null ? '[Object: null prototype]' : name === 'Object' ? '' : name;
+            const tag = v[Symbol.toStringTag];
+            const p2 = typeof tag === 'string' && tag !== name ? (prefix ? prefix + ' ' : 'Object ') + '[' + tag + ']' : prefix;
+            out = wrap(p2, inspectProps(v, st, level, false), '{', '}');
+        }
+    } finally {
+        st.seen.pop();
+    }
+    if (st.refs.has(v)) out = '<ref *' + st.refs.get(v) + '> ' + out;
+    return out;
+}
 
 function fmt(args) {
     let out = '';
-    for (let i = 0; i < args.length; i++) {
-        const a = args[i];
-        if (i) out += ' ';
-        if (typeof a === 'string') out += a;
-        else if (a instanceof Error) out += errorText(a);
-        else {
-            let s;
-            try { s = JSON.stringify(a); } catch (_) { s = undefined; }
-            out += s === undefined ? String(a) : s;
+    let i = 0;
+    if (typeof args[0] === 'string' && args[0].includes('%') && args.length > 1) {
+        const f = args[0];
+        i = 1;
+        for (let k = 0; k < f.length; k++) {
+            const c = f[k];
+            if (c !== '%' || k + 1 >= f.length) { out += c; continue; }
+            const d = f[++k];
+            if (d === '%') { out += '%'; continue; }
+            if (!'sdifjoOc'.includes(d) || i >= args.length) { out += '%' + d; continue; }
+            const a = args[i++];
+            if (d === 's') out += typeof a === 'string' ? a : typeof a === 'object' && a !== null ? inspect(a, { depth: 1 }) : String(a);
+            else if (d === 'd') out += typeof a === 'object' ? 'NaN' : inspectValue(Number(a), null, 0);
+            else if (d === 'i') out += String(parseInt(a, 10));
+            else if (d === 'f') out += String(parseFloat(a));
+            else if (d === 'j') { try { out += JSON.stringify(a); } catch (_) { out += '[Circular]'; } }
+            else if (d === 'o' || d === 'O') out += inspect(a, { depth: d === 'o' ? 4 : 2 });
+            /* %c: CSS, ignored */
         }
+    }
+    for (; i < args.length; i++) {
+        const a = args[i];
+        if (out !== '' || i > 0) out += ' ';
+        out += typeof a === 'string' ? a : inspect(a);
     }
     return out;
 }
@@ -172,6 +362,10 @@ class Headers {
     *values() { for (const [, v] of this.entries()) yield v; }
     [Symbol.iterator]() { return this.entries(); }
     get [Symbol.toStringTag]() { return 'Headers'; }
+    [INSPECT]() {
+        const items = [...this.entries()].map(([k, v]) => quote(k) + ' => ' + quote(v));
+        return wrap('Headers(' + items.length + ')', items, '{', '}');
+    }
 }
 define('Headers', Headers);
 
@@ -242,6 +436,7 @@ class URLSearchParams {
     *values() { for (const p of this._l) yield p[1]; }
     [Symbol.iterator]() { return this.entries(); }
     toString() { return this._l.map(p => formEncode(p[0]) + '=' + formEncode(p[1])).join('&'); }
+    [INSPECT]() { return wrap('URLSearchParams', this._l.map(p => quote(p[0]) + ' => ' + quote(p[1])), '{', '}'); }
 }
 define('URLSearchParams', URLSearchParams);
 
@@ -336,6 +531,12 @@ class URL {
     }
     toString() { return this.href; }
     toJSON() { return this.href; }
+    [INSPECT](d, o, insp) {
+        const f = ['href', 'origin', 'protocol', 'username', 'password', 'host', 'hostname', 'port',
+            'pathname', 'search'].map(k => k + ': ' + quote(this[k]));
+        f.push('searchParams: ' + insp(this.searchParams), 'hash: ' + quote(this.hash));
+        return wrap('URL', f, '{', '}');
+    }
     static canParse(u, b) { try { new URL(u, b); return true; } catch (_) { return false; } }
 }
 define('URL', URL);
@@ -399,31 +600,6 @@ define('atob', function atob(s) {
     return out;
 });
 
-/* ---- crypto ---- */
-
-const HEX = [];
-for (let i = 0; i < 256; i++) HEX.push((i + 256).toString(16).slice(1));
-
-define('crypto', {
-    getRandomValues(view) {
-        if (!ArrayBuffer.isView(view) || view instanceof Float32Array || view instanceof Float64Array ||
-            view instanceof DataView)
-            throw new TypeError('getRandomValues: expected an integer typed array');
-        if (view.byteLength > 65536)
-            throw new DOMException('getRandomValues: at most 65536 bytes', 'QuotaExceededError');
-        hx.random(view);
-        return view;
-    },
-    randomUUID() {
-        const b = hx.random(new Uint8Array(16));
-        b[6] = (b[6] & 0x0f) | 0x40;
-        b[8] = (b[8] & 0x3f) | 0x80;
-        return HEX[b[0]] + HEX[b[1]] + HEX[b[2]] + HEX[b[3]] + '-' + HEX[b[4]] + HEX[b[5]] + '-' +
-            HEX[b[6]] + HEX[b[7]] + '-' + HEX[b[8]] + HEX[b[9]] + '-' + HEX[b[10]] + HEX[b[11]] +
-            HEX[b[12]] + HEX[b[13]] + HEX[b[14]] + HEX[b[15]];
-    },
-});
-
 /* ---- timers (request-scoped, on the worker's loop) ---- */
 
 define('setTimeout', function setTimeout(fn, ms, ...args) {
@@ -435,30 +611,322 @@ define('setTimeout', function setTimeout(fn, ms, ...args) {
 define('clearTimeout', function clearTimeout(id) {
     if (typeof id === 'number') hx.clearTimeout(id);
 });
+define('setInterval', function setInterval(fn, ms, ...args) {
+    if (typeof fn !== 'function') throw new TypeError('setInterval: the callback must be a function');
+    ms = Number(ms);
+    if (!(ms > 0)) ms = 0;
+    return hx.setTimeout(args.length ? () => fn(...args) : fn, Math.min(ms, 2147483647), true);
+});
+/* one pool of ids, as in HTML: either clears either */
+define('clearInterval', function clearInterval(id) {
+    if (typeof id === 'number') hx.clearTimeout(id);
+});
 define('queueMicrotask', function queueMicrotask(fn) {
     if (typeof fn !== 'function') throw new TypeError('queueMicrotask: the callback must be a function');
     Promise.resolve().then(fn);
 });
 
+/* ---- self, performance, structuredClone ---- */
+
+define('self', G);
+
+const timeOrigin = Date.now(), monoOrigin = hx.now();
+define('performance', Object.freeze({
+    get timeOrigin() { return timeOrigin; },
+    now() { return hx.now() - monoOrigin; },
+}));
+
+/* The structured clone algorithm for what a worker can hold: primitives,
+ * plain objects and arrays (own enumerable properties; prototypes are not
+ * kept), Date, RegExp, Map, Set, ArrayBuffer and views, Error objects,
+ * boxed primitives, Blob and File; cycles and shared references are kept.
+ * Functions, symbols and other platform objects throw DataCloneError.
+ * `transfer` is accepted and ignored (everything is copied). */
+const CLONE_ERRORS = { Error, EvalError, RangeError, ReferenceError, SyntaxError, TypeError, URIError };
+function cloneValue(v, memo) {
+    if (typeof v === 'symbol') throw new DOMException('structuredClone: a Symbol cannot be cloned', 'DataCloneError');
+    if (typeof v === 'function') throw new DOMException('structuredClone: a function cannot be cloned', 'DataCloneError');
+    if (typeof v !== 'object' || v === null) return v;
+    if (memo.has(v)) return memo.get(v);
+    let out;
+    const set = (o) => { memo.set(v, o); return o; };
+    if (v instanceof Boolean) return set(new Boolean(v.valueOf()));
+    if (v instanceof Number) return set(new Number(v.valueOf()));
+    if (v instanceof String) return set(new String(v.valueOf()));
+    if (v instanceof Date) return set(new Date(v.getTime()));
+    if (v instanceof RegExp) return set(new RegExp(v.source, v.flags));
+    if (v instanceof ArrayBuffer) return set(v.slice(0));
+    if (ArrayBuffer.isView(v)) {
+        const buf = cloneValue(v.buffer, memo);
+        if (v instanceof DataView) return set(new DataView(buf, v.byteOffset, v.byteLength));
+        return set(new v.constructor(buf, v.byteOffset, v.length));
+    }
+    if (typeof G.Blob === 'function' && v instanceof G.Blob) return set(v._clone());
+    if (v instanceof Map) {
+        out = set(new Map());
+        for (const [k, x] of v) out.set(cloneValue(k, memo), cloneValue(x, memo));
+        return out;
+    }
+    if (v instanceof Set) {
+        out = set(new Set());
+        for (const x of v) out.add(cloneValue(x, memo));
+        return out;
+    }
+    if (v instanceof Error) {
+        const C = CLONE_ERRORS[v.name] || Error;
+        out = set(new C(v.message));
+        if (v.stack !== undefined) out.stack = String(v.stack);
+        if ('cause' in v) out.cause = cloneValue(v.cause, memo);
+        return out;
+    }
+    if (Array.isArray(v)) {
+        out = set(new Array(v.length));
+    } else {
+        const proto = Object.getPrototypeOf(v);
+        if (proto !== Object.prototype && proto !== null &&
+            (v instanceof Promise || v instanceof WeakMap || v instanceof WeakSet ||
+             v instanceof Request || v instanceof Response || v instanceof Headers))
+            throw new DOMException('structuredClone: ' + ctorName(v) + ' objects cannot be cloned', 'DataCloneError');
+        out = set({});
+    }
+    for (const k of Object.keys(v)) out[k] = cloneValue(v[k], memo);
+    return out;
+}
+define('structuredClone', function structuredClone(value, options) {
+    if (arguments.length === 0) throw new TypeError('structuredClone: a value is required');
+    return cloneValue(value, new Map());
+});
+
+/* ---- Buffer (node:buffer): a Uint8Array with node's common methods ---- */
+
+function normEnc(enc) {
+    const e = enc === undefined ? 'utf8' : String(enc).toLowerCase();
+    switch (e) {
+    case 'utf8': case 'utf-8': return 'utf8';
+    case 'hex': return 'hex';
+    case 'base64': return 'base64';
+    case 'base64url': return 'base64url';
+    case 'latin1': case 'binary': return 'latin1';
+    case 'ascii': return 'ascii';
+    case 'utf16le': case 'utf-16le': case 'ucs2': case 'ucs-2': return 'utf16le';
+    }
+    throw new TypeError('Unknown encoding: ' + enc);
+}
+
+function encodeString(str, enc) {
+    switch (normEnc(enc)) {
+    case 'utf8': return hx.encode(str);
+    case 'hex': return hx.hexdec(str);
+    case 'base64': case 'base64url': return hx.b64dec(str, false);
+    case 'utf16le': {
+        const b = new Uint8Array(str.length * 2);
+        for (let i = 0; i < str.length; i++) { const c = str.charCodeAt(i); b[2 * i] = c & 255; b[2 * i + 1] = c >> 8; }
+        return b.buffer;
+    }
+    default: { /* latin1, ascii */
+        const b = new Uint8Array(str.length);
+        for (let i = 0; i < str.length; i++) b[i] = str.charCodeAt(i) & 255;
+        return b.buffer;
+    }
+    }
+}
+
+class Buffer extends Uint8Array {
+    static from(v, a, b) {
+        if (typeof v === 'string') return new Buffer(encodeString(v, a));
+        if (v instanceof ArrayBuffer) return new Buffer(v, a === undefined ? 0 : a, b === undefined ? v.byteLength - (a || 0) : b);
+        if (ArrayBuffer.isView(v)) return new Buffer(new Uint8Array(v.buffer, v.byteOffset, v.byteLength));
+        if (v !== null && typeof v === 'object') {
+            if (v.type === 'Buffer' && Array.isArray(v.data)) return new Buffer(v.data);
+            if (typeof v[Symbol.iterator] === 'function' || typeof v.length === 'number') return new Buffer(Array.from(v));
+        }
+        throw new TypeError('Buffer.from: expected a string, an ArrayBuffer, a typed array or an array');
+    }
+    static alloc(n, fill, enc) {
+        const b = new Buffer(n);
+        if (fill !== undefined) b.fill(fill, 0, n, enc);
+        return b;
+    }
+    static allocUnsafe(n) { return new Buffer(n); }
+    static isBuffer(b) { return b instanceof Buffer; }
+    static isEncoding(e) { try { normEnc(e); return true; } catch (_) { return false; } }
+    static byteLength(v, enc) {
+        if (typeof v === 'string') return encodeString(v, enc).byteLength;
+        if (v instanceof ArrayBuffer || ArrayBuffer.isView(v)) return v.byteLength;
+        throw new TypeError('Buffer.byteLength: expected a string, an ArrayBuffer or a view');
+    }
+    static concat(list, total) {
+        if (!Array.isArray(list)) throw new TypeError('Buffer.concat: expected an array');
+        if (total === undefined) total = list.reduce((n, b) => n + b.length, 0);
+        const out = Buffer.alloc(total);
+        let o = 0;
+        for (const b of list) {
+            if (o >= total) break;
+            const u = b instanceof Uint8Array ? b : new Uint8Array(b);
+            out.set(u.subarray(0, total - o), o);
+            o += Math.min(u.length, total - o);
+        }
+        return out;
+    }
+    static compare(a, b) {
+        const n = Math.min(a.length, b.length);
+        for (let i = 0; i < n; i++) if (a[i] !== b[i]) return a[i] < b[i] ? -1 : 1;
+        return a.length < b.length ? -1 : a.length > b.length ? 1 : 0;
+    }
+    toString(enc, start, end) {
+        start = start === undefined ? 0 : Math.max(0, start | 0);
+        end = end === undefined ? this.length : Math.min(this.length, end | 0);
+        const v = start === 0 && end === this.length ? this : this.subarray(start, end);
+        switch (normEnc(enc)) {
+        case 'utf8': return hx.decode(v, false, true);
+        case 'hex': return hx.hexenc(v);
+        case 'base64': return hx.b64enc(v, false);
+        case 'base64url': return hx.b64enc(v, true);
+        case 'latin1': return hx.latin1(v);
+        case 'ascii': return hx.latin1(Uint8Array.from(v, x => x & 127));
+        case 'utf16le': {
+            let s = '';
+            for (let i = 0; i + 1 < v.length; i += 2) s += String.fromCharCode(v[i] | (v[i + 1] << 8));
+            return s;
+        }
+        }
+    }
+    toJSON() { return { type: 'Buffer', data: Array.from(this) }; }
+    equals(o) {
+        if (!(o instanceof Uint8Array)) throw new TypeError('Buffer.equals: expected a Buffer or Uint8Array');
+        return Buffer.compare(this, o) === 0;
+    }
+    compare(o) { return Buffer.compare(this, o); }
+    slice(s, e) { return this.subarray(s, e); } /* node: a view, not a copy */
+    write(str, offset, length, enc) {
+        if (typeof offset === 'string') { enc = offset; offset = 0; length = undefined; }
+        else if (typeof length === 'string') { enc = length; length = undefined; }
+        offset = offset === undefined ? 0 : offset;
+        const b = new Uint8Array(encodeString(String(str), enc));
+        const n = Math.min(b.length, this.length - offset, length === undefined ? Infinity : length);
+        this.set(b.subarray(0, n), offset);
+        return n;
+    }
+    fill(v, start, end, enc) {
+        if (typeof start === 'string') { enc = start; start = 0; end = this.length; }
+        start = start === undefined ? 0 : start;
+        end = end === undefined ? this.length : end;
+        if (typeof v === 'string') {
+            const b = new Uint8Array(encodeString(v, enc));
+            if (b.length === 0) return super.fill(0, start, end);
+            for (let i = start, j = 0; i < end; i++, j = (j + 1) % b.length) this[i] = b[j];
+            return this;
+        }
+        return super.fill(typeof v === 'number' ? v & 255 : v ? 1 : 0, start, end);
+    }
+    copy(target, tStart, sStart, sEnd) {
+        tStart = tStart || 0;
+        sStart = sStart || 0;
+        sEnd = sEnd === undefined ? this.length : sEnd;
+        const n = Math.max(0, Math.min(sEnd - sStart, target.length - tStart));
+        target.set(this.subarray(sStart, sStart + n), tStart);
+        return n;
+    }
+    readUInt8(o = 0) { return this[o]; }
+    readUInt16BE(o = 0) { return new DataView(this.buffer, this.byteOffset).getUint16(o); }
+    readUInt32BE(o = 0) { return new DataView(this.buffer, this.byteOffset).getUint32(o); }
+    readUInt16LE(o = 0) { return new DataView(this.buffer, this.byteOffset).getUint16(o, true); }
+    readUInt32LE(o = 0) { return new DataView(this.buffer, this.byteOffset).getUint32(o, true); }
+    writeUInt8(v, o = 0) { this[o] = v; return o + 1; }
+    writeUInt16BE(v, o = 0) { new DataView(this.buffer, this.byteOffset).setUint16(o, v); return o + 2; }
+    writeUInt32BE(v, o = 0) { new DataView(this.buffer, this.byteOffset).setUint32(o, v); return o + 4; }
+    [INSPECT]() {
+        const hex = Array.from(this.subarray(0, 50), x => (x + 256).toString(16).slice(1)).join(' ');
+        return '<Buffer' + (hex ? ' ' + hex : '') + (this.length > 50 ? ' ... ' + (this.length - 50) + ' more bytes' : '') + '>';
+    }
+}
+Buffer.poolSize = 8192;
+Object.defineProperty(Buffer.prototype, 'parent', { get() { return this.buffer; } });
+
 /* ---- Request / Response ---- */
 
 const NORMALIZED_METHODS = ['DELETE', 'GET', 'HEAD', 'OPTIONS', 'POST', 'PUT', 'PATCH'];
+
+/*
+ * The body of a Request or Response. Slots: _b, the source (null: no body;
+ * a string or ArrayBuffer; undefined with _t: the incoming request's body,
+ * read from heliosd; a ReadableStream once streams.js made one), _ct (the
+ * Content-Type the body implies) and _used. Reading methods consume it once
+ * (as in the Fetch standard); a stream body is read up to max_body.
+ */
+const streamHooks = { isStream: () => false, fromSource: null, readAll: null, tee: null, disturbed: () => false };
+
+class Body {
+    get bodyUsed() { return !!this._used || (streamHooks.isStream(this._b) && streamHooks.disturbed(this._b)); }
+    /* a ReadableStream of the body (made on first use), or null */
+    get body() {
+        if (this._b === null || (this._b === undefined && !this._t)) return null;
+        if (!streamHooks.isStream(this._b)) {
+            if (streamHooks.fromSource === null) throw new TypeError('streams are not available');
+            this._b = streamHooks.fromSource(this._b, this._t);
+        }
+        return this._b;
+    }
+    /* -> Promise<string | ArrayBuffer | null>, once */
+    _consume() {
+        if (this.bodyUsed)
+            return Promise.reject(new TypeError('Body has already been used. It can only be used once. ' +
+                'Use tee() first if you need to read it twice.'));
+        this._used = true;
+        const b = this._b;
+        if (b === undefined) return this._t ? hx.body(this._t) : Promise.resolve(null);
+        if (streamHooks.isStream(b)) return streamHooks.readAll(b, hx.maxBody);
+        return Promise.resolve(b);
+    }
+    /* -> Promise<string | ArrayBuffer | null>: the bytes fetch() sends. A
+     * buffered body is still there after it was read, so sending it is
+     * allowed (scripts log a body, then pass the request on); a stream is
+     * consumed. */
+    _sendable() {
+        if (streamHooks.isStream(this._b)) return this._consume();
+        if (this._b === undefined) return this._t ? hx.body(this._t) : Promise.resolve(null);
+        return Promise.resolve(this._b);
+    }
+    /* the source for a copy of this body (clone(), or a Request init) */
+    _share() {
+        if (this.bodyUsed) throw new TypeError('Body has already been used: it cannot be cloned');
+        if (!streamHooks.isStream(this._b)) return this._b;
+        const [a, b] = streamHooks.tee(this._b);
+        this._b = a;
+        return b;
+    }
+    text() { return this._consume().then(bodyText); }
+    json() { return this.text().then(JSON.parse); }
+    arrayBuffer() { return this._consume().then(bodyBuffer); }
+    bytes() { return this.arrayBuffer().then((b) => new Uint8Array(b)); }
+}
 
 class Request {
     constructor(input, init) {
         init = init || {};
         this._t = null; /* token of the incoming request this one derives from */
         this._b = undefined; /* own body; undefined: the incoming body (if _t) */
+        this._ct = null;
+        this._used = false;
         if (input instanceof Request) {
             this._url = input.url;
             this._m = input.method;
             this._h = new Headers(input.headers);
             this._t = input._t;
-            this._b = input._b;
+            this._b = input._share();
         } else {
             this._url = new URL(String(input)).href;
             this._m = 'GET';
             this._h = null;
+        }
+        if (init instanceof Request) {
+            /* new Request(url, request): the request's method, headers and
+             * body (its `body` is not a plain init member) */
+            this._m = init.method;
+            this._h = new Headers(init.headers);
+            this._t = init._t;
+            this._b = init._share();
+            init = {};
         }
         if (init.method !== undefined) {
             const m = String(init.method);
@@ -470,11 +938,11 @@ class Request {
             if (this._m === 'GET' || this._m === 'HEAD') {
                 if (init.body !== null) throw new TypeError('a GET or HEAD request cannot have a body');
             }
-            this._b = toBody(init.body);
-            if (typeof this._b === 'string' && !this.headers.has('content-type'))
-                this._h.set('content-type', 'text/plain;charset=UTF-8');
+            const x = extractBody(init.body);
+            this._b = x[0];
+            this._ct = x[1];
+            if (this._ct !== null && !this.headers.has('content-type')) this._h.set('content-type', this._ct);
         }
-        this.bodyUsed = false;
     }
     static _incoming(tok) {
         const r = Object.create(Request.prototype);
@@ -483,7 +951,7 @@ class Request {
         r._m = undefined;
         r._h = null;
         r._b = undefined;
-        r.bodyUsed = false;
+        r._ct = null; /* _used starts undefined: one property less to add */
         return r;
     }
     get url() { return this._url === undefined ? (this._url = hx.url(this._t)) : this._url; }
@@ -494,16 +962,12 @@ class Request {
     }
     get redirect() { return 'manual'; }
     get signal() { return undefined; }
-    /* -> Promise<string | ArrayBuffer | null> */
-    _bytes() {
-        if (this._b !== undefined) return Promise.resolve(this._b);
-        if (this._t) return hx.body(this._t);
-        return Promise.resolve(null);
-    }
-    text() { this.bodyUsed = true; return this._bytes().then(bodyText); }
-    json() { return this.text().then(JSON.parse); }
-    arrayBuffer() { this.bodyUsed = true; return this._bytes().then(bodyBuffer); }
+    get cf() { return undefined; }
     clone() { return new Request(this); }
+    [INSPECT](d, o, insp) {
+        return wrap('Request', ['method: ' + quote(this.method), 'url: ' + quote(this.url),
+            'headers: ' + insp(this.headers), 'bodyUsed: ' + this.bodyUsed], '{', '}');
+    }
 }
 define('Request', Request);
 
@@ -519,36 +983,39 @@ class Response {
         this.statusText = init.statusText === undefined ? '' : String(init.statusText);
         this._hi = init.headers;
         this._h = null;
-        this._b = toBody(body);
+        if (typeof body === 'string') { /* the common case, without an array */
+            this._b = body;
+            this._ct = TEXT_PLAIN;
+        } else {
+            const x = extractBody(body);
+            this._b = x[0];
+            this._ct = x[1];
+        }
         if (this._b !== null && NULL_BODY_STATUS.includes(status))
             throw new TypeError('Response: a ' + status + ' response cannot have a body');
         this.url = '';
         this.redirected = false;
-        this.bodyUsed = false;
     }
     get type() { return 'default'; }
     get ok() { return this.status >= 200 && this.status < 300; }
     get headers() {
         if (this._h === null) {
             this._h = new Headers(this._hi);
-            if (typeof this._b === 'string' && !this._h.has('content-type'))
-                this._h.set('content-type', 'text/plain;charset=UTF-8');
+            if (this._ct !== null && !this._h.has('content-type')) this._h.set('content-type', this._ct);
         }
         return this._h;
     }
-    /* Streams are not supported: the body is the whole payload as a
-     * Uint8Array, enough for `new Response(resp.body, resp)`. */
-    get body() {
-        if (this._b === null) return null;
-        return new Uint8Array(typeof this._b === 'string' ? hx.encode(this._b) : this._b);
+    [INSPECT](d, o, insp) {
+        return wrap('Response', ['status: ' + this.status, 'statusText: ' + quote(this.statusText),
+            'headers: ' + insp(this.headers), 'ok: ' + this.ok, 'redirected: ' + this.redirected,
+            'url: ' + quote(this.url), 'bodyUsed: ' + this.bodyUsed], '{', '}');
     }
-    text() { this.bodyUsed = true; return Promise.resolve(bodyText(this._b)); }
-    json() { return this.text().then(JSON.parse); }
-    arrayBuffer() { this.bodyUsed = true; return Promise.resolve(bodyBuffer(this._b)); }
     clone() {
         const r = new Response(null, this);
-        r._b = this._b;
+        r._b = this._share();
+        r._ct = this._ct;
         r.url = this.url;
+        r.redirected = this.redirected;
         return r;
     }
     static json(data, init) {
@@ -574,8 +1041,16 @@ class Response {
 }
 define('Response', Response);
 
+/* Body's members on both (a mixin, as in the Fetch standard: no super()
+ * call on the hot path of `new Response(...)`) */
+for (const C of [Request, Response])
+    for (const k of Object.getOwnPropertyNames(Body.prototype))
+        if (k !== 'constructor')
+            Object.defineProperty(C.prototype, k, Object.getOwnPropertyDescriptor(Body.prototype, k));
+
 /* Headers of a Response as the native side wants them: [[name, value]...]
- * or null. */
+ * or null (then the body's own Content-Type, r._ct, is passed apart: no
+ * Headers object for `new Response('text')`). */
 function headerPairs(r) {
     if (r._h !== null) return r._h._l;
     if (r._hi === undefined || r._hi === null) return null;
@@ -592,19 +1067,27 @@ define('fetch', function fetch(input, init) {
         return Promise.reject(e);
     }
     const u = new URL(req.url);
-    const send = (body) => hx.fetch(req._t, u.hostname, req.method, u.pathname + u.search,
-        req._h === null && req._t === null ? null : req.headers._l, body === undefined ? null : body);
-    const p = req.method === 'GET' || req.method === 'HEAD' ? send(null) : req._bytes().then(send);
+    /* the response body arrives through a sink into a stream (streams.js) */
+    let id = 0;
+    const body = streamHooks.sinkStream('fetch ' + u.href + ': the response body', () => hx.fetchCancel(id));
+    const send = (b) => {
+        const [p, i] = hx.fetch(req._t, u.hostname, req.method, u.pathname + u.search,
+            req._h === null && req._t === null ? null : req.headers._l, b === undefined ? null : b,
+            u.host, body.sink);
+        id = i;
+        return p;
+    };
+    const p = req.method === 'GET' || req.method === 'HEAD' ? send(null) : req._sendable().then(send);
     return p.then(r => {
         const resp = Object.create(Response.prototype);
         resp.status = r[0];
         resp.statusText = r[1];
         resp._hi = undefined;
         resp._h = Headers._flat(r[2]);
-        resp._b = r[3];
+        resp._b = req.method === 'HEAD' || NULL_BODY_STATUS.includes(r[0]) ? null : body.stream;
+        resp._ct = null;
         resp.url = u.href;
         resp.redirected = false;
-        resp.bodyUsed = false;
         return resp;
     });
 });
@@ -652,7 +1135,13 @@ function finish(tok, r) {
         return;
     }
     try {
-        hx.respond(tok, r.status, headerPairs(r), r._b);
+        if (typeof r._b === 'object' && r._b !== null && !(r._b instanceof ArrayBuffer)) {
+            /* a stream: heliosd's host API takes a whole response, read it */
+            r._consume().then(b => hx.respond(tok, r.status, headerPairs(r), b, r._ct)).catch(e => hx.fail(tok, e));
+            return;
+        }
+        /* heliosd's default for a string body is text/plain: no string to pass */
+        hx.respond(tok, r.status, headerPairs(r), r._b, r._ct === TEXT_PLAIN ? null : r._ct);
     } catch (e) {
         hx.fail(tok, e);
     }
@@ -723,5 +1212,9 @@ function filterResponse(tok, env, status) {
     return r !== undefined && r !== null && typeof r.status === 'number' ? r.status : resp.status;
 }
 
-return { dispatch, filterRequest, filterResponse, errorText };
+/* what the other embedded files (crypto.js...) build on */
+const lib = { define, DOMException, INSPECT, quote, wrap, inspect, ctorName, extractors, bodyText, bodyBuffer,
+    streamHooks, Request, Response, Headers, formDecode, parseQuery };
+
+return { dispatch, filterRequest, filterResponse, errorText, Buffer, lib };
 })

@@ -71,7 +71,7 @@ static enum MHD_Result mx_http(void *cls, struct MHD_Connection *conn, const cha
 }
 
 /* libmicrohttpd's own messages, into the error log with our prefix. */
-static void mx_mhd_log(void *cls, const char *fmt, va_list ap)
+static __attribute__((format(printf, 2, 0))) void mx_mhd_log(void *cls, const char *fmt, va_list ap)
 {
     (void)cls;
     char msg[512];
@@ -101,10 +101,11 @@ int mx_start(void *cfg)
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG;
     if (c->addr.ss_family == AF_INET6)
         flags |= MHD_USE_IPv6;
-    c->daemon = MHD_start_daemon(flags, 0, NULL, NULL, mx_http, c, MHD_OPTION_SOCK_ADDR,
-                                 (struct sockaddr *)&c->addr, MHD_OPTION_CONNECTION_LIMIT,
-                                 (unsigned)64, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)30,
-                                 MHD_OPTION_EXTERNAL_LOGGER, mx_mhd_log, NULL, MHD_OPTION_END);
+    /* the logger first: libmicrohttpd warns when another option precedes it */
+    c->daemon = MHD_start_daemon(
+        flags, 0, NULL, NULL, mx_http, c, MHD_OPTION_EXTERNAL_LOGGER, mx_mhd_log, NULL,
+        MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&c->addr, MHD_OPTION_CONNECTION_LIMIT,
+        (unsigned)64, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)30, MHD_OPTION_END);
     if (c->daemon == NULL) {
         mx_api->log(HELIOS_LOG_ERROR, MX_NAME, "cannot listen on %s: %s", c->listen,
                     errno ? strerror(errno) : "libmicrohttpd refused to start");

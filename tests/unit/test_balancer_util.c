@@ -37,8 +37,8 @@ static hx_backend store[MAXB];
 typedef struct fixture {
     hx_backends bs;
     hx_backend *v[MAXB];
-    hx_req req; /* only its tried bitmap is read */
     uint8_t tried[MAXB];
+    hx_req req; /* only its tried bitmap is read; last: it ends in a flexible array */
 } fixture;
 
 /* N usable backends, nothing tried. */

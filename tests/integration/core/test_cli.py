@@ -4,6 +4,7 @@ bind, clean stops on SIGINT/SIGTERM, and commands modules register
 by test_config_errors.py.)"""
 
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -48,9 +49,14 @@ def test_version_prints_version_abi_and_libraries():
         assert lib in low, f"-V does not mention {lib}:\n{out}"
 
 
-def test_check_shipped_conf_d_is_valid():
-    conf = SOURCE_DIR / "conf.d"
-    assert conf.is_dir(), f"no shipped configuration at {conf}"
+def test_check_shipped_conf_d_is_valid(tmp_path):
+    src = SOURCE_DIR / "conf.d"
+    assert src.is_dir(), f"no shipped configuration at {src}"
+    # a copy with the admin secret demo.sh (or the package's postinst) makes
+    conf = tmp_path / "conf.d"
+    shutil.copytree(src, conf, ignore=shutil.ignore_patterns("admin.secret"))
+    (conf / "admin.secret").write_text("0123456789abcdef0123456789abcdef\n")
+    (conf / "admin.secret").chmod(0o600)
     p = run("-t", "-c", str(conf), "-m", str(MODULE_DIR))
     assert p.returncode == 0, (p.stdout + p.stderr).decode(errors="replace")
     assert b"AddressSanitizer" not in p.stderr

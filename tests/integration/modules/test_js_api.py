@@ -271,7 +271,7 @@ addEventListener('fetch', (event) => {
 """
     h = start_js(heliosd, tmp_path, src)
     assert h.get("/")[0] == 200
-    h.wait_stderr(r"\[info\].*console: marker-log \{\"n\":1\}")
+    h.wait_stderr(r"\[info\].*console: marker-log \{ n: 1 \}")
     h.wait_stderr(r"\[warn\].*console: marker-warn")
     h.wait_stderr(r"\[error\].*console: marker-error Error: explained")
 

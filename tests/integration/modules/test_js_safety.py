@@ -3,6 +3,7 @@ allocation, deep recursion and a thrown error each give 500 with a log line
 (the stack in the log, never in the response), while a well-behaved
 request on the same worker (`workers: 1`) is still answered promptly."""
 
+import re
 import threading
 import time
 
@@ -109,16 +110,24 @@ def test_thrown_error_gives_500_with_the_stack_only_in_the_log(heliosd, tmp_path
     assert h.get("/")[2] == b"fine"
 
 
-def test_a_broken_top_level_script_makes_the_worker_answer_503(heliosd, tmp_path):
+def test_a_broken_top_level_script_stops_the_start(heliosd, tmp_path):
+    """The top level runs once at configuration time (as `heliosd -t`
+    does): heliosd refuses to start instead of answering 503."""
     script = tmp_path / "top.js"
     script.write_text("throw new Error('top-level-boom');\n")
     port = free_port()
     route = {"name": "js", "match": {"prefix": "/"}, "handler": {"module": "js", "config": {"script": str(script)}}}
-    h = heliosd(make_config(port, [route], workers=1))
-    status, _, body = h.get("/")
-    assert status == 503
-    assert b"top-level-boom" not in body
-    h.wait_stderr(r"running the script failed on worker 0: Error: top-level-boom")
+    h = heliosd(make_config(port, [route], workers=1), start=False)
+    h.expected_rc = 1
+    h.start(wait=False)
+    assert h.wait_exit(30) == 1
+    assert re.search(r"top\.js: the script's top level failed: Error: top-level-boom", h.stderr())
+    assert "started" not in h.stderr()
+    # an endless top level is stopped by its startup budget, and reported
+    script.write_text("for (;;) {}\n")
+    h.start(wait=False)
+    assert h.wait_exit(30) == 1
+    assert "interrupted after its startup budget of 2000 ms" in h.stderr()
 
 
 def test_limits_are_validated(heliosd, tmp_path, check_config):

@@ -369,3 +369,43 @@ def test_valid_config_passes_check(tmp_path):
         ],
     )
     assert rc == 0, err
+
+
+# --------------------------------------------------------------------------
+# panic threshold
+
+
+def start_three_with_passive(heliosd, backends, **upstream):
+    bks = [backends(n) for n in ("a", "b", "c")]
+    port = free_port()
+    h = heliosd(make_config(
+        port, [proxy_route("app", "app")], {"app": upstream_conf(*bks, **upstream)},
+        modules=[global_module("health_passive", {"failures": 3, "window": "10s",
+                                                  "unhealthy_timeout": "30s", "statuses": [503]})]))
+    # One path answers 503 on every backend: passive health, which cannot
+    # tell a path from a backend, ejects all three.
+    for _ in range(30):
+        get_status(port, "/status/503")
+    for n in ("a", "b", "c"):
+        h.wait_stderr(rf"backend {n} \(127\.0\.0\.1:\d+\) is now unhealthy", timeout=5)
+    return h, port
+
+
+def test_without_a_panic_threshold_one_bad_path_takes_the_upstream_down(heliosd, backends):
+    h, port = start_three_with_passive(heliosd, backends)
+    assert get_status(port, "/") == 503
+
+
+def test_panic_threshold_keeps_serving_when_health_ejects_every_backend(heliosd, backends):
+    h, port = start_three_with_passive(heliosd, backends, panic_threshold=50)
+    statuses = [get_status(port, "/") for _ in range(12)]
+    assert statuses == [200] * 12, statuses
+    h.wait_stderr(r"upstream app: panic mode: 0 of 3 backends healthy, below panic_threshold 50%",
+                  timeout=5)
+
+
+def test_panic_threshold_is_a_located_config_error_out_of_range(check_config, backends):
+    cfg = make_config(free_port(), [proxy_route("app", "app")],
+                      {"app": upstream_conf(backends("a"), panic_threshold=150)})
+    rc, _, err = check_config(cfg)
+    assert rc == 1 and "panic_threshold" in err

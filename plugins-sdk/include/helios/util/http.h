@@ -1,6 +1,7 @@
 /*
  * helios/util/http.h - small HTTP syntax checks modules need when they
- * validate configuration (header names, cookie names, media types).
+ * validate configuration (header names, cookie names, media types), and
+ * hex digits (percent-encoding).
  *
  * Header-only and not part of the ABI: every function is static inline and
  * nothing crosses the module boundary.
@@ -27,6 +28,18 @@ static inline int helios_http_is_token(const char *s)
         if (!helios_http_is_tchar((unsigned char)*s))
             return 0;
     return 1;
+}
+
+/* Value of the hex digit C (as in %XX), or -1. */
+static inline int helios_http_hexval(int c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
 }
 
 /* Header-name equality: ASCII case-insensitive, independent of the locale. */
