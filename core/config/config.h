@@ -72,7 +72,6 @@ typedef struct hx_upstream {
     unsigned max_tunnels;     /* open tunnels per backend, 0 = unlimited */
     uint64_t request_buffering; /* bodies up to this are read whole first, 0 = stream */
     unsigned panic_threshold;   /* % of healthy backends below which health is ignored */
-    _Atomic uint64_t panics;    /* picks made in panic mode */
     /* retries (upstream.c) */
     unsigned retry_tries;      /* attempts in all, first included */
     unsigned retry_on;         /* HX_RETRY_* bits */

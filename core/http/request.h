@@ -47,7 +47,8 @@ typedef struct hx_req_ops {
      * or cancelled; the caller stops). */
     int (*write_body)(hx_req *r, const char *p, size_t n, int last);
     /* The response cannot be completed: reset the stream, or close the
-     * connection after what is queued. */
+     * connection after what is queued. NULL when fail is set (fail gets
+     * the abort, as a 502). */
     void (*abort)(hx_req *r);
     /* The request's framing cannot be trusted any more (its body will not
      * be read): HTTP/1.x closes the connection after this response. NULL

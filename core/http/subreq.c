@@ -396,8 +396,6 @@ static void sub_error(hx_req *r, int status, const char *why)
      * kick) is inside the kick's bracket; elsewhere too: freed at leave */
 }
 
-static void sub_abort(hx_req *r) { sub_error(r, 502, "response aborted"); }
-
 static void sub_nothing(hx_req *r) { (void)r; } /* the body is in memory */
 
 static size_t sub_pending(const hx_req *r)
@@ -411,7 +409,7 @@ static const hx_req_ops sub_ops = {
     .name = "subrequest",
     .write_head = sub_head,
     .write_body = sub_body,
-    .abort = sub_abort,
+    .abort = NULL, /* never called: fail reports an abort to the module */
     .no_reuse = NULL,
     .fail = sub_error,
     .body_wanted = sub_nothing,

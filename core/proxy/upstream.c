@@ -1260,7 +1260,7 @@ static int request_body_filtered(const hx_req *r)
  * checks are more likely wrong than the backends (one path answering 503
  * made passive health eject them all), and sending everything to the few
  * left would overload them: the balancer picks among all of them again,
- * healthy or not. Logged (the error log folds the repeats) and counted.
+ * healthy or not. Logged (the error log folds the repeats).
  */
 static int panic_mode(hx_upstream *up, const hx_backends *bs)
 {
@@ -1276,7 +1276,6 @@ static int panic_mode(hx_upstream *up, const hx_backends *bs)
     }
     if (eligible == 0 || healthy * 100 >= (size_t)up->panic_threshold * eligible)
         return 0;
-    atomic_fetch_add_explicit(&up->panics, 1, memory_order_relaxed);
     hx_warn("upstream %s: panic mode: %zu of %zu backends healthy, below panic_threshold "
             "%u%%: balancing over all of them",
             up->name, healthy, eligible, up->panic_threshold);
