@@ -365,9 +365,65 @@ static char *file_relative(build *b, const hx_conf_node *n)
     return absolute_dir(b, n->file, baselen, n->scalar);
 }
 
+/* One directory of a `module_path` list, made absolute and checked;
+ * appended to the ':'-separated search list in *LIST (b_calloc'd). */
+static void module_dir_add(build *b, const hx_conf_node *item, char **list)
+{
+    if (item->kind != HX_CONF_SCALAR || item->scalar_len == 0) {
+        hx_conf_error(item, "expected a directory (a non-empty string)");
+        return;
+    }
+    if (strchr(item->scalar, ':')) {
+        hx_conf_error(item, "a module directory in a list cannot contain ':'");
+        return;
+    }
+    char *dir = file_relative(b, item);
+    struct stat st;
+    if (dir == NULL)
+        return;
+    size_t dl = strlen(dir), ll = strlen(*list);
+    int dup = 0;
+    for (const char *p = *list; p && *p;) { /* a directory listed twice is searched once */
+        const char *e = strchr(p, ':');
+        size_t pl = e ? (size_t)(e - p) : strlen(p);
+        dup |= pl == dl && memcmp(p, dir, dl) == 0;
+        p = e ? e + 1 : NULL;
+    }
+    char *out = NULL;
+    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode))
+        hx_conf_error(item, "module directory '%s' does not exist or is not a directory", dir);
+    else if (!dup && (out = b_calloc(b, ll + 1 + dl + 1, 1)) != NULL) {
+        memcpy(out, *list, ll);
+        out[ll] = ':';
+        memcpy(out + ll + 1, dir, dl);
+        free(*list);
+        *list = out;
+    }
+    free(dir);
+}
+
+/*
+ * Where modules are looked up: gen->module_dir, one directory or several
+ * joined by ':' (module_loader.c searches them in order, first match
+ * wins). A `module_path` list keeps the built-in directory (or -m) first,
+ * so the modules heliosd ships cannot be shadowed, and adds its entries
+ * after it: third-party modules need no symlinks next to the shipped ones.
+ * A scalar `module_path` replaces the built-in directory, as it always has.
+ */
 static void parse_module_dir(build *b, const hx_conf_node *root, const char *override,
                              const char *def)
 {
+    const hx_conf_node *seq = hx_conf_get(root, "module_path");
+    if (seq && seq->kind == HX_CONF_SEQ) {
+        char *list = override && *override ? absolute_dir(b, NULL, 0, override)
+                                           : absolute_dir(b, NULL, 0, def ? def : ".");
+        if (seq->n == 0)
+            hx_conf_error(seq, "must not be empty: expected a directory or a list of them");
+        for (size_t i = 0; i < seq->n && list; i++)
+            module_dir_add(b, seq->items[i], &list);
+        b->gen->module_dir = list;
+        return;
+    }
     const hx_conf_node *n = opt_scalar(root, "module_path", "a directory");
     if (override && *override) {
         b->gen->module_dir = absolute_dir(b, NULL, 0, override);
@@ -635,7 +691,8 @@ static void parse_timeouts(build *b, const hx_conf_node *root)
 static void parse_limits(build *b, const hx_conf_node *root)
 {
     static const char *const keys[] = {"max_request_line", "max_header_size", "max_headers",
-                                       "max_body_buffer", "max_request_body", NULL};
+                                       "max_body_buffer", "max_request_body", "max_held_body",
+                                       NULL};
     const hx_conf_node *m = opt_map(root, "limits", keys);
     hx_limits *l = &b->gen->limits;
     long long v = 100;
@@ -647,6 +704,7 @@ static void parse_limits(build *b, const hx_conf_node *root)
     get_size(m, "max_body_buffer", 64 * KiB, 4 * KiB, 16 * MiB, "4k..16m", &l->max_body_buffer);
     get_size(m, "max_request_body", 1024 * MiB, 0, (uint64_t)1 << 50, "0 (no limit)..1p",
              &l->max_request_body);
+    get_size(m, "max_held_body", 1 * MiB, 1 * KiB, 1024 * MiB, "1k..1g", &l->max_held_body);
 }
 
 static void parse_logging(build *b, const hx_conf_node *root)

@@ -151,6 +151,7 @@ typedef struct hx_limits {
     unsigned max_headers;       /* 431 above */
     uint64_t max_body_buffer;   /* per-direction buffering before backpressure */
     uint64_t max_request_body;  /* 413 above; 0 = no limit */
+    uint64_t max_held_body;     /* cap of a filter's req_body_hold (413 above) */
 } hx_limits;
 
 enum { HX_LOG_FMT_TEXT = 0, HX_LOG_FMT_JSON = 1 };

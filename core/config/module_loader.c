@@ -160,15 +160,30 @@ hx_module *hx_module_load(hx_modreg *reg, const char *dir, const char *name, cha
         snprintf(err, errlen, "invalid module name '%s' (expected [a-z0-9_]+)", name);
         return NULL;
     }
+    /* DIR may list several directories joined by ':' (a `module_path`
+     * list, config.c): the first that has NAME.so wins */
     char path[PATH_MAX];
-    if (snprintf(path, sizeof(path), "%s/%s.so", dir, name) >= (int)sizeof(path)) {
-        snprintf(err, errlen, "module path too long: %s/%s.so", dir, name);
-        return NULL;
-    }
     struct stat st;
-    if (stat(path, &st) != 0) {
-        snprintf(err, errlen, "module '%s' not found: %s: %s (module directory: %s)", name, path,
-                 strerror(errno), dir);
+    int found = 0, err_no = ENOENT;
+    for (const char *p = dir; p && !found;) {
+        const char *e = strchr(p, ':');
+        int dl = (int)(e ? (size_t)(e - p) : strlen(p));
+        if (snprintf(path, sizeof(path), "%.*s/%s.so", dl, p, name) >= (int)sizeof(path)) {
+            snprintf(err, errlen, "module path too long: %.*s/%s.so", dl, p, name);
+            return NULL;
+        }
+        if (stat(path, &st) == 0)
+            found = 1;
+        else if (p == dir)
+            err_no = errno;
+        p = e ? e + 1 : NULL;
+    }
+    if (!found) {
+        const char *e = strchr(dir, ':');
+        int dl = (int)(e ? (size_t)(e - dir) : strlen(dir));
+        snprintf(err, errlen, "module '%s' not found: %.*s/%s.so: %s (module director%s: %s)",
+                 name, dl, dir, name, strerror(err_no), e ? "ies, searched in order" : "y",
+                 dir);
         return NULL;
     }
 

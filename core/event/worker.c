@@ -766,6 +766,8 @@ void hx_workers_stop(uint64_t timeout_ms)
         ev_timer_stop(w->loop, &w->stop_timer);
         ev_loop_destroy(w->loop);
         pthread_mutex_destroy(&w->qlock);
+        free(w->refs);
+        w->refs = NULL;
         self = NULL;
     }
     while (listen_set) {

@@ -101,6 +101,18 @@ struct hx_worker {
     ev_tstamp date_at;
     char date[40];
 
+    /* Request references (api->req_ref, http/request.c): slot I names a
+     * live request while refs[I].gen matches the reference; a request's end
+     * bumps gen and frees the slot, so a late reference misses without
+     * reading the request. Worker-local; freed when the worker ends. */
+    struct hx_refslot {
+        void *req;     /* the hx_req, NULL while free */
+        uint32_t gen;  /* bumped at every release */
+        uint32_t next; /* free list: next free slot + 1, 0 ends */
+    } *refs;
+    uint32_t nrefs, caprefs;  /* slots in use or freed; allocated */
+    uint32_t free_ref;        /* free list head + 1, 0 when empty */
+
     /* ABI object for this worker (helios_worker is this struct) */
 };
 

@@ -47,6 +47,8 @@ void hx_req_init(hx_req *r, const hx_req_ops *ops, hx_worker *w, hx_conn *c, siz
 
 void hx_req_fini(hx_req *r)
 {
+    if (r->ref_slot)
+        hx_req_ref_drop(r);
     if (ev_is_active(&r->deadline))
         ev_timer_stop(r->w->loop, &r->deadline);
     hx_req_body_end(r);
@@ -125,6 +127,8 @@ static const char *rc_name(int rc)
     }
 }
 
+static void start_handler_or_proxy(hx_req *r);
+
 /* ------------------------------------------------------------------ */
 /* request buffering                                                   */
 
@@ -170,9 +174,137 @@ static int buffer_body(hx_req *r, const char *p, size_t n, int last)
     return 0;
 }
 
+/* ------------------------------------------------------------------ */
+/* hold until verified (ABI 1.3, api->req_body_hold)                   */
+
+/*
+ * A filter that must see the whole body before anything else does (an
+ * HMAC check) asks from on_request_headers. The body is read into
+ * body_buf like a buffered one (buffering 4), bounded by the smallest of
+ * the filters' limits, limits.max_held_body and limits.max_request_body;
+ * then the body filters run once on all of it, LAST set, and only then
+ * the handler or the proxy starts, with the (possibly replaced) body in
+ * body_mem. Too large means 413 before anyone saw the request.
+ */
+int hx_req_body_hold(hx_req *r, uint64_t max)
+{
+    if (r->sub || r->phase != HX_PH_FILTERS || r->head_sent || r->buffering)
+        return -1;
+    uint64_t cap = r->gen->limits.max_held_body, mrb = r->gen->limits.max_request_body;
+    if (mrb && mrb < cap)
+        cap = mrb;
+    if (max && max < cap)
+        cap = max;
+    if (r->hold_max == 0 || cap < r->hold_max)
+        r->hold_max = cap;
+    return 0;
+}
+
+static const char hold_too_large[] = "request body larger than a filter's hold limit";
+
+/* Reading starts: a body announced too large is refused unread. */
+static void hold_start(hx_req *r)
+{
+    if (r->content_length >= 0 && (uint64_t)r->content_length > r->hold_max) {
+        hx_req_error(r, 413, hold_too_large);
+        return;
+    }
+    r->buffering = 4;
+    hx_req_body_wanted(r);
+}
+
+/* Bytes of a held body: 0 when it is complete and now all in *CHUNK (the
+ * filters see it once), 1 while more is to come or after a refusal. */
+static int hold_body(hx_req *r, helios_buf *chunk, int last)
+{
+    if (hx_buf_size(&r->body_buf) + chunk->len > r->hold_max) {
+        r->body_discard = 1;
+        r->buffering = 0;
+        hx_req_error(r, 413, hold_too_large);
+        return 1;
+    }
+    if (chunk->len && hx_buf_append(&r->body_buf, chunk->ptr, chunk->len) != 0) {
+        r->body_discard = 1;
+        r->buffering = 0;
+        hx_req_error(r, 500, "out of memory holding the request body");
+        return 1;
+    }
+    if (!last)
+        return 1;
+    r->buffering = 2; /* whole, like a buffered body that fit */
+    size_t n = hx_buf_size(&r->body_buf);
+    *chunk = (helios_buf){n ? hx_buf_head(&r->body_buf) : "", n};
+    return 0;
+}
+
+int64_t hx_req_body_length(const hx_req *r)
+{
+    return r->has_body ? r->content_length : 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* request references (ABI 1.3, api->req_ref)                          */
+
+/* ref = worker id + 1 (16 bits) | slot (16) | slot generation (32) */
+#define HX_REF_SLOTS 65535u
+
+uint64_t hx_req_ref(hx_req *r)
+{
+    hx_worker *w = r->w;
+    if (r->ref_slot == 0) {
+        uint32_t i;
+        if (w->free_ref) {
+            i = w->free_ref - 1;
+            w->free_ref = w->refs[i].next;
+        } else {
+            if (w->nrefs >= HX_REF_SLOTS)
+                return 0;
+            if (w->nrefs == w->caprefs) {
+                uint32_t cap = w->caprefs ? w->caprefs * 2 : 16;
+                struct hx_refslot *v = realloc(w->refs, cap * sizeof(*v));
+                if (v == NULL)
+                    return 0;
+                w->refs = v;
+                w->caprefs = cap;
+            }
+            i = w->nrefs++;
+            w->refs[i].gen = 0;
+        }
+        w->refs[i].req = r;
+        w->refs[i].next = 0;
+        r->ref_slot = i + 1;
+    }
+    uint32_t i = r->ref_slot - 1;
+    return ((uint64_t)(w->id + 1) << 48) | ((uint64_t)i << 32) | w->refs[i].gen;
+}
+
+hx_req *hx_req_from_ref(uint64_t ref)
+{
+    hx_worker *w = hx_worker_self();
+    if (w == NULL || ref == 0 || (ref >> 48) != (uint64_t)w->id + 1)
+        return NULL;
+    uint32_t i = (uint32_t)(ref >> 32) & 0xffffu;
+    if (i >= w->nrefs || w->refs[i].req == NULL || w->refs[i].gen != (uint32_t)ref)
+        return NULL;
+    hx_req *r = w->refs[i].req;
+    return r->log_done ? NULL : r;
+}
+
+void hx_req_ref_drop(hx_req *r)
+{
+    hx_worker *w = r->w;
+    uint32_t i = r->ref_slot - 1;
+    r->ref_slot = 0;
+    w->refs[i].req = NULL;
+    w->refs[i].gen++;
+    w->refs[i].next = w->free_ref;
+    w->free_ref = i + 1;
+}
+
 int hx_req_takes_body(const hx_req *r)
 {
-    if (r->body_discard || r->buffering == 1 || hx_req_body_wanted_by_handler(r))
+    if (r->body_discard || r->buffering == 1 || r->buffering == 4 ||
+        hx_req_body_wanted_by_handler(r))
         return 1;
     return r->phase == HX_PH_PROXY && hx_proxy->body_writable(r);
 }
@@ -201,6 +333,12 @@ int hx_req_body_in(hx_req *r, const char *at, size_t len, int last)
     if (r->body_discard || r->phase == HX_PH_DONE || r->phase == HX_PH_RESPONDING)
         return 0;
     helios_buf chunk = {at, len};
+    int held = 0;
+    if (r->buffering == 4) {
+        if (hold_body(r, &chunk, last) != 0)
+            return 0;
+        held = 1;
+    }
     if (r->route) {
         for (size_t i = 0; i < r->route->nfilters; i++) {
             const hx_instance *inst = r->route->filters[i];
@@ -224,6 +362,14 @@ int hx_req_body_in(hx_req *r, const char *at, size_t len, int last)
                 return -1;
             }
         }
+    }
+    if (held) {
+        /* verified: the (maybe replaced) body goes on whole */
+        r->body_mem = (helios_buf){chunk.ptr ? chunk.ptr : "", chunk.len};
+        r->content_length = (int64_t)chunk.len;
+        r->chunked = 0;
+        start_handler_or_proxy(r);
+        return 0;
     }
     if (r->buffering == 1 || r->buffering == 3)
         return buffer_body(r, chunk.ptr, chunk.len, last);
@@ -472,7 +618,6 @@ static void run_request_filters(hx_req *r)
 
 static void run_handler_or_proxy(hx_req *r)
 {
-    const hx_route *rt = r->route;
     if (!r->has_body) {
         /* module.h: every request ends its body with on_request_body(LAST),
          * a bodiless one included (Content-Length: 0, END_STREAM on
@@ -484,7 +629,16 @@ static void run_handler_or_proxy(hx_req *r)
         }
         if (r->head_sent || r->phase == HX_PH_DONE)
             return; /* a filter answered */
+    } else if (r->hold_max && !r->body_done) {
+        hold_start(r); /* the rest follows once the filters saw it all */
+        return;
     }
+    start_handler_or_proxy(r);
+}
+
+static void start_handler_or_proxy(hx_req *r)
+{
+    const hx_route *rt = r->route;
     if (rt->handler) {
         r->phase = HX_PH_HANDLER;
         const hx_instance *inst = rt->handler;

@@ -118,7 +118,8 @@ struct hx_req {
     int body_done;      /* whole request body read from the client */
     /* Request buffering (upstream request_buffering): 1 while the body is
      * read into body_buf before the proxy starts, 2 when it all fit, 3 when
-     * it did not and the proxy is starting (request.c, buffer_body). */
+     * it did not and the proxy is starting (request.c, buffer_body); 4
+     * while a filter's req_body_hold reads it (request.c, hold_body). */
     int buffering;
     hx_buf body_buf;
     /* A request body held whole in memory (a buffered body, a subrequest's):
@@ -173,6 +174,15 @@ struct hx_req {
     int ws_upgrade;              /* HTTP/1.1 GET with Upgrade: websocket, no body */
     struct hx_tunnel *tunnel;    /* after the backend's 101: both connections are its */
     hx_backend *tunnel_slot;     /* holds one of this backend's max_tunnels */
+
+    /* ABI 1.3 module contracts (request.c, upstream.c) */
+    uint64_t hold_max;   /* req_body_hold: held body cap (0: not held) */
+    uint32_t ref_slot;   /* req_ref: slot + 1 in the worker's table, 0 none */
+    int att_open;        /* an attempt is in flight and not yet reported */
+    size_t att_index;    /* its backend's index in the picked list */
+    ev_tstamp att_start, att_first; /* its pick, its first response byte */
+    void *att_slot;      /* the balancer's per-attempt slot (ctx->rstate) */
+    const void *att_bal; /* the balancer instance that picked (compared only) */
 
     hx_arena_block first[]; /* embedded first arena block */
 };
@@ -233,6 +243,13 @@ typedef struct hx_proxy_ops {
 } hx_proxy_ops;
 extern const hx_proxy_ops *hx_proxy;
 void hx_proxy_register(const hx_proxy_ops *ops);
+
+/* ---- ABI 1.3: held bodies and request references (request.c) ---- */
+int hx_req_body_hold(hx_req *r, uint64_t max);
+int64_t hx_req_body_length(const hx_req *r);
+uint64_t hx_req_ref(hx_req *r);
+hx_req *hx_req_from_ref(uint64_t ref); /* NULL once ended, or off its worker */
+void hx_req_ref_drop(hx_req *r);       /* the request ends: its refs die */
 
 /* Per-request module context */
 void hx_ctx_init(helios_ctx *c, hx_req *r, const hx_instance *inst);

@@ -51,6 +51,8 @@ static int cb_has(const helios_subreq_cb *cb, size_t end) { return cb && cb->siz
 static void sub_free(hx_sub *s)
 {
     hx_req *r = s->r;
+    if (r->ref_slot)
+        hx_req_ref_drop(r);
     if (ev_is_active(&s->kick))
         ev_timer_stop(r->w->loop, &s->kick);
     hx_proxy->detach(r);
@@ -427,8 +429,8 @@ static void body_kick_cb(struct ev_loop *loop, ev_timer *t, int revents)
     (void)revents;
     hx_req *r = t->data;
     hx_req_enter(r);
-    if (!r->has_body || r->body_done)
-        hx_req_body_deliver(r, NULL, 0, 1);
+    if (!r->has_body || r->body_done) /* a held body was read whole */
+        hx_req_body_deliver(r, r->body_mem.ptr, r->body_mem.len, 1);
     else
         hx_req_body_wanted(r);
     hx_req_leave(r);

@@ -159,8 +159,8 @@ static void stream_fail(hx_h2up_stream *st, int outcome, const char *why)
         return;
     hx_backend *b = st->b;
     hx_req_enter(r);
+    hx_proxy_report(r, b, outcome, 0); /* before the attempt ends (on_attempt_end) */
     stream_let_go(st);
-    hx_proxy_report(r, b, outcome, 0);
     hx_proxy_attempt_failed(r, b, outcome, why);
     hx_req_leave(r);
 }
@@ -355,8 +355,8 @@ static void stream_finish(hx_h2up_stream *st)
         return;
     hx_backend *b = st->b;
     hx_req_enter(r);
-    stream_let_go(st);
     hx_proxy_report(r, b, HELIOS_OUTCOME_OK, r->status);
+    stream_let_go(st);
     hx_resp_body(r, NULL, 0, 1);
     hx_req_leave(r);
 }
@@ -381,6 +381,8 @@ static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *f, void *user)
             return 0; /* an interim response */
         st->head_seen = 1;
         r->upstream_bytes_seen = 1;
+        if (r->att_open)
+            hx_proxy_first_byte(r);
         hx_req_enter(r);
         if (end) {
             /* a response that is all head (gRPC's trailers-only) */
@@ -903,6 +905,18 @@ void hx_h2up_start(hx_req *r, hx_backend *b)
     st->r = r;
     st->c = c;
     st->b = b;
+    if (r->body_mem.ptr && r->body_done) {
+        /* a body held whole (a filter's req_body_hold, a subrequest's)
+         * goes as the stream's data, on every attempt */
+        if (r->body_mem.len && hx_buf_append(&st->body, r->body_mem.ptr, r->body_mem.len) != 0) {
+            hx_buf_free(&st->body);
+            free(st);
+            hx_proxy_attempt_end(r, b);
+            hx_req_error(r, 500, "out of memory");
+            return;
+        }
+        st->body_last = 1;
+    }
     ev_init(&st->timer, stream_timer_cb);
     st->timer.data = st;
     r->h2up = st;

@@ -136,6 +136,50 @@ void hx_pool_drain_backend(hx_worker *w, hx_backend *b) { pool_drain(w, b); }
 
 /* ------------------------------------------------------------------ */
 
+/* ABI 1.3: the balancer that picked an attempt hears how it ended
+ * (module.h, "When the upstream hooks fire"). r->att_open is set only for
+ * balancers with on_attempt_end, so others pay one branch. */
+static int has_attempt_hook(const helios_balancer_hooks *bh)
+{
+    return bh->size >= offsetof(helios_balancer_hooks, on_attempt_end) +
+                           sizeof(bh->on_attempt_end) &&
+           bh->on_attempt_end != NULL;
+}
+
+static void attempt_ended(hx_req *r, hx_backend *b, int outcome, int status)
+{
+    r->att_open = 0;
+    const hx_upstream *up = r->route->upstream;
+    const hx_instance *bal = r->wg->bal[up->index];
+    if ((const void *)bal != r->att_bal)
+        return; /* switched (ctl_balancer_set) since the pick: not its attempt */
+    ev_tstamp now = ev_time();
+    helios_attempt a = {
+        .size = sizeof(a),
+        .backend = (helios_backend *)b,
+        .index = r->att_index,
+        .outcome = outcome,
+        .status = status,
+        .first_byte_us = r->att_first > 0 ? (int64_t)((r->att_first - r->att_start) * 1e6) : -1,
+        .last_byte_us = (int64_t)((now - r->att_start) * 1e6),
+        .attempt = r->attempts,
+    };
+    helios_ctx ctx = {.size = sizeof(ctx),
+                      .cfg = bal->cfg,
+                      .wstate = r->wg->bal_ws[up->index],
+                      .rstate = &r->att_slot,
+                      .req = (helios_request *)r,
+                      .worker = (helios_worker *)r->w};
+    bal->mod->balancer->on_attempt_end(&ctx, &a);
+}
+
+/* The first response byte of an attempt (for helios_attempt). */
+void hx_proxy_first_byte(hx_req *r)
+{
+    if (r->att_first == 0)
+        r->att_first = ev_time();
+}
+
 void hx_proxy_report(hx_req *r, hx_backend *b, int outcome, int status)
 {
     if (outcome != HELIOS_OUTCOME_OK)
@@ -148,6 +192,8 @@ void hx_proxy_report(hx_req *r, hx_backend *b, int outcome, int status)
             inst->mod->health->on_upstream_result(&ctx, (helios_backend *)b, outcome, status);
         }
     }
+    if (r->att_open)
+        attempt_ended(r, b, outcome, status);
 }
 
 /* Set around one pick when the upstream is in panic mode (see panic_mode):
@@ -197,6 +243,8 @@ static void release_trial(hx_req *r, hx_backend *b)
  * trial slot go back. */
 void hx_proxy_attempt_end(hx_req *r, hx_backend *b)
 {
+    if (r->att_open)
+        attempt_ended(r, b, HELIOS_OUTCOME_CANCELLED, r->status);
     release_trial(r, b);
     r->up_end = ev_now(r->w->loop);
     atomic_fetch_sub_explicit(&b->inflight, 1, memory_order_relaxed);
@@ -207,6 +255,8 @@ static void detach_req(hx_upconn *u)
     hx_req *r = u->req;
     if (r == NULL)
         return;
+    if (r->att_open)
+        attempt_ended(r, u->b, HELIOS_OUTCOME_CANCELLED, r->status);
     release_trial(r, u->b);
     r->up = NULL;
     r->up_end = ev_now(u->w->loop);
@@ -716,6 +766,8 @@ static void up_read_cb(struct ev_loop *loop, ev_io *io, int revents)
     if (n > 0) {
         u->last_io = ev_now(loop);
         r->upstream_bytes_seen = 1;
+        if (r->att_open)
+            hx_proxy_first_byte(r);
         u->in_parse = 1;
         llhttp_errno_t e = llhttp_execute(&u->parser, buf, (size_t)n);
         u->in_parse = 0;
@@ -766,6 +818,7 @@ static void up_read_cb(struct ev_loop *loop, ev_io *io, int revents)
                                                               : HPE_INTERNAL;
         if ((fe == HPE_OK || fe == HPE_PAUSED) && u->resp_complete) {
             /* close-delimited body ended */
+            hx_proxy_report(r, u->b, HELIOS_OUTCOME_OK, r->status);
             detach_req(u);
             up_close(u);
         } else {
@@ -1072,6 +1125,7 @@ static void up_fail(hx_upconn *u, int outcome, const char *why)
     int reused = u->reused;
     hx_backend *b = u->b;
     int seen = r->upstream_bytes_seen;
+    int hooked = r->att_open;
     hx_proxy_report(r, b, outcome, 0);
     up_close(u);
     if (r->head_sent) {
@@ -1087,6 +1141,11 @@ static void up_fail(hx_upconn *u, int outcome, const char *why)
         r->backend = b;
         atomic_fetch_add_explicit(&b->inflight, 1, memory_order_relaxed);
         if (take_trial(r, b)) {
+            if (hooked) { /* the replay is a try of the same pick */
+                r->att_open = 1;
+                r->att_start = ev_time();
+                r->att_first = 0;
+            }
             try_backend(r);
             return;
         }
@@ -1322,6 +1381,10 @@ void hx_proxy_start(hx_req *r)
                       .rstate = NULL,
                       .req = (helios_request *)r,
                       .worker = (helios_worker *)r->w};
+    if (bal->mod->desc->abi_minor >= 3) {
+        r->att_slot = NULL; /* ABI 1.3: a fresh per-attempt slot */
+        ctx.rstate = &r->att_slot;
+    }
     /* The pick contract (module.h): an untried usable backend, or -1. An
      * index out of range ends the search; a tried or unusable one (usability
      * can change between pick and here) is replaced by the first untried
@@ -1372,6 +1435,13 @@ void hx_proxy_start(hx_req *r)
     if (r->attempts++ > 0)
         atomic_fetch_add_explicit(&b->retries, 1, memory_order_relaxed);
     r->backend = b;
+    if (has_attempt_hook(bal->mod->balancer)) {
+        r->att_open = 1;
+        r->att_bal = bal;
+        r->att_index = (size_t)idx;
+        r->att_start = ev_time();
+        r->att_first = 0;
+    }
     atomic_fetch_add_explicit(&b->inflight, 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&b->requests, 1, memory_order_relaxed);
     if (up->protocol == HX_PROTO_H2 && !r->ws_upgrade) {

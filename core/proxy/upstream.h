@@ -44,6 +44,9 @@ void hx_up_tunnel_io(hx_upconn *u, int *fd, SSL **ssl, ev_io **rio, ev_io **wio,
 /* For the HTTP/2 upstream side (h2up.c). */
 void hx_proxy_report(hx_req *r, hx_backend *b, int outcome, int status);
 void hx_proxy_attempt_end(hx_req *r, hx_backend *b);
+/* The attempt's first response byte arrived (ABI 1.3 attempt timing);
+ * call only while r->att_open. */
+void hx_proxy_first_byte(hx_req *r);
 void hx_proxy_attempt_failed(hx_req *r, hx_backend *b, int outcome, const char *why);
 struct hx_h2up_conn **hx_pool_h2(hx_worker *w, hx_backend *b);
 int hx_proxy_forwarded(hx_req *r, const char **xff, const char **xfp, const char **xfh,

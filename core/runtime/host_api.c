@@ -733,6 +733,33 @@ static void *api_export_get(const char *name)
     return p;
 }
 
+/* ---- ABI 1.3: body facts, hold, request references ---- */
+
+static int64_t api_req_body_length(helios_request *r) { return hx_req_body_length(REQ(r)); }
+
+static int api_req_has_body(helios_request *r) { return hx_req_body_length(REQ(r)) != 0; }
+
+static int api_req_body_hold(helios_request *r, uint64_t max)
+{
+    return r ? hx_req_body_hold(REQ(r), max) : -1;
+}
+
+static helios_req_ref api_req_ref(helios_request *r) { return r ? hx_req_ref(REQ(r)) : 0; }
+
+static helios_request *api_req_from_ref(helios_req_ref ref)
+{
+    return (helios_request *)hx_req_from_ref(ref);
+}
+
+static int api_resume_ref(helios_req_ref ref, int status)
+{
+    hx_req *r = hx_req_from_ref(ref);
+    if (r == NULL || !r->paused)
+        return -1;
+    hx_req_resume(r, status);
+    return 0;
+}
+
 const helios_host_api hx_host_api = {
     .size = sizeof(helios_host_api),
     .abi_major = HELIOS_ABI_MAJOR,
@@ -835,4 +862,10 @@ const helios_host_api hx_host_api = {
     .subreq_header_at = hx_subreq_header_at,
     .subreq_cancel = hx_subreq_cancel,
     .req_tls = api_req_tls,
+    .req_body_length = api_req_body_length,
+    .req_has_body = api_req_has_body,
+    .req_body_hold = api_req_body_hold,
+    .req_ref = api_req_ref,
+    .req_from_ref = api_req_from_ref,
+    .resume_ref = api_resume_ref,
 };

@@ -47,6 +47,10 @@
  *                        subreq_cancel (1.1)
  *   TLS ................ req_tls (1.1)
  *
+ * Appended in 1.3 (module contracts):
+ *   request body ....... req_body_length req_has_body req_body_hold
+ *   late callbacks ..... req_ref req_from_ref resume_ref
+ *
  * Each entry's comment ends with [THREAD, since VERSION]. Threads:
  *   worker  the worker that owns the request, timer or W in question;
  *   config  inside config_new (the main thread, or the thread calling
@@ -593,6 +597,60 @@ struct helios_host_api {
      * TLS and returns 0; returns -1 for a plain-text connection, a
      * subrequest, or a NULL or too small OUT. [worker, since 1.1] */
     int (*req_tls)(helios_request *r, helios_tls_info *out);
+
+    /* ==== appended in ABI 1.3 (module contracts) ==== */
+
+    /* ---- request body facts ----
+     * Every request, bodiless ones included, ends its body with exactly
+     * one on_request_body(LAST) (module.h); these tell a filter in
+     * on_request_headers what is coming. */
+
+    /* The body's length: Content-Length (HTTP/1.1), the content-length
+     * field (HTTP/2, also visible with req_header), a subrequest's body
+     * length, or after req_body_hold the held body's length; 0 for a
+     * request without a body (Content-Length: 0, END_STREAM on HEADERS,
+     * no framing at all); -1 when unknown (chunked, HTTP/2 without
+     * content-length). [worker, since 1.3] */
+    int64_t (*req_body_length)(helios_request *r);
+    /* 1 when body bytes may follow (a length above 0, or unknown), 0 when
+     * the request has none. [worker, since 1.3] */
+    int (*req_has_body)(helios_request *r);
+    /* Hold until verified: from on_request_headers only, asks the core to
+     * read the whole request body into memory before anything goes
+     * upstream or to the handler. The body filters then get it in one
+     * on_request_body call, LAST set, and may CONTINUE, refuse it
+     * (respond, RESPONDED: the backend is never contacted) or replace it
+     * (*CHUNK, any length: the upstream gets the new Content-Length; a
+     * handler's req_body_read gets the replacement). The held size is at
+     * most MAX bytes (0: the configured bound) and never more than
+     * limits.max_held_body and limits.max_request_body; a body announced
+     * or found larger gets 413 without the backend or handler ever seeing
+     * the request. Several filters may hold: the smallest MAX wins. A
+     * request without a body is not held (its LAST call comes as usual).
+     * Returns 0, or -1 outside on_request_headers or for a subrequest.
+     * [worker, since 1.3] */
+    int (*req_body_hold)(helios_request *r, uint64_t max);
+
+    /* ---- late callbacks: request references ----
+     * resume(r) and anything else on a helios_request must not be called
+     * after the request ended (its memory may serve the next one). A
+     * timer, post or thread that may outlive the request keeps a
+     * reference instead and turns it back into the request when it fires:
+     * a request that ended is then a no-op that reads no request memory. */
+
+    /* A reference to R, valid (on R's worker) until R ends; the same
+     * value on every call for one request. 0 when out of memory.
+     * [worker, since 1.3] */
+    helios_req_ref (*req_ref)(helios_request *r);
+    /* The request REF names, or NULL once it has ended (from the start of
+     * its on_log / on_done on), for 0, or when called off the request's
+     * worker. [worker, since 1.3] */
+    helios_request *(*req_from_ref)(helios_req_ref ref);
+    /* resume() for the request REF names: returns 0 after resuming it, or
+     * -1, changing nothing, when it has ended, is not paused, or this is
+     * not its worker (post there first). Never touches an ended request's
+     * memory. [worker, since 1.3] */
+    int (*resume_ref)(helios_req_ref ref, int status);
 };
 
 enum {

@@ -103,6 +103,24 @@ typedef struct helios_balancer_hooks {
      * to notice a change in per-worker state. May be NULL. Non-zero refuses
      * the change. */
     int (*backends_changed)(void *cfg, const helios_backends *backends);
+
+    /* ==== appended in ABI 1.3 (module contracts) ==== */
+
+    /* One attempt this balancer picked the backend for has ended, on the
+     * request's worker: exactly once per try, right after the global
+     * health modules' on_upstream_result for it (same outcome and
+     * status), or with HELIOS_OUTCOME_CANCELLED when the attempt ended
+     * without a result (see "When the upstream hooks fire" below). A may
+     * be read during the call only. C->rstate is the per-attempt slot pick
+     * saw. The request may already be past on_log (CANCELLED): read it
+     * only. May be NULL. Read only when size covers it.
+     *
+     * Per-attempt slot: for a module built for ABI 1.3 or later, pick's
+     * C->rstate points to a slot (NULL at every pick) that the same
+     * attempt's on_attempt_end sees again; keep a small value or arena
+     * memory (api->req_alloc) there. Modules built for 1.0..1.2 still get
+     * a NULL rstate in pick. */
+    void (*on_attempt_end)(helios_ctx *c, const helios_attempt *a);
 } helios_balancer_hooks;
 
 /* Service kind: owns something on the main thread (e.g. an admin server). */
@@ -132,6 +150,41 @@ enum {
     HELIOS_OUTCOME_TIMEOUT = 3,
     HELIOS_OUTCOME_BAD_RESPONSE = 4,
 };
+
+/* ==== appended in ABI 1.3 (module contracts) ==== */
+
+/* Outcome given to on_attempt_end only (never to on_upstream_result): the
+ * attempt ended without a result of its own: the request ended first
+ * (client gone, request timeout, a filter answered), or the backend's 101
+ * turned it into a WebSocket tunnel (status 101). */
+enum { HELIOS_OUTCOME_CANCELLED = 5 };
+
+/*
+ * When the upstream hooks fire (the contract since 1.0, spelled out in 1.3).
+ * One attempt = one try of one request on one backend:
+ *   pick               before the attempt (again for the same attempt when
+ *                      the core could not admit the pick).
+ *   on_upstream_result (health, every global health instance) once per
+ *                      attempt that reached a result: OK when the response
+ *                      is complete (after its last byte, not at its head)
+ *                      and the connection goes back to the pool, STATUS the
+ *                      response status; a 502/503/504 head the core retries
+ *                      is reported OK with that status when it drops it; a
+ *                      failure (CONNECT_FAILED, RESET, TIMEOUT,
+ *                      BAD_RESPONSE) when it happens, STATUS 0. A stale
+ *                      pooled connection replayed on the same backend is
+ *                      reported (RESET or CONNECT_FAILED) and its replay is
+ *                      reported again: two results, one pick. An attempt
+ *                      that the request abandons (client gone, timeout of
+ *                      the whole request, a filter answering) or that
+ *                      becomes a tunnel is not reported.
+ *   on_attempt_end     (the balancer that picked, 1.3) right after every
+ *                      on_upstream_result of its attempts, and with
+ *                      CANCELLED for an attempt that ended unreported.
+ * Then the response (or the next attempt's pick) goes on; filters' on_log
+ * and a handler's on_done come after the last attempt's result (a
+ * CANCELLED on_attempt_end may come after them).
+ */
 
 /*
  * A command-line command a module adds to heliosd (since ABI 1.2):

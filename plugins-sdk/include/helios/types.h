@@ -16,7 +16,7 @@
 #include <stdint.h>
 
 #define HELIOS_ABI_MAJOR 1
-#define HELIOS_ABI_MINOR 2
+#define HELIOS_ABI_MINOR 3
 
 /* "HLOS": first field of every module descriptor. */
 #define HELIOS_MODULE_MAGIC 0x484c4f53u
@@ -228,5 +228,34 @@ typedef struct helios_ctx {
     helios_request *req;    /* the request */
     helios_worker *worker;  /* the request's worker */
 } helios_ctx;
+
+/* ==== appended in ABI 1.3 (module contracts) ==== */
+
+/*
+ * A request reference (api->req_ref): a number, not a pointer, that names
+ * one request for as long as it lives and nothing after. Safe to keep in a
+ * timer, a post or another thread's state: api->req_from_ref and
+ * api->resume_ref turn it back into the request, or tell that it ended,
+ * without reading the request's memory (which the connection's next
+ * request may already use). 0 is never a valid reference.
+ */
+typedef uint64_t helios_req_ref;
+
+/*
+ * One upstream attempt as it ended (helios_balancer_hooks.on_attempt_end).
+ * Valid during the call only; fields may be appended (check size).
+ */
+typedef struct helios_attempt {
+    uint32_t size;             /* sizeof(helios_attempt) as the core built it */
+    helios_backend *backend;   /* the backend the attempt went to */
+    size_t index;              /* its index in the list pick was given */
+    int outcome;               /* HELIOS_OUTCOME_* (module.h), CANCELLED included */
+    int status;                /* response status seen, or 0 */
+    int64_t first_byte_us;     /* from the pick to the first response byte,
+                                * -1 when none arrived */
+    int64_t last_byte_us;      /* from the pick to the end of the attempt
+                                * (the last response byte, or the failure) */
+    unsigned attempt;          /* 1 = the request's first try */
+} helios_attempt;
 
 #endif
