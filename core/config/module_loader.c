@@ -243,7 +243,8 @@ hx_module *hx_module_load(hx_modreg *reg, const char *dir, const char *name, cha
         /* on_done was appended in 1.1 */
         {DESC_HAS(d, handler) ? d->handler : NULL, offsetof(helios_handler_hooks, on_done),
          "handler"},
-        {DESC_HAS(d, balancer) ? d->balancer : NULL, sizeof(helios_balancer_hooks), "balancer"},
+        {DESC_HAS(d, balancer) ? d->balancer : NULL, offsetof(helios_balancer_hooks, on_attempt_end),
+         "balancer"},
         {DESC_HAS(d, service) ? d->service : NULL, sizeof(helios_service_hooks), "service"},
         {DESC_HAS(d, health) ? d->health : NULL, sizeof(helios_health_hooks), "health"},
     };

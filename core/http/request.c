@@ -771,7 +771,10 @@ void hx_req_resume(hx_req *r, int status)
         return; /* late or duplicate resume: a no-op by contract */
     r->paused = 0;
     hx_req_enter(r);
-    if (status == HELIOS_CONTINUE) {
+    if (r->phase == HX_PH_DONE) {
+        /* answered meanwhile (by the module itself, or the request
+         * timeout while paused): nothing left to resume */
+    } else if (status == HELIOS_CONTINUE) {
         if (r->phase == HX_PH_FILTERS)
             run_request_filters(r);
         else

@@ -754,7 +754,7 @@ static helios_request *api_req_from_ref(helios_req_ref ref)
 static int api_resume_ref(helios_req_ref ref, int status)
 {
     hx_req *r = hx_req_from_ref(ref);
-    if (r == NULL || !r->paused)
+    if (r == NULL || !r->paused || r->phase == HX_PH_DONE)
         return -1;
     hx_req_resume(r, status);
     return 0;
