@@ -1,5 +1,5 @@
 """ABI 1.3 module contracts, driven by the test module tests/modules/contracts.c
-(filter and balancer) and abi12.c (a balancer built for ABI 1.2):
+(filter and balancer):
 
 - req_body_length / req_has_body on HTTP/1.1, HTTP/2 and subrequests;
 - hold until verified: the filter sees the body whole, may replace it, a
@@ -31,7 +31,7 @@ from helpers.clients import RawConn, request_bytes
 
 
 def need_modules():
-    for m in ("contracts", "abi12", "subreq"):
+    for m in ("contracts", "subreq"):
         if not (TEST_MODULE_DIR / f"{m}.so").exists():
             pytest.fail(f"test module {m} not built in {TEST_MODULE_DIR}")
 
@@ -111,14 +111,6 @@ def test_attempt_hook_reports_failures_and_cancellations(heliosd, backends):
     h.wait_stderr(r"contracts: attempt 1: backend=a outcome=1 status=0 first_byte_us=-1 "
                   r"last_byte_us=\d+ slot=ok", since=mark)
     assert "BUG" not in h.stderr()
-
-
-def test_abi_1_2_balancer_gets_no_slot_and_no_attempt_hook(heliosd, backend):
-    h = start(heliosd, backend, balancer="abi12", routes=[proxy_route("app", "app")])
-    for _ in range(3):
-        assert h.get("/")[0] == 200
-    assert re.search(r"loaded module abi12 0\.0\.0 \(ABI 1\.2\)", h.stderr()), h.stderr()
-    assert "BUG" not in h.stderr(), h.stderr()
 
 
 def backend_requests(b):

@@ -16,6 +16,7 @@ import pytest
 from conftest import (
     HELIOSD,
     SOURCE_DIR,
+    MODULE_DIR,
     TEST_MODULE_DIR,
     free_port,
     is_sanitizer_build,
@@ -277,3 +278,54 @@ def test_abi_1_0_module_loads_and_serves_in_a_newer_core(heliosd):
         r"loaded module abi10 0\.0\.0 \(ABI 1\.0\) from " + re.escape(module_path("abi10")),
         h.stderr(),
     ), h.stderr()
+
+
+def test_abi_1_2_balancer_loads_and_keeps_its_contract(heliosd, backend):
+    """abi12 claims ABI 1.2 with the balancer table of that version (no
+    on_attempt_end): it loads through a `module_path` list, balances, its
+    pick gets no per-attempt slot and the hook past its table is never
+    called (either would log "BUG")."""
+    if not (TEST_MODULE_DIR / "abi12.so").exists():
+        pytest.fail(f"test modules not built in {TEST_MODULE_DIR}")
+    assert MINOR >= 3, "abi12 probes fields appended in ABI 1.3"
+    port = free_port()
+    cfg = make_config(port, [{"name": "app", "match": {"prefix": "/"}, "upstream": "app"}],
+                      {"app": {"balancer": "abi12",
+                               "backends": [{"name": "a", "address": backend.address}]}},
+                      module_path=[str(TEST_MODULE_DIR)])
+    h = heliosd(cfg)
+    for _ in range(3):
+        assert h.get("/")[0] == 200
+    assert re.search(r"loaded module abi12 0\.0\.0 \(ABI 1\.2\) from " +
+                     re.escape(module_path("abi12")), h.stderr()), h.stderr()
+    assert "BUG" not in h.stderr(), h.stderr()
+
+
+def test_module_path_list_is_searched_after_the_built_in_directory(tmp_path):
+    """A `module_path` list adds directories after the built-in one (here
+    -m), relative to the file; every entry is checked; a scalar keeps
+    meaning "this directory instead"."""
+    (tmp_path / "mods").mkdir()
+    base = ("listeners: [{address: '127.0.0.1:1'}]\n"
+            "routes:\n  - {match: {prefix: /}, handler: abi10}\n")
+    # the test modules come from the list, round_robin and friends from -m
+    p, _ = check_config(tmp_path / "ok", f"module_path: [{TEST_MODULE_DIR}, ../mods]\n" + base,
+                        module_dir=MODULE_DIR)
+    assert p.returncode == 0, p.stderr
+    # not found anywhere: the message names every directory searched
+    p, cfg = check_config(tmp_path / "nf", "module_path: [../mods]\n" + base,
+                          module_dir=MODULE_DIR)
+    assert p.returncode == 1
+    assert "module 'abi10' not found" in p.stderr and "searched in order" in p.stderr, p.stderr
+    assert f"{MODULE_DIR}:{tmp_path}/nf/../mods)" in p.stderr, p.stderr
+    bad = {
+        "module_path: [../nope]\n": ("1:15", "module directory", "does not exist"),
+        "module_path: [a:b]\n": ("1:15", "cannot contain ':'", ""),
+        "module_path: []\n": ("1:14", "must not be empty", ""),
+        "module_path: [{x: 1}]\n": ("1:15", "expected a directory", ""),
+    }
+    for i, (head, (at, what, more)) in enumerate(bad.items()):
+        p, cfg = check_config(tmp_path / f"bad{i}", head + base, module_dir=MODULE_DIR)
+        assert p.returncode == 1, head
+        assert f"{cfg}:{at}: module_path" in p.stderr and what in p.stderr and more in p.stderr, \
+            (head, p.stderr)
