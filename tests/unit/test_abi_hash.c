@@ -35,6 +35,11 @@ static const struct {
     /* 1.2: module commands; every host API entry documented (thread,
      * ownership, lifetime, since); the balancer pick contract */
     {1, 2, 0xebbe2388338574f1u},
+    /* 1.3 (module contracts): req_body_length, req_has_body,
+     * req_body_hold, request references; on_attempt_end with
+     * helios_attempt and the per-attempt slot; when the upstream hooks
+     * fire */
+    {1, 3, 0x06056442fb8c55afu},
 };
 #define ABI_HISTORY_LEN (sizeof(abi_history) / sizeof(abi_history[0]))
 
