@@ -690,9 +690,9 @@ static void parse_timeouts(build *b, const hx_conf_node *root)
 
 static void parse_limits(build *b, const hx_conf_node *root)
 {
-    static const char *const keys[] = {"max_request_line", "max_header_size", "max_headers",
-                                       "max_body_buffer", "max_request_body", "max_held_body",
-                                       NULL};
+    static const char *const keys[] = {
+        "max_request_line", "max_header_size", "max_headers", "max_body_buffer",
+        "max_request_body", "max_held_body",   NULL};
     const hx_conf_node *m = opt_map(root, "limits", keys);
     hx_limits *l = &b->gen->limits;
     long long v = 100;

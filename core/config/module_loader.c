@@ -181,9 +181,8 @@ hx_module *hx_module_load(hx_modreg *reg, const char *dir, const char *name, cha
     if (!found) {
         const char *e = strchr(dir, ':');
         int dl = (int)(e ? (size_t)(e - dir) : strlen(dir));
-        snprintf(err, errlen, "module '%s' not found: %.*s/%s.so: %s (module director%s: %s)",
-                 name, dl, dir, name, strerror(err_no), e ? "ies, searched in order" : "y",
-                 dir);
+        snprintf(err, errlen, "module '%s' not found: %.*s/%s.so: %s (module director%s: %s)", name,
+                 dl, dir, name, strerror(err_no), e ? "ies, searched in order" : "y", dir);
         return NULL;
     }
 
@@ -243,8 +242,8 @@ hx_module *hx_module_load(hx_modreg *reg, const char *dir, const char *name, cha
         /* on_done was appended in 1.1 */
         {DESC_HAS(d, handler) ? d->handler : NULL, offsetof(helios_handler_hooks, on_done),
          "handler"},
-        {DESC_HAS(d, balancer) ? d->balancer : NULL, offsetof(helios_balancer_hooks, on_attempt_end),
-         "balancer"},
+        {DESC_HAS(d, balancer) ? d->balancer : NULL,
+         offsetof(helios_balancer_hooks, on_attempt_end), "balancer"},
         {DESC_HAS(d, service) ? d->service : NULL, sizeof(helios_service_hooks), "service"},
         {DESC_HAS(d, health) ? d->health : NULL, sizeof(helios_health_hooks), "health"},
     };

@@ -110,8 +110,8 @@ struct hx_worker {
         uint32_t gen;  /* bumped at every release */
         uint32_t next; /* free list: next free slot + 1, 0 ends */
     } *refs;
-    uint32_t nrefs, caprefs;  /* slots in use or freed; allocated */
-    uint32_t free_ref;        /* free list head + 1, 0 when empty */
+    uint32_t nrefs, caprefs; /* slots in use or freed; allocated */
+    uint32_t free_ref;       /* free list head + 1, 0 when empty */
 
     /* ABI object for this worker (helios_worker is this struct) */
 };

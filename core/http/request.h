@@ -176,13 +176,13 @@ struct hx_req {
     hx_backend *tunnel_slot;     /* holds one of this backend's max_tunnels */
 
     /* ABI 1.3 module contracts (request.c, upstream.c) */
-    uint64_t hold_max;   /* req_body_hold: held body cap (0: not held) */
-    uint32_t ref_slot;   /* req_ref: slot + 1 in the worker's table, 0 none */
-    int att_open;        /* an attempt is in flight and not yet reported */
-    size_t att_index;    /* its backend's index in the picked list */
+    uint64_t hold_max;              /* req_body_hold: held body cap (0: not held) */
+    uint32_t ref_slot;              /* req_ref: slot + 1 in the worker's table, 0 none */
+    int att_open;                   /* an attempt is in flight and not yet reported */
+    size_t att_index;               /* its backend's index in the picked list */
     ev_tstamp att_start, att_first; /* its pick, its first response byte */
-    void *att_slot;      /* the balancer's per-attempt slot (ctx->rstate) */
-    const void *att_bal; /* the balancer instance that picked (compared only) */
+    void *att_slot;                 /* the balancer's per-attempt slot (ctx->rstate) */
+    const void *att_bal;            /* the balancer instance that picked (compared only) */
 
     hx_arena_block first[]; /* embedded first arena block */
 };

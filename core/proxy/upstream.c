@@ -141,8 +141,8 @@ void hx_pool_drain_backend(hx_worker *w, hx_backend *b) { pool_drain(w, b); }
  * balancers with on_attempt_end, so others pay one branch. */
 static int has_attempt_hook(const helios_balancer_hooks *bh)
 {
-    return bh->size >= offsetof(helios_balancer_hooks, on_attempt_end) +
-                           sizeof(bh->on_attempt_end) &&
+    return bh->size >=
+               offsetof(helios_balancer_hooks, on_attempt_end) + sizeof(bh->on_attempt_end) &&
            bh->on_attempt_end != NULL;
 }
 

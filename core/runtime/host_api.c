@@ -735,16 +735,25 @@ static void *api_export_get(const char *name)
 
 /* ---- ABI 1.3: body facts, hold, request references ---- */
 
-static int64_t api_req_body_length(helios_request *r) { return hx_req_body_length(REQ(r)); }
+static int64_t api_req_body_length(helios_request *r)
+{
+    return hx_req_body_length(REQ(r));
+}
 
-static int api_req_has_body(helios_request *r) { return hx_req_body_length(REQ(r)) != 0; }
+static int api_req_has_body(helios_request *r)
+{
+    return hx_req_body_length(REQ(r)) != 0;
+}
 
 static int api_req_body_hold(helios_request *r, uint64_t max)
 {
     return r ? hx_req_body_hold(REQ(r), max) : -1;
 }
 
-static helios_req_ref api_req_ref(helios_request *r) { return r ? hx_req_ref(REQ(r)) : 0; }
+static helios_req_ref api_req_ref(helios_request *r)
+{
+    return r ? hx_req_ref(REQ(r)) : 0;
+}
 
 static helios_request *api_req_from_ref(helios_req_ref ref)
 {

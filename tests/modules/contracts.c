@@ -85,8 +85,7 @@ static int late_arm(helios_ctx *c, int own, uint64_t ms)
     l->ref = api->req_ref(c->req);
     l->w = c->worker;
     l->own = own;
-    if (l->ref == 0 || l->ref != api->req_ref(c->req) ||
-        api->req_from_ref(l->ref) != c->req) {
+    if (l->ref == 0 || l->ref != api->req_ref(c->req) || api->req_from_ref(l->ref) != c->req) {
         LOGW("BUG: req_ref is not stable");
         free(l);
         return HELIOS_ERROR;

@@ -146,7 +146,7 @@ static int hv_request_headers(helios_ctx *c)
         return HELIOS_ERROR;
     if (hv_unhex(api->req_header(c->req, cfg->header), want) != 0)
         return hv_refuse(c->req); /* absent or malformed: no need to read on */
-    *c->rstate = want; /* arena memory: nothing to free in on_log */
+    *c->rstate = want;            /* arena memory: nothing to free in on_log */
     /* hold: the backend gets nothing before on_request_body said yes */
     if (api->req_body_hold(c->req, cfg->max_body) != 0)
         return HELIOS_ERROR;

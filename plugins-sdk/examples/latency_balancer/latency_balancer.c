@@ -59,7 +59,10 @@ static int lb_config_new(const helios_conf *conf, void **cfg)
     return 0;
 }
 
-static void lb_config_free(void *cfg) { free(cfg); }
+static void lb_config_free(void *cfg)
+{
+    free(cfg);
+}
 
 /* ---- per-worker state ---- */
 
@@ -153,12 +156,9 @@ static const helios_balancer_hooks lb_hooks = {
 };
 
 static const helios_module lb_module = {
-    HELIOS_MODULE_HEADER(LB_NAME, "1.0.0"),
-    .config_new = lb_config_new,
-    .config_free = lb_config_free,
-    .worker_init = lb_worker_init,
-    .worker_fini = lb_worker_fini,
-    .balancer = &lb_hooks,
+    HELIOS_MODULE_HEADER(LB_NAME, "1.0.0"), .config_new = lb_config_new,
+    .config_free = lb_config_free,          .worker_init = lb_worker_init,
+    .worker_fini = lb_worker_fini,          .balancer = &lb_hooks,
 };
 
 HELIOS_MODULE_ENTRY(const helios_host_api *host)
