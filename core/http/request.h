@@ -180,6 +180,7 @@ struct hx_req {
     uint32_t ref_slot;              /* req_ref: slot + 1 in the worker's table, 0 none */
     int att_open;                   /* an attempt is in flight and not yet reported */
     size_t att_index;               /* its backend's index in the picked list */
+    size_t att_up;                  /* its upstream's index in the generation */
     ev_tstamp att_start, att_first; /* its pick, its first response byte */
     void *att_slot;                 /* the balancer's per-attempt slot (ctx->rstate) */
     const void *att_bal;            /* the balancer instance that picked (compared only) */

@@ -149,8 +149,9 @@ static int has_attempt_hook(const helios_balancer_hooks *bh)
 static void attempt_ended(hx_req *r, hx_backend *b, int outcome, int status)
 {
     r->att_open = 0;
-    const hx_upstream *up = r->route->upstream;
-    const hx_instance *bal = r->wg->bal[up->index];
+    /* not r->route: a failed response filter clears it before detaching */
+    size_t ui = r->att_up;
+    const hx_instance *bal = r->wg->bal[ui];
     if ((const void *)bal != r->att_bal)
         return; /* switched (ctl_balancer_set) since the pick: not its attempt */
     ev_tstamp now = ev_time();
@@ -166,7 +167,7 @@ static void attempt_ended(hx_req *r, hx_backend *b, int outcome, int status)
     };
     helios_ctx ctx = {.size = sizeof(ctx),
                       .cfg = bal->cfg,
-                      .wstate = r->wg->bal_ws[up->index],
+                      .wstate = r->wg->bal_ws[ui],
                       .rstate = &r->att_slot,
                       .req = (helios_request *)r,
                       .worker = (helios_worker *)r->w};
@@ -1438,6 +1439,7 @@ void hx_proxy_start(hx_req *r)
     if (has_attempt_hook(bal->mod->balancer)) {
         r->att_open = 1;
         r->att_bal = bal;
+        r->att_up = up->index;
         r->att_index = (size_t)idx;
         r->att_start = ev_time();
         r->att_first = 0;

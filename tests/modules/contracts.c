@@ -14,6 +14,7 @@
  *   /late/wait   PAUSEs; 400 ms later resumes itself through its reference
  *                ("own resume ok", or "ended request refused" when the
  *                client left first)
+ *   ?failresp=1  on_response_headers fails (an attempt let go unreported)
  *   ?hold=1      req_body_hold(max=?max, default 0); on the held body,
  *                &replace=1 replaces it with "replaced:<old length>"
  * Balancer: the first usable untried backend; logs the body facts it
@@ -148,10 +149,19 @@ static int ct_request_body(helios_ctx *c, helios_buf *chunk, int last)
     return HELIOS_CONTINUE;
 }
 
+/* ?failresp=1: the response filter fails while the upstream attempt is
+ * still open (its body not read): the core replaces the response and lets
+ * the attempt go, which the balancer hears as CANCELLED */
+static int ct_response_headers(helios_ctx *c)
+{
+    return query_u64(c->req, "failresp") ? HELIOS_ERROR : HELIOS_CONTINUE;
+}
+
 static const helios_filter_hooks ct_filter = {
     .size = sizeof(helios_filter_hooks),
     .on_request_headers = ct_request_headers,
     .on_request_body = ct_request_body,
+    .on_response_headers = ct_response_headers,
 };
 
 /* ---- balancer ---- */

@@ -105,6 +105,13 @@ def test_attempt_hook_reports_failures_and_cancellations(heliosd, backends):
     # the request ended with its attempt in flight: CANCELLED (5)
     h.wait_stderr(r"contracts: attempt 1: backend=a outcome=5 status=0 first_byte_us=-1 "
                   r"last_byte_us=\d+ slot=ok", since=mark)
+    # a response filter fails while the attempt is open: let go, CANCELLED
+    h2 = start(heliosd, a, balancer="contracts")
+    mark2 = h2.err_mark()
+    assert h2.get("/bytes/100000?failresp=1")[0] == 500
+    h2.wait_stderr(r"contracts: attempt 1: backend=a outcome=5 status=200 first_byte_us=\d+ "
+                   r"last_byte_us=\d+ slot=ok", since=mark2)
+    assert "BUG" not in h2.stderr()
     a.stop()
     mark = h.err_mark()
     assert h.get("/")[0] == 502
