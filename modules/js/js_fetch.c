@@ -205,6 +205,15 @@ static void js_fetch_timeout(void *arg)
     js_fetch_fail(f, msg);
 }
 
+static js_fetch *js_fetch_by_id(js_worker *ws, int id)
+{
+    for (js_rq *rq = ws->rqs; rq; rq = rq->next)
+        for (js_fetch *f = rq->fetches; f; f = f->next)
+            if (f->id == id)
+                return f;
+    return NULL;
+}
+
 /* hx.fetchCancel(id): the body stream was cancelled; nothing more is
  * called back */
 JSValue nat_fetch_cancel(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv)
@@ -215,12 +224,25 @@ JSValue nat_fetch_cancel(JSContext *ctx, JSValueConst this_val, int argc, JSValu
     int id;
     if (JS_ToInt32(ctx, &id, argv[0]))
         return JS_EXCEPTION;
-    for (js_rq *rq = ws->rqs; rq; rq = rq->next)
-        for (js_fetch *f = rq->fetches; f; f = f->next)
-            if (f->id == id) {
-                js_fetch_free(ws, f, 1);
-                return JS_UNDEFINED;
-            }
+    js_fetch *f = js_fetch_by_id(ws, id);
+    if (f)
+        js_fetch_free(ws, f, 1);
+    return JS_UNDEFINED;
+}
+
+/* hx.fetchPause(id, pause): the body stream is full (or has room again):
+ * stop (or resume) reading the upstream's response */
+JSValue nat_fetch_pause(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv)
+{
+    (void)this_val;
+    (void)argc;
+    js_worker *ws = js_ws(ctx);
+    int id;
+    if (JS_ToInt32(ctx, &id, argv[0]))
+        return JS_EXCEPTION;
+    js_fetch *f = js_fetch_by_id(ws, id);
+    if (f && f->s)
+        js_api->subreq_pause(f->s, JS_ToBool(ctx, argv[1]));
     return JS_UNDEFINED;
 }
 

@@ -128,6 +128,7 @@ struct js_rq {
     int body_state;
     JSValue body_p, body_res[2]; /* hx.body(): the whole body, once */
     JSValue body_sink;           /* hx.bodyStream(): each chunk as it comes */
+    JSValue resp_drain;          /* hx.respondWait(): run when the client drained */
     char *body;
     size_t body_len, body_cap;
     js_timer *timers;
@@ -202,6 +203,7 @@ void js_fetch_flush(js_worker *ws);
 void js_fetch_orphaned(js_worker *ws, js_rq *rq);
 JSValue nat_fetch(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv);
 JSValue nat_fetch_cancel(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv);
+JSValue nat_fetch_pause(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv);
 
 /* ---- js_compile.c ---- */
 

@@ -174,7 +174,9 @@ void js_rq_drop_body(js_rq *rq)
     JS_FreeValueRT(rt, rq->body_res[0]);
     JS_FreeValueRT(rt, rq->body_res[1]);
     JS_FreeValueRT(rt, rq->body_sink);
+    JS_FreeValueRT(rt, rq->resp_drain);
     rq->body_p = rq->body_res[0] = rq->body_res[1] = rq->body_sink = JS_UNDEFINED;
+    rq->resp_drain = JS_UNDEFINED;
     free(rq->body);
     rq->body = NULL;
     rq->body_len = rq->body_cap = 0;
@@ -229,6 +231,7 @@ js_rq *js_rq_new(js_worker *ws, helios_request *r)
     rq->r = r;
     rq->refs = 1; /* the request */
     rq->body_p = rq->body_res[0] = rq->body_res[1] = rq->body_sink = JS_UNDEFINED;
+    rq->resp_drain = JS_UNDEFINED;
     js_copy_lower(rq->host, sizeof(rq->host), js_api->req_host(r));
     const char *up = js_api->req_upstream(r);
     if (up && strlen(up) < sizeof(rq->upstream))

@@ -210,6 +210,28 @@ static int js_resp_header(void *arg, const char *n, const char *v)
     return js_api->resp_header_add(h->r, n, v) == 0 ? 0 : -1;
 }
 
+/* The status ST (200..599) and header PAIRS of RQ's response; the
+ * Content-Type among them goes to H->ctype (malloc'd). 0, or -1 with an
+ * exception. */
+static int js_resp_head(JSContext *ctx, js_rq *rq, JSValueConst st, JSValueConst pairs,
+                        int *status, js_resp_hdrs *h)
+{
+    h->r = rq->r;
+    h->ctype = NULL;
+    if (JS_ToInt32(ctx, status, st))
+        return -1;
+    if (*status < 200 || *status > 599) {
+        JS_ThrowRangeError(ctx, "response status %d is not from 200 to 599", *status);
+        return -1;
+    }
+    if (js_pairs(ctx, pairs, js_resp_header, h) != 0) {
+        free(h->ctype);
+        h->ctype = NULL;
+        return -1;
+    }
+    return 0;
+}
+
 /* hx.respond(tok, status, pairs, body, implied content type|null) -> true if sent */
 static JSValue nat_respond(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv)
 {
@@ -219,15 +241,9 @@ static JSValue nat_respond(JSContext *ctx, JSValueConst this_val, int argc, JSVa
     if (rq == NULL || rq->r == NULL || rq->responded)
         return JS_FALSE;
     int status;
-    if (JS_ToInt32(ctx, &status, argv[1]))
+    js_resp_hdrs h;
+    if (js_resp_head(ctx, rq, argv[1], argv[2], &status, &h) != 0)
         return JS_EXCEPTION;
-    if (status < 200 || status > 599)
-        return JS_ThrowRangeError(ctx, "response status %d is not from 200 to 599", status);
-    js_resp_hdrs h = {rq->r, NULL};
-    if (js_pairs(ctx, argv[2], js_resp_header, &h) != 0) {
-        free(h.ctype);
-        return JS_EXCEPTION;
-    }
     const char *hold;
     const uint8_t *p;
     size_t len;
@@ -251,6 +267,108 @@ static JSValue nat_respond(JSContext *ctx, JSValueConst this_val, int argc, JSVa
         return JS_ThrowTypeError(ctx, "the response could not be sent (invalid Content-Type?)");
     js_rq_settle(rq, HELIOS_RESPONDED);
     return JS_TRUE;
+}
+
+/* ---- streamed responses (host API 1.3) ---- */
+
+/* The client took the queued response: the pump waiting in
+ * hx.respondWait goes on. */
+static void js_resp_drained(void *arg)
+{
+    js_rq *rq = arg;
+    js_worker *ws = rq->ws;
+    JSValue fn = rq->resp_drain;
+    rq->resp_drain = JS_UNDEFINED;
+    if (JS_IsUndefined(fn))
+        return;
+    js_call(ws, rq, fn, 0, NULL, "in a streamed response");
+    JS_FreeValue(ws->ctx, fn);
+}
+
+/* hx.respondBegin(tok, status, pairs, implied content type|null) -> true
+ * once the head is sent; the body follows with hx.respondBody */
+static JSValue nat_respond_begin(JSContext *ctx, JSValueConst this_val, int argc,
+                                 JSValueConst *argv)
+{
+    (void)this_val;
+    (void)argc;
+    js_rq *rq = js_tok_rq(argv[0]);
+    if (rq == NULL || rq->r == NULL || rq->responded)
+        return JS_FALSE;
+    int status;
+    js_resp_hdrs h;
+    if (js_resp_head(ctx, rq, argv[1], argv[2], &status, &h) != 0)
+        return JS_EXCEPTION;
+    const char *implied = h.ctype == NULL && JS_IsString(argv[3]) ? JS_ToCString(ctx, argv[3]) : NULL;
+    int rc = js_api->respond_begin(rq->r, status, h.ctype ? h.ctype : implied, js_resp_drained, rq);
+    JS_FreeCString(ctx, implied);
+    free(h.ctype);
+    if (rc != 0)
+        return JS_ThrowTypeError(ctx, "the response could not be sent (invalid Content-Type?)");
+    js_rq_settle(rq, HELIOS_RESPONDED);
+    return JS_TRUE;
+}
+
+/* hx.respondBody(tok, chunk|null, last) -> 0 send more, 1 wait for
+ * hx.respondWait, -1 the response takes no more (client gone, HEAD...) */
+static JSValue nat_respond_body(JSContext *ctx, JSValueConst this_val, int argc,
+                                JSValueConst *argv)
+{
+    (void)this_val;
+    (void)argc;
+    js_rq *rq = js_tok_rq(argv[0]);
+    if (rq == NULL || rq->r == NULL)
+        return JS_NewInt32(ctx, -1);
+    const char *hold;
+    const uint8_t *p;
+    size_t len;
+    if (js_bytes(ctx, argv[1], &hold, &p, &len) != 0)
+        return JS_EXCEPTION;
+    int rc = js_api->respond_body(rq->r, p, len, JS_ToBool(ctx, argv[2]));
+    JS_FreeCString(ctx, hold);
+    return JS_NewInt32(ctx, rc);
+}
+
+/* hx.respondWait(tok, fn): FN runs once the client drained (never if the
+ * request ends first) */
+static JSValue nat_respond_wait(JSContext *ctx, JSValueConst this_val, int argc,
+                                JSValueConst *argv)
+{
+    (void)this_val;
+    (void)argc;
+    js_rq *rq = js_tok_rq(argv[0]);
+    if (rq == NULL || rq->r == NULL)
+        return JS_UNDEFINED;
+    JS_FreeValue(ctx, rq->resp_drain);
+    rq->resp_drain = JS_DupValue(ctx, argv[1]);
+    return JS_UNDEFINED;
+}
+
+/* hx.respondAbort(tok, message): the streamed body failed: cut it off */
+static JSValue nat_respond_abort(JSContext *ctx, JSValueConst this_val, int argc,
+                                 JSValueConst *argv)
+{
+    (void)this_val;
+    (void)argc;
+    js_rq *rq = js_tok_rq(argv[0]);
+    if (rq == NULL || rq->r == NULL)
+        return JS_UNDEFINED;
+    const char *msg = JS_ToCString(ctx, argv[1]);
+    js_api->respond_abort(rq->r, msg);
+    JS_FreeCString(ctx, msg);
+    return JS_UNDEFINED;
+}
+
+/* hx.bodyPause(tok, pause): the request body stream is full (or has room
+ * again): stop (or resume) reading the client */
+static JSValue nat_body_pause(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv)
+{
+    (void)this_val;
+    (void)argc;
+    js_rq *rq = js_tok_rq(argv[0]);
+    if (rq != NULL && rq->r != NULL && rq->body_state == JS_BODY_READING)
+        js_api->req_body_pause(rq->r, JS_ToBool(ctx, argv[1]));
+    return JS_UNDEFINED;
 }
 
 /* hx.fail(tok, error): logs ERROR with its stack, answers 500. */
@@ -806,6 +924,12 @@ static const JSCFunctionListEntry js_natives[] = {
     JS_CFUNC_DEF("body", 1, nat_body),
     JS_CFUNC_DEF("bodyStream", 2, nat_body_stream),
     JS_CFUNC_DEF("fetchCancel", 1, nat_fetch_cancel),
+    JS_CFUNC_DEF("fetchPause", 2, nat_fetch_pause),
+    JS_CFUNC_DEF("respondBegin", 4, nat_respond_begin),
+    JS_CFUNC_DEF("respondBody", 3, nat_respond_body),
+    JS_CFUNC_DEF("respondWait", 2, nat_respond_wait),
+    JS_CFUNC_DEF("respondAbort", 2, nat_respond_abort),
+    JS_CFUNC_DEF("bodyPause", 2, nat_body_pause),
     JS_CFUNC_DEF("fetch", 8, nat_fetch),
     JS_CFUNC_DEF("setTimeout", 3, nat_set_timeout),
     JS_CFUNC_DEF("clearTimeout", 1, nat_clear_timeout),

@@ -16,7 +16,7 @@
 #include <stdint.h>
 
 #define HELIOS_ABI_MAJOR 1
-#define HELIOS_ABI_MINOR 2
+#define HELIOS_ABI_MINOR 3
 
 /* "HLOS": first field of every module descriptor. */
 #define HELIOS_MODULE_MAGIC 0x484c4f53u
