@@ -120,6 +120,7 @@ struct js_rq {
     unsigned responded : 1; /* answered (or passed on, for a filter) */
     unsigned filter : 1;
     unsigned lingering : 1;
+    unsigned streaming : 1; /* the response head is out, its body streams */
     int hook_rc;        /* filter: CONTINUE or RESPONDED once settled */
     unsigned waits;     /* pending ctx.waitUntil promises */
     uint64_t cpu_us;    /* JS time spent for this request */

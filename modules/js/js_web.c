@@ -285,8 +285,9 @@ static void js_resp_drained(void *arg)
     JS_FreeValue(ws->ctx, fn);
 }
 
-/* hx.respondBegin(tok, status, pairs, implied content type|null) -> true
- * once the head is sent; the body follows with hx.respondBody */
+/* hx.respondBegin(tok, status, pairs, implied content type|null, length
+ * or -1) -> true once the head is sent; the body follows with
+ * hx.respondBody (a LENGTH >= 0 is sent as Content-Length) */
 static JSValue nat_respond_begin(JSContext *ctx, JSValueConst this_val, int argc,
                                  JSValueConst *argv)
 {
@@ -299,12 +300,23 @@ static JSValue nat_respond_begin(JSContext *ctx, JSValueConst this_val, int argc
     js_resp_hdrs h;
     if (js_resp_head(ctx, rq, argv[1], argv[2], &status, &h) != 0)
         return JS_EXCEPTION;
+    int64_t length = -1;
+    if (argc > 4 && JS_ToInt64(ctx, &length, argv[4]) != 0) {
+        free(h.ctype);
+        return JS_EXCEPTION;
+    }
+    if (length >= 0) {
+        char cl[24];
+        snprintf(cl, sizeof(cl), "%lld", (long long)length);
+        js_api->resp_header_set(rq->r, "content-length", cl);
+    }
     const char *implied = h.ctype == NULL && JS_IsString(argv[3]) ? JS_ToCString(ctx, argv[3]) : NULL;
     int rc = js_api->respond_begin(rq->r, status, h.ctype ? h.ctype : implied, js_resp_drained, rq);
     JS_FreeCString(ctx, implied);
     free(h.ctype);
     if (rc != 0)
         return JS_ThrowTypeError(ctx, "the response could not be sent (invalid Content-Type?)");
+    rq->streaming = 1;
     js_rq_settle(rq, HELIOS_RESPONDED);
     return JS_TRUE;
 }
@@ -925,7 +937,7 @@ static const JSCFunctionListEntry js_natives[] = {
     JS_CFUNC_DEF("bodyStream", 2, nat_body_stream),
     JS_CFUNC_DEF("fetchCancel", 1, nat_fetch_cancel),
     JS_CFUNC_DEF("fetchPause", 2, nat_fetch_pause),
-    JS_CFUNC_DEF("respondBegin", 4, nat_respond_begin),
+    JS_CFUNC_DEF("respondBegin", 5, nat_respond_begin),
     JS_CFUNC_DEF("respondBody", 3, nat_respond_body),
     JS_CFUNC_DEF("respondWait", 2, nat_respond_wait),
     JS_CFUNC_DEF("respondAbort", 2, nat_respond_abort),

@@ -1086,6 +1086,8 @@ define('fetch', function fetch(input, init) {
         resp._hi = undefined;
         resp._h = Headers._flat(r[2]);
         resp._b = req.method === 'HEAD' || NULL_BODY_STATUS.includes(r[0]) ? null : body.stream;
+        const cl = resp._h.get('content-length');
+        if (resp._b !== null && cl !== null && /^[0-9]{1,15}$/.test(cl)) body.stream._length = Number(cl);
         resp._ct = null;
         resp.url = u.href;
         resp.redirected = false;

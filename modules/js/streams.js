@@ -676,6 +676,7 @@ class FixedLengthStream extends TransformStream {
             },
         });
         this._length = n;
+        this.readable._length = n; /* sent as the response's Content-Length */
     }
 }
 define('FixedLengthStream', FixedLengthStream);
@@ -759,7 +760,7 @@ const SINK_HWM = 128 * 1024;
  * already read still arrives, about one read), PAUSE(false) when its reader
  * wants more. Whatever the reader does, more than max_body queued (or 4
  * MiB, when larger) errors the stream. */
-function sinkStream(what, cancel, pause) {
+function sinkStream(what, cancel, pause, length) {
     let ctrl, dead = false, paused = false;
     const cap = Math.max(hx.maxBody, 4 * 1048576);
     const stream = new ReadableStream({
@@ -773,6 +774,7 @@ function sinkStream(what, cancel, pause) {
         },
         cancel() { dead = true; cancel(); },
     }, { highWaterMark: SINK_HWM });
+    if (length !== undefined) stream._length = length;
     const sink = (chunk, done, msg) => {
         if (dead) return;
         if (msg !== undefined) {
@@ -871,7 +873,10 @@ async function respond(tok, status, pairs, ct, stream) {
         hx.respond(tok, status, pairs, null, ct);
         return;
     }
-    if (!hx.respondBegin(tok, status, pairs, ct)) {
+    /* a known length (a fetch() body passed on untouched, a
+     * FixedLengthStream) is sent as Content-Length; heliosd checks it */
+    const length = stream._length === undefined ? -1 : stream._length;
+    if (!hx.respondBegin(tok, status, pairs, ct, length)) {
         reader.cancel().catch(() => {});
         return;
     }

@@ -35,6 +35,9 @@ static const struct {
     /* 1.2: module commands; every host API entry documented (thread,
      * ownership, lifetime, since); the balancer pick contract */
     {1, 2, 0xebbe2388338574f1u},
+    /* 1.3: streamed bodies (respond_begin, respond_body, respond_abort,
+     * req_body_pause, subreq_pause) */
+    {1, 3, 0x32dbd7bdbf802bddu},
 };
 #define ABI_HISTORY_LEN (sizeof(abi_history) / sizeof(abi_history[0]))
 

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from conftest import is_sanitizer_build, pattern_bytes, rss_kb, upstream_conf
+from conftest import RawConn, curl, is_sanitizer_build, pattern_bytes, rss_kb, upstream_conf
 from test_js_api import get_json, start_js
 
 
@@ -268,7 +268,9 @@ export default {
 };
 """
     h = start_js(heliosd, tmp_path, src, max_body="1MiB")
-    assert h.get("/fixed")[:3:2] == (200, b"hello world")
+    status, headers, body = h.get("/fixed")
+    # a FixedLengthStream's length is the streamed response's Content-Length
+    assert (status, headers.get("content-length"), body) == (200, "11", b"hello world")
     assert h.get("/identity")[:3:2] == (200, b"hi")
     assert h.get("/fixed-wrong")[0] == 500
     h.wait_stderr(r"FixedLengthStream: more than 3 bytes were written")
@@ -294,6 +296,94 @@ export default {
     assert got.startswith(b"HTTP/1.1 200 ") and b"transfer-encoding: chunked" in got.lower()
     assert len(got) > 300000 and not got.endswith(b"0\r\n\r\n")
     h.wait_stderr(r"response aborted: the response body stream failed: RangeError: the source broke")
+
+
+def test_a_slow_client_pushes_back_on_a_streamed_response(heliosd, tmp_path):
+    src = """
+let produced = 0;
+export default {
+  fetch(request) {
+    if (new URL(request.url).pathname === '/produced') return Response.json({ produced });
+    let n = 0;
+    // 256 MB if nothing held it back
+    return new Response(new ReadableStream({ pull(c) {
+      if (++n > 4096) { c.close(); return; }
+      produced += 65536;
+      c.enqueue(new Uint8Array(65536).fill(n & 255));
+    } }));
+  },
+};
+"""
+    h = start_js(heliosd, tmp_path, src, cpu_limit="10s")
+    with RawConn(h.port, timeout=30, rcvbuf=65536) as c:
+        c.send(b"GET /gen HTTP/1.1\r\nHost: x\r\n\r\n")
+        c.read_until(b"\r\n\r\n")
+        time.sleep(0.5)
+        first = get_json(h, "/produced")["produced"]
+        time.sleep(0.3)
+        second = get_json(h, "/produced")["produced"]
+        # held at the watermark: the kernel's socket buffers, heliosd's
+        # queue (max_body_buffer) and the stream's own queue, not 256 MB
+        assert first == second and first < 24 * 1024 * 1024
+        c.read_exact(4 * 1024 * 1024)
+        assert get_json(h, "/produced")["produced"] > second
+    # the client went away mid-body: the stream is cancelled, heliosd goes on
+    time.sleep(0.2)
+    stopped = get_json(h, "/produced")["produced"]
+    time.sleep(0.3)
+    assert get_json(h, "/produced")["produced"] == stopped < 256 * 1024 * 1024
+
+
+def test_streamed_bodies_over_http2(heliosd, tmp_path):
+    src = """
+export default {
+  fetch(request) {
+    if (request.method === 'POST')
+      return new Response(request.body.pipeThrough(new TransformStream()), { headers: { 'x-echo': '1' } });
+    let n = 0;
+    return new Response(new ReadableStream({ pull(c) {
+      if (++n > 64) c.close(); else c.enqueue(new Uint8Array(65536).fill(n));
+    } }));
+  },
+};
+"""
+    h = start_js(heliosd, tmp_path, src, memory_limit="16MiB", cpu_limit="10s")
+    up = tmp_path / "up.bin"
+    data = pattern_bytes(7, 12 * 1024 * 1024)
+    up.write_bytes(data)
+    out = tmp_path / "out.bin"
+    p = curl("-sS", "--http2-prior-knowledge", "-o", str(out), "-w", "%{http_code} %{http_version}",
+             "--data-binary", f"@{up}", "-H", "content-type: application/octet-stream",
+             f"http://127.0.0.1:{h.port}/echo")
+    assert p.stdout.strip() == b"200 2", p
+    assert out.read_bytes() == data
+    p = curl("-sS", "--http2-prior-knowledge", "-o", str(out), "-w", "%{http_code}",
+             f"http://127.0.0.1:{h.port}/gen")
+    assert p.stdout.strip() == b"200"
+    assert out.read_bytes() == b"".join(bytes([i]) * 65536 for i in range(1, 65))
+
+
+def test_a_streamed_response_over_cpu_limit_is_cut_off(heliosd, tmp_path):
+    src = """
+export default {
+  fetch() {
+    let n = 0;
+    return new Response(new ReadableStream({ pull(c) {
+      if (++n > 2) for (;;) {}  // runaway after the head went out
+      c.enqueue(new Uint8Array(1000).fill(65));
+    } }));
+  },
+};
+"""
+    h = start_js(heliosd, tmp_path, src, cpu_limit="200ms")
+    with RawConn(h.port, timeout=10) as c:
+        c.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = c.read_until(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 ")
+        rest = c.read_to_eof(timeout=10)
+        assert b"A" * 1000 in rest and not rest.endswith(b"0\r\n\r\n")
+    h.wait_stderr(r"cpu_limit of 200 ms exceeded")
+    h.wait_stderr(r"response aborted: the script was interrupted")
 
 
 # ---------------------------------------------------------------- acceptance: 100 MB in 16 MiB
