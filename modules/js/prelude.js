@@ -1138,14 +1138,14 @@ function finish(tok, r) {
         return;
     }
     try {
-        if (streamHooks.isStream(r._b)) {
-            /* a stream: sent as it comes, at the client's pace */
-            if (r.bodyUsed) throw new TypeError('Body has already been used: it cannot be sent');
-            r._used = true;
-            streamHooks.respond(tok, r.status, headerPairs(r), r._ct, r._b).catch(e => hx.fail(tok, e));
-            return;
-        }
         if (typeof r._b === 'object' && r._b !== null && !(r._b instanceof ArrayBuffer)) {
+            if (streamHooks.isStream(r._b)) {
+                /* a stream: sent as it comes, at the client's pace */
+                if (r.bodyUsed) throw new TypeError('Body has already been used: it cannot be sent');
+                r._used = true;
+                streamHooks.respond(tok, r.status, headerPairs(r), r._ct, r._b).catch(e => hx.fail(tok, e));
+                return;
+            }
             r._consume().then(b => hx.respond(tok, r.status, headerPairs(r), b, r._ct)).catch(e => hx.fail(tok, e));
             return;
         }
