@@ -214,9 +214,11 @@ static js_fetch *js_fetch_by_id(js_worker *ws, int id)
     return NULL;
 }
 
-/* hx.fetchCancel(id): the body stream was cancelled; nothing more is
- * called back */
-JSValue nat_fetch_cancel(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv)
+/* hx.fetchCancel(id) (MAGIC 0): the body stream was cancelled, nothing
+ * more is called back; hx.fetchPause(id, pause) (MAGIC 1): the body stream
+ * is full (or has room again), stop (or resume) reading the upstream */
+JSValue nat_fetch_ctl(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv,
+                      int magic)
 {
     (void)this_val;
     (void)argc;
@@ -225,23 +227,9 @@ JSValue nat_fetch_cancel(JSContext *ctx, JSValueConst this_val, int argc, JSValu
     if (JS_ToInt32(ctx, &id, argv[0]))
         return JS_EXCEPTION;
     js_fetch *f = js_fetch_by_id(ws, id);
-    if (f)
+    if (f && magic == 0)
         js_fetch_free(ws, f, 1);
-    return JS_UNDEFINED;
-}
-
-/* hx.fetchPause(id, pause): the body stream is full (or has room again):
- * stop (or resume) reading the upstream's response */
-JSValue nat_fetch_pause(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv)
-{
-    (void)this_val;
-    (void)argc;
-    js_worker *ws = js_ws(ctx);
-    int id;
-    if (JS_ToInt32(ctx, &id, argv[0]))
-        return JS_EXCEPTION;
-    js_fetch *f = js_fetch_by_id(ws, id);
-    if (f && f->s)
+    else if (f && f->s)
         js_api->subreq_pause(f->s, JS_ToBool(ctx, argv[1]));
     return JS_UNDEFINED;
 }

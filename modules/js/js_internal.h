@@ -203,8 +203,8 @@ void js_fetch_free(js_worker *ws, js_fetch *f, int cancel);
 void js_fetch_flush(js_worker *ws);
 void js_fetch_orphaned(js_worker *ws, js_rq *rq);
 JSValue nat_fetch(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv);
-JSValue nat_fetch_cancel(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv);
-JSValue nat_fetch_pause(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv);
+JSValue nat_fetch_ctl(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv,
+                      int magic);
 
 /* ---- js_compile.c ---- */
 

@@ -210,12 +210,17 @@ static int js_resp_header(void *arg, const char *n, const char *v)
     return js_api->resp_header_add(h->r, n, v) == 0 ? 0 : -1;
 }
 
-/* The status ST (200..599) and header PAIRS of RQ's response; the
- * Content-Type among them goes to H->ctype (malloc'd). 0, or -1 with an
- * exception. */
-static int js_resp_head(JSContext *ctx, js_rq *rq, JSValueConst st, JSValueConst pairs,
-                        int *status, js_resp_hdrs *h)
+/* The head of a response from hx.respond* (tok, status, pairs, ...): the
+ * request in *RQ, the status (200..599) in *STATUS, the header pairs set
+ * on the response but Content-Type, which goes to H->ctype (malloc'd).
+ * 0; 1 when the request is gone or already answered; -1 with an exception. */
+static int js_resp_head(JSContext *ctx, JSValueConst *argv, js_rq **rqp, int *status,
+                        js_resp_hdrs *h)
 {
+    js_rq *rq = *rqp = js_tok_rq(argv[0]);
+    if (rq == NULL || rq->r == NULL || rq->responded)
+        return 1;
+    JSValueConst st = argv[1], pairs = argv[2];
     h->r = rq->r;
     h->ctype = NULL;
     if (JS_ToInt32(ctx, status, st))
@@ -237,13 +242,12 @@ static JSValue nat_respond(JSContext *ctx, JSValueConst this_val, int argc, JSVa
 {
     (void)this_val;
     (void)argc;
-    js_rq *rq = js_tok_rq(argv[0]);
-    if (rq == NULL || rq->r == NULL || rq->responded)
-        return JS_FALSE;
+    js_rq *rq;
     int status;
     js_resp_hdrs h;
-    if (js_resp_head(ctx, rq, argv[1], argv[2], &status, &h) != 0)
-        return JS_EXCEPTION;
+    int hr = js_resp_head(ctx, argv, &rq, &status, &h);
+    if (hr != 0)
+        return hr > 0 ? JS_FALSE : JS_EXCEPTION;
     const char *hold;
     const uint8_t *p;
     size_t len;
@@ -292,14 +296,12 @@ static JSValue nat_respond_begin(JSContext *ctx, JSValueConst this_val, int argc
                                  JSValueConst *argv)
 {
     (void)this_val;
-    (void)argc;
-    js_rq *rq = js_tok_rq(argv[0]);
-    if (rq == NULL || rq->r == NULL || rq->responded)
-        return JS_FALSE;
+    js_rq *rq;
     int status;
     js_resp_hdrs h;
-    if (js_resp_head(ctx, rq, argv[1], argv[2], &status, &h) != 0)
-        return JS_EXCEPTION;
+    int hr = js_resp_head(ctx, argv, &rq, &status, &h);
+    if (hr != 0)
+        return hr > 0 ? JS_FALSE : JS_EXCEPTION;
     int64_t length = -1;
     if (argc > 4 && JS_ToInt64(ctx, &length, argv[4]) != 0) {
         free(h.ctype);
@@ -341,45 +343,29 @@ static JSValue nat_respond_body(JSContext *ctx, JSValueConst this_val, int argc,
     return JS_NewInt32(ctx, rc);
 }
 
-/* hx.respondWait(tok, fn): FN runs once the client drained (never if the
- * request ends first) */
-static JSValue nat_respond_wait(JSContext *ctx, JSValueConst this_val, int argc,
-                                JSValueConst *argv)
+/* Streamed bodies' controls on RQ (nothing once the request ended):
+ *   hx.respondWait(tok, fn)     (MAGIC 0) FN runs once the client drained;
+ *   hx.respondAbort(tok, msg)   (MAGIC 1) the streamed body failed: cut off;
+ *   hx.bodyPause(tok, pause)    (MAGIC 2) the request body stream is full
+ *                               (or has room again): stop (resume) reading */
+static JSValue nat_stream_ctl(JSContext *ctx, JSValueConst this_val, int argc,
+                              JSValueConst *argv, int magic)
 {
     (void)this_val;
     (void)argc;
     js_rq *rq = js_tok_rq(argv[0]);
     if (rq == NULL || rq->r == NULL)
         return JS_UNDEFINED;
-    JS_FreeValue(ctx, rq->resp_drain);
-    rq->resp_drain = JS_DupValue(ctx, argv[1]);
-    return JS_UNDEFINED;
-}
-
-/* hx.respondAbort(tok, message): the streamed body failed: cut it off */
-static JSValue nat_respond_abort(JSContext *ctx, JSValueConst this_val, int argc,
-                                 JSValueConst *argv)
-{
-    (void)this_val;
-    (void)argc;
-    js_rq *rq = js_tok_rq(argv[0]);
-    if (rq == NULL || rq->r == NULL)
-        return JS_UNDEFINED;
-    const char *msg = JS_ToCString(ctx, argv[1]);
-    js_api->respond_abort(rq->r, msg);
-    JS_FreeCString(ctx, msg);
-    return JS_UNDEFINED;
-}
-
-/* hx.bodyPause(tok, pause): the request body stream is full (or has room
- * again): stop (or resume) reading the client */
-static JSValue nat_body_pause(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv)
-{
-    (void)this_val;
-    (void)argc;
-    js_rq *rq = js_tok_rq(argv[0]);
-    if (rq != NULL && rq->r != NULL && rq->body_state == JS_BODY_READING)
+    if (magic == 0) {
+        JS_FreeValue(ctx, rq->resp_drain);
+        rq->resp_drain = JS_DupValue(ctx, argv[1]);
+    } else if (magic == 1) {
+        const char *msg = JS_ToCString(ctx, argv[1]);
+        js_api->respond_abort(rq->r, msg);
+        JS_FreeCString(ctx, msg);
+    } else if (rq->body_state == JS_BODY_READING) {
         js_api->req_body_pause(rq->r, JS_ToBool(ctx, argv[1]));
+    }
     return JS_UNDEFINED;
 }
 
@@ -935,13 +921,13 @@ static const JSCFunctionListEntry js_natives[] = {
     JS_CFUNC_DEF("rh", 4, nat_resp_header),
     JS_CFUNC_DEF("body", 1, nat_body),
     JS_CFUNC_DEF("bodyStream", 2, nat_body_stream),
-    JS_CFUNC_DEF("fetchCancel", 1, nat_fetch_cancel),
-    JS_CFUNC_DEF("fetchPause", 2, nat_fetch_pause),
+    JS_CFUNC_MAGIC_DEF("fetchCancel", 1, nat_fetch_ctl, 0),
+    JS_CFUNC_MAGIC_DEF("fetchPause", 2, nat_fetch_ctl, 1),
     JS_CFUNC_DEF("respondBegin", 5, nat_respond_begin),
     JS_CFUNC_DEF("respondBody", 3, nat_respond_body),
-    JS_CFUNC_DEF("respondWait", 2, nat_respond_wait),
-    JS_CFUNC_DEF("respondAbort", 2, nat_respond_abort),
-    JS_CFUNC_DEF("bodyPause", 2, nat_body_pause),
+    JS_CFUNC_MAGIC_DEF("respondWait", 2, nat_stream_ctl, 0),
+    JS_CFUNC_MAGIC_DEF("respondAbort", 2, nat_stream_ctl, 1),
+    JS_CFUNC_MAGIC_DEF("bodyPause", 2, nat_stream_ctl, 2),
     JS_CFUNC_DEF("fetch", 8, nat_fetch),
     JS_CFUNC_DEF("setTimeout", 3, nat_set_timeout),
     JS_CFUNC_DEF("clearTimeout", 1, nat_clear_timeout),
