@@ -16,7 +16,8 @@ import time
 
 import pytest
 
-from conftest import RawConn, curl, is_sanitizer_build, pattern_bytes, rss_kb, upstream_conf
+from conftest import (RawConn, curl, free_port, is_sanitizer_build, make_config, pattern_bytes, proxy_route,
+                      rss_kb, upstream_conf)
 from test_js_api import get_json, start_js
 
 
@@ -384,6 +385,38 @@ export default {
         assert b"A" * 1000 in rest and not rest.endswith(b"0\r\n\r\n")
     h.wait_stderr(r"cpu_limit of 200 ms exceeded")
     h.wait_stderr(r"response aborted: the script was interrupted")
+
+
+@pytest.mark.parametrize("protocol", ["http1", "h2"])
+def test_a_fetch_body_waits_for_its_reader(heliosd, tmp_path, backends, protocol):
+    """A reader that stops for a while: heliosd stops reading the upstream
+    (HTTP/1.1: the socket; HTTP/2: the stream's window) instead of queueing
+    16 MB (which would error the stream past its 4 MiB bound)."""
+    a = backends("a")
+    ups = {"app": upstream_conf(a)}
+    if protocol == "h2":
+        # another heliosd in front of the backend speaks h2c to this one
+        front = heliosd(make_config(free_port(), [proxy_route("app", "app")], {"app": upstream_conf(a)}))
+        ups = {"app": {"protocol": "h2", "backends": [{"name": "f", "address": f"127.0.0.1:{front.port}"}]}}
+    src = """
+export default {
+  async fetch() {
+    const r = await fetch('http://app/bytes/16777216');
+    const reader = r.body.getReader();
+    const first = await reader.read();
+    await new Promise((res) => setTimeout(res, 700));  // the reader is busy
+    let n = first.value.length;
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      n += value.length;
+    }
+    return Response.json({ n });
+  },
+};
+"""
+    h = start_js(heliosd, tmp_path, src, upstreams=ups, cpu_limit="10s", memory_limit="16MiB")
+    assert get_json(h, "/") == {"n": 16777216}
 
 
 # ---------------------------------------------------------------- acceptance: 100 MB in 16 MiB
