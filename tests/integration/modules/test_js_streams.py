@@ -419,6 +419,35 @@ export default {
     assert get_json(h, "/") == {"n": 16777216}
 
 
+@pytest.mark.parametrize("http2", [False, True])
+def test_a_request_body_waits_for_its_reader(heliosd, tmp_path, http2):
+    """The same on the client side: heliosd stops reading the client
+    (HTTP/1.1: the socket; HTTP/2: the stream's window) while the body's
+    reader is busy, instead of queueing 16 MB."""
+    src = """
+export default {
+  async fetch(request) {
+    const reader = request.body.getReader();
+    const first = await reader.read();
+    await new Promise((res) => setTimeout(res, 700));  // the reader is busy
+    let n = first.value.length;
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      n += value.length;
+    }
+    return Response.json({ n });
+  },
+};
+"""
+    h = start_js(heliosd, tmp_path, src, cpu_limit="10s", memory_limit="16MiB")
+    up = tmp_path / "up.bin"
+    up.write_bytes(pattern_bytes(0, 16 * 1024 * 1024))
+    p = curl(*(["--http2-prior-knowledge"] if http2 else []), "--data-binary", f"@{up}",
+             "-H", "content-type: application/octet-stream", f"http://127.0.0.1:{h.port}/")
+    assert json.loads(p.stdout) == {"n": 16 * 1024 * 1024}, p
+
+
 # ---------------------------------------------------------------- acceptance: 100 MB in 16 MiB
 
 # The size of the acceptance transfers: 100 MB, or 24 MB under a sanitizer
