@@ -772,8 +772,7 @@ void hx_req_drained(hx_req *r)
         hx_proxy->client_drained(r);
         return;
     }
-    if (r->resp_blocked && !r->resp_done &&
-        hx_req_pending(r) < r->gen->limits.max_body_buffer)
+    if (r->resp_blocked && !r->resp_done && hx_req_pending(r) < r->gen->limits.max_body_buffer)
         drain_check(r);
 }
 

@@ -1396,8 +1396,7 @@ void hx_proxy_client_drained(hx_req *r)
         return;
     }
     hx_upconn *u = r->up;
-    if (u && u->reading_paused &&
-        hx_req_pending(r) < r->gen->limits.max_body_buffer) {
+    if (u && u->reading_paused && hx_req_pending(r) < r->gen->limits.max_body_buffer) {
         u->reading_paused = 0;
         u->last_io = ev_now(u->w->loop);
         ev_io_start(u->w->loop, &u->rio);

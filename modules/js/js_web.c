@@ -312,7 +312,8 @@ static JSValue nat_respond_begin(JSContext *ctx, JSValueConst this_val, int argc
         snprintf(cl, sizeof(cl), "%lld", (long long)length);
         js_api->resp_header_set(rq->r, "content-length", cl);
     }
-    const char *implied = h.ctype == NULL && JS_IsString(argv[3]) ? JS_ToCString(ctx, argv[3]) : NULL;
+    const char *implied =
+        h.ctype == NULL && JS_IsString(argv[3]) ? JS_ToCString(ctx, argv[3]) : NULL;
     int rc = js_api->respond_begin(rq->r, status, h.ctype ? h.ctype : implied, js_resp_drained, rq);
     JS_FreeCString(ctx, implied);
     free(h.ctype);
@@ -325,8 +326,7 @@ static JSValue nat_respond_begin(JSContext *ctx, JSValueConst this_val, int argc
 
 /* hx.respondBody(tok, chunk|null, last) -> 0 send more, 1 wait for
  * hx.respondWait, -1 the response takes no more (client gone, HEAD...) */
-static JSValue nat_respond_body(JSContext *ctx, JSValueConst this_val, int argc,
-                                JSValueConst *argv)
+static JSValue nat_respond_body(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv)
 {
     (void)this_val;
     (void)argc;
@@ -348,8 +348,8 @@ static JSValue nat_respond_body(JSContext *ctx, JSValueConst this_val, int argc,
  *   hx.respondAbort(tok, msg)   (MAGIC 1) the streamed body failed: cut off;
  *   hx.bodyPause(tok, pause)    (MAGIC 2) the request body stream is full
  *                               (or has room again): stop (resume) reading */
-static JSValue nat_stream_ctl(JSContext *ctx, JSValueConst this_val, int argc,
-                              JSValueConst *argv, int magic)
+static JSValue nat_stream_ctl(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv,
+                              int magic)
 {
     (void)this_val;
     (void)argc;
