@@ -388,6 +388,27 @@ export default {
     h.wait_stderr(r"response aborted: the script was interrupted")
 
 
+def _busy_reader(stream):
+    """A handler that reads STREAM's first chunk, is busy for 700 ms, then
+    counts the rest."""
+    return """
+export default {
+  async fetch(request) {
+    const reader = (%s).getReader();
+    const first = await reader.read();
+    await new Promise((res) => setTimeout(res, 700));
+    let n = first.value.length;
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      n += value.length;
+    }
+    return Response.json({ n });
+  },
+};
+""" % stream
+
+
 @pytest.mark.parametrize("protocol", ["http1", "h2"])
 def test_a_fetch_body_waits_for_its_reader(heliosd, tmp_path, backends, protocol):
     """A reader that stops for a while: heliosd stops reading the upstream
@@ -399,23 +420,7 @@ def test_a_fetch_body_waits_for_its_reader(heliosd, tmp_path, backends, protocol
         # another heliosd in front of the backend speaks h2c to this one
         front = heliosd(make_config(free_port(), [proxy_route("app", "app")], {"app": upstream_conf(a)}))
         ups = {"app": {"protocol": "h2", "backends": [{"name": "f", "address": f"127.0.0.1:{front.port}"}]}}
-    src = """
-export default {
-  async fetch() {
-    const r = await fetch('http://app/bytes/16777216');
-    const reader = r.body.getReader();
-    const first = await reader.read();
-    await new Promise((res) => setTimeout(res, 700));  // the reader is busy
-    let n = first.value.length;
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      n += value.length;
-    }
-    return Response.json({ n });
-  },
-};
-"""
+    src = _busy_reader("(await fetch('http://app/bytes/16777216')).body")
     h = start_js(heliosd, tmp_path, src, upstreams=ups, cpu_limit="10s", memory_limit="16MiB")
     assert get_json(h, "/") == {"n": 16777216}
 
@@ -425,22 +430,7 @@ def test_a_request_body_waits_for_its_reader(heliosd, tmp_path, http2):
     """The same on the client side: heliosd stops reading the client
     (HTTP/1.1: the socket; HTTP/2: the stream's window) while the body's
     reader is busy, instead of queueing 16 MB."""
-    src = """
-export default {
-  async fetch(request) {
-    const reader = request.body.getReader();
-    const first = await reader.read();
-    await new Promise((res) => setTimeout(res, 700));  // the reader is busy
-    let n = first.value.length;
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      n += value.length;
-    }
-    return Response.json({ n });
-  },
-};
-"""
+    src = _busy_reader("request.body")
     h = start_js(heliosd, tmp_path, src, cpu_limit="10s", memory_limit="16MiB")
     up = tmp_path / "up.bin"
     up.write_bytes(pattern_bytes(0, 16 * 1024 * 1024))
