@@ -364,10 +364,10 @@ static void conn_write_cb(struct ev_loop *loop, ev_io *io, int revents)
     if (hx_buf_size(&c->out) == 0) {
         ev_io_stop(loop, &c->wio);
         hx_buf_shrink(&c->out, 65536);
-        if (c->req && c->req->up)
-            hx_proxy->client_drained(c->req);
-    } else if (c->req && c->req->up && hx_buf_size(&c->out) < 32768) {
-        hx_proxy->client_drained(c->req);
+        if (c->req)
+            hx_req_drained(c->req);
+    } else if (c->req && hx_buf_size(&c->out) < 32768) {
+        hx_req_drained(c->req);
     }
     conn_leave(c);
 }

@@ -272,8 +272,8 @@ static ssize_t data_read_cb(nghttp2_session *s, int32_t id, uint8_t *buf, size_t
         return NGHTTP2_ERR_DEFERRED;
     }
     hx_req *r = st->r;
-    if (r && r->up && hx_buf_size(&st->out) < 65536)
-        hx_proxy->client_drained(r);
+    if (r && hx_buf_size(&st->out) < 65536)
+        hx_req_drained(r);
     return (ssize_t)n;
 }
 

@@ -51,6 +51,8 @@ void hx_req_fini(hx_req *r)
         hx_req_ref_drop(r);
     if (ev_is_active(&r->deadline))
         ev_timer_stop(r->w->loop, &r->deadline);
+    if (ev_is_active(&r->drain_kick))
+        ev_timer_stop(r->w->loop, &r->drain_kick);
     hx_req_body_end(r);
     hx_subs_cancel_all(r);
     hx_proxy->detach(r);
@@ -88,6 +90,8 @@ void hx_req_log(hx_req *r)
     HX_STAT_ADD(w, bytes_out, r->bytes_out);
     if (r->counted)
         HX_STAT_ADD(w, requests_active, -1);
+    if (ev_is_active(&r->drain_kick))
+        ev_timer_stop(w->loop, &r->drain_kick);
     hx_req_body_end(r);
     if (r->route && r->route->handler) {
         const hx_instance *inst = r->route->handler;
@@ -303,9 +307,10 @@ void hx_req_ref_drop(hx_req *r)
 
 int hx_req_takes_body(const hx_req *r)
 {
-    if (r->body_discard || r->buffering == 1 || r->buffering == 4 ||
-        hx_req_body_wanted_by_handler(r))
+    if (r->body_discard || r->buffering == 1 || r->buffering == 4)
         return 1;
+    if (hx_req_body_wanted_by_handler(r))
+        return !r->body_paused;
     return r->phase == HX_PH_PROXY && hx_proxy->body_writable(r);
 }
 
@@ -791,33 +796,140 @@ void hx_req_resume(hx_req *r, int status)
 /* ------------------------------------------------------------------ */
 /* responses                                                           */
 
-int hx_req_respond(hx_req *r, int status, const char *ctype, const void *body, size_t len)
+/* The head of a local response: STATUS, CTYPE (may be NULL) and Date.
+ * 0, or -1 (nothing changed) for a response already started, a bad status
+ * or an invalid Content-Type. */
+static int local_head(hx_req *r, int status, const char *ctype)
 {
     if (r->head_sent || r->phase == HX_PH_DONE)
         return -1;
     if (status < 100 || status > 599)
         return -1;
+    if (ctype && !hx_hdr_value_valid(ctype, strlen(ctype)))
+        return -1;
     r->status = status;
     if (ctype) {
-        if (!hx_hdr_value_valid(ctype, strlen(ctype)))
-            return -1;
         hx_hdrs_remove(&r->rhdrs, "content-type");
         hx_hdrs_add(&r->arena, &r->rhdrs, "Content-Type", 12, ctype, strlen(ctype));
     }
+    if (hx_hdrs_get(&r->rhdrs, "date").ptr == NULL) {
+        const char *d = hx_worker_date(r->w);
+        hx_hdrs_add(&r->arena, &r->rhdrs, "Date", 4, d, strlen(d));
+    }
+    return 0;
+}
+
+int hx_req_respond(hx_req *r, int status, const char *ctype, const void *body, size_t len)
+{
+    if (local_head(r, status, ctype) != 0)
+        return -1;
     char cl[24];
     int n = (int)hx_u64_dec(cl, len);
     hx_hdrs_remove(&r->rhdrs, "content-length");
     if (status >= 200 && status != 204 && status != 304)
         hx_hdrs_add(&r->arena, &r->rhdrs, "Content-Length", 14, cl, (size_t)n);
-    if (hx_hdrs_get(&r->rhdrs, "date").ptr == NULL) {
-        const char *d = hx_worker_date(r->w);
-        hx_hdrs_add(&r->arena, &r->rhdrs, "Date", 4, d, strlen(d));
-    }
     r->phase = HX_PH_RESPONDING;
     if (hx_resp_begin(r) != 0)
         return 0; /* already turned into an error response */
     hx_resp_body(r, body, len, 1);
     return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* streamed handler responses                                          */
+
+/*
+ * A handler's streamed response goes through the same response path as a
+ * proxied one (hx_resp_begin / hx_resp_body: filters, length checks, the
+ * protocol's framing) and keeps the same watermark: a module is told to
+ * wait once the client's queue reaches limits.max_body_buffer, and is
+ * called back (from the loop, never inside the protocol's own write
+ * callbacks) when the protocol reports the queue drained under it. The
+ * phase stays HX_PH_HANDLER until the last piece: the handler may still be
+ * reading the request body it transforms.
+ */
+static void drain_check(hx_req *r);
+
+/* These are called from whatever the module runs in (a subrequest's or a
+ * timer's callback, not the client connection's), so each opens the
+ * request's own bracket: its leave sends what was queued, and may finish
+ * the request (on_done) when the response ended. R is not touched after. */
+int hx_resp_stream_begin(hx_req *r, int status, const char *ctype, void (*on_drain)(void *arg),
+                         void *arg)
+{
+    if (r->sub || r->phase != HX_PH_HANDLER || local_head(r, status, ctype) != 0)
+        return -1;
+    r->resp_streamed = 1;
+    r->drain_fn = on_drain;
+    r->drain_arg = arg;
+    hx_req_enter(r);
+    hx_resp_begin(r); /* on failure it answered 500 and ended the response */
+    hx_req_leave(r);
+    return 0;
+}
+
+int hx_resp_stream_body(hx_req *r, const void *p, size_t n, int last)
+{
+    if (!r->resp_streamed || !r->head_sent || r->resp_done || r->aborted)
+        return -1;
+    int rc = 0;
+    hx_req_enter(r);
+    if (hx_resp_body(r, p, n, last) != 0 || r->aborted) {
+        rc = -1;
+    } else if (!r->resp_done && hx_req_pending(r) >= r->gen->limits.max_body_buffer) {
+        /* the protocol may still send it all when the bracket closes,
+         * without ever reporting a drain: look again from the loop */
+        r->resp_blocked = 1;
+        drain_check(r);
+        rc = 1;
+    }
+    hx_req_leave(r);
+    return rc;
+}
+
+void hx_resp_stream_abort(hx_req *r, const char *why)
+{
+    if (!r->resp_streamed || r->resp_done)
+        return;
+    hx_req_enter(r);
+    hx_resp_abort(r, why ? why : "the handler could not complete its response");
+    hx_req_leave(r);
+}
+
+static void drain_kick_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)loop;
+    (void)revents;
+    hx_req *r = t->data;
+    hx_req_enter(r);
+    /* still over the watermark: the protocol reports the drain later */
+    if (r->resp_blocked && !r->log_done && !r->resp_done && r->drain_fn &&
+        hx_req_pending(r) < r->gen->limits.max_body_buffer) {
+        r->resp_blocked = 0;
+        r->drain_fn(r->drain_arg);
+    }
+    hx_req_leave(r);
+}
+
+/* The drain callback runs from the loop, never from inside the protocol's
+ * write path (an HTTP/2 data callback must not be re-entered). */
+static void drain_check(hx_req *r)
+{
+    if (ev_is_active(&r->drain_kick))
+        return;
+    ev_timer_init(&r->drain_kick, drain_kick_cb, 0., 0.);
+    r->drain_kick.data = r;
+    ev_timer_start(r->w->loop, &r->drain_kick);
+}
+
+void hx_req_drained(hx_req *r)
+{
+    if (r->up) {
+        hx_proxy->client_drained(r);
+        return;
+    }
+    if (r->resp_blocked && !r->resp_done && hx_req_pending(r) < r->gen->limits.max_body_buffer)
+        drain_check(r);
 }
 
 void hx_req_error(hx_req *r, int status, const char *reason)

@@ -168,7 +168,16 @@ struct hx_req {
     void (*body_cb)(void *arg, helios_buf chunk, int last, int error);
     void *body_arg;
     int body_state; /* 0 not asked, 1 reading, 2 finished */
+    int body_paused; /* the handler paused its body (api->req_body_pause) */
     ev_timer body_kick;
+    /* handler streaming its response (api->respond_begin / respond_body):
+     * resp_blocked is set when respond_body reported the client's queue at
+     * the high watermark; the drain callback is owed when it falls under */
+    int resp_streamed;
+    int resp_blocked;
+    void (*drain_fn)(void *arg);
+    void *drain_arg;
+    ev_timer drain_kick;
     struct hx_var *vars; /* api->req_var_* (arena) */
     /* WebSocket tunnel (tunnel.c) */
     int ws_upgrade;              /* HTTP/1.1 GET with Upgrade: websocket, no body */
@@ -205,6 +214,16 @@ int hx_resp_begin(hx_req *r); /* response filters, then ops->write_head */
 int hx_resp_body(hx_req *r, const char *p, size_t n, int last);
 void hx_resp_abort(hx_req *r, const char *why); /* cannot complete */
 void hx_req_finish(hx_req *r);                  /* response fully queued */
+/* The protocol took queued response bytes off R's queue (it calls this
+ * when the queue falls under its low watermark): the proxy or a handler's
+ * streamed response may produce more. */
+void hx_req_drained(hx_req *r);
+
+/* ---- streamed handler responses (host API 1.3) ---- */
+int hx_resp_stream_begin(hx_req *r, int status, const char *ctype, void (*on_drain)(void *arg),
+                         void *arg);
+int hx_resp_stream_body(hx_req *r, const void *p, size_t n, int last);
+void hx_resp_stream_abort(hx_req *r, const char *why);
 
 /* ---- lifetime ---- */
 

@@ -35,7 +35,9 @@ typedef struct hx_sub {
     char *body;
     size_t body_len;
     ev_timer kick;   /* starts the exchange from the loop, not from send() */
+    ev_timer unpause; /* reads on from the loop after subreq_pause(0) */
     unsigned busy;   /* open brackets */
+    int paused;      /* subreq_pause: the module takes no more body now */
     int sent;
     int done;        /* final callback made (or about to be) */
     int cancelled;   /* no more callbacks */
@@ -55,6 +57,8 @@ static void sub_free(hx_sub *s)
         hx_req_ref_drop(r);
     if (ev_is_active(&s->kick))
         ev_timer_stop(r->w->loop, &s->kick);
+    if (ev_is_active(&s->unpause))
+        ev_timer_stop(r->w->loop, &s->unpause);
     hx_proxy->detach(r);
     if (s->parent) {
         if (s->prev)
@@ -273,6 +277,39 @@ int hx_subreq_header_at(helios_subreq *hs, size_t i, helios_buf *name, helios_bu
     return 0;
 }
 
+static void unpause_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)loop;
+    (void)revents;
+    hx_sub *s = t->data;
+    hx_req *r = s->r;
+    hx_sub_enter(r);
+    if (!s->done && !s->cancelled && !s->paused)
+        hx_proxy->client_drained(r);
+    hx_sub_leave(r);
+}
+
+/* A paused subrequest's "client queue" reads as full (sub_pending), so the
+ * proxy stops reading the backend exactly as it does for a slow client;
+ * resuming is that client draining. */
+int hx_subreq_pause(helios_subreq *hs, int pause)
+{
+    hx_sub *s = SUB(hs);
+    if (s == NULL || !s->sent || s->done || s->cancelled)
+        return -1;
+    if (pause || !s->paused) {
+        s->paused = pause != 0;
+        return 0;
+    }
+    s->paused = 0;
+    if (!ev_is_active(&s->unpause)) {
+        ev_timer_init(&s->unpause, unpause_cb, 0., 0.);
+        s->unpause.data = s;
+        ev_timer_start(s->r->w->loop, &s->unpause);
+    }
+    return 0;
+}
+
 void hx_subreq_cancel(helios_subreq *hs)
 {
     hx_sub *s = SUB(hs);
@@ -402,8 +439,8 @@ static void sub_nothing(hx_req *r) { (void)r; } /* the body is in memory */
 
 static size_t sub_pending(const hx_req *r)
 {
-    (void)r;
-    return 0; /* the module takes every chunk as it comes */
+    /* the module takes every chunk as it comes, unless it paused */
+    return r->sub->paused ? SIZE_MAX / 2 : 0;
 }
 
 /* A subrequest's "client" is the module that made it. */
@@ -449,6 +486,22 @@ int hx_req_body_read(helios_request *rq,
     ev_timer_init(&r->body_kick, body_kick_cb, 0., 0.);
     r->body_kick.data = r;
     ev_timer_start(r->w->loop, &r->body_kick);
+    return 0;
+}
+
+int hx_req_body_pause(helios_request *rq, int pause)
+{
+    hx_req *r = (hx_req *)rq;
+    if (r == NULL || r->sub || r->body_state != 1)
+        return -1;
+    if (pause || !r->body_paused) {
+        r->body_paused = pause != 0;
+        return 0;
+    }
+    r->body_paused = 0;
+    /* read on from the loop: the kick asks the protocol for more */
+    if (!ev_is_active(&r->body_kick))
+        ev_timer_start(r->w->loop, &r->body_kick);
     return 0;
 }
 

@@ -11,6 +11,7 @@
 
 int hx_req_body_read(helios_request *r,
                      void (*on_data)(void *arg, helios_buf chunk, int last, int error), void *arg);
+int hx_req_body_pause(helios_request *r, int pause);
 
 helios_subreq *hx_subreq_new(helios_worker *w, helios_request *parent, const char *upstream,
                              const char *method, const char *target, char *err, size_t errlen);
@@ -21,6 +22,7 @@ int hx_subreq_status(helios_subreq *s);
 size_t hx_subreq_header_count(helios_subreq *s);
 int hx_subreq_header_at(helios_subreq *s, size_t i, helios_buf *name, helios_buf *value);
 void hx_subreq_cancel(helios_subreq *s);
+int hx_subreq_pause(helios_subreq *s, int pause);
 
 /* core side (upstream.c): a subrequest's bracket (its ops' enter/leave)
  * and its request head; its body is r->body_mem */

@@ -806,7 +806,8 @@ static void up_read_cb(struct ev_loop *loop, ev_io *io, int revents)
         } else if (u->req == r) {
             if (c)
                 hx_conn_flush(c);
-            if (c && hx_req_pending(r) > r->gen->limits.max_body_buffer) {
+            /* a subrequest's module that paused reads as a full client */
+            if (hx_req_pending(r) > r->gen->limits.max_body_buffer) {
                 ev_io_stop(loop, &u->rio);
                 u->reading_paused = 1;
             }
@@ -1467,8 +1468,7 @@ void hx_proxy_client_drained(hx_req *r)
         return;
     }
     hx_upconn *u = r->up;
-    if (u && r->conn && u->reading_paused &&
-        hx_req_pending(r) < r->gen->limits.max_body_buffer) {
+    if (u && u->reading_paused && hx_req_pending(r) < r->gen->limits.max_body_buffer) {
         u->reading_paused = 0;
         u->last_io = ev_now(u->w->loop);
         ev_io_start(u->w->loop, &u->rio);

@@ -273,6 +273,27 @@ static int api_respond(helios_request *r, int status, const char *ctype, const v
     return hx_req_respond(REQ(r), status, ctype, body, len);
 }
 
+/* 1.3: a streamed response (request.c keeps the watermark) */
+static int api_respond_begin(helios_request *r, int status, const char *ctype,
+                             void (*on_drain)(void *arg), void *arg)
+{
+    return hx_resp_stream_begin(REQ(r), status, ctype, on_drain, arg);
+}
+
+static int api_respond_body(helios_request *r, const void *p, size_t len, int last)
+{
+    if (len && p == NULL)
+        return -1;
+    return hx_resp_stream_body(REQ(r), p, len, last);
+}
+
+static void api_respond_abort(helios_request *rq, const char *why)
+{
+    hx_req *r = REQ(rq);
+    /* the access log reads the reason after the call: keep a copy */
+    hx_resp_stream_abort(r, why ? hx_arena_strndup(&r->arena, why, strnlen(why, 200)) : NULL);
+}
+
 /* A prepared response: header list and body, built once per generation. */
 struct helios_prepared {
     int status;
@@ -877,4 +898,10 @@ const helios_host_api hx_host_api = {
     .req_ref = api_req_ref,
     .req_from_ref = api_req_from_ref,
     .resume_ref = api_resume_ref,
+    /* 1.3: streamed bodies */
+    .respond_begin = api_respond_begin,
+    .respond_body = api_respond_body,
+    .respond_abort = api_respond_abort,
+    .req_body_pause = hx_req_body_pause,
+    .subreq_pause = hx_subreq_pause,
 };

@@ -205,9 +205,20 @@ static void js_fetch_timeout(void *arg)
     js_fetch_fail(f, msg);
 }
 
-/* hx.fetchCancel(id): the body stream was cancelled; nothing more is
- * called back */
-JSValue nat_fetch_cancel(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv)
+static js_fetch *js_fetch_by_id(js_worker *ws, int id)
+{
+    for (js_rq *rq = ws->rqs; rq; rq = rq->next)
+        for (js_fetch *f = rq->fetches; f; f = f->next)
+            if (f->id == id)
+                return f;
+    return NULL;
+}
+
+/* hx.fetchCancel(id) (MAGIC 0): the body stream was cancelled, nothing
+ * more is called back; hx.fetchPause(id, pause) (MAGIC 1): the body stream
+ * is full (or has room again), stop (or resume) reading the upstream */
+JSValue nat_fetch_ctl(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv,
+                      int magic)
 {
     (void)this_val;
     (void)argc;
@@ -215,12 +226,11 @@ JSValue nat_fetch_cancel(JSContext *ctx, JSValueConst this_val, int argc, JSValu
     int id;
     if (JS_ToInt32(ctx, &id, argv[0]))
         return JS_EXCEPTION;
-    for (js_rq *rq = ws->rqs; rq; rq = rq->next)
-        for (js_fetch *f = rq->fetches; f; f = f->next)
-            if (f->id == id) {
-                js_fetch_free(ws, f, 1);
-                return JS_UNDEFINED;
-            }
+    js_fetch *f = js_fetch_by_id(ws, id);
+    if (f && magic == 0)
+        js_fetch_free(ws, f, 1);
+    else if (f && f->s)
+        js_api->subreq_pause(f->s, JS_ToBool(ctx, argv[1]));
     return JS_UNDEFINED;
 }
 

@@ -120,6 +120,7 @@ struct js_rq {
     unsigned responded : 1; /* answered (or passed on, for a filter) */
     unsigned filter : 1;
     unsigned lingering : 1;
+    unsigned streaming : 1; /* the response head is out, its body streams */
     int hook_rc;        /* filter: CONTINUE or RESPONDED once settled */
     unsigned waits;     /* pending ctx.waitUntil promises */
     uint64_t cpu_us;    /* JS time spent for this request */
@@ -128,6 +129,7 @@ struct js_rq {
     int body_state;
     JSValue body_p, body_res[2]; /* hx.body(): the whole body, once */
     JSValue body_sink;           /* hx.bodyStream(): each chunk as it comes */
+    JSValue resp_drain;          /* hx.respondWait(): run when the client drained */
     char *body;
     size_t body_len, body_cap;
     js_timer *timers;
@@ -201,7 +203,8 @@ void js_fetch_free(js_worker *ws, js_fetch *f, int cancel);
 void js_fetch_flush(js_worker *ws);
 void js_fetch_orphaned(js_worker *ws, js_rq *rq);
 JSValue nat_fetch(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv);
-JSValue nat_fetch_cancel(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv);
+JSValue nat_fetch_ctl(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv,
+                      int magic);
 
 /* ---- js_compile.c ---- */
 

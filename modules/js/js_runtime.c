@@ -174,7 +174,9 @@ void js_rq_drop_body(js_rq *rq)
     JS_FreeValueRT(rt, rq->body_res[0]);
     JS_FreeValueRT(rt, rq->body_res[1]);
     JS_FreeValueRT(rt, rq->body_sink);
+    JS_FreeValueRT(rt, rq->resp_drain);
     rq->body_p = rq->body_res[0] = rq->body_res[1] = rq->body_sink = JS_UNDEFINED;
+    rq->resp_drain = JS_UNDEFINED;
     free(rq->body);
     rq->body = NULL;
     rq->body_len = rq->body_cap = 0;
@@ -229,6 +231,7 @@ js_rq *js_rq_new(js_worker *ws, helios_request *r)
     rq->r = r;
     rq->refs = 1; /* the request */
     rq->body_p = rq->body_res[0] = rq->body_res[1] = rq->body_sink = JS_UNDEFINED;
+    rq->resp_drain = JS_UNDEFINED;
     js_copy_lower(rq->host, sizeof(rq->host), js_api->req_host(r));
     const char *up = js_api->req_upstream(r);
     if (up && strlen(up) < sizeof(rq->upstream))
@@ -305,8 +308,14 @@ void js_enter(js_worker *ws, js_rq *rq, js_saved *sv)
 void js_leave(js_worker *ws, js_saved *sv)
 {
     js_rq *rq = ws->cur;
-    if (ws->depth == 1)
+    if (ws->depth == 1) {
         js_drain(ws);
+        /* a cpu_limit stop that a promise turned into a rejection (a
+         * stream's pull, a then() callback) and that nothing reported:
+         * the script did not finish, so the request fails all the same */
+        if (ws->cpu_hit)
+            js_report(ws, rq, JS_UNDEFINED, "in a promise job");
+    }
     if (--ws->depth == 0) {
         if (rq)
             rq->cpu_us += js_now_us() - ws->t0;
@@ -386,25 +395,30 @@ char *js_error_text(js_worker *ws, JSValueConst e)
 }
 
 /* Logs exception E (owned) thrown while running JS for RQ, and answers
- * RQ with 500. A CPU-limit stop says so instead of printing a stack. */
+ * RQ with 500 (or cuts its streamed response off when a limit stopped the
+ * script). A CPU-limit stop says so instead of printing a stack. */
 void js_report(js_worker *ws, js_rq *rq, JSValue e, const char *where)
 {
     char desc[300];
     js_rq_desc(rq, desc, sizeof(desc));
     /* the rest of this run gets a fresh budget so reporting can run */
     ws->deadline = js_now_us() + ws->cfg->cpu_limit_ms * 1000u;
+    int interrupted = ws->mem_hit || ws->cpu_hit;
+    const char *outcome = rq && rq->streaming ? "response cut off" : "500 sent";
     if (ws->mem_hit) {
         /* stay flagged until a GC at the next run brings usage back down */
         js_api->log(HELIOS_LOG_ERROR, JS_NAME,
                     "%s: memory_limit of %llu bytes exceeded %s (%s): script interrupted (out of "
-                    "memory), 500 sent",
-                    ws->cfg->script, (unsigned long long)ws->cfg->memory_limit, where, desc);
+                    "memory), %s",
+                    ws->cfg->script, (unsigned long long)ws->cfg->memory_limit, where, desc,
+                    outcome);
         ws->cpu_hit = 0;
     } else if (ws->cpu_hit) {
         ws->cpu_hit = 0;
         js_api->log(HELIOS_LOG_ERROR, JS_NAME,
-                    "%s: cpu_limit of %llu ms exceeded %s (%s): script interrupted, 500 sent",
-                    ws->cfg->script, (unsigned long long)ws->cfg->cpu_limit_ms, where, desc);
+                    "%s: cpu_limit of %llu ms exceeded %s (%s): script interrupted, %s",
+                    ws->cfg->script, (unsigned long long)ws->cfg->cpu_limit_ms, where, desc,
+                    outcome);
     } else {
         char *text = js_error_text(ws, e);
         js_api->log(HELIOS_LOG_ERROR, JS_NAME, "%s: uncaught exception %s (%s): %s",
@@ -412,6 +426,10 @@ void js_report(js_worker *ws, js_rq *rq, JSValue e, const char *where)
         free(text);
     }
     JS_FreeValue(ws->ctx, e);
+    /* an interrupted script cannot go on feeding its streamed response
+     * (the stop is uncatchable): cut it off rather than let it hang */
+    if (rq && rq->streaming && rq->r && interrupted)
+        js_api->respond_abort(rq->r, "the script was interrupted (cpu_limit or memory_limit)");
     js_rq_fail(rq);
 }
 

@@ -210,24 +210,44 @@ static int js_resp_header(void *arg, const char *n, const char *v)
     return js_api->resp_header_add(h->r, n, v) == 0 ? 0 : -1;
 }
 
+/* The head of a response from hx.respond* (tok, status, pairs, ...): the
+ * request in *RQ, the status (200..599) in *STATUS, the header pairs set
+ * on the response but Content-Type, which goes to H->ctype (malloc'd).
+ * 0; 1 when the request is gone or already answered; -1 with an exception. */
+static int js_resp_head(JSContext *ctx, JSValueConst *argv, js_rq **rqp, int *status,
+                        js_resp_hdrs *h)
+{
+    js_rq *rq = *rqp = js_tok_rq(argv[0]);
+    if (rq == NULL || rq->r == NULL || rq->responded)
+        return 1;
+    JSValueConst st = argv[1], pairs = argv[2];
+    h->r = rq->r;
+    h->ctype = NULL;
+    if (JS_ToInt32(ctx, status, st))
+        return -1;
+    if (*status < 200 || *status > 599) {
+        JS_ThrowRangeError(ctx, "response status %d is not from 200 to 599", *status);
+        return -1;
+    }
+    if (js_pairs(ctx, pairs, js_resp_header, h) != 0) {
+        free(h->ctype);
+        h->ctype = NULL;
+        return -1;
+    }
+    return 0;
+}
+
 /* hx.respond(tok, status, pairs, body, implied content type|null) -> true if sent */
 static JSValue nat_respond(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv)
 {
     (void)this_val;
     (void)argc;
-    js_rq *rq = js_tok_rq(argv[0]);
-    if (rq == NULL || rq->r == NULL || rq->responded)
-        return JS_FALSE;
+    js_rq *rq;
     int status;
-    if (JS_ToInt32(ctx, &status, argv[1]))
-        return JS_EXCEPTION;
-    if (status < 200 || status > 599)
-        return JS_ThrowRangeError(ctx, "response status %d is not from 200 to 599", status);
-    js_resp_hdrs h = {rq->r, NULL};
-    if (js_pairs(ctx, argv[2], js_resp_header, &h) != 0) {
-        free(h.ctype);
-        return JS_EXCEPTION;
-    }
+    js_resp_hdrs h;
+    int hr = js_resp_head(ctx, argv, &rq, &status, &h);
+    if (hr != 0)
+        return hr > 0 ? JS_FALSE : JS_EXCEPTION;
     const char *hold;
     const uint8_t *p;
     size_t len;
@@ -251,6 +271,102 @@ static JSValue nat_respond(JSContext *ctx, JSValueConst this_val, int argc, JSVa
         return JS_ThrowTypeError(ctx, "the response could not be sent (invalid Content-Type?)");
     js_rq_settle(rq, HELIOS_RESPONDED);
     return JS_TRUE;
+}
+
+/* ---- streamed responses (host API 1.3) ---- */
+
+/* The client took the queued response: the pump waiting in
+ * hx.respondWait goes on. */
+static void js_resp_drained(void *arg)
+{
+    js_rq *rq = arg;
+    js_worker *ws = rq->ws;
+    JSValue fn = rq->resp_drain;
+    rq->resp_drain = JS_UNDEFINED;
+    if (JS_IsUndefined(fn))
+        return;
+    js_call(ws, rq, fn, 0, NULL, "in a streamed response");
+    JS_FreeValue(ws->ctx, fn);
+}
+
+/* hx.respondBegin(tok, status, pairs, implied content type|null, length
+ * or -1) -> true once the head is sent; the body follows with
+ * hx.respondBody (a LENGTH >= 0 is sent as Content-Length) */
+static JSValue nat_respond_begin(JSContext *ctx, JSValueConst this_val, int argc,
+                                 JSValueConst *argv)
+{
+    (void)this_val;
+    js_rq *rq;
+    int status;
+    js_resp_hdrs h;
+    int hr = js_resp_head(ctx, argv, &rq, &status, &h);
+    if (hr != 0)
+        return hr > 0 ? JS_FALSE : JS_EXCEPTION;
+    int64_t length = -1;
+    if (argc > 4 && JS_ToInt64(ctx, &length, argv[4]) != 0) {
+        free(h.ctype);
+        return JS_EXCEPTION;
+    }
+    if (length >= 0) {
+        char cl[24];
+        snprintf(cl, sizeof(cl), "%lld", (long long)length);
+        js_api->resp_header_set(rq->r, "content-length", cl);
+    }
+    const char *implied =
+        h.ctype == NULL && JS_IsString(argv[3]) ? JS_ToCString(ctx, argv[3]) : NULL;
+    int rc = js_api->respond_begin(rq->r, status, h.ctype ? h.ctype : implied, js_resp_drained, rq);
+    JS_FreeCString(ctx, implied);
+    free(h.ctype);
+    if (rc != 0)
+        return JS_ThrowTypeError(ctx, "the response could not be sent (invalid Content-Type?)");
+    rq->streaming = 1;
+    js_rq_settle(rq, HELIOS_RESPONDED);
+    return JS_TRUE;
+}
+
+/* hx.respondBody(tok, chunk|null, last) -> 0 send more, 1 wait for
+ * hx.respondWait, -1 the response takes no more (client gone, HEAD...) */
+static JSValue nat_respond_body(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv)
+{
+    (void)this_val;
+    (void)argc;
+    js_rq *rq = js_tok_rq(argv[0]);
+    if (rq == NULL || rq->r == NULL)
+        return JS_NewInt32(ctx, -1);
+    const char *hold;
+    const uint8_t *p;
+    size_t len;
+    if (js_bytes(ctx, argv[1], &hold, &p, &len) != 0)
+        return JS_EXCEPTION;
+    int rc = js_api->respond_body(rq->r, p, len, JS_ToBool(ctx, argv[2]));
+    JS_FreeCString(ctx, hold);
+    return JS_NewInt32(ctx, rc);
+}
+
+/* Streamed bodies' controls on RQ (nothing once the request ended):
+ *   hx.respondWait(tok, fn)     (MAGIC 0) FN runs once the client drained;
+ *   hx.respondAbort(tok, msg)   (MAGIC 1) the streamed body failed: cut off;
+ *   hx.bodyPause(tok, pause)    (MAGIC 2) the request body stream is full
+ *                               (or has room again): stop (resume) reading */
+static JSValue nat_stream_ctl(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv,
+                              int magic)
+{
+    (void)this_val;
+    (void)argc;
+    js_rq *rq = js_tok_rq(argv[0]);
+    if (rq == NULL || rq->r == NULL)
+        return JS_UNDEFINED;
+    if (magic == 0) {
+        JS_FreeValue(ctx, rq->resp_drain);
+        rq->resp_drain = JS_DupValue(ctx, argv[1]);
+    } else if (magic == 1) {
+        const char *msg = JS_ToCString(ctx, argv[1]);
+        js_api->respond_abort(rq->r, msg);
+        JS_FreeCString(ctx, msg);
+    } else if (rq->body_state == JS_BODY_READING) {
+        js_api->req_body_pause(rq->r, JS_ToBool(ctx, argv[1]));
+    }
+    return JS_UNDEFINED;
 }
 
 /* hx.fail(tok, error): logs ERROR with its stack, answers 500. */
@@ -805,7 +921,13 @@ static const JSCFunctionListEntry js_natives[] = {
     JS_CFUNC_DEF("rh", 4, nat_resp_header),
     JS_CFUNC_DEF("body", 1, nat_body),
     JS_CFUNC_DEF("bodyStream", 2, nat_body_stream),
-    JS_CFUNC_DEF("fetchCancel", 1, nat_fetch_cancel),
+    JS_CFUNC_MAGIC_DEF("fetchCancel", 1, nat_fetch_ctl, 0),
+    JS_CFUNC_MAGIC_DEF("fetchPause", 2, nat_fetch_ctl, 1),
+    JS_CFUNC_DEF("respondBegin", 5, nat_respond_begin),
+    JS_CFUNC_DEF("respondBody", 3, nat_respond_body),
+    JS_CFUNC_MAGIC_DEF("respondWait", 2, nat_stream_ctl, 0),
+    JS_CFUNC_MAGIC_DEF("respondAbort", 2, nat_stream_ctl, 1),
+    JS_CFUNC_MAGIC_DEF("bodyPause", 2, nat_stream_ctl, 2),
     JS_CFUNC_DEF("fetch", 8, nat_fetch),
     JS_CFUNC_DEF("setTimeout", 3, nat_set_timeout),
     JS_CFUNC_DEF("clearTimeout", 1, nat_clear_timeout),

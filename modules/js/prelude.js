@@ -1069,7 +1069,8 @@ define('fetch', function fetch(input, init) {
     const u = new URL(req.url);
     /* the response body arrives through a sink into a stream (streams.js) */
     let id = 0;
-    const body = streamHooks.sinkStream('fetch ' + u.href + ': the response body', () => hx.fetchCancel(id));
+    const body = streamHooks.sinkStream('fetch ' + u.href + ': the response body', () => hx.fetchCancel(id),
+        (p) => hx.fetchPause(id, p));
     const send = (b) => {
         const [p, i] = hx.fetch(req._t, u.hostname, req.method, u.pathname + u.search,
             req._h === null && req._t === null ? null : req.headers._l, b === undefined ? null : b,
@@ -1085,6 +1086,8 @@ define('fetch', function fetch(input, init) {
         resp._hi = undefined;
         resp._h = Headers._flat(r[2]);
         resp._b = req.method === 'HEAD' || NULL_BODY_STATUS.includes(r[0]) ? null : body.stream;
+        const cl = resp._h.get('content-length');
+        if (resp._b !== null && cl !== null && /^[0-9]{1,15}$/.test(cl)) body.stream._length = Number(cl);
         resp._ct = null;
         resp.url = u.href;
         resp.redirected = false;
@@ -1136,7 +1139,13 @@ function finish(tok, r) {
     }
     try {
         if (typeof r._b === 'object' && r._b !== null && !(r._b instanceof ArrayBuffer)) {
-            /* a stream: heliosd's host API takes a whole response, read it */
+            if (streamHooks.isStream(r._b)) {
+                /* a stream: sent as it comes, at the client's pace */
+                if (r.bodyUsed) throw new TypeError('Body has already been used: it cannot be sent');
+                r._used = true;
+                streamHooks.respond(tok, r.status, headerPairs(r), r._ct, r._b).catch(e => hx.fail(tok, e));
+                return;
+            }
             r._consume().then(b => hx.respond(tok, r.status, headerPairs(r), b, r._ct)).catch(e => hx.fail(tok, e));
             return;
         }

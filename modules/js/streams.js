@@ -8,13 +8,15 @@
  *     (hx.bodyStream);
  *   - a fetch() response's `body`: the upstream's body piece by piece (the
  *     sink given to hx.fetch);
- *   - `new Response(stream)` / a stream as a fetch() body: read to the end
- *     (at most max_body) and then sent whole, because heliosd's host API
- *     (ABI 1.2) takes a handler's response and a subrequest's body in one
- *     piece (README.md, "Limits and gaps").
- * A stream fed by heliosd queues what its reader has not taken yet; more
- * than max_body queued errors it (there is no way to pause heliosd's
- * reading in ABI 1.2).
+ *   - `new Response(stream)`: sent piece by piece as the stream gives it,
+ *     at the client's pace (hx.respondBegin / respondBody / respondWait,
+ *     host API 1.3);
+ *   - a stream as a fetch() body: read to the end (at most max_body) and
+ *     then sent whole (README.md, "Limits and gaps").
+ * A stream fed by heliosd queues what its reader has not taken yet up to a
+ * high watermark, then pauses heliosd's reading (hx.bodyPause,
+ * hx.fetchPause) until the reader pulls again: a body of any size passes
+ * in bounded memory.
  *
  * Called by js_runtime.c with `hx` and prelude.js's `lib`. The algorithms
  * follow the standard's structure (queues with sizes, pull on demand,
@@ -674,6 +676,7 @@ class FixedLengthStream extends TransformStream {
             },
         });
         this._length = n;
+        this.readable._length = n; /* sent as the response's Content-Length */
     }
 }
 define('FixedLengthStream', FixedLengthStream);
@@ -747,16 +750,31 @@ define('ByteLengthQueuingStrategy', ByteLengthQueuingStrategy);
 
 /* ---- bodies ---- */
 
+/* What a stream heliosd feeds queues before heliosd stops reading its
+ * source (the high watermark of request.body and a fetch() body). */
+const SINK_HWM = 128 * 1024;
+
 /* A byte stream heliosd feeds through SINK(chunk, done, message); CANCEL
- * runs when its reader cancels it. What is queued and not read is bounded
- * by max_body. */
-function sinkStream(what, cancel) {
-    let ctrl, dead = false;
+ * runs when its reader cancels it, PAUSE(true) when its queue reaches
+ * SINK_HWM (heliosd stops reading the client or the upstream: what is
+ * already read still arrives, about one read), PAUSE(false) when its reader
+ * wants more. Whatever the reader does, more than max_body queued (or 4
+ * MiB, when larger) errors the stream. */
+function sinkStream(what, cancel, pause, length) {
+    let ctrl, dead = false, paused = false;
+    const cap = Math.max(hx.maxBody, 4 * 1048576);
     const stream = new ReadableStream({
         type: 'bytes',
         start(c) { ctrl = c; },
+        pull() {
+            if (paused && !dead) {
+                paused = false;
+                pause(false);
+            }
+        },
         cancel() { dead = true; cancel(); },
-    });
+    }, { highWaterMark: SINK_HWM });
+    if (length !== undefined) stream._length = length;
     const sink = (chunk, done, msg) => {
         if (dead) return;
         if (msg !== undefined) {
@@ -766,9 +784,13 @@ function sinkStream(what, cancel) {
         }
         if (chunk) {
             ctrl.enqueue(new Uint8Array(chunk));
-            if (ctrl.desiredSize < -hx.maxBody) {
+            if (!done && !paused && ctrl.desiredSize <= 0) {
+                paused = true;
+                pause(true);
+            }
+            if (ctrl.desiredSize < -cap) {
                 dead = true;
-                ctrl.error(new TypeError(what + ': over max_body (' + hx.maxBody + ' bytes) arrived and was not read'));
+                ctrl.error(new TypeError(what + ': over max_body (' + cap + ' bytes) arrived and was not read'));
                 cancel();
                 return;
             }
@@ -793,7 +815,7 @@ function bytesStream(b) {
 }
 
 function incomingStream(tok) {
-    const { stream, sink } = sinkStream('the request body', () => {});
+    const { stream, sink } = sinkStream('the request body', () => {}, (p) => hx.bodyPause(tok, p));
     try {
         hx.bodyStream(tok, sink);
     } catch (_) {
@@ -840,7 +862,44 @@ async function readAll(stream, max) {
     return all.buffer;
 }
 
+/* Sends STREAM as the body of the response to TOK at the client's pace.
+ * The first chunk is awaited before the head goes out, so a stream that
+ * fails at once (or is empty) still gets a plain 500 (or a plain empty
+ * response); after the head a failure cuts the response off. */
+async function respond(tok, status, pairs, ct, stream) {
+    const reader = stream.getReader();
+    let r = await reader.read();
+    if (r.done) {
+        hx.respond(tok, status, pairs, null, ct);
+        return;
+    }
+    /* a known length (a fetch() body passed on untouched, a
+     * FixedLengthStream) is sent as Content-Length; heliosd checks it */
+    const length = stream._length === undefined ? -1 : stream._length;
+    if (!hx.respondBegin(tok, status, pairs, ct, length)) {
+        reader.cancel().catch(() => {});
+        return;
+    }
+    try {
+        for (;;) {
+            const st = r.done ? hx.respondBody(tok, null, true) : hx.respondBody(tok, chunkBytes(r.value), false);
+            if (r.done) return;
+            if (st < 0) {
+                reader.cancel().catch(() => {});
+                return;
+            }
+            if (st === 1) await new Promise((resolve) => hx.respondWait(tok, resolve));
+            r = await reader.read();
+        }
+    } catch (e) {
+        const m = e instanceof Error ? e.name + ': ' + e.message : String(e);
+        hx.respondAbort(tok, 'the response body stream failed: ' + m);
+        reader.cancel(e).catch(() => {});
+    }
+}
+
 Object.assign(streamHooks, {
+    respond,
     isStream: (x) => x instanceof ReadableStream,
     disturbed: (s) => s._disturbed,
     fromSource: (b, tok) => (b === undefined ? incomingStream(tok) : bytesStream(b)),

@@ -38,8 +38,9 @@ static const struct {
     /* 1.3 (module contracts): req_body_length, req_has_body,
      * req_body_hold, request references; on_attempt_end with
      * helios_attempt and the per-attempt slot; when the upstream hooks
-     * fire */
-    {1, 3, 0x06056442fb8c55afu},
+     * fire; streamed bodies (respond_begin, respond_body,
+     * respond_abort, req_body_pause, subreq_pause) */
+    {1, 3, 0x0u},
 };
 #define ABI_HISTORY_LEN (sizeof(abi_history) / sizeof(abi_history[0]))
 

@@ -46,6 +46,8 @@
  *                        subreq_status subreq_header_count subreq_header_at
  *                        subreq_cancel (1.1)
  *   TLS ................ req_tls (1.1)
+ *   streamed bodies .... respond_begin respond_body respond_abort
+ *                        req_body_pause subreq_pause (1.3)
  *
  * Appended in 1.3 (module contracts):
  *   request body ....... req_body_length req_has_body req_body_hold
@@ -651,6 +653,75 @@ struct helios_host_api {
      * not its worker (post there first). Never touches an ended request's
      * memory. [worker, since 1.3] */
     int (*resume_ref)(helios_req_ref ref, int status);
+    /* ==== appended in ABI 1.3 (streamed bodies) ==== */
+
+    /* ---- handlers: a streamed response ----
+     * A response whose body the handler produces piece by piece (a
+     * transform of the request body, a subrequest's body passed on): the
+     * head first (respond_begin), then the body (respond_body) at the
+     * client's pace. Flow control is by watermarks, as for proxied
+     * responses: the core queues what the client has not taken yet; once
+     * the queue reaches limits.max_body_buffer (the high watermark),
+     * respond_body returns 1 and the module stops producing until ON_DRAIN
+     * runs, after the queue fell back under it. The body is framed by the
+     * client's protocol: chunked on HTTP/1.1, close-delimited on HTTP/1.0,
+     * DATA frames on HTTP/2. Response filters see it as they see a proxied
+     * response. The handler keeps reading the request body meanwhile if it
+     * wants (req_body_read works until the last piece is sent). */
+
+    /* Sends the response head: STATUS, optional Content-Type (replaces one
+     * set before), the headers set with resp_header_* before this call
+     * (a Content-Length among them is kept, and a body that ends short of
+     * it or runs over aborts the response), Date when absent. ON_DRAIN(ARG)
+     * (may be NULL) runs on the worker, from the loop, each time the
+     * client's queue falls under the high watermark after respond_body
+     * returned 1; never after on_done. Returns 0 (a response filter that
+     * fails turns it into a 500 and later respond_body calls return -1),
+     * or -1 if a response has already started, R is not in its handler's
+     * hands (a filter, a subrequest), STATUS is outside 100..599 or
+     * CONTENT_TYPE is invalid. HEAD, 204 and 304 send no body: the response
+     * ends here, and the request may finish (on_done runs) before this
+     * returns. [worker, since 1.3] */
+    int (*respond_begin)(helios_request *r, int status, const char *content_type,
+                         void (*on_drain)(void *arg), void *arg);
+    /* Queues LEN bytes of body (copied; P may be NULL with LEN 0); LAST
+     * ends the body. Returns 0: queued, send more; 1: queued, but the
+     * client's queue is at or over the high watermark: wait for ON_DRAIN;
+     * -1: nothing queued, no streamed response takes a body (none begun,
+     * the last piece already given, HEAD/204/304, or it was aborted: the
+     * client went away, a filter or a length check failed): stop
+     * producing, on_done follows. The request may finish (on_done runs)
+     * before a call with LAST, or one returning -1, returns; R is gone
+     * then. [worker, since 1.3] */
+    int (*respond_body)(helios_request *r, const void *p, size_t len, int last);
+    /* The streamed response cannot be completed (the module's source
+     * failed): the client sees it cut off (HTTP/1.1: the connection closes
+     * without the last chunk; HTTP/2: RST_STREAM), WHY (copied, may be
+     * NULL) goes to the error log with the request. A no-op when no
+     * streamed response is under way. The request may finish (on_done
+     * runs) before this returns. [worker, since 1.3] */
+    void (*respond_abort)(helios_request *r, const char *why);
+
+    /* ---- handlers: request body flow control ----
+     * PAUSE 1 stops reading the request body from the client (the kernel's
+     * buffers, then TCP or HTTP/2 flow control, push back on it); ON_DATA
+     * of req_body_read may still get what was already read, at most about
+     * limits.max_body_buffer. PAUSE 0 reads on (the next ON_DATA comes from
+     * the loop, never from inside this call). The client_body timeout
+     * runs only while heliosd reads from the client. Returns 0, or -1 when
+     * the handler is not reading the body (req_body_read not called, or its last piece or an
+     * error already delivered). [worker, since 1.3] */
+    int (*req_body_pause)(helios_request *r, int pause);
+
+    /* ---- subrequests: response flow control ----
+     * PAUSE 1 stops reading S's response from the backend (HTTP/1.1: the
+     * socket; HTTP/2: the stream's window is not replenished); on_body may
+     * still get what was already read, about one read (64 KiB). PAUSE 0
+     * reads on, from the loop. No upstream read timeout runs while paused:
+     * the module bounds the pause (a timer, subreq_cancel). Returns 0, or
+     * -1 for a NULL S, one not sent yet, or after its final callback.
+     * [worker, since 1.3] */
+    int (*subreq_pause)(helios_subreq *s, int pause);
 };
 
 enum {
