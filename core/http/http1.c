@@ -14,6 +14,7 @@
  */
 #include <errno.h>
 #include <netinet/in.h>
+#include <stdatomic.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
 #include <string.h>
@@ -1292,6 +1293,8 @@ void hx_conn_accept(hx_lsock *ls, int fd, const struct sockaddr *sa, socklen_t s
     memcpy(&c->peer, sa, salen);
     c->peer_len = salen;
     hx_addr_ip_str(sa, c->peer_ip, sizeof(c->peer_ip));
+    static _Atomic uint64_t next_id = 1;
+    c->id = atomic_fetch_add_explicit(&next_id, 1, memory_order_relaxed);
     llhttp_init(&c->parser, HTTP_REQUEST, req_settings());
     c->parser.data = c;
     ev_io_init(&c->rio, conn_read_cb, fd, EV_READ);

@@ -73,6 +73,34 @@ void hx_req_release(hx_req *r)
     free(r);
 }
 
+/*
+ * A request no route took (malformed 400, unrouted 404, 408, 413, 431...)
+ * still reaches the logs: the global `modules:` chain's on_log, in reverse
+ * order, so log and metrics modules count it as the core's access log
+ * does. Only modules built for ABI 1.3 or later get it (D50): an older
+ * module was promised on_log for routed requests only.
+ */
+static void log_unrouted(hx_req *r)
+{
+    const hx_gen *g = r->gen;
+    if (r->rstates == NULL) {
+        r->rstates = hx_arena_alloc(&r->arena, (g->ninstances + 1) * sizeof(void *));
+        if (r->rstates == NULL)
+            return;
+        memset(r->rstates, 0, (g->ninstances + 1) * sizeof(void *));
+    }
+    for (size_t i = g->nglobal; i-- > 0;) {
+        const hx_instance *inst = g->global[i];
+        const helios_module *d = inst->mod->desc;
+        if (inst->mod->filter == NULL || inst->mod->filter->on_log == NULL ||
+            (d->abi_major == 1 && d->abi_minor < 3))
+            continue;
+        helios_ctx ctx;
+        hx_ctx_init(&ctx, r, inst);
+        inst->mod->filter->on_log(&ctx);
+    }
+}
+
 /* Once per request: the handler's on_done, filters' on_log in reverse
  * order, then the access log. */
 void hx_req_log(hx_req *r)
@@ -106,6 +134,8 @@ void hx_req_log(hx_req *r)
                 inst->mod->filter->on_log(&ctx);
             }
         }
+    } else if (r->gen) {
+        log_unrouted(r);
     }
     hx_accesslog_write(r);
 }
@@ -652,10 +682,6 @@ int hx_req_respond(hx_req *r, int status, const char *ctype, const void *body, s
     hx_hdrs_remove(&r->rhdrs, "content-length");
     if (status >= 200 && status != 204 && status != 304)
         hx_hdrs_add(&r->arena, &r->rhdrs, "Content-Length", 14, cl, (size_t)n);
-    if (hx_hdrs_get(&r->rhdrs, "date").ptr == NULL) {
-        const char *d = hx_worker_date(r->w);
-        hx_hdrs_add(&r->arena, &r->rhdrs, "Date", 4, d, strlen(d));
-    }
     r->phase = HX_PH_RESPONDING;
     if (hx_resp_begin(r) != 0)
         return 0; /* already turned into an error response */
@@ -713,6 +739,15 @@ int hx_resp_begin(hx_req *r)
         }
     }
     int status = r->status;
+    if (r->upstream_bytes_seen && r->try_start > 0 && r->up_head == 0)
+        r->up_head = ev_now(r->w->loop);
+    /* Every final response carries Date (RFC 9110 6.6.1), proxied ones
+     * whose backend sent none included; the string is the worker's,
+     * formatted once a second. */
+    if (status >= 200 && hx_hdrs_get(&r->rhdrs, "date").ptr == NULL) {
+        const char *d = hx_worker_date(r->w);
+        hx_hdrs_add(&r->arena, &r->rhdrs, "Date", 4, d, strlen(d));
+    }
     r->resp_no_body = r->is_head || status == 204 || status == 304 || status < 200 ||
                       r->end_with_head;
     helios_buf cl = hx_hdrs_get(&r->rhdrs, "content-length");

@@ -29,6 +29,13 @@
 
 typedef struct hx_upconn hx_upconn;
 
+/* A request variable (api->req_var_*): name and value in the arena. */
+typedef struct hx_var {
+    const char *name;
+    helios_buf value;
+    struct hx_var *next;
+} hx_var;
+
 typedef struct hx_req hx_req;
 
 /*
@@ -151,6 +158,8 @@ struct hx_req {
     int upstream_bytes_seen; /* any response byte received */
     int req_sent_some;       /* any request body byte written upstream */
     ev_tstamp up_start, up_end;
+    ev_tstamp try_start; /* the last upstream attempt began */
+    ev_tstamp up_head;   /* its response head arrived: TTFB is the difference */
     char upstream_addr[64];
 
     ev_tstamp start;
@@ -168,7 +177,7 @@ struct hx_req {
     void *body_arg;
     int body_state; /* 0 not asked, 1 reading, 2 finished */
     ev_timer body_kick;
-    struct hx_var *vars; /* api->req_var_* (arena) */
+    hx_var *vars; /* api->req_var_* (arena) */
     /* WebSocket tunnel (tunnel.c) */
     int ws_upgrade;              /* HTTP/1.1 GET with Upgrade: websocket, no body */
     struct hx_tunnel *tunnel;    /* after the backend's 101: both connections are its */

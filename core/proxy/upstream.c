@@ -1180,6 +1180,7 @@ static void try_backend(hx_req *r)
     r->upstream_addr[al] = '\0';
     if (r->up_start == 0)
         r->up_start = ev_now(w->loop);
+    r->try_start = ev_now(w->loop);
     /* A pooled connection first. A backend that closed it while idle was
      * noticed by idle_read_cb; one that closes it right now is caught by
      * the stale-connection retry in up_fail. */
@@ -1377,6 +1378,7 @@ void hx_proxy_start(hx_req *r)
     if (up->protocol == HX_PROTO_H2 && !r->ws_upgrade) {
         if (r->up_start == 0)
             r->up_start = ev_now(r->w->loop);
+        r->try_start = ev_now(r->w->loop);
         size_t al = strlen(b->address);
         if (al >= sizeof(r->upstream_addr))
             al = sizeof(r->upstream_addr) - 1;

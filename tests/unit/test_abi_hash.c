@@ -35,6 +35,9 @@ static const struct {
     /* 1.2: module commands; every host API entry documented (thread,
      * ownership, lifetime, since); the balancer pick contract */
     {1, 2, 0xebbe2388338574f1u},
+    /* 1.3 (stats): helios_req_stats gains upstream TTFB, backend health
+     * and breaker, connection id, TLS version and cipher */
+    {1, 3, 0x5e449de3a0d165e0u},
 };
 #define ABI_HISTORY_LEN (sizeof(abi_history) / sizeof(abi_history[0]))
 
