@@ -158,6 +158,7 @@ enum { HX_LOG_FMT_TEXT = 0, HX_LOG_FMT_JSON = 1 };
 typedef struct hx_logging {
     int level;             /* HELIOS_LOG_* */
     char *error_log;       /* NULL = stderr */
+    int error_format;      /* HX_LOG_FMT_* */
     int access_enabled;
     char *access_log;      /* NULL = stdout */
     int access_format;     /* HX_LOG_FMT_* */

@@ -45,6 +45,8 @@ enum { V_BEGIN, V_BEGIN_CR, V_RL, V_RL_CR, V_H_START, V_H_NAME, V_H_VALUE, V_H_C
 static const llhttp_settings_t *req_settings(void);
 static void conn_process(hx_conn *c);
 static void conn_update_timer(hx_conn *c);
+static hx_req *req_new(hx_conn *c);
+static void req_free(hx_conn *c, hx_req *r);
 static void conn_close(hx_conn *c);
 
 /* ------------------------------------------------------------------ */
@@ -395,6 +397,21 @@ static void conn_send_error(hx_conn *c, int status, const char *why)
         c->req->resp_done = 1;
         c->req->error_reason = why;
         c->req->phase = HX_PH_DONE;
+    } else if (c->req == NULL) {
+        /* Refused before the parser began a request (a head the raw
+         * validator rejected, a head that never completed): the logs
+         * still get a line, with what is known. */
+        hx_req *r = req_new(c);
+        if (r != NULL) {
+            r->http_major = 1;
+            r->http_minor = 1;
+            r->status = status;
+            r->head_sent = r->resp_done = 1;
+            r->error_reason = why;
+            r->phase = HX_PH_DONE;
+            hx_req_log(r);
+            req_free(c, r);
+        }
     }
     hx_conn_write(c, buf, (size_t)n);
     c->close_after = 1;

@@ -556,7 +556,7 @@ static void deadline_cb(struct ev_loop *loop, ev_timer *t, int revents)
     hx_req_leave(r);
 }
 
-void hx_req_start(hx_req *r)
+static void req_start(hx_req *r)
 {
     hx_gen *g = r->gen;
     r->counted = 1;
@@ -639,6 +639,23 @@ void hx_req_start(hx_req *r)
         ev_timer_start(r->w->loop, &r->deadline);
     }
     run_request_filters(r);
+}
+
+void hx_req_log_ctx_push(const hx_req *r)
+{
+    if (!hx_log_wants_ctx()) {
+        hx_log_ctx_push(0, NULL, 0);
+        return;
+    }
+    helios_buf id = hx_req_log_id(r);
+    hx_log_ctx_push(r->conn ? r->conn->id : 0, id.ptr, id.len);
+}
+
+void hx_req_start(hx_req *r)
+{
+    hx_req_log_ctx_push(r);
+    req_start(r);
+    hx_log_ctx_pop();
 }
 
 void hx_req_resume(hx_req *r, int status)

@@ -25,6 +25,7 @@
 #include "base/arena.h"
 #include "base/buf.h"
 #include "base/httputil.h"
+#include "base/log.h"
 #include "event/worker.h"
 
 typedef struct hx_upconn hx_upconn;
@@ -224,8 +225,18 @@ int hx_req_body_in(hx_req *r, const char *p, size_t n, int last);
 int hx_req_takes_body(const hx_req *r);
 
 /* ---- the protocol, through r->ops ---- */
-static inline void hx_req_enter(hx_req *r) { r->ops->enter(r); }
-static inline void hx_req_leave(hx_req *r) { r->ops->leave(r); }
+/* The error log's request context (base/log.h) for the bracket. */
+void hx_req_log_ctx_push(const hx_req *r);
+static inline void hx_req_enter(hx_req *r)
+{
+    r->ops->enter(r);
+    hx_req_log_ctx_push(r);
+}
+static inline void hx_req_leave(hx_req *r)
+{
+    hx_log_ctx_pop();
+    r->ops->leave(r); /* may free R */
+}
 static inline void hx_req_body_wanted(hx_req *r) { r->ops->body_wanted(r); }
 static inline size_t hx_req_pending(const hx_req *r) { return r->ops->pending(r); }
 
