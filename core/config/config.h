@@ -72,6 +72,8 @@ typedef struct hx_upstream {
     unsigned max_tunnels;     /* open tunnels per backend, 0 = unlimited */
     uint64_t request_buffering; /* bodies up to this are read whole first, 0 = stream */
     unsigned panic_threshold;   /* % of healthy backends below which health is ignored */
+    _Atomic int panicking;           /* the last pick was in panic mode */
+    _Atomic uint64_t panic_entries;  /* times panic mode began (metrics) */
     /* retries (upstream.c) */
     unsigned retry_tries;      /* attempts in all, first included */
     unsigned retry_on;         /* HX_RETRY_* bits */

@@ -1275,7 +1275,13 @@ static int panic_mode(hx_upstream *up, const hx_backends *bs)
         eligible++;
         healthy += atomic_load_explicit(&b->healthy, memory_order_relaxed) != 0;
     }
-    if (eligible == 0 || healthy * 100 >= (size_t)up->panic_threshold * eligible)
+    int panic = eligible > 0 && healthy * 100 < (size_t)up->panic_threshold * eligible;
+    /* an entry is a change from balanced to panic: one exchange per change,
+     * a plain load otherwise */
+    if (atomic_load_explicit(&up->panicking, memory_order_relaxed) != panic &&
+        atomic_exchange_explicit(&up->panicking, panic, memory_order_relaxed) != panic && panic)
+        atomic_fetch_add_explicit(&up->panic_entries, 1, memory_order_relaxed);
+    if (!panic)
         return 0;
     hx_warn("upstream %s: panic mode: %zu of %zu backends healthy, below panic_threshold "
             "%u%%: balancing over all of them",

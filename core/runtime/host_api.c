@@ -808,4 +808,5 @@ const helios_host_api hx_host_api = {
     .subreq_header_at = hx_subreq_header_at,
     .subreq_cancel = hx_subreq_cancel,
     .req_tls = api_req_tls,
+    .ctl_upstream_panic = hx_ctl_upstream_panic,
 };

@@ -36,8 +36,9 @@ static const struct {
      * ownership, lifetime, since); the balancer pick contract */
     {1, 2, 0xebbe2388338574f1u},
     /* 1.3 (stats): helios_req_stats gains upstream TTFB, backend health
-     * and breaker, connection id, TLS version and cipher */
-    {1, 3, 0x5e449de3a0d165e0u},
+     * and breaker, connection id, TLS version and cipher; host API
+     * ctl_upstream_panic */
+    {1, 3, 0xf170e6e6829e6095u},
 };
 #define ABI_HISTORY_LEN (sizeof(abi_history) / sizeof(abi_history[0]))
 

@@ -46,6 +46,7 @@
  *                        subreq_status subreq_header_count subreq_header_at
  *                        subreq_cancel (1.1)
  *   TLS ................ req_tls (1.1)
+ *   upstream state ..... ctl_upstream_panic (1.3)
  *
  * Each entry's comment ends with [THREAD, since VERSION]. Threads:
  *   worker  the worker that owns the request, timer or W in question;
@@ -593,6 +594,13 @@ struct helios_host_api {
      * TLS and returns 0; returns -1 for a plain-text connection, a
      * subrequest, or a NULL or too small OUT. [worker, since 1.1] */
     int (*req_tls)(helios_request *r, helios_tls_info *out);
+
+    /* ==== appended in ABI 1.3 (stats) ==== */
+    /* Panic mode of UPSTREAM (panic_threshold): returns 1 when its last
+     * pick balanced over all backends because too few were healthy, 0
+     * when not, -1 for no such upstream. *ENTRIES (if not NULL) gets the
+     * times panic mode began in this generation. [ctl, since 1.3] */
+    int (*ctl_upstream_panic)(const char *upstream, uint64_t *entries);
 };
 
 enum {
