@@ -290,6 +290,8 @@ static void mx_render_requests(mx_out *o, const mx_store *st, mx_agg *v, size_t 
     free(h);
 }
 
+static void mx_render_process(mx_out *o, uint64_t start_time);
+
 static void mx_render_core(mx_out *o)
 {
     helios_core_stats cs;
@@ -332,6 +334,7 @@ static void mx_render_core(mx_out *o)
     mx_family(o, "helios_response_body_bytes_total", "counter",
               "Response body bytes sent, all requests.");
     mx_u64(o, "helios_response_body_bytes_total", NULL, NULL, NULL, NULL, cs.bytes_out);
+    mx_render_process(o, cs.start_time);
 }
 
 /* ---- backends (walked at scrape time) ---- */
@@ -529,13 +532,8 @@ static void mx_render_events(mx_out *o)
 }
 
 /* Standard process metrics (Prometheus client conventions), from /proc. */
-static void mx_render_process(mx_out *o)
+static void mx_render_process(mx_out *o, uint64_t start_time)
 {
-    helios_core_stats cs;
-    memset(&cs, 0, sizeof(cs));
-    cs.size = sizeof(cs);
-    mx_api->core_stats(&cs);
-    uint64_t start_time = cs.start_time;
     double cpu = 0, rss = 0, vsz = 0;
     FILE *f = fopen("/proc/self/stat", "r");
     if (f != NULL) {
@@ -610,7 +608,6 @@ int mx_render(void *ctx, char **out, size_t *len)
     mx_render_backends(&o);
     mx_render_panic(&o);
     mx_render_events(&o);
-    mx_render_process(&o);
     mx_family(&o, "helios_metrics_dropped_total", "counter",
               "Requests the metrics module could not count (label sets per worker exhausted).");
     mx_u64(&o, "helios_metrics_dropped_total", NULL, NULL, NULL, NULL, dropped);
