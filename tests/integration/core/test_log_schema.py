@@ -1,7 +1,7 @@
 """One log schema (docs/logging.md): the core's JSON access log and the
 access_log module's JSON lines carry the same fields with the same values
 for the same requests, refused ones included (400 before and after the
-parser began a request, 404, 413, 431, 429); UTF-8 in a path stays UTF-8
+parser began a request, 404, 408, 413, 431, 429); UTF-8 in a path stays UTF-8
 and an invalid byte is escaped as the text \\xHH; the JSON error log has
 time, level, module, request_id, connection_id and message; the admin
 API's audit log follows a rename like the other logs."""
@@ -55,6 +55,7 @@ def start(heliosd, backend, tmp_path, **extra):
             "access_log_format": "json",
         },
         limits={"max_request_body": "1k", "max_header_size": "4k"},
+        timeouts={"client_header": "1s"},
         modules=[
             {"module": "access_log",
              "config": {"format": "json", "path": str(tmp_path / "module.json")}},
@@ -145,6 +146,11 @@ def test_core_and_module_json_logs_agree_field_by_field(heliosd, backend, tmp_pa
     assert send_raw(port, request_bytes("GET", "/limited")).status == 200
     assert send_raw(port, request_bytes("GET", "/limited")).status == 429
     expect += [(200, "/limited"), (429, "/limited")]
+    # a head that never completes: 408 after client_header
+    with RawConn(port) as c:
+        c.send(b"GET /hello/slow HTTP/1.1\r\nHost: t\r\n")
+        assert c.read_response(timeout=10).status == 408
+    expect.append((408, None))
 
     n = len(expect)
     core = wait_for(lambda: (lambda v: v if len(v) >= n else None)(lines(tmp_path / "core.json")),
