@@ -199,16 +199,14 @@ void hx_accesslog_write(const hx_req *r)
         char method[64];
         size_t ml = text_esc(method, sizeof(method), r->method.ptr ? r->method.ptr : "-",
                              r->method.ptr ? r->method.len : 1);
-        size_t pl = text_esc(path, sizeof(path), r->target.ptr ? r->target.ptr : "",
-                             r->target.len);
+        size_t pl = text_esc(path, sizeof(path), r->target.ptr ? r->target.ptr : "", r->target.len);
         int n = snprintf(line, sizeof(line),
                          "%s %s \"%.*s %.*s %s\" %d %llu %llu %llu route=%s upstream=%s "
                          "upstream_ms=%lld tries=%u backend=%s breaker=%s tls=%s cipher=%s%s\n",
                          ts, client, (int)ml, method, (int)pl, path, st.protocol, st.status,
                          (unsigned long long)st.bytes_in, (unsigned long long)st.bytes_out,
-                         (unsigned long long)st.duration_ms, route, up,
-                         (long long)st.upstream_ms, st.attempts, health, breaker,
-                         st.tls_version ? st.tls_version : "-",
+                         (unsigned long long)st.duration_ms, route, up, (long long)st.upstream_ms,
+                         st.attempts, health, breaker, st.tls_version ? st.tls_version : "-",
                          st.tls_cipher ? st.tls_cipher : "-", st.aborted ? " aborted" : "");
         if (n <= 0)
             return;

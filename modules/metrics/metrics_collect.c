@@ -47,7 +47,8 @@ static void mx_store_free(mx_store *st)
         if (sh == NULL)
             continue;
         for (int list = 0; list < 2; list++) {
-            mx_series *s = atomic_load_explicit(list ? &sh->bhead : &sh->head, memory_order_acquire);
+            mx_series *s =
+                atomic_load_explicit(list ? &sh->bhead : &sh->head, memory_order_acquire);
             while (s != NULL) {
                 mx_series *next = s->next;
                 free(s->route);
@@ -177,8 +178,7 @@ static int mx_label_eq(const char *kept, const char *s)
 /* The series of ROUTE x UPSTREAM in the worker's shard (of UPSTREAM x
  * BACKEND in its backend list when BLIST), appended when new; NULL when the
  * shard is full or memory is short. Worker only. */
-static mx_series *mx_series_find(mx_wstate *ws, int blist, const char *route,
-                                 const char *upstream)
+static mx_series *mx_series_find(mx_wstate *ws, int blist, const char *route, const char *upstream)
 {
     mx_shard *sh = ws->shard;
     _Atomic(mx_series *) *list = blist ? &sh->bhead : &sh->head;
@@ -209,7 +209,7 @@ static mx_series *mx_series_find(mx_wstate *ws, int blist, const char *route,
 }
 
 static inline mx_series *mx_series_get(mx_wstate *ws, int blist, const char *route,
-                                        const char *upstream)
+                                       const char *upstream)
 {
     uintptr_t h = ((uintptr_t)route * 0x9E3779B97F4A7C15u) ^ (uintptr_t)upstream;
     mx_cache_slot *slot = &(blist ? ws->bcache : ws->cache)[(h >> 7) % MX_CACHE_SLOTS];
@@ -224,8 +224,7 @@ static inline mx_series *mx_series_get(mx_wstate *ws, int blist, const char *rou
     return s;
 }
 
-static inline void mx_observe(_Atomic uint64_t *hist, const uint64_t *le_us, size_t nb,
-                              uint64_t us)
+static inline void mx_observe(_Atomic uint64_t *hist, const uint64_t *le_us, size_t nb, uint64_t us)
 {
     size_t i = 0;
     while (i < nb && us > le_us[i])
@@ -323,8 +322,7 @@ static int mx_agg_cmp_route(const void *a, const void *b)
 
 /* Every series of every shard, summed per label pair and sorted by route
  * then upstream. Returns the count, or -1 when memory is short. */
-long mx_collect(mx_store *st, int backends, mx_agg **out, uint64_t **hist_out,
-                uint64_t *dropped)
+long mx_collect(mx_store *st, int backends, mx_agg **out, uint64_t **hist_out, uint64_t *dropped)
 {
     size_t nh = 2 * (st->nb + 1);
     size_t n = 0, cap = 0;
@@ -336,8 +334,8 @@ long mx_collect(mx_store *st, int backends, mx_agg **out, uint64_t **hist_out,
         if (sh == NULL)
             continue;
         *dropped += mx_ld(&sh->dropped);
-        for (mx_series *s = atomic_load_explicit(backends ? &sh->bhead : &sh->head,
-                                                 memory_order_acquire);
+        for (mx_series *s =
+                 atomic_load_explicit(backends ? &sh->bhead : &sh->head, memory_order_acquire);
              s != NULL; s = s->next) {
             if (n == cap) {
                 cap = cap ? cap * 2 : 32;

@@ -140,11 +140,10 @@ uint64_t mx_carry(const char *k1, const char *k2, int metric, uint64_t raw)
     uint64_t h = mx_carry_hash(k1, k2, metric) % MX_CARRY_BUCKETS;
     pthread_mutex_lock(&mx_ev_lock);
     mx_carry_ent *e = mx_carry_tab[h];
-    while (e != NULL && (e->metric != metric || strcmp(e->key, k1) != 0 ||
-                         strcmp(e->key + l1 + 1, k2) != 0))
+    while (e != NULL &&
+           (e->metric != metric || strcmp(e->key, k1) != 0 || strcmp(e->key + l1 + 1, k2) != 0))
         e = e->next;
-    if (e == NULL && mx_ncarry < MX_CARRY_MAX &&
-        (e = malloc(sizeof(*e) + l1 + l2 + 2)) != NULL) {
+    if (e == NULL && mx_ncarry < MX_CARRY_MAX && (e = malloc(sizeof(*e) + l1 + l2 + 2)) != NULL) {
         e->metric = metric;
         e->last = e->base = 0;
         memcpy(e->key, k1, l1 + 1);

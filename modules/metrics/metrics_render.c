@@ -147,8 +147,8 @@ static void mx_hlabels(mx_out *o, const char *label, const char *value, const ch
 /* One histogram sample group over NB bounds LE: cumulative buckets, +Inf,
  * _sum, _count. */
 static void mx_histogram2(mx_out *o, const char *name, const char *label, const char *value,
-                          const char *label2, const char *value2, const double *bounds,
-                          size_t nb, const uint64_t *h, uint64_t sum_us)
+                          const char *label2, const char *value2, const double *bounds, size_t nb,
+                          const uint64_t *h, uint64_t sum_us)
 {
     uint64_t cum = 0;
     for (size_t i = 0; i <= nb; i++) {
@@ -544,8 +544,9 @@ static void mx_render_process(mx_out *o, uint64_t start_time)
         /* fields after the command name, which may hold spaces: from the last ')' */
         const char *p = strrchr(buf, ')');
         unsigned long long ut = 0, stt = 0, vs = 0, rs = 0;
-        if (p != NULL && sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu "
-                                       "%*d %*d %*d %*d %*d %*d %*u %llu %llu",
+        if (p != NULL && sscanf(p + 2,
+                                "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu "
+                                "%*d %*d %*d %*d %*d %*d %*u %llu %llu",
                                 &ut, &stt, &vs, &rs) == 4) {
             long tick = sysconf(_SC_CLK_TCK), page = sysconf(_SC_PAGESIZE);
             cpu = (double)(ut + stt) / (double)(tick > 0 ? tick : 100);

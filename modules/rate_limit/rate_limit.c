@@ -379,8 +379,7 @@ static void rl_policy_note(const rl_config *cfg, helios_request *r, const rl_ver
          (cur.remaining == me.remaining && cur.reset_s >= me.reset_s)))
         return; /* the one already there is at least as tight */
     char buf[96];
-    snprintf(buf, sizeof(buf), "%lld %lld %llu %d", me.limit, me.remaining, me.reset_s,
-             me.denied);
+    snprintf(buf, sizeof(buf), "%lld %lld %llu %d", me.limit, me.remaining, me.reset_s, me.denied);
     api->req_var_set(r, RL_POLICY_VAR, buf);
 }
 

@@ -164,18 +164,18 @@ typedef struct helios_access_entry {
     helios_buf method;      /* ptr NULL: none (request line not read) */
     helios_buf path;        /* the request target as received */
     const char *protocol;
-    int status;             /* 0: no response was sent */
+    int status; /* 0: no response was sent */
     uint64_t bytes_in, bytes_out;
     uint64_t duration_ms;
-    const char *route;      /* route name; NULL or "": none */
-    const char *upstream;   /* "addr:port" of the last backend tried */
-    const char *backend;    /* its name */
-    int64_t upstream_ms;    /* -1: not proxied */
+    const char *route;        /* route name; NULL or "": none */
+    const char *upstream;     /* "addr:port" of the last backend tried */
+    const char *backend;      /* its name */
+    int64_t upstream_ms;      /* -1: not proxied */
     int64_t upstream_ttfb_ms; /* -1: no response head from a backend */
     unsigned tries;
-    int backend_health;     /* 1 up, 0 down, -1 none */
-    int breaker;            /* 0 closed, 1 open, 2 half-open, -1 none */
-    const char *tls;        /* TLS version */
+    int backend_health; /* 1 up, 0 down, -1 none */
+    int breaker;        /* 0 closed, 1 open, 2 half-open, -1 none */
+    const char *tls;    /* TLS version */
     const char *cipher;
     int aborted;
 } helios_access_entry;
