@@ -14,12 +14,12 @@ static _Atomic int log_level = HELIOS_LOG_INFO;
 static _Atomic int log_fd = STDERR_FILENO;
 static char log_path[4096];
 static _Atomic int errors_to_stderr;
-static _Atomic int log_json;
+_Atomic int hx_log_json;
+_Thread_local unsigned hx_log_depth;
 
 static const char *const level_names[] = {"error", "warn", "info", "debug"};
 
 static _Thread_local struct {
-    unsigned depth;
     uint64_t conn_id;
     size_t rid_len;
     int has_rid;
@@ -28,12 +28,12 @@ static _Thread_local struct {
 
 void hx_log_set_json(int on)
 {
-    atomic_store(&log_json, on);
+    atomic_store(&hx_log_json, on);
 }
 
 void hx_log_ctx_push(uint64_t conn_id, const char *rid, size_t len)
 {
-    if (ctx.depth++ > 0)
+    if (hx_log_depth++ > 0)
         return;
     ctx.conn_id = conn_id;
     ctx.has_rid = rid != NULL;
@@ -42,15 +42,10 @@ void hx_log_ctx_push(uint64_t conn_id, const char *rid, size_t len)
         memcpy(ctx.rid, rid, ctx.rid_len);
 }
 
-int hx_log_wants_ctx(void)
-{
-    return atomic_load_explicit(&log_json, memory_order_relaxed);
-}
-
 void hx_log_ctx_pop(void)
 {
-    if (ctx.depth > 0)
-        ctx.depth--;
+    if (hx_log_depth > 0)
+        hx_log_depth--;
 }
 
 /* The JSON form of a line: STAMP, LEVEL, MODULE (or NULL), MSG. */
@@ -65,9 +60,9 @@ static size_t json_line(char *out, size_t cap, const char *stamp, size_t slen, i
     helios_jbuf_puts(&o, "\",\"module\":");
     helios_json_cstr(&o, module, 64);
     helios_jbuf_puts(&o, ",\"request_id\":");
-    helios_json_str(&o, ctx.depth && ctx.has_rid ? ctx.rid : NULL, ctx.rid_len, 256);
+    helios_json_str(&o, hx_log_depth && ctx.has_rid ? ctx.rid : NULL, ctx.rid_len, 256);
     helios_jbuf_puts(&o, ",\"connection_id\":");
-    if (ctx.depth && ctx.conn_id)
+    if (hx_log_depth && ctx.conn_id)
         helios_jbuf_u64(&o, ctx.conn_id);
     else
         helios_jbuf_puts(&o, "null");
@@ -112,7 +107,7 @@ static void flush_repeats(const char *stamp, size_t slen)
         return;
     char line[512];
     const char *lvl = last.body; /* "[level] ..." */
-    if (atomic_load_explicit(&log_json, memory_order_relaxed)) {
+    if (atomic_load_explicit(&hx_log_json, memory_order_relaxed)) {
         int level = HELIOS_LOG_INFO;
         for (int i = 0; i < 4; i++)
             if (strncmp(lvl + 1, level_names[i], strlen(level_names[i])) == 0)
@@ -236,7 +231,7 @@ void hx_vlog(int level, const char *module, const char *fmt, va_list ap)
     } else {
         last.len = 0;
     }
-    if (atomic_load_explicit(&log_json, memory_order_relaxed)) {
+    if (atomic_load_explicit(&hx_log_json, memory_order_relaxed)) {
         /* the message starts after "[level] module: " */
         size_t skip = stamp + strlen(level_names[level]) + 3 + (module ? strlen(module) + 2 : 0);
         if (skip > (size_t)n - 1)

@@ -8,6 +8,9 @@
 #define HX_LOG_H
 
 #include <stdarg.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
 
 #include <helios/types.h>
 
@@ -33,9 +36,12 @@ void hx_log_set_json(int on);
  */
 void hx_log_ctx_push(uint64_t conn_id, const char *rid, size_t len);
 void hx_log_ctx_pop(void);
-/* 1 when the ids are used (JSON lines): a caller may skip looking them up
- * otherwise and push (0, NULL, 0), keeping push and pop paired. */
-int hx_log_wants_ctx(void);
+/* The JSON switch and the thread's push depth, for callers on hot paths:
+ * push only when hx_log_json is set, pop only when hx_log_depth > 0 (a
+ * switch flipped by a reload between the two costs at most a moment of
+ * missing ids, never a stale context). */
+extern _Atomic int hx_log_json;
+extern _Thread_local unsigned hx_log_depth;
 
 void hx_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void hx_vlog(int level, const char *module, const char *fmt, va_list ap)

@@ -1494,6 +1494,11 @@ static int http1_write_head(hx_req *r)
         hx_buf_append(head, h->value.ptr, h->value.len);
         append(head, "\r\n");
     }
+    if (r->add_date) {
+        append(head, "Date: ");
+        append(head, hx_worker_date(r->w));
+        append(head, "\r\n");
+    }
     if (r->resp_chunked)
         append(head, "Transfer-Encoding: chunked\r\n");
     if (status == 101 && r->ws_upgrade)

@@ -643,19 +643,18 @@ static void req_start(hx_req *r)
 
 void hx_req_log_ctx_push(const hx_req *r)
 {
-    if (!hx_log_wants_ctx()) {
-        hx_log_ctx_push(0, NULL, 0);
-        return;
-    }
     helios_buf id = hx_req_log_id(r);
     hx_log_ctx_push(r->conn ? r->conn->id : 0, id.ptr, id.len);
 }
 
 void hx_req_start(hx_req *r)
 {
-    hx_req_log_ctx_push(r);
+    int ids = atomic_load_explicit(&hx_log_json, memory_order_relaxed);
+    if (ids)
+        hx_req_log_ctx_push(r);
     req_start(r);
-    hx_log_ctx_pop();
+    if (ids && hx_log_depth > 0)
+        hx_log_ctx_pop();
 }
 
 void hx_req_resume(hx_req *r, int status)
@@ -759,12 +758,10 @@ int hx_resp_begin(hx_req *r)
     if (r->upstream_bytes_seen && r->try_start > 0 && r->up_head == 0)
         r->up_head = ev_now(r->w->loop);
     /* Every final response carries Date (RFC 9110 6.6.1), proxied ones
-     * whose backend sent none included; the string is the worker's,
-     * formatted once a second. */
-    if (status >= 200 && hx_hdrs_get(&r->rhdrs, "date").ptr == NULL) {
-        const char *d = hx_worker_date(r->w);
-        hx_hdrs_add(&r->arena, &r->rhdrs, "Date", 4, d, strlen(d));
-    }
+     * whose backend sent none included. The protocol appends the worker's
+     * string (formatted once a second) when framing the head: not a
+     * header in rhdrs, so no copy and no per-byte validation. */
+    r->add_date = status >= 200 && hx_hdrs_get(&r->rhdrs, "date").ptr == NULL;
     r->resp_no_body = r->is_head || status == 204 || status == 304 || status < 200 ||
                       r->end_with_head;
     helios_buf cl = hx_hdrs_get(&r->rhdrs, "content-length");

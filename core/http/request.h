@@ -159,6 +159,7 @@ struct hx_req {
     int upstream_bytes_seen; /* any response byte received */
     int req_sent_some;       /* any request body byte written upstream */
     ev_tstamp up_start, up_end;
+    int add_date;        /* the head gets the worker's Date (hx_resp_begin) */
     ev_tstamp try_start; /* the last upstream attempt began */
     ev_tstamp up_head;   /* its response head arrived: TTFB is the difference */
     char upstream_addr[64];
@@ -225,16 +226,19 @@ int hx_req_body_in(hx_req *r, const char *p, size_t n, int last);
 int hx_req_takes_body(const hx_req *r);
 
 /* ---- the protocol, through r->ops ---- */
-/* The error log's request context (base/log.h) for the bracket. */
+/* The error log's request context (base/log.h) for the bracket; only
+ * when the JSON error log uses it (a thread-local test otherwise). */
 void hx_req_log_ctx_push(const hx_req *r);
 static inline void hx_req_enter(hx_req *r)
 {
     r->ops->enter(r);
-    hx_req_log_ctx_push(r);
+    if (atomic_load_explicit(&hx_log_json, memory_order_relaxed))
+        hx_req_log_ctx_push(r);
 }
 static inline void hx_req_leave(hx_req *r)
 {
-    hx_log_ctx_pop();
+    if (hx_log_depth > 0)
+        hx_log_ctx_pop();
     r->ops->leave(r); /* may free R */
 }
 static inline void hx_req_body_wanted(hx_req *r) { r->ops->body_wanted(r); }
