@@ -90,6 +90,19 @@ static void mx_family(mx_out *o, const char *name, const char *type, const char 
     mx_printf(o, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
+/* The labels LABEL="VALUE"[,LABEL2="VALUE2"] of a sample (no braces). */
+static void mx_hlabels(mx_out *o, const char *label, const char *value, const char *label2,
+                       const char *value2)
+{
+    mx_printf(o, "%s=\"", label);
+    mx_escaped(o, value);
+    if (label2 != NULL) {
+        mx_printf(o, "\",%s=\"", label2);
+        mx_escaped(o, value2);
+    }
+    mx_printf(o, "\"");
+}
+
 /* NAME{K1="V1",K2="V2"...} with escaped values; NULL ends the pairs. */
 static void mx_sample_start(mx_out *o, const char *name, const char *k1, const char *v1,
                             const char *k2, const char *v2)
@@ -97,13 +110,8 @@ static void mx_sample_start(mx_out *o, const char *name, const char *k1, const c
     mx_printf(o, "%s", name);
     if (k1 == NULL)
         return;
-    mx_printf(o, "{%s=\"", k1);
-    mx_escaped(o, v1);
-    if (k2 != NULL) {
-        mx_printf(o, "\",%s=\"", k2);
-        mx_escaped(o, v2);
-    }
-    mx_printf(o, "\"");
+    mx_printf(o, "{");
+    mx_hlabels(o, k1, v1, k2, v2);
 }
 
 static void mx_u64(mx_out *o, const char *name, const char *k1, const char *v1, const char *k2,
@@ -129,19 +137,6 @@ static void mx_fmt_le(char *buf, size_t size, double v)
         if (strtod(buf, NULL) == v)
             return;
     }
-}
-
-/* The labels LABEL="VALUE"[,LABEL2="VALUE2"] of a histogram sample. */
-static void mx_hlabels(mx_out *o, const char *label, const char *value, const char *label2,
-                       const char *value2)
-{
-    mx_printf(o, "%s=\"", label);
-    mx_escaped(o, value);
-    if (label2 != NULL) {
-        mx_printf(o, "\",%s=\"", label2);
-        mx_escaped(o, value2);
-    }
-    mx_printf(o, "\"");
 }
 
 /* One histogram sample group over NB bounds LE: cumulative buckets, +Inf,
