@@ -113,7 +113,7 @@ echo "| metrics module | $mn | $(ratio "$mn" "$mo") | $cn | $(ratio "$cn" "$co")
 echo "median of the per-round req/s ratios: $(median "${ratios[@]}")"
 
 counted=$(curl -s "http://127.0.0.1:$m_on/metrics" |
-    sed -n 's/^helios_http_requests_total{route="app",upstream="app",code="2xx"} //p')
+    sed -n 's/^helios_http_requests_total{route="app",upstream="app",code="200",class="2xx"} //p')
 echo "the metrics instance counted $counted 2xx requests"
 [ -n "$counted" ] && [ "$counted" -gt 0 ] || die "the metrics instance counted nothing"
 

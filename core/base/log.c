@@ -8,12 +8,71 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <helios/util/json.h>
+
 static _Atomic int log_level = HELIOS_LOG_INFO;
 static _Atomic int log_fd = STDERR_FILENO;
 static char log_path[4096];
 static _Atomic int errors_to_stderr;
+_Atomic int hx_log_json;
+_Thread_local unsigned hx_log_depth;
 
 static const char *const level_names[] = {"error", "warn", "info", "debug"};
+
+static _Thread_local struct {
+    uint64_t conn_id;
+    size_t rid_len;
+    int has_rid;
+    char rid[128];
+} ctx;
+
+void hx_log_set_json(int on)
+{
+    atomic_store(&hx_log_json, on);
+}
+
+void hx_log_ctx_push(uint64_t conn_id, const char *rid, size_t len)
+{
+    if (hx_log_depth++ > 0)
+        return;
+    ctx.conn_id = conn_id;
+    ctx.has_rid = rid != NULL;
+    ctx.rid_len = rid == NULL ? 0 : len < sizeof(ctx.rid) ? len : sizeof(ctx.rid);
+    if (rid != NULL)
+        memcpy(ctx.rid, rid, ctx.rid_len);
+}
+
+void hx_log_ctx_pop(void)
+{
+    if (hx_log_depth > 0)
+        hx_log_depth--;
+}
+
+/* The JSON form of a line: STAMP, LEVEL, MODULE (or NULL), MSG. */
+static size_t json_line(char *out, size_t cap, const char *stamp, size_t slen, int level,
+                        const char *module, const char *msg, size_t mlen)
+{
+    helios_jbuf o = {out, 0, cap - 1, 0};
+    helios_jbuf_puts(&o, "{\"time\":");
+    helios_json_str(&o, stamp, slen, 64);
+    helios_jbuf_puts(&o, ",\"level\":\"");
+    helios_jbuf_puts(&o, level_names[level]);
+    helios_jbuf_puts(&o, "\",\"module\":");
+    helios_json_cstr(&o, module, 64);
+    helios_jbuf_puts(&o, ",\"request_id\":");
+    helios_json_str(&o, hx_log_depth && ctx.has_rid ? ctx.rid : NULL, ctx.rid_len, 256);
+    helios_jbuf_puts(&o, ",\"connection_id\":");
+    if (hx_log_depth && ctx.conn_id)
+        helios_jbuf_u64(&o, ctx.conn_id);
+    else
+        helios_jbuf_puts(&o, "null");
+    helios_jbuf_puts(&o, ",\"message\":");
+    helios_json_str(&o, msg, mlen, cap / 2);
+    helios_jbuf_puts(&o, "}");
+    out[o.len++] = '\n';
+    return o.len;
+}
+
 
 /*
  * Repeated lines. A failing backend with no health module, or a client
@@ -46,8 +105,20 @@ static void flush_repeats(const char *stamp, size_t slen)
 {
     if (last.count == 0)
         return;
-    char line[256];
+    char line[512];
     const char *lvl = last.body; /* "[level] ..." */
+    if (atomic_load_explicit(&hx_log_json, memory_order_relaxed)) {
+        int level = HELIOS_LOG_INFO;
+        for (int i = 0; i < 4; i++)
+            if (strncmp(lvl + 1, level_names[i], strlen(level_names[i])) == 0)
+                level = i;
+        char msg[64];
+        int m = snprintf(msg, sizeof(msg), "last message repeated %lu times", last.count);
+        write_line(line, json_line(line, sizeof(line), stamp, slen > 0 ? slen - 1 : 0, level,
+                                   NULL, msg, (size_t)m));
+        last.count = 0;
+        return;
+    }
     const char *end = memchr(lvl, ']', last.len);
     int ll = end ? (int)(end - lvl + 1) : 0;
     int n = snprintf(line, sizeof(line), "%.*s%.*s last message repeated %lu times\n",
@@ -160,7 +231,18 @@ void hx_vlog(int level, const char *module, const char *fmt, va_list ap)
     } else {
         last.len = 0;
     }
-    write_line(line, (size_t)n);
+    if (atomic_load_explicit(&hx_log_json, memory_order_relaxed)) {
+        /* the message starts after "[level] module: " */
+        size_t skip = stamp + strlen(level_names[level]) + 3 + (module ? strlen(module) + 2 : 0);
+        if (skip > (size_t)n - 1)
+            skip = (size_t)n - 1;
+        char jl[4096];
+        size_t jn = json_line(jl, sizeof(jl), line, stamp > 0 ? stamp - 1 : 0, level, module,
+                              line + skip, (size_t)n - 1 - skip);
+        write_line(jl, jn);
+    } else {
+        write_line(line, (size_t)n);
+    }
     if (level == HELIOS_LOG_ERROR && atomic_load(&errors_to_stderr) &&
         atomic_load(&log_fd) != STDERR_FILENO) {
         ssize_t w = write(STDERR_FILENO, line, (size_t)n);

@@ -8,6 +8,9 @@
 #define HX_LOG_H
 
 #include <stdarg.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
 
 #include <helios/types.h>
 
@@ -22,6 +25,23 @@ void hx_log_close(void);
  * the terminal or the journal, not only the file. Main thread. */
 void hx_log_errors_to_stderr(int on);
 int hx_log_enabled(int level);
+/* ON: one JSON object per line (logging.error_log_format: json) with
+ * time, level, module, request_id, connection_id and message. */
+void hx_log_set_json(int on);
+/*
+ * The request a thread is working on, for the JSON lines' request_id and
+ * connection_id: push when entering a request's code, pop when leaving.
+ * Pushes nest; the outermost request is the one logged. RID (LEN bytes,
+ * may be NULL) is copied (at most 128 bytes).
+ */
+void hx_log_ctx_push(uint64_t conn_id, const char *rid, size_t len);
+void hx_log_ctx_pop(void);
+/* The JSON switch and the thread's push depth, for callers on hot paths:
+ * push only when hx_log_json is set, pop only when hx_log_depth > 0 (a
+ * switch flipped by a reload between the two costs at most a moment of
+ * missing ids, never a stale context). */
+extern _Atomic int hx_log_json;
+extern _Thread_local unsigned hx_log_depth;
 
 void hx_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void hx_vlog(int level, const char *module, const char *fmt, va_list ap)

@@ -709,8 +709,8 @@ static void parse_limits(build *b, const hx_conf_node *root)
 
 static void parse_logging(build *b, const hx_conf_node *root)
 {
-    static const char *const keys[] = {"level", "error_log", "access_log", "access_log_format",
-                                       NULL};
+    static const char *const keys[] = {"level",      "error_log",         "error_log_format",
+                                       "access_log", "access_log_format", NULL};
     static const char *const levels[] = {"error", "warn", "info", "debug", NULL};
     static const char *const formats[] = {"text", "json", NULL};
     const hx_conf_node *m = opt_map(root, "logging", keys);
@@ -722,6 +722,8 @@ static void parse_logging(build *b, const hx_conf_node *root)
     lg->level = v < 0 ? HELIOS_LOG_INFO : v;
     v = get_enum(m, "access_log_format", formats, HX_LOG_FMT_TEXT);
     lg->access_format = v < 0 ? HX_LOG_FMT_TEXT : v;
+    v = get_enum(m, "error_log_format", formats, HX_LOG_FMT_TEXT);
+    lg->error_format = v < 0 ? HX_LOG_FMT_TEXT : v;
 
     const hx_conf_node *n = opt_scalar(m, "error_log", "\"stderr\" or a file path");
     if (n && strcmp(n->scalar, "stderr") != 0)

@@ -72,6 +72,8 @@ typedef struct hx_upstream {
     unsigned max_tunnels;     /* open tunnels per backend, 0 = unlimited */
     uint64_t request_buffering; /* bodies up to this are read whole first, 0 = stream */
     unsigned panic_threshold;   /* % of healthy backends below which health is ignored */
+    _Atomic int panicking;           /* the last pick was in panic mode */
+    _Atomic uint64_t panic_entries;  /* times panic mode began (metrics) */
     /* retries (upstream.c) */
     unsigned retry_tries;      /* attempts in all, first included */
     unsigned retry_on;         /* HX_RETRY_* bits */
@@ -159,6 +161,7 @@ enum { HX_LOG_FMT_TEXT = 0, HX_LOG_FMT_JSON = 1 };
 typedef struct hx_logging {
     int level;             /* HELIOS_LOG_* */
     char *error_log;       /* NULL = stderr */
+    int error_format;      /* HX_LOG_FMT_* */
     int access_enabled;
     char *access_log;      /* NULL = stdout */
     int access_format;     /* HX_LOG_FMT_* */

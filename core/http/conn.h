@@ -49,6 +49,7 @@ struct hx_conn {
     struct sockaddr_storage peer;
     socklen_t peer_len;
     char peer_ip[46]; /* formatted once per connection: X-Forwarded-For etc. */
+    uint64_t id;      /* unique in the process, from 1: logs' connection_id */
 
     llhttp_t parser;
     hx_buf in;

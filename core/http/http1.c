@@ -14,6 +14,7 @@
  */
 #include <errno.h>
 #include <netinet/in.h>
+#include <stdatomic.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
 #include <string.h>
@@ -44,6 +45,8 @@ enum { V_BEGIN, V_BEGIN_CR, V_RL, V_RL_CR, V_H_START, V_H_NAME, V_H_VALUE, V_H_C
 static const llhttp_settings_t *req_settings(void);
 static void conn_process(hx_conn *c);
 static void conn_update_timer(hx_conn *c);
+static hx_req *req_new(hx_conn *c);
+static void req_free(hx_conn *c, hx_req *r);
 static void conn_close(hx_conn *c);
 
 /* ------------------------------------------------------------------ */
@@ -394,6 +397,21 @@ static void conn_send_error(hx_conn *c, int status, const char *why)
         c->req->resp_done = 1;
         c->req->error_reason = why;
         c->req->phase = HX_PH_DONE;
+    } else if (c->req == NULL) {
+        /* Refused before the parser began a request (a head the raw
+         * validator rejected, a head that never completed): the logs
+         * still get a line, with what is known. */
+        hx_req *r = req_new(c);
+        if (r != NULL) {
+            r->http_major = 1;
+            r->http_minor = 1;
+            r->status = status;
+            r->head_sent = r->resp_done = 1;
+            r->error_reason = why;
+            r->phase = HX_PH_DONE;
+            hx_req_log(r);
+            req_free(c, r);
+        }
     }
     hx_conn_write(c, buf, (size_t)n);
     c->close_after = 1;
@@ -1292,6 +1310,8 @@ void hx_conn_accept(hx_lsock *ls, int fd, const struct sockaddr *sa, socklen_t s
     memcpy(&c->peer, sa, salen);
     c->peer_len = salen;
     hx_addr_ip_str(sa, c->peer_ip, sizeof(c->peer_ip));
+    static _Atomic uint64_t next_id = 1;
+    c->id = atomic_fetch_add_explicit(&next_id, 1, memory_order_relaxed);
     llhttp_init(&c->parser, HTTP_REQUEST, req_settings());
     c->parser.data = c;
     ev_io_init(&c->rio, conn_read_cb, fd, EV_READ);
@@ -1472,6 +1492,11 @@ static int http1_write_head(hx_req *r)
         hx_buf_append(head, h->name.ptr, h->name.len);
         append(head, ": ");
         hx_buf_append(head, h->value.ptr, h->value.len);
+        append(head, "\r\n");
+    }
+    if (r->add_date) {
+        append(head, "Date: ");
+        append(head, hx_worker_date(r->w));
         append(head, "\r\n");
     }
     if (r->resp_chunked)

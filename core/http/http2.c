@@ -291,7 +291,7 @@ static int h2_resp_head(hx_req *r)
 {
     hx_h2_stream *st = S(r);
     hx_h2 *h = st->h;
-    size_t cap = r->rhdrs.n + 2;
+    size_t cap = r->rhdrs.n + 3;
     nghttp2_nv *nv = hx_arena_alloc(&r->arena, cap * sizeof(*nv));
     if (nv == NULL)
         return -1;
@@ -316,6 +316,11 @@ static int h2_resp_head(hx_req *r)
         }
         nv[n++] = (nghttp2_nv){(uint8_t *)lname, (uint8_t *)hd->value.ptr, hd->name.len,
                                hd->value.len, NGHTTP2_NV_FLAG_NONE};
+    }
+    if (r->add_date) {
+        const char *d = hx_worker_date(r->w); /* nghttp2 copies it */
+        nv[n++] = (nghttp2_nv){(uint8_t *)"date", (uint8_t *)d, 4, strlen(d),
+                               NGHTTP2_NV_FLAG_NONE};
     }
     nghttp2_data_provider prd = {.source.ptr = st, .read_callback = data_read_cb};
     int rv = nghttp2_submit_response(h->s, st->id, nv, n, r->resp_no_body ? NULL : &prd);

@@ -77,6 +77,34 @@ void hx_req_release(hx_req *r)
     free(r);
 }
 
+/*
+ * A request no route took (malformed 400, unrouted 404, 408, 413, 431...)
+ * still reaches the logs: the global `modules:` chain's on_log, in reverse
+ * order, so log and metrics modules count it as the core's access log
+ * does. Only modules built for ABI 1.3 or later get it (D50): an older
+ * module was promised on_log for routed requests only.
+ */
+static void log_unrouted(hx_req *r)
+{
+    const hx_gen *g = r->gen;
+    if (r->rstates == NULL) {
+        r->rstates = hx_arena_alloc(&r->arena, (g->ninstances + 1) * sizeof(void *));
+        if (r->rstates == NULL)
+            return;
+        memset(r->rstates, 0, (g->ninstances + 1) * sizeof(void *));
+    }
+    for (size_t i = g->nglobal; i-- > 0;) {
+        const hx_instance *inst = g->global[i];
+        const helios_module *d = inst->mod->desc;
+        if (inst->mod->filter == NULL || inst->mod->filter->on_log == NULL ||
+            (d->abi_major == 1 && d->abi_minor < 3))
+            continue;
+        helios_ctx ctx;
+        hx_ctx_init(&ctx, r, inst);
+        inst->mod->filter->on_log(&ctx);
+    }
+}
+
 /* Once per request: the handler's on_done, filters' on_log in reverse
  * order, then the access log. */
 void hx_req_log(hx_req *r)
@@ -112,6 +140,8 @@ void hx_req_log(hx_req *r)
                 inst->mod->filter->on_log(&ctx);
             }
         }
+    } else if (r->gen) {
+        log_unrouted(r);
     }
     hx_accesslog_write(r);
 }
@@ -685,7 +715,7 @@ static void deadline_cb(struct ev_loop *loop, ev_timer *t, int revents)
     hx_req_leave(r);
 }
 
-void hx_req_start(hx_req *r)
+static void req_start(hx_req *r)
 {
     hx_gen *g = r->gen;
     r->counted = 1;
@@ -768,6 +798,22 @@ void hx_req_start(hx_req *r)
         ev_timer_start(r->w->loop, &r->deadline);
     }
     run_request_filters(r);
+}
+
+void hx_req_log_ctx_push(const hx_req *r)
+{
+    helios_buf id = hx_req_log_id(r);
+    hx_log_ctx_push(r->conn ? r->conn->id : 0, id.ptr, id.len);
+}
+
+void hx_req_start(hx_req *r)
+{
+    int ids = atomic_load_explicit(&hx_log_json, memory_order_relaxed);
+    if (ids)
+        hx_req_log_ctx_push(r);
+    req_start(r);
+    if (ids && hx_log_depth > 0)
+        hx_log_ctx_pop();
 }
 
 void hx_req_resume(hx_req *r, int status)
@@ -982,6 +1028,13 @@ int hx_resp_begin(hx_req *r)
         }
     }
     int status = r->status;
+    if (r->upstream_bytes_seen && r->try_start > 0 && r->up_head == 0)
+        r->up_head = ev_now(r->w->loop);
+    /* Every final response carries Date (RFC 9110 6.6.1), proxied ones
+     * whose backend sent none included. The protocol appends the worker's
+     * string (formatted once a second) when framing the head: not a
+     * header in rhdrs, so no copy and no per-byte validation. */
+    r->add_date = status >= 200 && hx_hdrs_get(&r->rhdrs, "date").ptr == NULL;
     r->resp_no_body = r->is_head || status == 204 || status == 304 || status < 200 ||
                       r->end_with_head;
     helios_buf cl = hx_hdrs_get(&r->rhdrs, "content-length");

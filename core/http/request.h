@@ -25,9 +25,17 @@
 #include "base/arena.h"
 #include "base/buf.h"
 #include "base/httputil.h"
+#include "base/log.h"
 #include "event/worker.h"
 
 typedef struct hx_upconn hx_upconn;
+
+/* A request variable (api->req_var_*): name and value in the arena. */
+typedef struct hx_var {
+    const char *name;
+    helios_buf value;
+    struct hx_var *next;
+} hx_var;
 
 typedef struct hx_req hx_req;
 
@@ -152,6 +160,9 @@ struct hx_req {
     int upstream_bytes_seen; /* any response byte received */
     int req_sent_some;       /* any request body byte written upstream */
     ev_tstamp up_start, up_end;
+    int add_date;        /* the head gets the worker's Date (hx_resp_begin) */
+    ev_tstamp try_start; /* the last upstream attempt began */
+    ev_tstamp up_head;   /* its response head arrived: TTFB is the difference */
     char upstream_addr[64];
 
     ev_tstamp start;
@@ -178,7 +189,7 @@ struct hx_req {
     void (*drain_fn)(void *arg);
     void *drain_arg;
     ev_timer drain_kick;
-    struct hx_var *vars; /* api->req_var_* (arena) */
+    hx_var *vars; /* api->req_var_* (arena) */
     /* WebSocket tunnel (tunnel.c) */
     int ws_upgrade;              /* HTTP/1.1 GET with Upgrade: websocket, no body */
     struct hx_tunnel *tunnel;    /* after the backend's 101: both connections are its */
@@ -245,8 +256,21 @@ int hx_req_body_in(hx_req *r, const char *p, size_t n, int last);
 int hx_req_takes_body(const hx_req *r);
 
 /* ---- the protocol, through r->ops ---- */
-static inline void hx_req_enter(hx_req *r) { r->ops->enter(r); }
-static inline void hx_req_leave(hx_req *r) { r->ops->leave(r); }
+/* The error log's request context (base/log.h) for the bracket; only
+ * when the JSON error log uses it (a thread-local test otherwise). */
+void hx_req_log_ctx_push(const hx_req *r);
+static inline void hx_req_enter(hx_req *r)
+{
+    r->ops->enter(r);
+    if (atomic_load_explicit(&hx_log_json, memory_order_relaxed))
+        hx_req_log_ctx_push(r);
+}
+static inline void hx_req_leave(hx_req *r)
+{
+    if (hx_log_depth > 0)
+        hx_log_ctx_pop();
+    r->ops->leave(r); /* may free R */
+}
 static inline void hx_req_body_wanted(hx_req *r) { r->ops->body_wanted(r); }
 static inline size_t hx_req_pending(const hx_req *r) { return r->ops->pending(r); }
 

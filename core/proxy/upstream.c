@@ -1241,6 +1241,7 @@ static void try_backend(hx_req *r)
     r->upstream_addr[al] = '\0';
     if (r->up_start == 0)
         r->up_start = ev_now(w->loop);
+    r->try_start = ev_now(w->loop);
     /* A pooled connection first. A backend that closed it while idle was
      * noticed by idle_read_cb; one that closes it right now is caught by
      * the stale-connection retry in up_fail. */
@@ -1335,7 +1336,13 @@ static int panic_mode(hx_upstream *up, const hx_backends *bs)
         eligible++;
         healthy += atomic_load_explicit(&b->healthy, memory_order_relaxed) != 0;
     }
-    if (eligible == 0 || healthy * 100 >= (size_t)up->panic_threshold * eligible)
+    int panic = eligible > 0 && healthy * 100 < (size_t)up->panic_threshold * eligible;
+    /* an entry is a change from balanced to panic: one exchange per change,
+     * a plain load otherwise */
+    if (atomic_load_explicit(&up->panicking, memory_order_relaxed) != panic &&
+        atomic_exchange_explicit(&up->panicking, panic, memory_order_relaxed) != panic && panic)
+        atomic_fetch_add_explicit(&up->panic_entries, 1, memory_order_relaxed);
+    if (!panic)
         return 0;
     hx_warn("upstream %s: panic mode: %zu of %zu backends healthy, below panic_threshold "
             "%u%%: balancing over all of them",
@@ -1450,6 +1457,7 @@ void hx_proxy_start(hx_req *r)
     if (up->protocol == HX_PROTO_H2 && !r->ws_upgrade) {
         if (r->up_start == 0)
             r->up_start = ev_now(r->w->loop);
+        r->try_start = ev_now(r->w->loop);
         size_t al = strlen(b->address);
         if (al >= sizeof(r->upstream_addr))
             al = sizeof(r->upstream_addr) - 1;

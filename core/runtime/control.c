@@ -405,6 +405,20 @@ const char *hx_ctl_balancer_name(const char *upstream)
     return name;
 }
 
+int hx_ctl_upstream_panic(const char *upstream, uint64_t *entries)
+{
+    hx_ctl_lock();
+    int rc = -1;
+    hx_upstream *u = find_upstream(upstream, NULL, 0);
+    if (u) {
+        rc = atomic_load_explicit(&u->panicking, memory_order_relaxed) != 0;
+        if (entries)
+            *entries = atomic_load_explicit(&u->panic_entries, memory_order_relaxed);
+    }
+    hx_ctl_unlock();
+    return rc;
+}
+
 size_t hx_ctl_upstreams_count(void)
 {
     hx_ctl_lock();

@@ -22,6 +22,7 @@ long hx_ctl_backends_walk(const char *upstream, void (*fn)(void *, const helios_
                           void *arg);
 const char *hx_ctl_balancer_name(const char *upstream);
 size_t hx_ctl_upstreams_count(void);
+int hx_ctl_upstream_panic(const char *upstream, uint64_t *entries);
 int hx_ctl_upstream_name(size_t i, char *buf, size_t size);
 
 long hx_ctl_modules_walk(void (*fn)(void *, const helios_module_info *), void *arg);

@@ -14,6 +14,7 @@
 #include "runtime/control.h"
 #include "runtime/runtime.h"
 #include "http/conn.h"
+#include "http/accesslog.h"
 #include "base/log.h"
 #include "config/module_loader.h"
 #include "proxy/upstream.h"
@@ -549,30 +550,8 @@ static int api_req_stats(helios_request *rq, helios_req_stats *out)
     /* the 1.0 struct ends at protocol; later fields only if covered */
     if (out == NULL || out->size < offsetof(helios_req_stats, duration_us))
         return -1;
-    hx_req *r = REQ(rq);
-    ev_tstamp now = ev_now(r->w->loop);
     helios_req_stats s;
-    memset(&s, 0, sizeof(s));
-    s.status = r->status;
-    s.aborted = r->aborted;
-    s.bytes_in = r->bytes_in;
-    s.bytes_out = r->bytes_out;
-    s.start_ms = (uint64_t)(r->start * 1000.0);
-    double dur = now - r->start;
-    s.duration_ms = (uint64_t)(dur * 1000.0 + 0.5);
-    s.duration_us = (uint64_t)(dur * 1e6 + 0.5);
-    s.upstream = r->upstream_addr;
-    if (r->up_start > 0) {
-        double up = (r->up_end > 0 ? r->up_end : now) - r->up_start;
-        s.upstream_ms = (int64_t)(up * 1000.0 + 0.5);
-        s.upstream_us = (int64_t)(up * 1e6 + 0.5);
-    } else {
-        s.upstream_ms = s.upstream_us = -1;
-    }
-    s.attempts = r->attempts;
-    s.protocol = r->http_major == 2 ? "HTTP/2" : r->http_minor == 0 ? "HTTP/1.0" : "HTTP/1.1";
-    s.upstream_name = r->route && r->route->upstream ? r->route->upstream->name : "";
-    s.backend_name = r->backend ? r->backend->name : "";
+    hx_req_stats_fill(REQ(rq), &s);
     uint32_t size = out->size < sizeof(s) ? out->size : (uint32_t)sizeof(s);
     memcpy((char *)out + sizeof(uint32_t), (char *)&s + sizeof(uint32_t), size - sizeof(uint32_t));
     return 0;
@@ -627,12 +606,6 @@ static int api_core_stats(helios_core_stats *out)
     memcpy((char *)out + sizeof(uint32_t), (char *)&s + sizeof(uint32_t), size - sizeof(uint32_t));
     return 0;
 }
-
-typedef struct hx_var {
-    const char *name;
-    helios_buf value;
-    struct hx_var *next;
-} hx_var;
 
 static int api_req_var_set(helios_request *rq, const char *name, const char *value)
 {
@@ -904,4 +877,5 @@ const helios_host_api hx_host_api = {
     .respond_abort = api_respond_abort,
     .req_body_pause = hx_req_body_pause,
     .subreq_pause = hx_subreq_pause,
+    .ctl_upstream_panic = hx_ctl_upstream_panic,
 };

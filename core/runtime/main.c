@@ -295,6 +295,7 @@ static int reload_generation(char *err, size_t errlen)
     /* services belong to a generation: stop the old ones, start the new */
     service_stop(old);
     hx_log_open(g->logging.level, g->logging.error_log);
+    hx_log_set_json(g->logging.error_format == HX_LOG_FMT_JSON);
     hx_accesslog_open(&g->logging);
     int failed = service_start(g);
     if (failed)
@@ -676,6 +677,7 @@ int main(int argc, char **argv)
         hx_modreg_free(&hx_srv.modreg);
         return 1;
     }
+    hx_log_set_json(g->logging.error_format == HX_LOG_FMT_JSON);
     if (hx_accesslog_open(&g->logging) != 0) {
         hx_gen_unref(g);
         hx_modreg_free(&hx_srv.modreg);

@@ -32,6 +32,7 @@
 
 #include <helios.h>
 #include <helios/util/http.h>
+#include <helios/util/json.h>
 
 #define AL_NAME "access_log"
 #define AL_MAX_FIELDS 16
@@ -463,34 +464,6 @@ static void al_printf(al_out *o, const char *fmt, ...)
         o->len += (size_t)n < o->cap - o->len ? (size_t)n : o->cap - o->len - 1;
 }
 
-/* JSON string contents; stops before MAX output bytes without splitting an
- * escape, so a truncated value is still valid JSON. */
-static void al_json_esc(al_out *o, const char *s, size_t n, size_t max)
-{
-    static const char hex[] = "0123456789abcdef";
-    size_t start = o->len;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char ch = (unsigned char)s[i];
-        char e[6];
-        size_t k = 0;
-        if (ch == '"' || ch == '\\') {
-            e[k++] = '\\';
-            e[k++] = (char)ch;
-        } else if (ch < 0x20 || ch >= 0x7f) {
-            /* Bytes >= 0x80 are escaped too: header bytes are not known to
-             * be UTF-8, and the line must stay valid JSON. */
-            e[0] = '\\', e[1] = 'u', e[2] = '0', e[3] = '0';
-            e[4] = hex[ch >> 4], e[5] = hex[ch & 15];
-            k = 6;
-        } else {
-            e[k++] = (char)ch;
-        }
-        if (o->len - start + k > max || o->cap - o->len < k)
-            return;
-        al_put(o, e, k);
-    }
-}
-
 /* Text: control bytes, non-ASCII, quotes and backslashes become \xHH so a
  * client cannot forge a line or a field. */
 static void al_text_esc(al_out *o, const char *s, size_t n, size_t max)
@@ -533,6 +506,8 @@ static size_t al_format(const al_config *c, helios_request *r, char *line, size_
     memset(&st, 0, sizeof(st));
     st.size = sizeof(st);
     st.upstream_ms = -1;
+    st.upstream_ttfb_us = -1;
+    st.backend_health = st.backend_breaker = -1;
     api->req_stats(r, &st);
 
     struct timespec now;
@@ -553,50 +528,50 @@ static size_t al_format(const al_config *c, helios_request *r, char *line, size_
 
     al_out o = {line, 0, cap - 1}; /* room for the final '\n' */
     if (c->format == AL_FMT_JSON) {
-        al_printf(&o, "{\"time\":\"%s\",\"client\":\"%s\",\"method\":\"", ts, client);
-        al_json_esc(&o, method.ptr ? method.ptr : "", method.ptr ? method.len : 0, 64);
-        al_puts(&o, "\",\"path\":\"");
-        al_json_esc(&o, target.ptr ? target.ptr : "", target.ptr ? target.len : 0, AL_TARGET_MAX);
-        al_printf(&o,
-                  "\",\"protocol\":\"%s\",\"status\":%d,\"bytes_in\":%llu,\"bytes_out\":%llu,"
-                  "\"duration_ms\":%llu,\"route\":\"",
-                  proto ? proto : "-", st.status, (unsigned long long)st.bytes_in,
-                  (unsigned long long)st.bytes_out, (unsigned long long)st.duration_ms);
-        al_json_esc(&o, route ? route : "", route ? strlen(route) : 0, 256);
-        al_puts(&o, "\",\"upstream\":");
-        if (up) {
-            al_puts(&o, "\"");
-            al_json_esc(&o, up, strlen(up), 128);
-            al_puts(&o, "\"");
-        } else {
-            al_puts(&o, "null");
-        }
-        if (st.upstream_ms >= 0)
-            al_printf(&o, ",\"upstream_ms\":%lld", (long long)st.upstream_ms);
-        else
-            al_puts(&o, ",\"upstream_ms\":null");
-        al_printf(&o, ",\"tries\":%u,\"aborted\":%s", st.attempts, st.aborted ? "true" : "false");
+        helios_buf rid = api->req_var_get(r, "request_id");
+        if (rid.ptr == NULL)
+            rid = api->req_header(r, "x-request-id");
+        helios_access_entry e = {
+            .time = ts,
+            .request_id = rid,
+            .connection_id = st.connection_id,
+            .client = client[0] != '-' ? client : NULL,
+            .method = method,
+            .path = target,
+            .protocol = proto,
+            .status = st.status,
+            .bytes_in = st.bytes_in,
+            .bytes_out = st.bytes_out,
+            .duration_ms = st.duration_ms,
+            .route = route,
+            .upstream = up,
+            .backend = st.backend_name,
+            .upstream_ms = st.upstream_ms,
+            .upstream_ttfb_ms =
+                st.upstream_ttfb_us >= 0 ? (st.upstream_ttfb_us + 500) / 1000 : -1,
+            .tries = st.attempts,
+            .backend_health = st.backend_health,
+            .breaker = st.backend_breaker,
+            .tls = st.tls_version,
+            .cipher = st.tls_cipher,
+            .aborted = st.aborted,
+        };
+        helios_jbuf j = {line, 0, cap - 1, 0};
+        helios_access_json_begin(&j, &e);
         if (c->nfields > 0) {
-            al_puts(&o, ",\"headers\":{");
+            helios_jbuf_puts(&j, ",\"headers\":{");
             for (size_t i = 0; i < c->nfields; i++) {
                 helios_buf v = api->req_header(r, c->fields[i]);
-                al_printf(&o, "%s\"%s\":", i ? "," : "", c->fields[i]);
-                if (v.ptr == NULL) {
-                    al_puts(&o, "null");
-                } else {
-                    al_puts(&o, "\"");
-                    al_json_esc(&o, v.ptr, v.len, AL_VALUE_MAX);
-                    al_puts(&o, "\"");
-                }
+                if (i)
+                    helios_jbuf_puts(&j, ",");
+                helios_json_cstr(&j, c->fields[i], AL_FIELD_NAME_MAX);
+                helios_jbuf_puts(&j, ":");
+                helios_json_str(&j, v.ptr, v.len, AL_VALUE_MAX);
             }
-            al_puts(&o, "}");
+            helios_jbuf_puts(&j, "}");
         }
-        al_puts(&o, "}");
-        if (o.len >= o.cap - 1) {
-            /* Cannot happen with the caps above; never emit broken JSON. */
-            o.len = 0;
-            al_printf(&o, "{\"time\":\"%s\",\"truncated\":true}", ts);
-        }
+        helios_access_json_end(&j, &e);
+        return j.len;
     } else {
         al_printf(&o, "%s %s \"", ts, client);
         al_text_esc(&o, method.ptr ? method.ptr : "-", method.ptr ? method.len : 1, 64);

@@ -225,6 +225,7 @@ static void aa_config_free(void *cfg)
     free(c->deny.v);
     free(c->audit_path);
     pthread_mutex_destroy(&c->reload_lock);
+    pthread_mutex_destroy(&c->audit_lock);
     free(c);
 }
 
@@ -242,6 +243,7 @@ static int aa_config_new(const helios_conf *conf, void **out)
         return -1;
     }
     pthread_mutex_init(&c->reload_lock, NULL);
+    pthread_mutex_init(&c->audit_lock, NULL);
     c->audit_fd = -1;
     int rc = aa_api->conf_check_keys(conf, keys) ? -1 : 0;
     const char *listen = NULL;

@@ -89,6 +89,7 @@ typedef struct aa_config {
     /* from start() to stop() */
     struct MHD_Daemon *daemon;
     int audit_fd;
+    pthread_mutex_t audit_lock; /* audit_fd swaps (one thread per connection) */
     atomic_int stopping;     /* stop() began: refuse reloads */
     atomic_long active;      /* requests between intake and completion */
     pthread_mutex_t reload_lock; /* one ctl_reload per instance at a time */

@@ -20,10 +20,12 @@
 #endif
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -159,6 +161,35 @@ static void body_summary(const aa_state *s, char *out, size_t size)
     free(txt);
 }
 
+/*
+ * Rotation: a module never sees SIGUSR1, so before each line (changes are
+ * rare: one stat() is nothing) the path is compared with the open file;
+ * when it names another file or none (logrotate renamed it, then sent
+ * SIGUSR1), the file is reopened, and the line lands where the core's own
+ * logs went after the signal.
+ */
+static void audit_write(aa_config *c, const char *line, size_t len)
+{
+    pthread_mutex_lock(&c->audit_lock);
+    struct stat ps, fs;
+    if (c->audit_fd >= 0 &&
+        (stat(c->audit_path, &ps) != 0 || fstat(c->audit_fd, &fs) != 0 ||
+         ps.st_dev != fs.st_dev || ps.st_ino != fs.st_ino)) {
+        int fd = open(c->audit_path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+        if (fd >= 0) {
+            close(c->audit_fd);
+            c->audit_fd = fd;
+            aa_api->log(HELIOS_LOG_INFO, AA_NAME, "audit_log %s reopened", c->audit_path);
+        } else {
+            aa_api->log(HELIOS_LOG_WARN, AA_NAME, "cannot reopen audit_log %s: %s",
+                        c->audit_path, strerror(errno));
+        }
+    }
+    if (write(c->audit_fd, line, len) != (ssize_t)len)
+        aa_api->log(HELIOS_LOG_WARN, AA_NAME, "audit_log write failed: %s", strerror(errno));
+    pthread_mutex_unlock(&c->audit_lock);
+}
+
 /* One line per request that may change something (every method but GET
  * and HEAD), whatever its outcome. */
 static void audit(aa_state *s)
@@ -183,12 +214,8 @@ static void audit(aa_state *s)
         gmtime_r(&now, &tm);
         strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%SZ", &tm);
         int n = snprintf(out, sizeof(out), "%s %s\n", ts, line);
-        if (n > 0) {
-            size_t k = (size_t)n < sizeof(out) ? (size_t)n : sizeof(out) - 1;
-            if (write(q->cfg->audit_fd, out, k) != (ssize_t)k)
-                aa_api->log(HELIOS_LOG_WARN, AA_NAME, "audit_log write failed: %s",
-                            strerror(errno));
-        }
+        if (n > 0)
+            audit_write(q->cfg, out, (size_t)n < sizeof(out) ? (size_t)n : sizeof(out) - 1);
     }
 }
 

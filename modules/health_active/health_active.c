@@ -32,6 +32,7 @@
 #include <ev.h>
 
 #include <helios.h>
+#include <helios/util/exports.h>
 
 #define HA_NAME "health_active"
 #define HA_MAX_RANGES 32
@@ -430,10 +431,22 @@ static void ha_probe_close(ha_target *t)
     t->buf_len = t->buf_cap = 0;
 }
 
+/* The probe's result and duration to the metrics module, when there is
+ * one (helios/util/exports.h; looked up per probe: a mutex, at probe rate). */
+static void ha_report(ha_target *t, int ok, double seconds)
+{
+    const helios_backend_events *ev = api->export_get(HELIOS_EXPORT_BACKEND_EVENTS);
+    if (ev != NULL && ev->size >= sizeof(*ev))
+        ev->event(ok ? HELIOS_BACKEND_EVENT_PROBE_OK : HELIOS_BACKEND_EVENT_PROBE_FAIL,
+                  t->upstream, api->backend_name(t->b), seconds);
+}
+
 static void ha_probe_done(ha_target *t, int ok, const char *why)
 {
     ha_runtime *rt = t->rt;
     ha_probe_close(t);
+    ev_now_update(rt->loop);
+    ha_report(t, ok, ev_now(rt->loop) - t->started);
     ha_verdict(t, ok, why);
     ev_timer_set(&t->timer, ha_next_delay(rt, ev_now(rt->loop) - t->started), 0.);
     ev_timer_start(rt->loop, &t->timer);

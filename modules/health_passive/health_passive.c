@@ -23,6 +23,7 @@
 #include <helios.h>
 #include <helios/util/conf.h>
 #include <helios/util/backend_table.h>
+#include <helios/util/exports.h>
 
 #define HP_NAME "health_passive"
 /* Backends tracked per instance; past that, extra backends are not watched
@@ -229,6 +230,11 @@ static void hp_eject(helios_ctx *c, hp_config *cfg, hp_slot *s, helios_backend *
         st->head->prev = p;
     st->head = p;
     api->backend_set_healthy(b, 0, cfg->why);
+    /* counted by the metrics module, when there is one (helios/util/exports.h) */
+    const helios_backend_events *ev = api->export_get(HELIOS_EXPORT_BACKEND_EVENTS);
+    if (ev != NULL && ev->size >= sizeof(*ev) && HELIOS_API_HAS(api, req_upstream))
+        ev->event(HELIOS_BACKEND_EVENT_EJECTION, api->req_upstream(c->req), api->backend_name(b),
+                  0);
 }
 
 static int hp_is_failure(const hp_config *cfg, int outcome, int status)

@@ -22,7 +22,7 @@
 
 const helios_host_api *mx_api;
 
-static const double mx_default_buckets[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+const double mx_default_buckets[MX_PROBE_NB] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
                                             0.1,    0.25,  0.5,    1,     2.5,  5,     10};
 
 /* ---- configuration ---- */
@@ -179,6 +179,7 @@ static int mx_config_new(const helios_conf *conf, void **cfg)
         free(c);
         return -1;
     }
+    mx_events_publish();
     c->path = strdup(path);
     c->store = mx_store_get(le, nb);
     if (c->path == NULL || c->store == NULL) {

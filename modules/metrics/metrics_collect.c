@@ -24,6 +24,7 @@
 #define _GNU_SOURCE
 #endif
 #include <math.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -45,13 +46,16 @@ static void mx_store_free(mx_store *st)
         mx_shard *sh = atomic_load_explicit(&st->shards[i], memory_order_acquire);
         if (sh == NULL)
             continue;
-        mx_series *s = atomic_load_explicit(&sh->head, memory_order_acquire);
-        while (s != NULL) {
-            mx_series *next = s->next;
-            free(s->route);
-            free(s->upstream);
-            free(s);
-            s = next;
+        for (int list = 0; list < 2; list++) {
+            mx_series *s =
+                atomic_load_explicit(list ? &sh->bhead : &sh->head, memory_order_acquire);
+            while (s != NULL) {
+                mx_series *next = s->next;
+                free(s->route);
+                free(s->upstream);
+                free(s);
+                s = next;
+            }
         }
         free(sh);
     }
@@ -108,7 +112,8 @@ typedef struct mx_cache_slot {
 typedef struct mx_wstate {
     mx_store *store;
     mx_shard *shard;
-    mx_cache_slot cache[MX_CACHE_SLOTS];
+    mx_cache_slot cache[MX_CACHE_SLOTS];  /* route x upstream */
+    mx_cache_slot bcache[MX_CACHE_SLOTS]; /* upstream x backend */
 } mx_wstate;
 
 int mx_worker_init(void *cfg, helios_worker *w, void **wstate)
@@ -127,6 +132,7 @@ int mx_worker_init(void *cfg, helios_worker *w, void **wstate)
             return -1;
         memset(sh, 0, sizeof(*sh));
         atomic_init(&sh->head, NULL);
+        atomic_init(&sh->bhead, NULL);
         atomic_init(&sh->dropped, 0);
         atomic_store_explicit(&c->store->shards[idx], sh, memory_order_release);
     }
@@ -169,12 +175,14 @@ static int mx_label_eq(const char *kept, const char *s)
     return strncmp(kept, s, MX_LABEL_MAX) == 0;
 }
 
-/* The series of ROUTE x UPSTREAM in the worker's shard, appended when new;
- * NULL when the shard is full or memory is short. Worker only. */
-static mx_series *mx_series_find(mx_wstate *ws, const char *route, const char *upstream)
+/* The series of ROUTE x UPSTREAM in the worker's shard (of UPSTREAM x
+ * BACKEND in its backend list when BLIST), appended when new; NULL when the
+ * shard is full or memory is short. Worker only. */
+static mx_series *mx_series_find(mx_wstate *ws, int blist, const char *route, const char *upstream)
 {
     mx_shard *sh = ws->shard;
-    mx_series *head = atomic_load_explicit(&sh->head, memory_order_relaxed);
+    _Atomic(mx_series *) *list = blist ? &sh->bhead : &sh->head;
+    mx_series *head = atomic_load_explicit(list, memory_order_relaxed);
     for (mx_series *s = head; s != NULL; s = s->next)
         if (mx_label_eq(s->route, route) && mx_label_eq(s->upstream, upstream))
             return s;
@@ -195,18 +203,19 @@ static mx_series *mx_series_find(mx_wstate *ws, const char *route, const char *u
     }
     s->next = head;
     /* the scrape sees the series only complete */
-    atomic_store_explicit(&sh->head, s, memory_order_release);
+    atomic_store_explicit(list, s, memory_order_release);
     sh->nseries++;
     return s;
 }
 
-static inline mx_series *mx_series_get(mx_wstate *ws, const char *route, const char *upstream)
+static inline mx_series *mx_series_get(mx_wstate *ws, int blist, const char *route,
+                                       const char *upstream)
 {
     uintptr_t h = ((uintptr_t)route * 0x9E3779B97F4A7C15u) ^ (uintptr_t)upstream;
-    mx_cache_slot *slot = &ws->cache[(h >> 7) % MX_CACHE_SLOTS];
+    mx_cache_slot *slot = &(blist ? ws->bcache : ws->cache)[(h >> 7) % MX_CACHE_SLOTS];
     if (slot->route == route && slot->upstream == upstream && slot->series != NULL)
         return slot->series;
-    mx_series *s = mx_series_find(ws, route, upstream);
+    mx_series *s = mx_series_find(ws, blist, route, upstream);
     if (s != NULL) {
         slot->route = route;
         slot->upstream = upstream;
@@ -223,25 +232,67 @@ static inline void mx_observe(_Atomic uint64_t *hist, const uint64_t *le_us, siz
     mx_add(&hist[i], 1);
 }
 
+/* Counts STATUS in S's exact-status slots (single writer: a slot is taken
+ * by storing its id after its count is zero, with release order). */
+static inline void mx_count_status(mx_series *s, int status)
+{
+    uint32_t id = status >= 100 && status < 600 ? (uint32_t)status : MX_CODE_NONE;
+    for (int i = 0; i < MX_CODES; i++) {
+        uint32_t have = atomic_load_explicit(&s->code_id[i], memory_order_relaxed);
+        if (have == id) {
+            mx_add(&s->code_n[i], 1);
+            return;
+        }
+        if (have == 0) {
+            mx_add(&s->code_n[i], 1);
+            atomic_store_explicit(&s->code_id[i], id, memory_order_release);
+            return;
+        }
+    }
+    mx_add(&s->code_other[id == MX_CODE_NONE ? 0 : id / 100], 1);
+}
+
+/* The request's backend series: its upstream time and time to first byte. */
+static void mx_count_backend(mx_wstate *ws, const helios_req_stats *st)
+{
+    /* a 1.2 core leaves the 1.3 fields (TTFB) unfilled */
+    if ((mx_api->abi_major == 1 && mx_api->abi_minor < 3) || st->upstream_us < 0 ||
+        st->backend_name == NULL || st->backend_name[0] == '\0')
+        return;
+    mx_series *b = mx_series_get(ws, 1, st->upstream_name, st->backend_name);
+    if (b == NULL) {
+        mx_add(&ws->shard->dropped, 1);
+        return;
+    }
+    size_t nb = ws->store->nb;
+    mx_add(&b->lat_sum_us, (uint64_t)st->upstream_us);
+    mx_observe(b->hist, ws->store->le_us, nb, (uint64_t)st->upstream_us);
+    if (st->upstream_ttfb_us >= 0) {
+        mx_add(&b->up_sum_us, (uint64_t)st->upstream_ttfb_us);
+        mx_observe(b->hist + nb + 1, ws->store->le_us, nb, (uint64_t)st->upstream_ttfb_us);
+    }
+}
+
 void mx_on_log(helios_ctx *c)
 {
     mx_wstate *ws = c->wstate;
     if (ws == NULL)
         return;
     helios_req_stats st;
+    memset(&st, 0, sizeof(st));
     st.size = sizeof(st);
     if (mx_api->req_stats(c->req, &st) != 0)
         return;
     const char *upstream = st.upstream_name ? st.upstream_name : "";
-    mx_series *s = mx_series_get(ws, mx_api->req_route(c->req), upstream);
+    mx_series *s = mx_series_get(ws, 0, mx_api->req_route(c->req), upstream);
     if (s == NULL) {
         mx_add(&ws->shard->dropped, 1);
         return;
     }
     const mx_store *store = ws->store;
     size_t nb = store->nb;
-    unsigned cls = st.status >= 100 && st.status < 600 ? (unsigned)st.status / 100 : 0;
-    mx_add(&s->code[cls], 1);
+    mx_count_status(s, st.status);
+    mx_count_backend(ws, &st);
     mx_add(&s->bytes_in, st.bytes_in);
     mx_add(&s->bytes_out, st.bytes_out);
     mx_add(&s->lat_sum_us, st.duration_us);
@@ -271,7 +322,7 @@ static int mx_agg_cmp_route(const void *a, const void *b)
 
 /* Every series of every shard, summed per label pair and sorted by route
  * then upstream. Returns the count, or -1 when memory is short. */
-long mx_collect(mx_store *st, mx_agg **out, uint64_t **hist_out, uint64_t *dropped)
+long mx_collect(mx_store *st, int backends, mx_agg **out, uint64_t **hist_out, uint64_t *dropped)
 {
     size_t nh = 2 * (st->nb + 1);
     size_t n = 0, cap = 0;
@@ -283,8 +334,9 @@ long mx_collect(mx_store *st, mx_agg **out, uint64_t **hist_out, uint64_t *dropp
         if (sh == NULL)
             continue;
         *dropped += mx_ld(&sh->dropped);
-        for (mx_series *s = atomic_load_explicit(&sh->head, memory_order_acquire); s != NULL;
-             s = s->next) {
+        for (mx_series *s =
+                 atomic_load_explicit(backends ? &sh->bhead : &sh->head, memory_order_acquire);
+             s != NULL; s = s->next) {
             if (n == cap) {
                 cap = cap ? cap * 2 : 32;
                 mx_agg *nv = realloc(v, cap * sizeof(*v));
@@ -301,8 +353,14 @@ long mx_collect(mx_store *st, mx_agg **out, uint64_t **hist_out, uint64_t *dropp
             mx_agg *a = &v[n++];
             a->route = s->route;
             a->upstream = s->upstream;
+            memset(a->code, 0, sizeof(a->code));
+            for (int k = 0; k < MX_CODES; k++) {
+                uint32_t id = atomic_load_explicit(&s->code_id[k], memory_order_acquire);
+                if (id != 0)
+                    a->code[id == MX_CODE_NONE ? 0 : id] += mx_ld(&s->code_n[k]);
+            }
             for (int k = 0; k < MX_CLASSES; k++)
-                a->code[k] = mx_ld(&s->code[k]);
+                a->code_other[k] = mx_ld(&s->code_other[k]);
             a->bytes_in = mx_ld(&s->bytes_in);
             a->bytes_out = mx_ld(&s->bytes_out);
             a->retries = mx_ld(&s->retries);
@@ -322,8 +380,10 @@ long mx_collect(mx_store *st, mx_agg **out, uint64_t **hist_out, uint64_t *dropp
     for (size_t i = 0; i < n; i++) {
         if (m > 0 && mx_agg_cmp_route(&v[m - 1], &v[i]) == 0) {
             mx_agg *a = &v[m - 1], *b = &v[i];
-            for (int k = 0; k < MX_CLASSES; k++)
+            for (int k = 0; k < MX_STATUS_MAX; k++)
                 a->code[k] += b->code[k];
+            for (int k = 0; k < MX_CLASSES; k++)
+                a->code_other[k] += b->code_other[k];
             a->bytes_in += b->bytes_in;
             a->bytes_out += b->bytes_out;
             a->retries += b->retries;

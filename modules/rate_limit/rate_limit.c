@@ -336,14 +336,63 @@ static uint64_t rl_ceil_s(uint64_t us)
     return (us + 999999) / 1000000;
 }
 
+/*
+ * Stacked limiters (a global one and a route's): the client is told about
+ * one policy, the most restrictive, as the IETF RateLimit headers draft
+ * asks: the limiter that refused, else the one with the fewest requests
+ * remaining (on a tie, the longer reset). Each instance folds its verdict
+ * into the request variable `rate_limit_policy` ("LIMIT REMAINING RESET
+ * DENIED"), and every instance writes the headers from that variable, so
+ * whichever runs last writes the same tightest values.
+ */
+#define RL_POLICY_VAR "rate_limit_policy"
+
+typedef struct rl_policy {
+    long long limit, remaining;
+    unsigned long long reset_s;
+    int denied;
+} rl_policy;
+
+static int rl_policy_get(helios_request *r, rl_policy *p)
+{
+    if (!HELIOS_API_HAS(api, req_var_get))
+        return -1;
+    helios_buf b = api->req_var_get(r, RL_POLICY_VAR);
+    char s[96];
+    if (b.ptr == NULL || b.len >= sizeof(s))
+        return -1;
+    memcpy(s, b.ptr, b.len);
+    s[b.len] = '\0';
+    return sscanf(s, "%lld %lld %llu %d", &p->limit, &p->remaining, &p->reset_s, &p->denied) == 4
+               ? 0
+               : -1;
+}
+
+/* Folds this instance's verdict into the request's tightest policy. */
+static void rl_policy_note(const rl_config *cfg, helios_request *r, const rl_verdict *v)
+{
+    if (!HELIOS_API_HAS(api, req_var_set))
+        return;
+    rl_policy cur, me = {cfg->burst, v->remaining, rl_ceil_s(v->reset_us), !v->allowed};
+    if (rl_policy_get(r, &cur) == 0 && !me.denied &&
+        (cur.denied || cur.remaining < me.remaining ||
+         (cur.remaining == me.remaining && cur.reset_s >= me.reset_s)))
+        return; /* the one already there is at least as tight */
+    char buf[96];
+    snprintf(buf, sizeof(buf), "%lld %lld %llu %d", me.limit, me.remaining, me.reset_s, me.denied);
+    api->req_var_set(r, RL_POLICY_VAR, buf);
+}
+
 static void rl_set_headers(const rl_config *cfg, helios_request *r, const rl_verdict *v)
 {
+    rl_policy p = {cfg->burst, v->remaining, rl_ceil_s(v->reset_us), !v->allowed};
+    rl_policy_get(r, &p); /* the tightest of the stack, when there is one */
     char buf[32];
-    snprintf(buf, sizeof(buf), "%lld", cfg->burst);
+    snprintf(buf, sizeof(buf), "%lld", p.limit);
     api->resp_header_set(r, "RateLimit-Limit", buf);
-    snprintf(buf, sizeof(buf), "%lld", v->remaining);
+    snprintf(buf, sizeof(buf), "%lld", p.remaining);
     api->resp_header_set(r, "RateLimit-Remaining", buf);
-    snprintf(buf, sizeof(buf), "%llu", (unsigned long long)rl_ceil_s(v->reset_us));
+    snprintf(buf, sizeof(buf), "%llu", p.reset_s);
     api->resp_header_set(r, "RateLimit-Reset", buf);
 }
 
@@ -353,6 +402,7 @@ static int rl_deny(const rl_config *cfg, helios_request *r, const rl_verdict *v)
     uint64_t s = rl_ceil_s(v->retry_us);
     snprintf(buf, sizeof(buf), "%llu", (unsigned long long)(s ? s : 1));
     api->resp_header_set(r, "Retry-After", buf);
+    rl_policy_note(cfg, r, v);
     rl_set_headers(cfg, r, v);
     /* metrics and log modules count refusals by this variable (ABI 1.1) */
     if (HELIOS_API_HAS(api, req_var_set))
@@ -683,6 +733,8 @@ static void rl_reply(redisAsyncContext *ac, void *reply, void *priv)
     v->reset_us = rp->element[2]->integer > 0 ? (uint64_t)rp->element[2]->integer : 0;
     v->retry_us = rp->element[3]->integer > 0 ? (uint64_t)rp->element[3]->integer : 0;
     rr->have_verdict = 1;
+    if (v->allowed)
+        rl_policy_note(rr->ws->cfg, rr->req, v);
     rl_finish(rr, 0, NULL, NULL);
 }
 
@@ -759,6 +811,8 @@ static int rl_on_request_headers(helios_ctx *c)
     rl_local(cfg, key, &rr->v);
     rr->have_verdict = 1;
     *c->rstate = rr;
+    if (rr->v.allowed)
+        rl_policy_note(cfg, c->req, &rr->v);
     return rr->v.allowed ? HELIOS_CONTINUE : rl_deny(cfg, c->req, &rr->v);
 }
 

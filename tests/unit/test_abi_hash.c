@@ -35,11 +35,13 @@ static const struct {
     /* 1.2: module commands; every host API entry documented (thread,
      * ownership, lifetime, since); the balancer pick contract */
     {1, 2, 0xebbe2388338574f1u},
-    /* 1.3 (module contracts): req_body_length, req_has_body,
+    /* 1.3: module contracts (req_body_length, req_has_body,
      * req_body_hold, request references; on_attempt_end with
      * helios_attempt and the per-attempt slot; when the upstream hooks
-     * fire; streamed bodies (respond_begin, respond_body,
-     * respond_abort, req_body_pause, subreq_pause) */
+     * fire); streamed bodies (respond_begin, respond_body, respond_abort,
+     * req_body_pause, subreq_pause); stats (helios_req_stats gains
+     * upstream TTFB, backend health and breaker, connection id, TLS
+     * version and cipher; ctl_upstream_panic) */
     {1, 3, 0x0u},
 };
 #define ABI_HISTORY_LEN (sizeof(abi_history) / sizeof(abi_history[0]))

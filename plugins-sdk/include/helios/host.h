@@ -46,12 +46,13 @@
  *                        subreq_status subreq_header_count subreq_header_at
  *                        subreq_cancel (1.1)
  *   TLS ................ req_tls (1.1)
- *   streamed bodies .... respond_begin respond_body respond_abort
- *                        req_body_pause subreq_pause (1.3)
  *
- * Appended in 1.3 (module contracts):
+ * Appended in 1.3, in three blocks:
  *   request body ....... req_body_length req_has_body req_body_hold
  *   late callbacks ..... req_ref req_from_ref resume_ref
+ *   streamed bodies .... respond_begin respond_body respond_abort
+ *                        req_body_pause subreq_pause
+ *   upstream state ..... ctl_upstream_panic
  *
  * Each entry's comment ends with [THREAD, since VERSION]. Threads:
  *   worker  the worker that owns the request, timer or W in question;
@@ -653,6 +654,7 @@ struct helios_host_api {
      * not its worker (post there first). Never touches an ended request's
      * memory. [worker, since 1.3] */
     int (*resume_ref)(helios_req_ref ref, int status);
+
     /* ==== appended in ABI 1.3 (streamed bodies) ==== */
 
     /* ---- handlers: a streamed response ----
@@ -722,6 +724,13 @@ struct helios_host_api {
      * -1 for a NULL S, one not sent yet, or after its final callback.
      * [worker, since 1.3] */
     int (*subreq_pause)(helios_subreq *s, int pause);
+
+    /* ==== appended in ABI 1.3 (stats) ==== */
+    /* Panic mode of UPSTREAM (panic_threshold): returns 1 when its last
+     * pick balanced over all backends because too few were healthy, 0
+     * when not, -1 for no such upstream. *ENTRIES (if not NULL) gets the
+     * times panic mode began in this generation. [ctl, since 1.3] */
+    int (*ctl_upstream_panic)(const char *upstream, uint64_t *entries);
 };
 
 enum {

@@ -154,6 +154,16 @@ typedef struct helios_req_stats {
     int64_t upstream_us;   /* upstream_ms in microseconds, -1 if none */
     const char *upstream_name; /* name of the route's upstream, or "" */
     const char *backend_name;  /* name of the last backend tried, or "" */
+    /* ==== appended in ABI 1.3 (stats) ==== */
+    int64_t upstream_ttfb_us; /* first upstream attempt's start to the response
+                               * head from the backend, -1 if none arrived */
+    int backend_health;       /* last backend tried: 1 up, 0 down, -1 none */
+    int backend_breaker;      /* its breaker: 0 closed, 1 open, 2 half-open,
+                               * -1 none */
+    uint64_t connection_id;   /* the client connection's id, unique in the
+                               * process (1, 2, ...); 0 for a subrequest */
+    const char *tls_version;  /* "TLSv1.3", or NULL without TLS */
+    const char *tls_cipher;   /* cipher name, or NULL without TLS */
 } helios_req_stats;
 
 /* Process-wide counters (ABI 1.1, api->core_stats): summed over workers at

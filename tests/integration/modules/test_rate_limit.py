@@ -411,3 +411,48 @@ def test_client_gone_while_waiting_for_redis_is_safe(heliosd, silent_server):
     time.sleep(1.0)  # let the timers of the finished requests come due
     assert h.alive()
     assert burst(port, 1)[0][0] == 200  # fail open after the timeout
+
+
+# --------------------------------------------------------------------------
+# stacked limiters: the headers describe the tightest policy
+
+
+def test_stacked_limiters_report_the_most_restrictive_policy(heliosd):
+    from conftest import http_request
+
+    port = free_port()
+    routes = [
+        dict(static_route("tight", "t\n", match={"prefix": "/tight"}),
+             filters=[rl_module(rate=0.01, burst=2)]),
+        dict(static_route("loose", "l\n", match={"prefix": "/loose"}),
+             filters=[rl_module(rate=0.01, burst=50)]),
+        static_route("plain", "p\n", match={"prefix": "/"}),
+    ]
+    h = heliosd(make_config(port, routes, workers=1,
+                            modules=[rl_module(rate=0.01, burst=10, key="path")]))
+
+    def get(path):
+        st, hdrs, _ = http_request(port, path)
+        hd = hdrs
+        return st, [hd.get(k) for k in ("ratelimit-limit", "ratelimit-remaining",
+                                        "ratelimit-reset", "retry-after")]
+
+    # route limiter (2) is tighter than the global one (10 per path)
+    st, v = get("/tight")
+    assert st == 200 and v[:2] == ["2", "1"] and v[2] is not None and v[3] is None, v
+    st, v = get("/tight")
+    assert st == 200 and v[:2] == ["2", "0"], v
+    st, v = get("/tight")
+    assert st == 429 and v[:2] == ["2", "0"] and v[3] is not None, v
+    # the global limiter (10 per path) is tighter than the route's (50)
+    for i in range(3):
+        st, v = get("/loose")
+        assert st == 200 and v[:2] == ["10", str(9 - i)], (i, v)
+    # a route with only the global limiter
+    st, v = get("/plain")
+    assert st == 200 and v[:2] == ["10", "9"], v
+    # the global limiter refusing under a looser route limiter: its policy
+    for i in range(7):
+        assert get("/loose")[0] == 200
+    st, v = get("/loose")
+    assert st == 429 and v[:2] == ["10", "0"] and v[3] is not None, v

@@ -24,4 +24,31 @@ typedef struct helios_prometheus_export {
     int (*render)(void *ctx, char **out, size_t *len);
 } helios_prometheus_export;
 
+/*
+ * Offered by the metrics module (from its first config_new for the rest of
+ * the process: the module is never unloaded) so that modules which see
+ * backend events the core does not count can have them exported:
+ * health_active's probes, health_passive's ejections. The counts live in
+ * the metrics module's process-wide storage, keyed by upstream and backend
+ * name, so they survive reloads. Producers look the pointer up when an
+ * event happens (events are rare; export_get takes a mutex) and skip it
+ * when NULL (no metrics module).
+ */
+#define HELIOS_EXPORT_BACKEND_EVENTS "metrics.backend_events"
+
+enum {
+    HELIOS_BACKEND_EVENT_PROBE_OK = 0,   /* an active probe passed */
+    HELIOS_BACKEND_EVENT_PROBE_FAIL = 1, /* an active probe failed */
+    HELIOS_BACKEND_EVENT_EJECTION = 2,   /* passive health marked it down */
+    HELIOS_BACKEND_EVENT_COUNT = 3,
+};
+
+typedef struct helios_backend_events {
+    uint32_t size; /* sizeof(helios_backend_events) of the provider */
+    /* Counts one event of KIND for backend BACKEND of UPSTREAM (strings
+     * copied); SECONDS is a probe's duration (ignored for ejections).
+     * Any thread; short mutex. */
+    void (*event)(int kind, const char *upstream, const char *backend, double seconds);
+} helios_backend_events;
+
 #endif
