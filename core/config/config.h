@@ -170,6 +170,10 @@ typedef struct hx_process_conf {
     uid_t uid;      /* resolved when user is set */
     gid_t gid;      /* resolved when user or group is set */
     char *pid_file; /* absolute; NULL: none */
+    /* `state_file:`: where admin changes persist (runtime/state.c); absolute,
+     * NULL: the default location; state_off: `state_file: off` */
+    char *state_file;
+    int state_off;
 } hx_process_conf;
 
 typedef struct hx_gen {

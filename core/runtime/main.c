@@ -37,6 +37,7 @@
 #include "http/accesslog.h"
 #include "config/config.h"
 #include "runtime/control.h"
+#include "runtime/state.h"
 #include "runtime/daemon.h"
 #include "base/log.h"
 #include "config/module_loader.h"
@@ -259,6 +260,8 @@ static int reload_generation(char *err, size_t errlen)
         hx_ctl_unlock();
         return -1;
     }
+    /* admin changes go on top of the files before any worker sees G */
+    hx_state_apply(g, hx_srv.gen, err, errlen);
     if (!same_process_conf(&g->process, &hx_srv.gen->process))
         hx_warn("user, group and pid_file take effect at a restart; the running ones stay");
     if (hx_workers_switch(g) != 0) {
@@ -692,6 +695,19 @@ int main(int argc, char **argv)
         hx_modreg_free(&hx_srv.modreg);
         return 1;
     }
+    hx_ctl_lock();
+    int st_rc = hx_state_apply(g, NULL, err, sizeof(err));
+    hx_ctl_unlock();
+    if (st_rc != 0) {
+        hx_error("not starting: %s", err);
+        if (pidfd >= 0)
+            close(pidfd);
+        free(pid_file);
+        hx_gen_unref(g);
+        hx_modreg_free(&hx_srv.modreg);
+        return 1;
+    }
+    hx_state_export_init();
     hx_srv.gen = g;
     atomic_store(&hx_srv.gen_id, g->id);
     hx_srv.start_time = (uint64_t)time(NULL);
