@@ -685,23 +685,21 @@ int main(int argc, char **argv)
         return 1;
     }
     char err[512];
-    int pidfd = -1;
-    /* the first generation's: a reload does not move it */
-    char *pid_file = g->process.pid_file ? strdup(g->process.pid_file) : NULL;
-    if (pid_file && (pidfd = hx_pidfile_open(pid_file, err, sizeof(err))) < 0) {
-        hx_error("not starting: %s", err);
-        free(pid_file);
-        hx_gen_unref(g);
-        hx_modreg_free(&hx_srv.modreg);
-        return 1;
-    }
+    /* the admin API's persisted changes, before any worker takes G */
     hx_ctl_lock();
     int st_rc = hx_state_apply(g, NULL, err, sizeof(err));
     hx_ctl_unlock();
     if (st_rc != 0) {
         hx_error("not starting: %s", err);
-        if (pidfd >= 0)
-            close(pidfd);
+        hx_gen_unref(g);
+        hx_modreg_free(&hx_srv.modreg);
+        return 1;
+    }
+    int pidfd = -1;
+    /* the first generation's: a reload does not move it */
+    char *pid_file = g->process.pid_file ? strdup(g->process.pid_file) : NULL;
+    if (pid_file && (pidfd = hx_pidfile_open(pid_file, err, sizeof(err))) < 0) {
+        hx_error("not starting: %s", err);
         free(pid_file);
         hx_gen_unref(g);
         hx_modreg_free(&hx_srv.modreg);

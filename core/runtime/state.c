@@ -26,6 +26,7 @@
 
 #include <helios/util/exports.h>
 
+#include "base/buf.h"
 #include "base/log.h"
 #include "config/conf.h"
 #include "event/worker.h"
@@ -188,31 +189,17 @@ static int file_backend(const hx_upstream *u, const char *name, char *addr, size
 
 /* ---- the file ---- */
 
+/* A growing text (the core's hx_buf) that remembers running out of memory,
+ * so the writers below need no checks of their own. */
 typedef struct sbuf {
-    char *p;
-    size_t n, cap;
+    hx_buf b;
     int oom;
 } sbuf;
 
 static void sb_put(sbuf *b, const char *s, size_t n)
 {
-    if (b->oom)
-        return;
-    if (b->n + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap * 2 : 1024;
-        while (cap < b->n + n + 1)
-            cap *= 2;
-        char *p = realloc(b->p, cap);
-        if (p == NULL) {
-            b->oom = 1;
-            return;
-        }
-        b->p = p;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->n, s, n);
-    b->n += n;
-    b->p[b->n] = '\0';
+    if (!b->oom && hx_buf_append(&b->b, s, n) != 0)
+        b->oom = 1;
 }
 
 static void sb_fmt(sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -363,7 +350,7 @@ static void save(void)
         snprintf(why, sizeof(why), "out of memory");
     else if (fd < 0)
         snprintf(why, sizeof(why), "cannot create %s: %s", tmp, strerror(errno));
-    else if (write_all(fd, b.p, b.n) != 0 || fsync(fd) != 0)
+    else if (write_all(fd, b.b.data, b.b.len) != 0 || fsync(fd) != 0)
         snprintf(why, sizeof(why), "cannot write %s: %s", tmp, strerror(errno));
     if (fd >= 0 && close(fd) != 0 && !why[0])
         snprintf(why, sizeof(why), "cannot write %s: %s", tmp, strerror(errno));
@@ -371,7 +358,7 @@ static void save(void)
         snprintf(why, sizeof(why), "cannot rename %s to %s: %s", tmp, st.path, strerror(errno));
     if (why[0] && fd >= 0)
         unlink(tmp);
-    free(b.p);
+    free(b.b.data);
     if (!why[0]) {
         char dir[4096];
         snprintf(dir, sizeof(dir), "%s", st.path);
@@ -477,19 +464,19 @@ static int load(char *err, size_t errlen)
     sbuf b = {0};
     char chunk[8192];
     ssize_t k;
-    while ((k = read(fd, chunk, sizeof(chunk))) > 0 && b.n < STATE_MAX_BYTES)
+    while ((k = read(fd, chunk, sizeof(chunk))) > 0 && b.b.len < STATE_MAX_BYTES)
         sb_put(&b, chunk, (size_t)k);
     int rerr = k < 0 ? errno : 0;
     close(fd);
-    if (rerr || b.oom || b.n >= STATE_MAX_BYTES) {
+    if (rerr || b.oom || b.b.len >= STATE_MAX_BYTES) {
         snprintf(err, errlen, "state file %s: %s", st.path,
                  rerr ? strerror(rerr) : b.oom ? "out of memory" : "larger than 16 MiB");
-        free(b.p);
+        free(b.b.data);
         return -1;
     }
     hx_conf_tree *t = hx_conf_tree_new();
-    int rc = t ? hx_conf_load_string(t, st.path, b.p ? b.p : "", b.n) : -1;
-    free(b.p);
+    int rc = t ? hx_conf_load_string(t, st.path, b.b.data ? b.b.data : "", b.b.len) : -1;
+    free(b.b.data);
     const hx_conf_node *root = t ? hx_conf_root(t) : NULL;
     if (rc == 0 && root && root->kind != HX_CONF_NULL) {
         static const char *const top[] = {"version", "upstreams", NULL};
@@ -892,11 +879,11 @@ static int state_render(void *ctx, char **out, size_t *len)
     render(&b, 1);
     hx_ctl_unlock();
     if (b.oom) {
-        free(b.p);
+        free(b.b.data);
         return -1;
     }
-    *out = b.p;
-    *len = b.n;
+    *out = b.b.data;
+    *len = b.b.len;
     return 0;
 }
 
