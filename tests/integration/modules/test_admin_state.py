@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from conftest import free_port, make_config, proxy_route, upstream_conf, wait_for
+from conftest import free_port, make_config, proxy_route, static_route, upstream_conf, wait_for
 from test_admin_api import Admin, admin_module, assert_error, mint, proxied, write_secret
 
 
@@ -251,3 +251,30 @@ def test_state_file_off(state_setup):
     wait_generation(adm, 2)
     assert running(adm)[1]["b"]["draining"] is True  # kept in memory across reloads
     assert not (h.state_dir / "state.json").exists()
+
+
+def test_a_failed_write_is_reported_and_the_change_applies(state_setup, tmp_path):
+    missing = tmp_path / "no-such-dir" / "state.json"
+    h, adm, (a, b), port, config = state_setup(top={"state_file": str(missing)})
+    st, _, body = adm.call("PATCH", "/v1/backends/app/a", {"weight": 3})
+    assert st == 200 and body["backend"]["weight"] == 3
+    s = adm.get("/v1/state")[2]
+    assert s["persisted"] is False and "cannot create" in s["write_error"]
+    assert s["upstreams"]["app"]["backends"]["a"]["weight"] == 3
+    h.wait_stderr(r"state file: cannot create .*no-such-dir.*admin changes apply but do not "
+                  r"survive a restart")
+    # the directory appears: the next change writes everything
+    missing.parent.mkdir()
+    assert adm.post("/v1/backends/app/b/drain")[0] == 200
+    s = adm.get("/v1/state")[2]
+    assert s["persisted"] is True and s["write_error"] is None
+    saved = json.loads(missing.read_text())["upstreams"]["app"]["backends"]
+    assert saved["a"]["weight"] == 3 and saved["b"]["drain"] is True
+
+
+def test_state_file_key_is_checked(check_config):
+    cfg = make_config(free_port(), [static_route("r", "ok")], state_file="somewhere/")
+    rc, out, err = check_config(cfg)
+    assert rc == 1 and "state_file" in err and "got a directory" in err, err
+    rc, out, err = check_config({**cfg, "state_file": "off"})
+    assert rc == 0, err
