@@ -236,6 +236,20 @@ static int same_process_conf(const hx_process_conf *a, const hx_process_conf *b)
 
 static int reload_generation(char *err, size_t errlen);
 
+/* Lifts the verdicts a reload carried over that no module confirmed
+ * (runtime/state.c); one timer, re-armed by every reload. */
+static ev_timer carry_timer;
+static unsigned carry_gen;
+
+static void carry_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)loop;
+    (void)t;
+    (void)revents;
+    if (hx_srv.gen && hx_srv.gen->id == carry_gen)
+        hx_state_expire_carried(hx_srv.gen);
+}
+
 /* Returns 0 when the new generation is live, -1 when the old one stays
  * (reasons in ERR when given). The service manager sees RELOADING=1, then
  * READY=1 either way. */
@@ -308,6 +322,10 @@ static int reload_generation(char *err, size_t errlen)
     hx_srv.services_switching = 0;
     pthread_mutex_unlock(&hx_srv.reload_lock);
     hx_gen_unref(old);
+    carry_gen = g->id;
+    ev_timer_stop(hx_srv.loop, &carry_timer);
+    ev_timer_init(&carry_timer, carry_timer_cb, HX_CARRY_GRACE_S, 0.);
+    ev_timer_start(hx_srv.loop, &carry_timer);
     hx_info("configuration generation %u is live", g->id);
     return 0;
 }

@@ -591,7 +591,13 @@ static void apply_backend(hx_gen *g, hx_upstream *u, st_backend *e)
     }
 }
 
-/* Counters of a backend OLD also runs (same upstream, name and address). */
+/* A backend OLD also runs (same upstream, name and address) keeps its
+ * counters and its verdicts: unhealthy stays unhealthy, and an open or
+ * half-open breaker is half-open (its open timer ended with OLD's module:
+ * trial requests decide now). The verdicts are marked carried until a
+ * module of G confirms or changes them; hx_state_expire_carried lifts the
+ * ones still unconfirmed after HX_CARRY_GRACE_S, so a verdict whose module
+ * is gone cannot keep a backend out for good. */
 static void carry_over(hx_gen *g, hx_gen *old)
 {
     for (size_t i = 0; old && i < g->nupstreams; i++) {
@@ -609,6 +615,44 @@ static void carry_over(hx_gen *g, hx_gen *old)
             for (int s = 0; s < 3; s++)
                 atomic_store(&b->breaker_transitions[s],
                              atomic_load(&ob->breaker_transitions[s]));
+            int carried = 0;
+            if (!atomic_load(&ob->healthy)) {
+                atomic_store(&b->healthy, 0);
+                carried |= HX_CARRIED_HEALTH;
+            }
+            if (atomic_load(&ob->breaker) != HELIOS_BREAKER_CLOSED) {
+                uint32_t trials = atomic_load(&ob->breaker_max_trials);
+                atomic_store(&b->breaker_max_trials, trials ? trials : 1);
+                atomic_store(&b->breaker, HELIOS_BREAKER_HALF_OPEN);
+                carried |= HX_CARRIED_BREAKER;
+            }
+            atomic_store(&b->carried, carried);
+            if (carried)
+                hx_info("upstream %s: backend %s (%s) keeps its verdict across the reload:%s%s",
+                        u->name, b->name, b->address,
+                        carried & HX_CARRIED_HEALTH ? " unhealthy" : "",
+                        carried & HX_CARRIED_BREAKER ? " breaker half-open" : "");
+        }
+    }
+}
+
+void hx_state_expire_carried(hx_gen *g)
+{
+    for (size_t i = 0; i < g->nupstreams; i++) {
+        hx_upstream *u = g->upstreams[i];
+        hx_backends *bs = atomic_load(&u->backends);
+        for (size_t k = 0; k < bs->n; k++) {
+            hx_backend *b = bs->v[k];
+            int c = atomic_exchange(&b->carried, 0);
+            if ((c & HX_CARRIED_HEALTH) && !atomic_exchange(&b->healthy, 1))
+                hx_warn("upstream %s: backend %s (%s) is healthy again: its unhealthy verdict "
+                        "from before the reload was not confirmed within %d s",
+                        u->name, b->name, b->address, HX_CARRY_GRACE_S);
+            if ((c & HX_CARRIED_BREAKER) &&
+                atomic_exchange(&b->breaker, HELIOS_BREAKER_CLOSED) != HELIOS_BREAKER_CLOSED)
+                hx_warn("upstream %s: backend %s (%s): circuit breaker closed: its state from "
+                        "before the reload was not confirmed within %d s",
+                        u->name, b->name, b->address, HX_CARRY_GRACE_S);
         }
     }
 }

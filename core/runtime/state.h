@@ -21,6 +21,12 @@ void hx_state_export_init(void);
  * logged and kept, marked with why, never dropped. */
 int hx_state_apply(hx_gen *g, hx_gen *old, char *err, size_t errlen);
 
+/* Main thread, HX_CARRY_GRACE_S after G went live (no lock needed: atomics
+ * only): health and breaker verdicts carried over from the previous
+ * generation that no module of G has confirmed since are lifted. */
+#define HX_CARRY_GRACE_S 10
+void hx_state_expire_carried(hx_gen *g);
+
 /* A ctl_* call changed the live generation's upstream U: record it and
  * write the state file. */
 void hx_state_note_add(hx_upstream *u, const char *name, uint32_t weight);
