@@ -42,6 +42,8 @@ echo
 echo "Then try (Ctrl-C stops the demo):"
 sed -n '/<!-- try:begin -->/,/<!-- try:end -->/p' README.md | grep -v '^<!--' | grep -v '^```'
 echo
-"$dir/heliosd" -c conf.d &
+# admin API changes persist in $STATE_DIRECTORY/state.json (state_file:):
+# the build directory, not /var/lib/helios, for the demo
+STATE_DIRECTORY=${STATE_DIRECTORY:-$(cd "$dir" && pwd)} "$dir/heliosd" -c conf.d &
 pids="$pids $!"
 wait $!

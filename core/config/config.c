@@ -443,7 +443,7 @@ static void parse_module_dir(build *b, const hx_conf_node *root, const char *ove
     b->gen->module_dir = absolute_dir(b, NULL, 0, def ? def : ".");
 }
 
-/* ---- process: user, group, pid_file ---- */
+/* ---- process: user, group, pid_file, state_file ---- */
 
 static void parse_process(build *b, const hx_conf_node *root)
 {
@@ -451,6 +451,7 @@ static void parse_process(build *b, const hx_conf_node *root)
     const hx_conf_node *u = opt_scalar(root, "user", "a user name or uid");
     const hx_conf_node *g = opt_scalar(root, "group", "a group name or gid");
     const hx_conf_node *f = opt_scalar(root, "pid_file", "a file path");
+    const hx_conf_node *sf = opt_scalar(root, "state_file", "a file path or off");
     char buf[4096];
     if (u) {
         struct passwd pw, *res = NULL;
@@ -483,6 +484,13 @@ static void parse_process(build *b, const hx_conf_node *root)
         else
             p->pid_file = file_relative(b, f);
     }
+    if (sf && strcmp(sf->scalar, "off") == 0)
+        p->state_off = 1;
+    else if (sf && sf->scalar[sf->scalar_len - 1] == '/')
+        hx_conf_error(sf, "expected a file path, got a directory ('%s'); e.g. %sstate.json",
+                      sf->scalar, sf->scalar);
+    else if (sf)
+        p->state_file = file_relative(b, sf);
 }
 
 /* ---- global modules ---- */
@@ -1370,6 +1378,7 @@ static void gen_free(hx_gen *g, int free_tree)
     free(g->process.user);
     free(g->process.group);
     free(g->process.pid_file);
+    free(g->process.state_file);
     if (free_tree)
         hx_conf_tree_free(g->tree);
     free(g);
@@ -1380,7 +1389,7 @@ static void validate(build *b, const char *path, const char *override, const cha
     static const char *const keys[] = {"workers",  "module_path",     "modules", "listeners",
                                        "trusted_proxies", "timeouts", "limits",  "upstreams",
                                        "routes",   "logging",         "http2",   "user",
-                                       "group",    "pid_file",        NULL};
+                                       "group",    "pid_file",        "state_file", NULL};
     const hx_conf_node *root = hx_conf_root(b->tree);
 
     if (!root || root->kind == HX_CONF_NULL) {

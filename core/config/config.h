@@ -36,6 +36,9 @@ typedef struct hx_backend {
     _Atomic uint64_t breaker_transitions[3];
     _Atomic uint64_t retries;  /* attempts after the first, sent here */
     _Atomic uint32_t tunnels;  /* open WebSocket tunnels, across workers (tunnel.c) */
+    /* HX_CARRIED_* bits: a verdict copied from the previous generation that
+     * no module of this one has confirmed yet (runtime/state.c) */
+    _Atomic int carried;
     const hx_conf_node *node;
     /* keep-alive pools, one per worker, set up by the core when the
      * generation starts (upstream.c); config.c leaves it NULL */
@@ -43,6 +46,8 @@ typedef struct hx_backend {
 } hx_backend;
 
 /* An immutable list; replaced as a whole on runtime changes. */
+enum { HX_CARRIED_HEALTH = 1, HX_CARRIED_BREAKER = 2 };
+
 typedef struct hx_backends {
     size_t n;
     hx_backend **v;
@@ -174,6 +179,10 @@ typedef struct hx_process_conf {
     uid_t uid;      /* resolved when user is set */
     gid_t gid;      /* resolved when user or group is set */
     char *pid_file; /* absolute; NULL: none */
+    /* `state_file:`: where admin changes persist (runtime/state.c); absolute,
+     * NULL: the default location; state_off: `state_file: off` */
+    char *state_file;
+    int state_off;
 } hx_process_conf;
 
 typedef struct hx_gen {

@@ -150,6 +150,27 @@ void hx_wgen_unref(hx_wgen *v)
         wgen_fini(v);
 }
 
+void hx_wgen_adopt_balancer(hx_wgen *v, size_t i, hx_instance *rt)
+{
+    void *ws = NULL;
+    if (rt->mod->desc->worker_init &&
+        rt->mod->desc->worker_init(rt->cfg, (helios_worker *)v->w, &ws) != 0) {
+        hx_error("worker %u: balancer %s: worker_init failed; keeping %s", v->w->id,
+                 rt->mod->name, v->bal[i]->mod->name);
+        return;
+    }
+    struct hx_wextra *e = realloc(v->extra, (v->nextra + 1) * sizeof(*e));
+    if (e == NULL) {
+        if (rt->mod->desc->worker_fini)
+            rt->mod->desc->worker_fini(rt->cfg, (helios_worker *)v->w, ws);
+        return;
+    }
+    v->extra = e;
+    v->extra[v->nextra++] = (struct hx_wextra){rt, ws};
+    v->bal[i] = rt;
+    v->bal_ws[i] = ws;
+}
+
 static hx_wgen *wgen_new(hx_worker *w, hx_gen *g)
 {
     hx_wgen *v = calloc(1, sizeof(*v));
@@ -181,6 +202,11 @@ static hx_wgen *wgen_new(hx_worker *w, hx_gen *g)
     for (size_t i = 0; i < g->nupstreams; i++) {
         v->bal[i] = g->upstreams[i]->balancer;
         v->bal_ws[i] = v->wstates[v->bal[i]->slot];
+        /* a balancer switched in before the generation went live (persisted
+         * admin changes, runtime/state.c): this worker's state for it */
+        hx_instance *rt = atomic_load(&g->upstreams[i]->balancer_rt);
+        if (rt != NULL)
+            hx_wgen_adopt_balancer(v, i, rt);
     }
     return v;
 }

@@ -212,6 +212,10 @@ hx_worker *hx_worker_self(void);
 
 void hx_wgen_ref(hx_wgen *v);
 void hx_wgen_unref(hx_wgen *v);
+/* Worker thread: runs RT's worker_init for V and makes RT upstream I's
+ * balancer in V (a runtime switch, or one made before V's generation went
+ * live); on failure the balancer V had stays (logged). */
+void hx_wgen_adopt_balancer(hx_wgen *v, size_t i, hx_instance *rt);
 
 /* Drops a generation reference from any thread; the free happens on main. */
 void hx_gen_release(hx_gen *g);

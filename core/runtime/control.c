@@ -17,6 +17,7 @@
 #include "base/log.h"
 #include "proxy/upstream.h"
 #include "event/worker.h"
+#include "runtime/state.h"
 
 static pthread_mutex_t ctl_lock = PTHREAD_MUTEX_INITIALIZER;
 
@@ -109,73 +110,56 @@ static hx_backends *copy_list(const hx_backends *bs, size_t extra)
     return nb;
 }
 
-int hx_ctl_backend_add(const char *upstream, const char *name, const char *address,
-                       uint32_t weight, char *err, size_t errlen)
+/* ---- the primitives: caller holds the lock; U belongs to G ---- */
+
+static int live(const hx_gen *g) { return g == hx_srv.gen; }
+
+int hx_ctl_do_add(hx_gen *g, hx_upstream *u, const char *name, const char *address,
+                  uint32_t weight, char *err, size_t errlen)
 {
-    hx_ctl_lock();
-    int rc = -1;
-    hx_upstream *u = find_upstream(upstream, err, errlen);
-    if (u == NULL)
-        goto out;
     hx_backends *bs = atomic_load(&u->backends);
-    if (name == NULL || *name == '\0' || strlen(name) > 255) {
-        fail(err, errlen, "a backend needs a name of 1 to 255 characters");
-        goto out;
-    }
-    if (find_backend(bs, name, NULL)) {
-        fail(err, errlen, "upstream '%s' already has a backend named '%s'", upstream, name);
-        goto out;
-    }
-    if (weight < 1 || weight > 10000) {
-        fail(err, errlen, "weight %u is not between 1 and 10000", weight);
-        goto out;
-    }
+    if (name == NULL || *name == '\0' || strlen(name) > 255)
+        return fail(err, errlen, "a backend needs a name of 1 to 255 characters");
+    if (find_backend(bs, name, NULL))
+        return fail(err, errlen, "upstream '%s' already has a backend named '%s'", u->name, name);
+    if (weight < 1 || weight > 10000)
+        return fail(err, errlen, "weight %u is not between 1 and 10000", weight);
     hx_addr addr;
     char aerr[256];
-    if (address == NULL || hx_addr_parse(address, 1, &addr, aerr, sizeof(aerr)) != 0) {
-        fail(err, errlen, "address '%s': %s", address ? address : "(null)",
-             address ? aerr : "missing");
-        goto out;
-    }
+    if (address == NULL || hx_addr_parse(address, 1, &addr, aerr, sizeof(aerr)) != 0)
+        return fail(err, errlen, "address '%s': %s", address ? address : "(null)",
+                    address ? aerr : "missing");
     hx_backend *b = calloc(1, sizeof(*b));
     char abuf[80];
     if (b == NULL || (b->name = strdup(name)) == NULL ||
         (b->address = strdup(hx_addr_str(&addr, abuf, sizeof(abuf)))) == NULL ||
-        hx_backend_pools_init(b, hx_srv.nworkers) != 0) {
+        /* a generation not yet live gets its pools when workers take it */
+        (live(g) && hx_backend_pools_init(b, hx_srv.nworkers) != 0)) {
         if (b) {
             free(b->name);
             free(b->address);
             free(b);
         }
-        fail(err, errlen, "out of memory");
-        goto out;
+        return fail(err, errlen, "out of memory");
     }
     b->addr = addr;
     b->index = (unsigned)bs->n;
     atomic_init(&b->weight, weight);
     atomic_init(&b->healthy, 1);
     hx_backends *nb = copy_list(bs, 1);
-    if (nb == NULL) {
-        free(b->pools);
-        free(b->name);
-        free(b->address);
-        free(b);
+    if (nb == NULL)
         fail(err, errlen, "out of memory");
-        goto out;
-    }
-    nb->v[nb->n++] = b;
-    if (publish(u, nb, err, errlen) != 0) {
+    else
+        nb->v[nb->n++] = b;
+    if (nb == NULL || publish(u, nb, err, errlen) != 0) {
         free(b->pools);
         free(b->name);
         free(b->address);
         free(b);
-        goto out;
+        return -1;
     }
-    hx_info("upstream %s: backend %s (%s, weight %u) added", upstream, name, b->address, weight);
-    rc = 0;
-out:
-    hx_ctl_unlock();
-    return rc;
+    hx_info("upstream %s: backend %s (%s, weight %u) added", u->name, name, b->address, weight);
+    return 0;
 }
 
 typedef struct drain_msg {
@@ -193,29 +177,21 @@ static void drain_task(void *arg)
     free(m);
 }
 
-int hx_ctl_backend_remove(const char *upstream, const char *name, char *err, size_t errlen)
+int hx_ctl_do_remove(hx_gen *g, hx_upstream *u, const char *name, char *err, size_t errlen)
 {
-    hx_ctl_lock();
-    int rc = -1;
-    hx_upstream *u = find_upstream(upstream, err, errlen);
-    if (u == NULL)
-        goto out;
     hx_backends *bs = atomic_load(&u->backends);
     size_t idx;
     hx_backend *b = name ? find_backend(bs, name, &idx) : NULL;
-    if (b == NULL) {
-        fail(err, errlen, "upstream '%s' has no backend named '%s'", upstream,
-             name ? name : "(null)");
-        goto out;
-    }
+    if (b == NULL)
+        return fail(err, errlen, "upstream '%s' has no backend named '%s'", u->name,
+                    name ? name : "(null)");
     hx_backends *nb = copy_list(bs, 0);
     if (nb == NULL || push(&u->removed, &u->nremoved, b) != 0) {
         if (nb) {
             free(nb->v);
             free(nb);
         }
-        fail(err, errlen, "out of memory");
-        goto out;
+        return fail(err, errlen, "out of memory");
     }
     memmove(&nb->v[idx], &nb->v[idx + 1], (nb->n - idx - 1) * sizeof(hx_backend *));
     nb->n--;
@@ -223,68 +199,48 @@ int hx_ctl_backend_remove(const char *upstream, const char *name, char *err, siz
     if (publish(u, nb, err, errlen) != 0) {
         u->nremoved--;
         atomic_store(&b->removed, 0);
-        goto out;
+        return -1;
     }
-    for (unsigned i = 0; i < hx_srv.nworkers; i++) {
+    /* a generation not yet live has no worker pools to drain */
+    for (unsigned i = 0; live(g) && i < hx_srv.nworkers; i++) {
         drain_msg *m = malloc(sizeof(*m));
         if (m == NULL)
             continue;
-        *m = (drain_msg){&hx_srv.workers[i], hx_srv.gen, b};
-        hx_gen_ref(hx_srv.gen);
+        *m = (drain_msg){&hx_srv.workers[i], g, b};
+        hx_gen_ref(g);
         if (hx_worker_post(m->w, drain_task, m) != 0) {
             hx_gen_unref(m->gen);
             free(m);
         }
     }
-    hx_info("upstream %s: backend %s (%s) removed; %u request(s) in flight finish", upstream,
+    hx_info("upstream %s: backend %s (%s) removed; %u request(s) in flight finish", u->name,
             name, b->address, atomic_load(&b->inflight));
-    rc = 0;
-out:
-    hx_ctl_unlock();
-    return rc;
-}
-
-static int with_backend(const char *upstream, const char *name, char *err, size_t errlen,
-                        hx_backend **out)
-{
-    hx_upstream *u = find_upstream(upstream, err, errlen);
-    if (u == NULL)
-        return -1;
-    *out = name ? find_backend(atomic_load(&u->backends), name, NULL) : NULL;
-    if (*out == NULL)
-        return fail(err, errlen, "upstream '%s' has no backend named '%s'", upstream,
-                    name ? name : "(null)");
     return 0;
 }
 
-int hx_ctl_backend_weight(const char *upstream, const char *name, uint32_t weight, char *err,
-                          size_t errlen)
+int hx_ctl_do_weight(hx_upstream *u, const char *name, uint32_t weight, char *err,
+                     size_t errlen)
 {
-    hx_ctl_lock();
-    hx_backend *b;
-    int rc = with_backend(upstream, name, err, errlen, &b);
-    if (rc == 0 && (weight < 1 || weight > 10000))
-        rc = fail(err, errlen, "weight %u is not between 1 and 10000", weight);
-    if (rc == 0) {
-        atomic_store(&b->weight, weight);
-        hx_info("upstream %s: backend %s weight %u", upstream, name, weight);
-    }
-    hx_ctl_unlock();
-    return rc;
+    hx_backend *b = name ? find_backend(atomic_load(&u->backends), name, NULL) : NULL;
+    if (b == NULL)
+        return fail(err, errlen, "upstream '%s' has no backend named '%s'", u->name,
+                    name ? name : "(null)");
+    if (weight < 1 || weight > 10000)
+        return fail(err, errlen, "weight %u is not between 1 and 10000", weight);
+    atomic_store(&b->weight, weight);
+    hx_info("upstream %s: backend %s weight %u", u->name, name, weight);
+    return 0;
 }
 
-int hx_ctl_backend_drain(const char *upstream, const char *name, int drain, char *err,
-                         size_t errlen)
+int hx_ctl_do_drain(hx_upstream *u, const char *name, int drain, char *err, size_t errlen)
 {
-    hx_ctl_lock();
-    hx_backend *b;
-    int rc = with_backend(upstream, name, err, errlen, &b);
-    if (rc == 0) {
-        atomic_store(&b->draining, drain ? 1 : 0);
-        hx_info("upstream %s: backend %s %s", upstream, name, drain ? "draining" : "undrained");
-    }
-    hx_ctl_unlock();
-    return rc;
+    hx_backend *b = name ? find_backend(atomic_load(&u->backends), name, NULL) : NULL;
+    if (b == NULL)
+        return fail(err, errlen, "upstream '%s' has no backend named '%s'", u->name,
+                    name ? name : "(null)");
+    atomic_store(&b->draining, drain ? 1 : 0);
+    hx_info("upstream %s: backend %s %s", u->name, name, drain ? "draining" : "undrained");
+    return 0;
 }
 
 typedef struct switch_bal_msg {
@@ -300,65 +256,37 @@ static void switch_bal_task(void *arg)
     switch_bal_msg *m = arg;
     hx_worker *w = m->w;
     hx_wgen *v = w->wgen;
-    if (v && v->gen == m->gen) {
-        void *ws = NULL;
-        hx_instance *inst = m->inst;
-        int ok = 1;
-        if (inst->mod->desc->worker_init &&
-            inst->mod->desc->worker_init(inst->cfg, (helios_worker *)w, &ws) != 0) {
-            hx_error("worker %u: balancer %s: worker_init failed; keeping %s", w->id,
-                     inst->mod->name, v->bal[m->upstream]->mod->name);
-            ok = 0;
-        }
-        struct hx_wextra *e = ok ? realloc(v->extra, (v->nextra + 1) * sizeof(*e)) : NULL;
-        if (ok && e == NULL) {
-            if (inst->mod->desc->worker_fini)
-                inst->mod->desc->worker_fini(inst->cfg, (helios_worker *)w, ws);
-        } else if (ok) {
-            v->extra = e;
-            v->extra[v->nextra++] = (struct hx_wextra){inst, ws};
-            v->bal[m->upstream] = inst;
-            v->bal_ws[m->upstream] = ws;
-        }
-    }
+    if (v && v->gen == m->gen)
+        hx_wgen_adopt_balancer(v, m->upstream, m->inst);
     hx_gen_release(m->gen);
     free(m);
 }
 
-int hx_ctl_balancer_set(const char *upstream, const char *module, char *err, size_t errlen)
+int hx_ctl_do_balancer(hx_gen *g, hx_upstream *u, const char *module, char *err, size_t errlen)
 {
-    hx_ctl_lock();
-    int rc = -1;
-    hx_upstream *u = find_upstream(upstream, err, errlen);
-    if (u == NULL)
-        goto out;
-    if (module == NULL || *module == '\0') {
-        fail(err, errlen, "no balancer module named");
-        goto out;
-    }
-    hx_gen *g = hx_srv.gen;
+    if (module == NULL || *module == '\0')
+        return fail(err, errlen, "no balancer module named");
     size_t before = hx_conf_error_count(g->tree);
     hx_instance *inst = hx_instance_new_named(&hx_srv.modreg, g->module_dir, module, u->node,
                                               HX_KIND_BALANCER, (unsigned)-1);
     if (inst == NULL) {
         size_t n = hx_conf_error_count(g->tree);
-        fail(err, errlen, "%s",
-             n > before ? hx_conf_error_at(g->tree, n - 1) : "cannot create the balancer");
-        goto out;
+        return fail(err, errlen, "%s",
+                    n > before ? hx_conf_error_at(g->tree, n - 1) : "cannot create the balancer");
     }
     if (push(&u->switched, &u->nswitched, inst) != 0) {
         hx_instance_free(inst);
-        fail(err, errlen, "out of memory");
-        goto out;
+        return fail(err, errlen, "out of memory");
     }
     if (inst->mod->balancer->backends_changed &&
         inst->mod->balancer->backends_changed(inst->cfg, (const helios_backends *)atomic_load(
-                                                             &u->backends)) != 0) {
-        fail(err, errlen, "balancer %s refused the backend list", module);
-        goto out; /* instance stays in `switched`, freed with the generation */
-    }
+                                                             &u->backends)) != 0)
+        /* the instance stays in `switched`, freed with the generation */
+        return fail(err, errlen, "balancer %s refused the backend list", module);
     atomic_store(&u->balancer_rt, inst);
-    for (unsigned i = 0; i < hx_srv.nworkers; i++) {
+    /* a generation not yet live: its workers take balancer_rt when they
+     * attach (worker.c) */
+    for (unsigned i = 0; live(g) && i < hx_srv.nworkers; i++) {
         switch_bal_msg *m = malloc(sizeof(*m));
         if (m == NULL)
             continue;
@@ -369,9 +297,66 @@ int hx_ctl_balancer_set(const char *upstream, const char *module, char *err, siz
             free(m);
         }
     }
-    hx_info("upstream %s: balancer switched to %s", upstream, module);
-    rc = 0;
-out:
+    hx_info("upstream %s: balancer switched to %s", u->name, module);
+    return 0;
+}
+
+/* ---- the host API's ctl_* calls: the live generation, persisted ---- */
+
+int hx_ctl_backend_add(const char *upstream, const char *name, const char *address,
+                       uint32_t weight, char *err, size_t errlen)
+{
+    hx_ctl_lock();
+    hx_upstream *u = find_upstream(upstream, err, errlen);
+    int rc = u ? hx_ctl_do_add(hx_srv.gen, u, name, address, weight, err, errlen) : -1;
+    if (rc == 0)
+        hx_state_note_add(u, name, weight);
+    hx_ctl_unlock();
+    return rc;
+}
+
+int hx_ctl_backend_remove(const char *upstream, const char *name, char *err, size_t errlen)
+{
+    hx_ctl_lock();
+    hx_upstream *u = find_upstream(upstream, err, errlen);
+    int rc = u ? hx_ctl_do_remove(hx_srv.gen, u, name, err, errlen) : -1;
+    if (rc == 0)
+        hx_state_note_remove(u, name);
+    hx_ctl_unlock();
+    return rc;
+}
+
+int hx_ctl_backend_weight(const char *upstream, const char *name, uint32_t weight, char *err,
+                          size_t errlen)
+{
+    hx_ctl_lock();
+    hx_upstream *u = find_upstream(upstream, err, errlen);
+    int rc = u ? hx_ctl_do_weight(u, name, weight, err, errlen) : -1;
+    if (rc == 0)
+        hx_state_note_weight(u, name, weight);
+    hx_ctl_unlock();
+    return rc;
+}
+
+int hx_ctl_backend_drain(const char *upstream, const char *name, int drain, char *err,
+                         size_t errlen)
+{
+    hx_ctl_lock();
+    hx_upstream *u = find_upstream(upstream, err, errlen);
+    int rc = u ? hx_ctl_do_drain(u, name, drain, err, errlen) : -1;
+    if (rc == 0)
+        hx_state_note_drain(u, name, drain);
+    hx_ctl_unlock();
+    return rc;
+}
+
+int hx_ctl_balancer_set(const char *upstream, const char *module, char *err, size_t errlen)
+{
+    hx_ctl_lock();
+    hx_upstream *u = find_upstream(upstream, err, errlen);
+    int rc = u ? hx_ctl_do_balancer(hx_srv.gen, u, module, err, errlen) : -1;
+    if (rc == 0)
+        hx_state_note_balancer(u, module);
     hx_ctl_unlock();
     return rc;
 }

@@ -7,6 +7,8 @@
 
 #include <helios.h>
 
+#include "config/config.h"
+
 void hx_ctl_lock(void);
 void hx_ctl_unlock(void);
 
@@ -18,6 +20,18 @@ int hx_ctl_backend_weight(const char *upstream, const char *name, uint32_t weigh
 int hx_ctl_backend_drain(const char *upstream, const char *name, int drain, char *err,
                          size_t errlen);
 int hx_ctl_balancer_set(const char *upstream, const char *module, char *err, size_t errlen);
+/* The primitives under the calls above, without the lock and without
+ * touching the persisted state (runtime/state.c re-applies with them). The
+ * caller holds the lock; U belongs to G; when G is not the live generation
+ * yet, no worker is told (its workers pick the result up when they attach). */
+int hx_ctl_do_add(hx_gen *g, hx_upstream *u, const char *name, const char *address,
+                  uint32_t weight, char *err, size_t errlen);
+int hx_ctl_do_remove(hx_gen *g, hx_upstream *u, const char *name, char *err, size_t errlen);
+int hx_ctl_do_weight(hx_upstream *u, const char *name, uint32_t weight, char *err,
+                     size_t errlen);
+int hx_ctl_do_drain(hx_upstream *u, const char *name, int drain, char *err, size_t errlen);
+int hx_ctl_do_balancer(hx_gen *g, hx_upstream *u, const char *module, char *err, size_t errlen);
+
 long hx_ctl_backends_walk(const char *upstream, void (*fn)(void *, const helios_backend *),
                           void *arg);
 const char *hx_ctl_balancer_name(const char *upstream);

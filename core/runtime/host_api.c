@@ -501,6 +501,7 @@ static uint32_t api_backend_inflight(const helios_backend *b)
 static void api_backend_set_healthy(helios_backend *b, int healthy, const char *why)
 {
     int old = atomic_exchange(&BE(b)->healthy, healthy ? 1 : 0);
+    atomic_fetch_and(&BE(b)->carried, ~HX_CARRIED_HEALTH); /* a module decides now */
     if (old != (healthy ? 1 : 0))
         hx_warn("backend %s (%s) is now %s%s%s", BE(b)->name, BE(b)->address,
                 healthy ? "healthy" : "unhealthy", why ? ": " : "", why ? why : "");
@@ -519,6 +520,7 @@ static void api_backend_set_breaker(helios_backend *b, int state, uint32_t max_t
         return;
     atomic_store(&BE(b)->breaker_max_trials, max_trials);
     int old = atomic_exchange(&BE(b)->breaker, state);
+    atomic_fetch_and(&BE(b)->carried, ~HX_CARRIED_BREAKER);
     if (old != state) {
         atomic_fetch_add(&BE(b)->breaker_transitions[state], 1);
         hx_warn("backend %s (%s): circuit breaker %s -> %s", BE(b)->name, BE(b)->address,

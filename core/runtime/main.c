@@ -37,6 +37,7 @@
 #include "http/accesslog.h"
 #include "config/config.h"
 #include "runtime/control.h"
+#include "runtime/state.h"
 #include "runtime/daemon.h"
 #include "base/log.h"
 #include "config/module_loader.h"
@@ -235,6 +236,20 @@ static int same_process_conf(const hx_process_conf *a, const hx_process_conf *b)
 
 static int reload_generation(char *err, size_t errlen);
 
+/* Lifts the verdicts a reload carried over that no module confirmed
+ * (runtime/state.c); one timer, re-armed by every reload. */
+static ev_timer carry_timer;
+static unsigned carry_gen;
+
+static void carry_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)loop;
+    (void)t;
+    (void)revents;
+    if (hx_srv.gen && hx_srv.gen->id == carry_gen)
+        hx_state_expire_carried(hx_srv.gen);
+}
+
 /* Returns 0 when the new generation is live, -1 when the old one stays
  * (reasons in ERR when given). The service manager sees RELOADING=1, then
  * READY=1 either way. */
@@ -259,6 +274,8 @@ static int reload_generation(char *err, size_t errlen)
         hx_ctl_unlock();
         return -1;
     }
+    /* admin changes go on top of the files before any worker sees G */
+    hx_state_apply(g, hx_srv.gen, err, errlen);
     if (!same_process_conf(&g->process, &hx_srv.gen->process))
         hx_warn("user, group and pid_file take effect at a restart; the running ones stay");
     if (hx_workers_switch(g) != 0) {
@@ -306,6 +323,10 @@ static int reload_generation(char *err, size_t errlen)
     hx_srv.services_switching = 0;
     pthread_mutex_unlock(&hx_srv.reload_lock);
     hx_gen_unref(old);
+    carry_gen = g->id;
+    ev_timer_stop(hx_srv.loop, &carry_timer);
+    ev_timer_init(&carry_timer, carry_timer_cb, HX_CARRY_GRACE_S, 0.);
+    ev_timer_start(hx_srv.loop, &carry_timer);
     hx_info("configuration generation %u is live", g->id);
     return 0;
 }
@@ -684,6 +705,16 @@ int main(int argc, char **argv)
         return 1;
     }
     char err[512];
+    /* the admin API's persisted changes, before any worker takes G */
+    hx_ctl_lock();
+    int st_rc = hx_state_apply(g, NULL, err, sizeof(err));
+    hx_ctl_unlock();
+    if (st_rc != 0) {
+        hx_error("not starting: %s", err);
+        hx_gen_unref(g);
+        hx_modreg_free(&hx_srv.modreg);
+        return 1;
+    }
     int pidfd = -1;
     /* the first generation's: a reload does not move it */
     char *pid_file = g->process.pid_file ? strdup(g->process.pid_file) : NULL;
@@ -694,6 +725,7 @@ int main(int argc, char **argv)
         hx_modreg_free(&hx_srv.modreg);
         return 1;
     }
+    hx_state_export_init();
     hx_srv.gen = g;
     atomic_store(&hx_srv.gen_id, g->id);
     hx_srv.start_time = (uint64_t)time(NULL);

@@ -232,7 +232,8 @@ static void aa_config_free(void *cfg)
 static int aa_config_new(const helios_conf *conf, void **out)
 {
     static const char *const keys[] = {"listen",   "auth",      "allow",        "deny",
-                                       "max_body", "audit_log", "metrics_auth", NULL};
+                                       "max_body", "audit_log", "metrics_auth",
+                                       "default_upstream", NULL};
     if (conf != NULL && aa_api->conf_kind(conf) != HELIOS_CONF_MAP) {
         aa_api->conf_error(conf, "admin_api config must be a map");
         return -1;
@@ -260,7 +261,8 @@ static int aa_config_new(const helios_conf *conf, void **out)
         aa_api->conf_error(aa_api->conf_get(conf, "max_body"), "max_body must be 1..16m");
         rc = -1;
     }
-    if (aa_api->conf_bool(conf, "metrics_auth", 1, &c->metrics_auth) < 0)
+    if (aa_api->conf_bool(conf, "metrics_auth", 1, &c->metrics_auth) < 0 ||
+        aa_api->conf_str(conf, "default_upstream", NULL, &c->default_upstream) < 0)
         rc = -1;
     if (parse_audit(c, conf) != 0)
         rc = -1;

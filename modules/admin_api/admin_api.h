@@ -85,6 +85,7 @@ typedef struct aa_config {
     uint64_t max_body;
     char *audit_path; /* NULL: audit lines go to the error log only */
     int metrics_auth;
+    const char *default_upstream; /* body `upstream` when omitted; NULL: the only one */
 
     /* from start() to stop() */
     struct MHD_Daemon *daemon;
@@ -133,6 +134,8 @@ typedef struct aa_req {
     size_t textlen;
     const char *content_type;
     const char *allow;     /* Allow header for 405 */
+    char upstream[256];    /* the upstream a body names or implies */
+    char address[256];     /* a body's address, "http://" taken off */
 } aa_req;
 
 int aa_http_start(aa_config *c);

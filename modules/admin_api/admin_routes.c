@@ -156,6 +156,61 @@ static int weight_field(aa_req *q, long long def, uint32_t *out)
     return 0;
 }
 
+/* The upstream a body names; when it names none, admin_api's
+ * default_upstream, else the only upstream there is (the seed product's
+ * calls carry no upstream). NULL with a 400/404 reply otherwise. */
+static const char *upstream_field(aa_req *q)
+{
+    if (json_object_get(q->body, "upstream") != NULL)
+        return str_field(q, "upstream");
+    const char *def = q->cfg->default_upstream;
+    if (def != NULL) {
+        if (aa_api->ctl_balancer_name(def) == NULL) {
+            aa_fail(q, 404, "admin_api default_upstream '%s' is not an upstream of the running "
+                            "configuration; name one in 'upstream'",
+                    def);
+            return NULL;
+        }
+        snprintf(q->upstream, sizeof(q->upstream), "%s", def);
+        return q->upstream;
+    }
+    size_t n = aa_api->ctl_upstreams_count();
+    if (n == 1 && aa_api->ctl_upstream_name(0, q->upstream, sizeof(q->upstream)) == 0)
+        return q->upstream;
+    aa_fail(q, 400, "'upstream' is required: heliosd runs %zu upstreams (set admin_api "
+                    "default_upstream to name one for calls without it)",
+            n);
+    return NULL;
+}
+
+/* A backend address: HOST:PORT, or http://HOST:PORT as the seed product
+ * sends (a trailing "/" allowed). NULL with a 400 reply otherwise. */
+static const char *address_field(aa_req *q)
+{
+    const char *a = str_field(q, "address");
+    if (a == NULL)
+        return NULL;
+    if (strncasecmp(a, "https://", 8) == 0) {
+        aa_fail(q, 400, "'address': heliosd speaks TLS to the backends of an upstream with "
+                        "tls: in the configuration; give HOST:PORT, not https://");
+        return NULL;
+    }
+    if (strncasecmp(a, "http://", 7) == 0)
+        a += 7;
+    size_t n = strlen(a);
+    if (n > 0 && a[n - 1] == '/')
+        n--;
+    if (n == 0 || memchr(a, '/', n) || memchr(a, '?', n) || memchr(a, '#', n) ||
+        memchr(a, '@', n)) {
+        aa_fail(q, 400, "'address' must be HOST:PORT or http://HOST:PORT (no path, query or "
+                        "user), got '%s'",
+                json_string_value(json_object_get(q->body, "address")));
+        return NULL;
+    }
+    snprintf(q->address, sizeof(q->address), "%.*s", (int)n, a);
+    return q->address;
+}
+
 /* ---- GET /v1/health ---- */
 
 static int ep_health(aa_req *q, const char *a1, const char *a2)
@@ -221,8 +276,8 @@ static int ep_backend_add(aa_req *q, const char *a1, const char *a2)
     (void)a2;
     if (body_object(q))
         return q->status;
-    const char *up = str_field(q, "upstream"), *name = up ? str_field(q, "name") : NULL,
-               *addr = name ? str_field(q, "address") : NULL;
+    const char *up = upstream_field(q), *name = up ? str_field(q, "name") : NULL,
+               *addr = name ? address_field(q) : NULL;
     uint32_t weight;
     if (addr == NULL || weight_field(q, 1, &weight))
         return q->status;
@@ -274,7 +329,7 @@ static int ep_backend_remove_body(aa_req *q, const char *a1, const char *a2)
     (void)a2;
     if (body_object(q))
         return q->status;
-    const char *up = str_field(q, "upstream"), *name = up ? str_field(q, "name") : NULL;
+    const char *up = upstream_field(q), *name = up ? str_field(q, "name") : NULL;
     if (name == NULL)
         return q->status;
     return remove_backend(q, up, name);
@@ -354,7 +409,7 @@ static int ep_strategy(aa_req *q, const char *a1, const char *a2)
     (void)a2;
     if (body_object(q))
         return q->status;
-    const char *up = str_field(q, "upstream"), *strat = up ? str_field(q, "strategy") : NULL;
+    const char *up = upstream_field(q), *strat = up ? str_field(q, "strategy") : NULL;
     if (strat == NULL)
         return q->status;
     if (!module_name_ok(strat))
@@ -496,6 +551,128 @@ static int ep_modules(aa_req *q, const char *a1, const char *a2)
     return aa_ok(q, 200, json_pack("{s:s,s:o}", "core_abi", abi, "modules", arr));
 }
 
+/* ---- persisted admin changes: GET /v1/state, DELETE /v1/state/... ---- */
+
+static const helios_runtime_state_export *state_export(void)
+{
+    const helios_runtime_state_export *e = aa_api->export_get(HELIOS_EXPORT_RUNTIME_STATE);
+    if (e == NULL || e->size < offsetof(helios_runtime_state_export, forget) + sizeof(e->forget) ||
+        e->render == NULL || e->forget == NULL)
+        return NULL;
+    return e;
+}
+
+/* The core's persisted changes as JSON, or NULL. */
+static json_t *state_json(void)
+{
+    const helios_runtime_state_export *e = state_export();
+    char *text = NULL;
+    size_t len = 0;
+    if (e == NULL || e->render(e->ctx, &text, &len) != 0 || text == NULL) {
+        free(text);
+        return NULL;
+    }
+    json_t *j = json_loadb(text, len, 0, NULL);
+    free(text);
+    return j;
+}
+
+static int ep_state(aa_req *q, const char *a1, const char *a2)
+{
+    (void)a1;
+    (void)a2;
+    json_t *j = state_json();
+    if (j == NULL)
+        return aa_fail(q, 503, "this heliosd offers no runtime state");
+    return aa_ok(q, 200, j);
+}
+
+static int forget(aa_req *q, int what, const char *up, const char *backend)
+{
+    const helios_runtime_state_export *e = state_export();
+    if (e == NULL)
+        return aa_fail(q, 503, "this heliosd offers no runtime state");
+    char err[512] = "";
+    int rc = e->forget(e->ctx, what, up, backend, err, sizeof(err));
+    if (rc > 0)
+        return aa_fail(q, 404, "%s", err);
+    if (rc < 0)
+        return aa_fail(q, 409, "cannot put the configuration's value back: %s", err);
+    json_t *j = state_json();
+    return aa_ok(q, 200, json_pack("{s:o*}", "state", j));
+}
+
+static int ep_state_forget_all(aa_req *q, const char *a1, const char *a2)
+{
+    (void)a1;
+    (void)a2;
+    return forget(q, HELIOS_STATE_ALL, NULL, NULL);
+}
+
+static int ep_state_forget_upstream(aa_req *q, const char *up, const char *a2)
+{
+    (void)a2;
+    return forget(q, HELIOS_STATE_UPSTREAM, up, NULL);
+}
+
+static int ep_state_forget_strategy(aa_req *q, const char *up, const char *a2)
+{
+    (void)a2;
+    return forget(q, HELIOS_STATE_STRATEGY, up, NULL);
+}
+
+static int ep_state_forget_backend(aa_req *q, const char *up, const char *name)
+{
+    return forget(q, HELIOS_STATE_BACKEND, up, name);
+}
+
+/* ---- the running view for GET /v1/config ---- */
+
+typedef struct running_ctx {
+    json_t *arr;
+    json_t *state; /* upstreams map of the state, or NULL */
+} running_ctx;
+
+/* Marks B's JSON with where it came from: "admin" (added at runtime), or
+ * "file" with the fields the admin API changed. */
+static void mark_backend(json_t *b, json_t *entry)
+{
+    const char *change = json_string_value(json_object_get(entry, "change"));
+    int applied = entry && json_is_null(json_object_get(entry, "conflict"));
+    json_object_set_new(b, "source", json_string(applied && change && strcmp(change, "add") == 0
+                                                     ? "admin"
+                                                     : "file"));
+    json_t *changed = json_array();
+    if (applied && change && strcmp(change, "set") == 0) {
+        if (json_object_get(entry, "weight"))
+            json_array_append_new(changed, json_string("weight"));
+        if (json_object_get(entry, "drain"))
+            json_array_append_new(changed, json_string("drain"));
+    }
+    json_object_set_new(b, "admin_changed", changed);
+}
+
+static void running_upstream(void *arg, const char *name)
+{
+    running_ctx *r = arg;
+    json_t *bs = backends_of(name), *su = json_object_get(r->state, name);
+    if (bs == NULL)
+        return;
+    json_t *entries = json_object_get(su, "backends");
+    size_t i;
+    json_t *b;
+    json_array_foreach(bs, i, b)
+    {
+        mark_backend(b, json_object_get(entries, json_string_value(json_object_get(b, "name"))));
+    }
+    const char *bal = aa_api->ctl_balancer_name(name);
+    int admin_bal = json_is_string(json_object_get(su, "strategy")) &&
+                    json_is_null(json_object_get(su, "strategy_conflict"));
+    json_array_append_new(r->arr, json_pack("{s:s,s:s,s:s,s:o}", "name", name, "balancer",
+                                            bal ? bal : "", "balancer_source",
+                                            admin_bal ? "admin" : "file", "backends", bs));
+}
+
 /* ---- GET /v1/config ---- */
 
 static int secret_key(const char *key)
@@ -553,8 +730,13 @@ static int ep_config(aa_req *q, const char *a1, const char *a2)
         json_decref(conf);
         return aa_fail(q, 503, "no running configuration");
     }
-    return aa_ok(q, 200, json_pack("{s:I,s:o}", "generation", (json_int_t)aa_api->generation(),
-                                   "config", conf));
+    json_t *state = state_json();
+    running_ctx r = {json_array(), json_object_get(state, "upstreams")};
+    if (r.arr)
+        each_upstream(running_upstream, &r);
+    return aa_ok(q, 200, json_pack("{s:I,s:o,s:{s:o*},s:o*}", "generation",
+                                   (json_int_t)aa_api->generation(), "config", conf, "running",
+                                   "upstreams", r.arr, "state", state));
 }
 
 /* ---- POST /v1/reload ---- */
@@ -639,7 +821,14 @@ static int ep_prometheus(aa_req *q, const char *a1, const char *a2)
 
 /* ---- the route table ---- */
 
-enum { P_FIXED, P_UPSTREAM_BACKEND, P_UPSTREAM_BACKEND_ACTION };
+enum {
+    P_FIXED,
+    P_UPSTREAM_BACKEND,
+    P_UPSTREAM_BACKEND_ACTION,
+    P_STATE_UPSTREAM,  /* /v1/state/U */
+    P_STATE_STRATEGY,  /* /v1/state/U/strategy */
+    P_STATE_BACKEND,   /* /v1/state/U/backends/N */
+};
 
 typedef struct aa_route_def {
     const char *method;
@@ -664,6 +853,11 @@ static const aa_route_def routes[] = {
     {"GET", "/v1/circuit-breakers", P_FIXED, ep_breakers, 0, 0, 0},
     {"GET", "/v1/modules", P_FIXED, ep_modules, 0, 0, 0},
     {"GET", "/v1/config", P_FIXED, ep_config, 0, 0, 0},
+    {"GET", "/v1/state", P_FIXED, ep_state, 0, 0, 0},
+    {"DELETE", "/v1/state", P_FIXED, ep_state_forget_all, 1, 0, 0},
+    {"DELETE", NULL, P_STATE_UPSTREAM, ep_state_forget_upstream, 1, 0, 0},
+    {"DELETE", NULL, P_STATE_STRATEGY, ep_state_forget_strategy, 1, 0, 0},
+    {"DELETE", NULL, P_STATE_BACKEND, ep_state_forget_backend, 1, 0, 0},
     {"POST", "/v1/reload", P_FIXED, ep_reload, 1, 0, 0},
     {"GET", "/metrics", P_FIXED, ep_prometheus, 0, 0, 1},
 };
@@ -704,15 +898,44 @@ static int split_backend_path(const char *path, aa_match *m, char *action, size_
     return n;
 }
 
-static int route_matches(const aa_route_def *r, const char *path, int nseg, const char *action)
+/* Splits "/v1/state/U[/strategy | /backends/N]" into M's a1 (and a2);
+ * the P_STATE_* pattern, or 0. */
+static int split_state_path(const char *path, aa_match *m)
+{
+    static const char prefix[] = "/v1/state/";
+    if (strncmp(path, prefix, sizeof(prefix) - 1) != 0)
+        return 0;
+    const char *u = path + sizeof(prefix) - 1, *slash = strchr(u, '/');
+    size_t ulen = slash ? (size_t)(slash - u) : strlen(u);
+    if (ulen == 0 || ulen >= sizeof(m->a1))
+        return 0;
+    memcpy(m->a1, u, ulen);
+    m->a1[ulen] = '\0';
+    if (slash == NULL)
+        return P_STATE_UPSTREAM;
+    if (strcmp(slash, "/strategy") == 0)
+        return P_STATE_STRATEGY;
+    static const char bk[] = "/backends/";
+    const char *n = slash + sizeof(bk) - 1;
+    if (strncmp(slash, bk, sizeof(bk) - 1) != 0 || *n == '\0' || strchr(n, '/') ||
+        strlen(n) >= sizeof(m->a2))
+        return 0;
+    snprintf(m->a2, sizeof(m->a2), "%s", n);
+    return P_STATE_BACKEND;
+}
+
+static int route_matches(const aa_route_def *r, const char *path, int nseg, const char *action,
+                         int state)
 {
     switch (r->pattern) {
     case P_FIXED:
         return strcmp(r->path, path) == 0;
     case P_UPSTREAM_BACKEND:
         return nseg == 2;
-    default:
+    case P_UPSTREAM_BACKEND_ACTION:
         return nseg == 3 && strcmp(r->path, action) == 0;
+    default:
+        return state == r->pattern;
     }
 }
 
@@ -732,10 +955,11 @@ int aa_route(const char *method, const char *path, aa_match *m)
     memset(m, 0, sizeof(*m));
     char *allow = m->allow;
     int nseg = split_backend_path(path, m, action, sizeof(action));
+    int state = nseg ? 0 : split_state_path(path, m);
     const char *meth = strcmp(method, "HEAD") == 0 ? "GET" : method;
     for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); i++) {
         const aa_route_def *r = &routes[i];
-        if (!route_matches(r, path, nseg, action))
+        if (!route_matches(r, path, nseg, action, state))
             continue;
         allow_add(allow, sizeof(m->allow), r->method);
         if (m->fn == NULL && strcmp(r->method, meth) == 0) {

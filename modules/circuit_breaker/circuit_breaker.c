@@ -48,6 +48,7 @@ typedef struct cb_slot {
     _Atomic int state;             /* HELIOS_BREAKER_*, the module's view */
     _Atomic uint32_t successes;    /* successful trials while half-open */
     _Atomic uint32_t opens;        /* times opened: tags the timer of each opening */
+    _Atomic int adopted;           /* the core's state was looked at (first result) */
 } cb_slot;
 
 typedef struct cb_config {
@@ -330,6 +331,15 @@ static void cb_on_upstream_result(helios_ctx *c, helios_backend *b, int outcome,
     cb_slot *s = cb_slot_of(cfg, b);
     if (s == NULL)
         return;
+    /* A breaker half-open in the core before this instance saw the backend
+     * was carried over a reload: its trials are this instance's to judge. */
+    int fresh = 0;
+    if (atomic_load_explicit(&s->adopted, memory_order_relaxed) == 0 &&
+        atomic_compare_exchange_strong(&s->adopted, &fresh, 1) &&
+        api->backend_breaker(b) == HELIOS_BREAKER_HALF_OPEN) {
+        int closed = HELIOS_BREAKER_CLOSED;
+        atomic_compare_exchange_strong(&s->state, &closed, HELIOS_BREAKER_HALF_OPEN);
+    }
     int failed = cb_is_failure(cfg, outcome, status);
     switch (atomic_load(&s->state)) {
     case HELIOS_BREAKER_CLOSED:

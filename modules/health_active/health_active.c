@@ -348,6 +348,7 @@ typedef struct ha_target {
 
     long long fails, oks; /* consecutive results */
     int up;               /* this checker's verdict (starts as the core's state) */
+    int adopted_down;     /* started as down: the first failed probe says so again */
     unsigned seen;        /* walk number that last listed it */
 } ha_target;
 
@@ -391,6 +392,7 @@ static void ha_verdict(ha_target *t, int ok, const char *why)
     const ha_config *c = t->rt->cfg;
     if (ok) {
         t->fails = 0;
+        t->adopted_down = 0;
         if (t->oks < c->rise)
             t->oks++;
         if (!t->up && t->oks >= c->rise) {
@@ -404,6 +406,11 @@ static void ha_verdict(ha_target *t, int ok, const char *why)
         t->oks = 0;
         if (t->fails < c->fall)
             t->fails++;
+        if (t->adopted_down) {
+            t->adopted_down = 0;
+            if (!t->up)
+                api->backend_set_healthy(t->b, 0, "active health check: still down");
+        }
         api->log(HELIOS_LOG_DEBUG, HA_NAME, "upstream %s backend %s (%s): probe failed: %s",
                  t->upstream, api->backend_name(t->b), api->backend_address(t->b), why);
         if (t->up && t->fails >= c->fall) {
@@ -700,6 +707,9 @@ static ha_target *ha_target_new(ha_runtime *rt, const char *upstream, helios_bac
         t->request_len = (size_t)n;
     }
     t->up = api->backend_healthy(b);
+    /* down already (a verdict kept across a reload): the core lifts it
+     * after a grace period unless a module confirms it */
+    t->adopted_down = !t->up;
     ev_init(&t->timer, ha_timer_cb);
     t->timer.data = t;
     ev_init(&t->io, ha_io_cb);

@@ -137,6 +137,7 @@ class Heliosd:
         self.conffile = self.confdir / "heliosd.yaml"
         self.stdout_path = self.dir / "stdout.log"
         self.stderr_path = self.dir / "stderr.log"
+        self.state_dir = self.dir / "state"
         self.proc = None
         self.rc = None
         self.expected_rc = 0  # what teardown accepts
@@ -167,11 +168,15 @@ class Heliosd:
         self._start_mark = self.err_mark()
         out = open(self.stdout_path, "ab")
         err = open(self.stderr_path, "ab")
+        # persisted admin changes (state_file's default follows systemd's
+        # $STATE_DIRECTORY): one directory per instance, kept across restarts
+        self.state_dir.mkdir(exist_ok=True)
         self.proc = subprocess.Popen(
             [str(HELIOSD), "-c", str(self.confdir), "-m", str(MODULE_DIR), *extra_args],
             stdout=out,
             stderr=err,
             stdin=subprocess.DEVNULL,
+            env={**os.environ, "STATE_DIRECTORY": str(self.state_dir)},
         )
         out.close()
         err.close()

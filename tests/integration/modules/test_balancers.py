@@ -585,7 +585,7 @@ def test_in_flight_counts_return_to_zero_after_aborts_and_failures(lb, backends)
     assert state["a"]["failures"] + state["b"]["failures"] > 0, state
 
 
-def test_runtime_changes_last_until_the_next_reload(lb, backends):
+def test_runtime_changes_are_re_applied_after_a_reload(lb, backends):
     a, b, c = backends("a", "b", "c")
     h = lb(lb_config(free_port(), [a, b]))
     ctl_ok(h, "balancer", upstream="app", module="maglev")
@@ -595,10 +595,12 @@ def test_runtime_changes_last_until_the_next_reload(lb, backends):
     mark = h.err_mark()
     h.reload()
     h.wait_stderr(r"generation 2 is live", since=mark)
+    # the core re-applies ctl_* changes on top of the files (state_file)
     bal, state = listing(h)
-    assert bal == "round_robin" and set(state) == {"a", "b"}, (bal, state)
-    assert not state["a"]["draining"]
-    assert Counter(send_many(h.port, 10)) == {"a": 5, "b": 5}
+    assert bal == "maglev" and set(state) == {"a", "b", "c"}, (bal, state)
+    assert state["a"]["draining"] and not state["c"]["draining"]
+    got = Counter(send_many(h.port, 10))
+    assert sum(got.values()) == 10 and "a" not in got, got
 
 
 # --------------------------------------------------------------------------

@@ -264,3 +264,31 @@ def test_unknown_upstream_stops_startup(backends, heliosd):
     assert h.wait_exit(30) == 1
     assert "no upstream named nosuch" in h.stderr()
     assert "not starting: a module service failed to start" in h.stderr()
+
+
+def test_a_down_backend_stays_down_across_a_reload_and_comes_back_when_probes_pass(backends, heliosd):
+    """The core keeps the unhealthy verdict across a reload (D48); the new
+    generation's checker confirms it with its first failed probe, so the
+    core's grace (10 s) does not let the backend back in."""
+    a, b = backends("a", "b")
+    port = free_port()
+    cfg = make_config(port, [proxy_route("app", "app")], {"app": upstream_conf(a, b)},
+                      modules=[health()])
+    h = heliosd(cfg)
+    mark = h.err_mark()
+    b.kill()
+    h.wait_stderr(r"backend b \([^)]*\) is now unhealthy", since=mark, timeout=10)
+    mark = h.err_mark()
+    h.reload()
+    h.wait_stderr(r"backend b \([^)]*\) keeps its verdict across the reload: unhealthy",
+                  since=mark, timeout=10)
+    h.wait_stderr(r"generation 2 is live", since=mark, timeout=10)
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 11.5:  # past the core's grace
+        status, headers, _ = h.get("/")
+        assert status == 200 and headers.get("x-backend") == "a"
+        time.sleep(0.25)
+    assert "is healthy again" not in h.stderr()[mark:]
+    b.restart()
+    h.wait_stderr(r"backend b \([^)]*\) is now healthy", since=mark, timeout=10)
+    wait_for(lambda: h.get("/")[1].get("x-backend") == "b", 10, what="traffic to b again")

@@ -409,3 +409,76 @@ def test_panic_threshold_is_a_located_config_error_out_of_range(check_config, ba
                       {"app": upstream_conf(backends("a"), panic_threshold=150)})
     rc, _, err = check_config(cfg)
     assert rc == 1 and "panic_threshold" in err
+
+
+# --------------------------------------------------------------------------
+# verdicts across a reload (runtime/state.c, docs/decisions.md D48)
+
+BREAKER_CFG = {"failures": 3, "interval": "10s", "open_timeout": "60s", "max_requests": 1,
+               "success_threshold": 1, "statuses": [500]}
+
+
+def test_an_open_breaker_is_half_open_after_a_reload_and_its_trial_decides(heliosd, flaky):
+    fb = flaky("fb")
+    fb.mode = "fail"
+    port = free_port()
+    cfg = config_with(port, [{"name": "fb", "address": fb.address}],
+                      [global_module("circuit_breaker", BREAKER_CFG)], workers=2)
+    h = heliosd(cfg)
+    assert [get_status(port) for _ in range(3)] == [500] * 3
+    h.wait_stderr(BREAKER_RX.format(name="fb", frm="closed", to="open"), timeout=5)
+    assert get_status(port) == 503
+    mark = h.err_mark()
+    h.reload()
+    h.wait_stderr(r"backend fb \(127\.0\.0\.1:\d+\) keeps its verdict across the reload: "
+                  r"breaker half-open", since=mark, timeout=10)
+    h.wait_stderr(r"generation 2 is live", since=mark, timeout=10)
+    # one trial reaches it; the new generation's breaker judges it: open again
+    assert get_status(port) == 500
+    h.wait_stderr(BREAKER_RX.format(name="fb", frm="half-open", to="open"), since=mark, timeout=5)
+    assert get_status(port) == 503
+    assert fb.requests == 4
+    # and a successful trial after another reload closes it
+    fb.mode = "ok"
+    mark = h.err_mark()
+    h.reload()
+    h.wait_stderr(r"generation 3 is live", since=mark, timeout=10)
+    assert get_status(port) == 200
+    h.wait_stderr(BREAKER_RX.format(name="fb", frm="half-open", to="closed"), since=mark, timeout=5)
+    assert [get_status(port) for _ in range(4)] == [200] * 4
+
+
+def test_verdicts_no_module_confirms_are_lifted_after_the_grace(heliosd, backends, flaky):
+    bad = flaky("bad")
+    bad.mode = "fail"
+    good = backends("good")
+    port = free_port()
+    passive = {"failures": 2, "window": "10s", "unhealthy_timeout": "60s", "statuses": [500]}
+    breaker = {**BREAKER_CFG, "failures": 2}
+    bks = [{"name": "bad", "address": bad.address}, good]
+    h = heliosd(config_with(port, bks, [global_module("health_passive", passive),
+                                        global_module("circuit_breaker", breaker)]))
+    for _ in range(10):
+        get_status(port)
+        if bad.requests >= 2:
+            break
+    h.wait_stderr(r"backend bad \(127\.0\.0\.1:\d+\) is now unhealthy", timeout=5)
+    h.wait_stderr(BREAKER_RX.format(name="bad", frm="closed", to="open"), timeout=5)
+    before = bad.requests
+    # the new files have neither module: nothing will confirm the verdicts
+    mark = h.err_mark()
+    bad.mode = "ok"
+    t0 = time.monotonic()
+    h.reload(config_with(port, bks, []))
+    h.wait_stderr(r"backend bad \(127\.0\.0\.1:\d+\) keeps its verdict across the reload: "
+                  r"unhealthy breaker half-open", since=mark, timeout=10)
+    h.wait_stderr(r"generation 2 is live", since=mark, timeout=10)
+    assert [get_status(port) for _ in range(6)] == [200] * 6
+    assert bad.requests == before, "still out right after the reload"
+    h.wait_stderr(r"backend bad \(127\.0\.0\.1:\d+\) is healthy again: its unhealthy verdict "
+                  r"from before the reload was not confirmed within 10 s", since=mark, timeout=20)
+    h.wait_stderr(r"backend bad \(127\.0\.0\.1:\d+\): circuit breaker closed: its state from "
+                  r"before the reload was not confirmed", since=mark, timeout=5)
+    assert time.monotonic() - t0 >= 9
+    wait_for(lambda: get_status(port) == 200 and bad.requests > before, timeout=10,
+             what="traffic back on bad")

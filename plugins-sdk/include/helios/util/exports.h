@@ -50,5 +50,31 @@ typedef struct helios_backend_events {
      * Any thread; short mutex. */
     void (*event)(int kind, const char *upstream, const char *backend, double seconds);
 } helios_backend_events;
+/* Offered by the core itself (from startup to exit): the admin changes it
+ * persists across reloads and restarts (state_file:), for admin_api. */
+#define HELIOS_EXPORT_RUNTIME_STATE "core.runtime_state"
+
+/* What helios_runtime_state_export.forget drops. */
+enum {
+    HELIOS_STATE_ALL = 0,      /* every persisted change */
+    HELIOS_STATE_UPSTREAM = 1, /* every change to UPSTREAM */
+    HELIOS_STATE_STRATEGY = 2, /* UPSTREAM's balancer switch */
+    HELIOS_STATE_BACKEND = 3,  /* the changes to UPSTREAM's backend BACKEND */
+};
+
+typedef struct helios_runtime_state_export {
+    uint32_t size; /* sizeof(helios_runtime_state_export) of the provider */
+    void *ctx;
+    /* The persisted changes as a JSON document (docs/admin-api.md, GET
+     * /v1/state) in a buffer from malloc (*OUT, *LEN); the caller frees it.
+     * Any thread but a worker. Returns 0, or -1 (out of memory). */
+    int (*render)(void *ctx, char **out, size_t *len);
+    /* Drops the changes WHAT names and puts back what the configuration
+     * files say for them, on the running generation. Any thread but a
+     * worker or main. Returns 0; 1 when nothing matched (ERR says what);
+     * -1 when putting back failed (ERR says why; the change stays). */
+    int (*forget)(void *ctx, int what, const char *upstream, const char *backend, char *err,
+                  size_t errlen);
+} helios_runtime_state_export;
 
 #endif
