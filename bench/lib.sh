@@ -303,13 +303,13 @@ wrk_rps() {
     sed -n 's/^Requests\/sec:[[:space:]]*//p'
 }
 
-# wrk_cpu_round DURATION URL PID -> "REQ_PER_S CPU_US_PER_REQUEST": wrk's
-# req/s, and the CPU time PID used meanwhile divided by the requests wrk
+# wrk_cpu_round DURATION URL PID [WRK_ARGS...] -> "REQ_PER_S CPU_US_PER_REQUEST":
+# wrk's req/s, and the CPU time PID used meanwhile divided by the requests wrk
 # completed (less sensitive than req/s to other load on a shared machine).
 wrk_cpu_round() {
     local c0 c1 out
     c0=$(proc_cpu_us "$3")
-    out=$(wrk_report "$1" "$2")
+    out=$(wrk_report "$1" "$2" "${@:4}")
     c1=$(proc_cpu_us "$3")
     awk -v c="$((c1 - c0))" '
         /^Requests\/sec:/ {rps = $2}

@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# libev's io_uring backend against epoll, in one run: the same heliosd binary
+# started twice, with LIBEV_FLAGS=4 (EVBACKEND_EPOLL) and LIBEV_FLAGS=128
+# (EVBACKEND_IOURING; libev reads LIBEV_FLAGS because heliosd creates its
+# loops without EVFLAG_NOENV). Both serve a static response and a proxied one
+# (hx_backend behind), with keep-alive and with one connection per request
+# (Connection: close), in alternating rounds; the table gives the median
+# req/s and the heliosd CPU time per request (less sensitive to other load
+# on a shared machine than req/s).
+#
+# Usage: bench/iouring.sh           (see bench/README.md)
+# Env:   DURATION=5s CONNS=50 ROUNDS=3 PROXY_CPU=0 LOAD_CPU=1 BUILD_DIR=build
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+. "$here/lib.sh"
+
+DURATION=${DURATION:-5s}
+CONNS=${CONNS:-50}
+ROUNDS=${ROUNDS:-3}
+PROXY_CPU=${PROXY_CPU:-0}
+LOAD_CPU=${LOAD_CPU:-1}
+BUILD_DIR=${BUILD_DIR:-$root/build}
+
+use_build_dir
+need_exec "$HELIOSD" "$BACKEND"
+need_tools wrk taskset curl
+refuse_sanitizer_build
+bench_setup heliosd-iouring
+private_heliosd
+
+read -r port_backend port_epoll port_uring < <(free_ports 3)
+start_backend backend "$LOAD_CPU" "$port_backend" --name bench --threads 1
+declare -A port=([epoll]=$port_epoll [io_uring]=$port_uring)
+declare -A flags=([epoll]=4 [io_uring]=128)
+for b in epoll io_uring; do
+    cat >"$tmp/$b.yaml" <<EOF
+workers: 1
+listeners: [{address: 127.0.0.1:${port[$b]}, backlog: 4096}]
+upstreams:
+  app:
+    backends: [{address: 127.0.0.1:$port_backend}]
+    keepalive: {max_idle: 64, idle_timeout: 60s}
+routes:
+  - match: {path: /static}
+    handler: {module: static_response, config: {body: "ok\n"}}
+  - {match: {prefix: /}, upstream: app}
+logging: {level: warn, access_log: off}
+EOF
+    bench_start "$b" "$PROXY_CPU" env LIBEV_FLAGS="${flags[$b]}" "$HELIOSD" -c "$tmp/$b.yaml" -m "$MODULES"
+done
+for b in epoll io_uring; do
+    wait_http_ok "http://127.0.0.1:${port[$b]}/static" || die "$b: no 200 on /static: $(tail -5 "$tmp/$b.log")"
+    wait_http_ok "http://127.0.0.1:${port[$b]}/" || die "$b: no 200 on /: $(tail -5 "$tmp/$b.log")"
+done
+# the backend each one really uses (libev falls back silently when a backend
+# is unavailable): io_uring shows as an io_uring instance among its fds
+uring_fds=$(find "/proc/${pid[io_uring]}/fd" -lname 'anon_inode:\[io_uring\]' 2>/dev/null | wc -l)
+[ "$uring_fds" -gt 0 ] || die "heliosd with LIBEV_FLAGS=128 has no io_uring instance: libev fell back"
+
+echo "# epoll vs io_uring (libev), wrk -c$CONNS -d$DURATION, $ROUNDS rounds, heliosd on CPU $PROXY_CPU" >&2
+results=$tmp/results
+declare -A died=()
+: >"$results"
+cases=("static keep-alive" "static close" "proxy keep-alive" "proxy close")
+for r in $(seq "$ROUNDS"); do
+    for c in "${cases[@]}"; do
+        path=/static
+        [ "${c%% *}" = proxy ] && path=/
+        hdr=()
+        [ "${c##* }" = close ] && hdr=(-H "Connection: close")
+        for b in epoll io_uring; do
+            if ! alive "${pid[$b]}"; then
+                [ -n "${died[$b]:-}" ] || echo "!! heliosd with $b exited: $(tail -2 "$tmp/$b.log")" >&2
+                died[$b]=1
+                printf '%s\t%s\t%s\t%s\n' "$c" "$b" 0 0 >>"$results"
+                continue
+            fi
+            read -r rps us < <(wrk_cpu_round "$DURATION" "http://127.0.0.1:${port[$b]}$path" "${pid[$b]}" \
+                "${hdr[@]}")
+            printf '%s\t%s\t%s\t%s\n' "$c" "$b" "$rps" "$us" >>"$results"
+            printf 'round %s  %-18s %-9s %10s req/s  %6s us/req\n' "$r" "$c" "$b" "$rps" "$us" >&2
+        done
+    done
+done
+
+echo
+echo "| case | epoll req/s | io_uring req/s | io_uring / epoll | epoll CPU us/req | io_uring CPU us/req |"
+echo "|---|---:|---:|---:|---:|---:|"
+for c in "${cases[@]}"; do
+    # shellcheck disable=SC2046
+    er=$(median $(awk -F'\t' -v c="$c" '$1 == c && $2 == "epoll" {print $3}' "$results"))
+    ur=$(median $(awk -F'\t' -v c="$c" '$1 == c && $2 == "io_uring" {print $3}' "$results"))
+    eu=$(median $(awk -F'\t' -v c="$c" '$1 == c && $2 == "epoll" {print $4}' "$results"))
+    uu=$(median $(awk -F'\t' -v c="$c" '$1 == c && $2 == "io_uring" {print $4}' "$results"))
+    echo "| $c | $er | $ur | $(ratio "$ur" "$er") | $eu | $uu |"
+done
+for b in epoll io_uring; do
+    [ -z "${died[$b]:-}" ] || echo "heliosd with $b exited during the run (0 = no figure): $(grep -v '^\s*$' "$tmp/$b.log" | tail -1)"
+done
