@@ -69,7 +69,6 @@ struct hx_conn {
     const char *err_reason;
 
     hx_req *req;
-    hx_req *spare; /* reused request allocation */
     unsigned requests;
 
     struct hx_conn *prev, *next; /* worker's list */

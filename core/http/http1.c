@@ -31,12 +31,14 @@
 #include "http/http2.h"
 #include "http/transport.h"
 
-#define HX_READ_CHUNK 16384
+#define HX_READ_CHUNK 16384 /* one cached I/O buffer: a read fills it */
+#define HX_SMALL_BUF 4096   /* request line, header name, header value */
 #define HX_WRITEV_MIN 4096 /* below this, copying and coalescing is cheaper */
 /* After an early answer, at most this much unread request body is read and
  * dropped to keep the connection; more means closing it. */
 #define HX_DISCARD_MAX (1u << 20)
 #define HX_REQ_ARENA 4096
+#define HX_REQ_ALLOC (sizeof(hx_req) + sizeof(hx_arena_block) + HX_REQ_ARENA)
 
 /* head validator states */
 enum { V_BEGIN, V_BEGIN_CR, V_RL, V_RL_CR, V_H_START, V_H_NAME, V_H_VALUE, V_H_CR, V_END_CR };
@@ -129,6 +131,53 @@ static long head_validate(hx_conn *c, const char *p, size_t n)
     }
     c->head_state = st;
     return (long)n;
+}
+
+/* ------------------------------------------------------------------ */
+/* memory of idle connections                                          */
+
+/* Gives B a block of SIZE bytes from the worker's cache when it has none;
+ * hx_buf grows it with realloc past that. */
+static int buf_take(hx_blockcache *bc, hx_buf *b, size_t size)
+{
+    if (b->data)
+        return 0;
+    b->data = hx_blockcache_get(bc, size);
+    if (b->data == NULL)
+        return -1;
+    b->off = b->len = 0;
+    b->cap = size;
+    return 0;
+}
+
+/* Hands an empty buffer back: to the cache at its block size, else (it
+ * grew) to malloc. */
+static void buf_give(hx_blockcache *bc, hx_buf *b, size_t size)
+{
+    if (b->data == NULL || hx_buf_size(b) != 0)
+        return;
+    if (b->cap == size)
+        hx_blockcache_put(bc, b->data);
+    else
+        free(b->data);
+    b->data = NULL;
+    b->off = b->len = b->cap = 0;
+}
+
+/* Between requests a connection holds only itself (~800 bytes): its I/O
+ * and head buffers go back to the worker and come again with the next
+ * byte, so 100k idle keep-alive clients cost what 100k structs cost (D54). */
+static void conn_release_idle(hx_conn *c)
+{
+    hx_worker *w = c->w;
+    buf_give(&w->conn_bufs, &c->in, HX_READ_CHUNK);
+    buf_give(&w->conn_bufs, &c->out, HX_READ_CHUNK);
+    hx_buf_reset(&c->url);
+    hx_buf_reset(&c->hb.name);
+    hx_buf_reset(&c->hb.value);
+    buf_give(&w->conn_small, &c->url, HX_SMALL_BUF);
+    buf_give(&w->conn_small, &c->hb.name, HX_SMALL_BUF);
+    buf_give(&w->conn_small, &c->hb.value, HX_SMALL_BUF);
 }
 
 /* ------------------------------------------------------------------ */
@@ -246,7 +295,8 @@ int hx_conn_write(hx_conn *c, const void *p, size_t n)
 {
     if (c->fd < 0 || (c->head_flags & C_DEAD))
         return -1;
-    if (hx_buf_append(&c->out, p, n) != 0) {
+    if ((c->out.data == NULL && n && buf_take(&c->w->conn_bufs, &c->out, HX_READ_CHUNK) != 0) ||
+        hx_buf_append(&c->out, p, n) != 0) {
         c->head_flags |= C_DEAD;
         return -1;
     }
@@ -312,7 +362,7 @@ void hx_conn_flush(hx_conn *c)
 {
     if (c->fd < 0 || (c->head_flags & C_DEAD))
         return;
-    if (c->h2 && hx_h2_pump(c) != 0) {
+    if (c->h2 && (buf_take(&c->w->conn_bufs, &c->out, HX_READ_CHUNK) != 0 || hx_h2_pump(c) != 0)) {
         c->head_flags |= C_DEAD;
         return;
     }
@@ -407,16 +457,13 @@ static void conn_send_error(hx_conn *c, int status, const char *why)
 /* ------------------------------------------------------------------ */
 /* requests                                                            */
 
-/* A connection keeps its last request's memory for the next one. */
+/* Requests come from the worker's cache: the one a connection just
+ * finished is usually the one its next request gets. */
 static hx_req *req_new(hx_conn *c)
 {
-    hx_req *r = c->spare;
-    c->spare = NULL;
-    if (r == NULL) {
-        r = malloc(sizeof(*r) + sizeof(hx_arena_block) + HX_REQ_ARENA);
-        if (r == NULL)
-            return NULL;
-    }
+    hx_req *r = hx_blockcache_get(&c->w->conn_reqs, HX_REQ_ALLOC);
+    if (r == NULL)
+        return NULL;
     hx_req_init(r, &hx_http1_ops, c->w, c, HX_REQ_ARENA);
     r->https = c->ssl != NULL;
     memcpy(&r->client, &c->peer, sizeof(c->peer));
@@ -426,10 +473,7 @@ static hx_req *req_new(hx_conn *c)
 static void req_free(hx_conn *c, hx_req *r)
 {
     hx_req_fini(r);
-    if (c->spare == NULL)
-        c->spare = r;
-    else
-        free(r);
+    hx_blockcache_put(&c->w->conn_reqs, r);
 }
 
 /* The response is complete and flushed (or the connection is going away):
@@ -553,6 +597,9 @@ static void conn_h2_leave(hx_conn *c)
         break;
     }
     int want = hx_h2_wants_read(c) && !c->half_closed && hx_buf_size(&c->in) < 65536;
+    /* the session itself stays; its I/O buffers go back while empty (D54) */
+    buf_give(&c->w->conn_bufs, &c->in, HX_READ_CHUNK);
+    buf_give(&c->w->conn_bufs, &c->out, HX_READ_CHUNK);
     if (want && !c->reading) {
         ev_io_start(c->w->loop, &c->rio);
         c->reading = 1;
@@ -653,6 +700,9 @@ static void conn_leave(hx_conn *c)
         ev_io_stop(c->w->loop, &c->rio);
         c->reading = 0;
     }
+    if (c->req == NULL && c->state != HX_CS_CLOSING && hx_buf_size(&c->in) == 0 &&
+        hx_buf_size(&c->out) == 0)
+        conn_release_idle(c);
     conn_update_timer(c);
 }
 
@@ -732,6 +782,8 @@ static int on_url(llhttp_t *p, const char *at, size_t len)
     hx_conn *c = P(p);
     if (hx_buf_size(&c->url) + len > c->req->gen->limits.max_request_line)
         return set_error(c, 414, "request line too long");
+    if (buf_take(&c->w->conn_small, &c->url, HX_SMALL_BUF) != 0)
+        return set_error(c, 500, "out of memory");
     hx_buf_append(&c->url, at, len);
     return 0;
 }
@@ -747,7 +799,9 @@ static int on_header_field(llhttp_t *p, const char *at, size_t len)
     c->hb.total += len;
     if (c->hb.total > c->req->gen->limits.max_header_size)
         return set_error(c, 431, "request header fields too large");
-    hx_buf_append(&c->hb.name, at, len);
+    if (buf_take(&c->w->conn_small, &c->hb.name, HX_SMALL_BUF) != 0 ||
+        hx_buf_append(&c->hb.name, at, len) != 0)
+        return set_error(c, 500, "out of memory");
     return 0;
 }
 
@@ -758,7 +812,9 @@ static int on_header_value(llhttp_t *p, const char *at, size_t len)
     c->hb.total += len;
     if (c->hb.total > c->req->gen->limits.max_header_size)
         return set_error(c, 431, "request header fields too large");
-    hx_buf_append(&c->hb.value, at, len);
+    if (buf_take(&c->w->conn_small, &c->hb.value, HX_SMALL_BUF) != 0 ||
+        hx_buf_append(&c->hb.value, at, len) != 0)
+        return set_error(c, 500, "out of memory");
     return 0;
 }
 
@@ -1117,7 +1173,8 @@ static void conn_read_cb(struct ev_loop *loop, ev_io *io, int revents)
     (void)revents;
     hx_conn *c = io->data;
     conn_enter(c);
-    if (hx_buf_reserve(&c->in, HX_READ_CHUNK) != 0) {
+    if (buf_take(&c->w->conn_bufs, &c->in, HX_READ_CHUNK) != 0 ||
+        hx_buf_reserve(&c->in, HX_READ_CHUNK) != 0) {
         c->head_flags |= C_DEAD;
         conn_leave(c);
         return;
@@ -1369,7 +1426,6 @@ static void conn_close(hx_conn *c)
     hx_buf_free(&c->hb.name);
     hx_buf_free(&c->hb.value);
     hx_buf_free(&c->url);
-    free(c->spare);
     free(c);
     hx_worker_conn_gone(w);
 }
@@ -1444,6 +1500,8 @@ static int http1_write_head(hx_req *r)
         c->close_after = 1;
 
     hx_buf *head = &c->out;
+    if (buf_take(&c->w->conn_bufs, head, HX_READ_CHUNK) != 0)
+        return -1;
     int has_connection = hx_hdrs_get(&r->rhdrs, "connection").ptr != NULL;
     char line[64];
     const char *reason = hx_reason(status);
