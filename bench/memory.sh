@@ -11,7 +11,8 @@
 # answer a second request. A server is restarted for each protocol, so one
 # measurement does not inherit the other's heap.
 #
-# Limits: the client and each server hold CONNS sockets, so CONNS must stay
+# Limits: the client and each server hold CONNS sockets (HAProxy fewer: it
+# reserves two descriptors per connection), so CONNS must stay
 # below the per-process fd limit (the hard limit is raised to as soft); all on
 # 127.0.0.1; every client run is bounded by DEADLINE seconds.
 #
@@ -47,6 +48,11 @@ fdmax=$(ulimit -n)
 [ "$CONNS" -le $((fdmax - 200)) ] ||
     die "CONNS=$CONNS needs more descriptors than the limit allows ($fdmax, hard limit $(ulimit -Hn))"
 maxconn=$((CONNS + 100))
+# HAProxy sizes its descriptor table for a server side per connection
+# (maxsock ~ 2 x maxconn) and refuses to start above the fd limit: it gets
+# the most connections the limit allows, and its row says how many.
+haproxy_maxconn=$(((fdmax - 300) / 2))
+[ "$haproxy_maxconn" -lt "$maxconn" ] || haproxy_maxconn=$maxconn
 
 heliosd_build=$(bench_heliosd_build "$HELIOSD")
 bench_setup heliosd-memory
@@ -87,8 +93,7 @@ conf_haproxy() { # PORT PROTO
     cat <<EOF
 global
     nbthread 1
-    maxconn $maxconn
-    fd-hard-limit $fdmax
+    maxconn $haproxy_maxconn
 defaults
     mode http
     option http-keep-alive
@@ -141,12 +146,14 @@ for proto in $PROTOS; do
         port=$(free_port)
         start_server "$s" "$proto" "$port"
         p=${pid[$s.$proto]}
+        n=$CONNS
+        [ "$s" = haproxy ] && [ "$n" -gt $((haproxy_maxconn - 100)) ] && n=$((haproxy_maxconn - 100))
         timeout $((DEADLINE + 30)) python3 "$here/idle_client.py" --port "$port" --pid "$p" \
             --conns "$WARM" --proto "$proto" --settle 0 --deadline "$DEADLINE" >/dev/null ||
             die "$s ($proto): the warm-up failed; log: $(tail -5 "$tmp/$s.$proto.log")"
         sleep 1 # the warm-up's connections are closed by the server too
         if ! out=$(timeout $((DEADLINE + 30)) python3 "$here/idle_client.py" --port "$port" \
-            --pid "$p" --conns "$CONNS" --proto "$proto" --settle "$SETTLE" --deadline "$DEADLINE"); then
+            --pid "$p" --conns "$n" --proto "$proto" --settle "$SETTLE" --deadline "$DEADLINE"); then
             echo "!! $s ($proto): not every connection answered: $out" >&2
         fi
         alive "$p" || die "$s ($proto) exited; log: $(tail -5 "$tmp/$s.$proto.log")"
@@ -172,7 +179,8 @@ for s, _ in data:
     if s not in servers:
         servers.append(s)
 out = ["# Memory per idle keep-alive connection", "",
-       "%s connections per server and protocol, each served one request and then idle; "
+       "%s connections per server and protocol (HAProxy: as many as its descriptor sizing allows "
+       "under the fd limit, see `answered`), each served one request and then idle; "
        "(RSS after - RSS before) / connections, after a warm-up of %s connections. "
        "Every connection then answered a second request (the `answered` column)." % (conns, warm), "",
        "Versions: " + versions, "",

@@ -11,6 +11,7 @@
 #ifndef HX_CONN_H
 #define HX_CONN_H
 
+#include <netinet/in.h>
 #include <sys/socket.h>
 
 #include "http/request.h"
@@ -46,7 +47,11 @@ struct hx_conn {
     ev_io rio, wio;
     ev_timer timer;
     int state;
-    struct sockaddr_storage peer;
+    union { /* listeners are TCP over IPv4 or IPv6: no sockaddr_storage */
+        struct sockaddr sa;
+        struct sockaddr_in in;
+        struct sockaddr_in6 in6;
+    } peer;
     socklen_t peer_len;
     char peer_ip[46]; /* formatted once per connection: X-Forwarded-For etc. */
 

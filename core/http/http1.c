@@ -1346,6 +1346,8 @@ void hx_conn_accept(hx_lsock *ls, int fd, const struct sockaddr *sa, socklen_t s
         c->hs_wg = w->wgen;
         hx_wgen_ref(c->hs_wg);
     }
+    if (salen > sizeof(c->peer))
+        salen = sizeof(c->peer);
     memcpy(&c->peer, sa, salen);
     c->peer_len = salen;
     hx_addr_ip_str(sa, c->peer_ip, sizeof(c->peer_ip));
