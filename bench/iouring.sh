@@ -8,8 +8,15 @@
 # req/s and the heliosd CPU time per request (less sensitive to other load
 # on a shared machine than req/s).
 #
+# Then, when liburing is installed (liburing-dev), the same comparison for
+# bench/uring_spike.c, built here: a bare accept + recv + send HTTP server in
+# its epoll form and in its io_uring form (multishot accept, multishot recv
+# into provided buffers, submissions batched per loop pass): what io_uring
+# can give the data path itself, without libev in between.
+#
 # Usage: bench/iouring.sh           (see bench/README.md)
 # Env:   DURATION=5s CONNS=50 ROUNDS=3 PROXY_CPU=0 LOAD_CPU=1 BUILD_DIR=build
+#        SPIKE=1 (0 skips the uring_spike part)
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -21,6 +28,7 @@ ROUNDS=${ROUNDS:-3}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 BUILD_DIR=${BUILD_DIR:-$root/build}
+SPIKE=${SPIKE:-1}
 
 use_build_dir
 need_exec "$HELIOSD" "$BACKEND"
@@ -34,19 +42,7 @@ start_backend backend "$LOAD_CPU" "$port_backend" --name bench --threads 1
 declare -A port=([epoll]=$port_epoll [io_uring]=$port_uring)
 declare -A flags=([epoll]=4 [io_uring]=128)
 for b in epoll io_uring; do
-    cat >"$tmp/$b.yaml" <<EOF
-workers: 1
-listeners: [{address: 127.0.0.1:${port[$b]}, backlog: 4096}]
-upstreams:
-  app:
-    backends: [{address: 127.0.0.1:$port_backend}]
-    keepalive: {max_idle: 64, idle_timeout: 60s}
-routes:
-  - match: {path: /static}
-    handler: {module: static_response, config: {body: "ok\n"}}
-  - {match: {prefix: /}, upstream: app}
-logging: {level: warn, access_log: off}
-EOF
+    static_proxy_conf 1 "${port[$b]}" "$port_backend" >"$tmp/$b.yaml"
     bench_start "$b" "$PROXY_CPU" env LIBEV_FLAGS="${flags[$b]}" "$HELIOSD" -c "$tmp/$b.yaml" -m "$MODULES"
 done
 for b in epoll io_uring; do
@@ -57,6 +53,24 @@ done
 # is unavailable): io_uring shows as an io_uring instance among its fds
 uring_fds=$(find "/proc/${pid[io_uring]}/fd" -lname 'anon_inode:\[io_uring\]' 2>/dev/null | wc -l)
 [ "$uring_fds" -gt 0 ] || die "heliosd with LIBEV_FLAGS=128 has no io_uring instance: libev fell back"
+
+# table FILE A B CASE...: one row per CASE from FILE's "case side req/s us"
+# lines: the medians of sides A and B, and their ratio.
+table() {
+    local f=$1 a=$2 b=$3 c ar br au bu
+    shift 3
+    for c; do
+        # shellcheck disable=SC2046
+        ar=$(median $(awk -F'\t' -v c="$c" -v s="$a" '$1 == c && $2 == s {print $3}' "$f"))
+        # shellcheck disable=SC2046
+        br=$(median $(awk -F'\t' -v c="$c" -v s="$b" '$1 == c && $2 == s {print $3}' "$f"))
+        # shellcheck disable=SC2046
+        au=$(median $(awk -F'\t' -v c="$c" -v s="$a" '$1 == c && $2 == s {print $4}' "$f"))
+        # shellcheck disable=SC2046
+        bu=$(median $(awk -F'\t' -v c="$c" -v s="$b" '$1 == c && $2 == s {print $4}' "$f"))
+        echo "| $c | $ar | $br | $(ratio "$br" "$ar") | $au | $bu |"
+    done
+}
 
 echo "# epoll vs io_uring (libev), wrk -c$CONNS -d$DURATION, $ROUNDS rounds, heliosd on CPU $PROXY_CPU" >&2
 results=$tmp/results
@@ -87,14 +101,38 @@ done
 echo
 echo "| case | epoll req/s | io_uring req/s | io_uring / epoll | epoll CPU us/req | io_uring CPU us/req |"
 echo "|---|---:|---:|---:|---:|---:|"
-for c in "${cases[@]}"; do
-    # shellcheck disable=SC2046
-    er=$(median $(awk -F'\t' -v c="$c" '$1 == c && $2 == "epoll" {print $3}' "$results"))
-    ur=$(median $(awk -F'\t' -v c="$c" '$1 == c && $2 == "io_uring" {print $3}' "$results"))
-    eu=$(median $(awk -F'\t' -v c="$c" '$1 == c && $2 == "epoll" {print $4}' "$results"))
-    uu=$(median $(awk -F'\t' -v c="$c" '$1 == c && $2 == "io_uring" {print $4}' "$results"))
-    echo "| $c | $er | $ur | $(ratio "$ur" "$er") | $eu | $uu |"
-done
+table "$results" epoll io_uring "${cases[@]}"
 for b in epoll io_uring; do
     [ -z "${died[$b]:-}" ] || echo "heliosd with $b exited during the run (0 = no figure): $(grep -v '^\s*$' "$tmp/$b.log" | tail -1)"
 done
+
+[ "$SPIKE" = 1 ] || exit 0
+if ! gcc -O2 -std=gnu17 -o "$tmp/uring_spike" "$here/uring_spike.c" -luring 2>"$tmp/spike.cc"; then
+    echo
+    echo "uring_spike not built (liburing-dev missing?): $(head -3 "$tmp/spike.cc")"
+    exit 0
+fi
+read -r port_se port_su < <(free_ports 2)
+declare -A sport=([epoll]=$port_se [uring]=$port_su)
+for m in epoll uring; do
+    bench_start "spike_$m" "$PROXY_CPU" "$tmp/uring_spike" --mode "$m" --port "${sport[$m]}"
+    wait_ready "spike_$m"
+done
+spike=$tmp/spike
+: >"$spike"
+for r in $(seq "$ROUNDS"); do
+    for c in keep-alive close; do
+        hdr=()
+        [ "$c" = close ] && hdr=(-H "Connection: close")
+        for m in epoll uring; do
+            read -r rps us < <(wrk_cpu_round "$DURATION" "http://127.0.0.1:${sport[$m]}/" "${pid[spike_$m]}" \
+                "${hdr[@]}")
+            printf '%s\t%s\t%s\t%s\n' "$c" "$m" "$rps" "$us" >>"$spike"
+            printf 'round %s  spike %-10s %-6s %10s req/s  %6s us/req\n' "$r" "$c" "$m" "$rps" "$us" >&2
+        done
+    done
+done
+echo
+echo "| uring_spike | epoll req/s | io_uring req/s | io_uring / epoll | epoll CPU us/req | io_uring CPU us/req |"
+echo "|---|---:|---:|---:|---:|---:|"
+table "$spike" epoll uring keep-alive close

@@ -248,6 +248,25 @@ start_backend() {
     wait_ready "$name"
 }
 
+# static_proxy_conf WORKERS PORT BACKEND_PORT: a heliosd configuration
+# answering /static itself (static_response, "ok") and proxying everything
+# else to hx_backend on BACKEND_PORT (keep-alive), access log off.
+static_proxy_conf() {
+    cat <<EOF
+workers: $1
+listeners: [{address: 127.0.0.1:$2, backlog: 4096}]
+upstreams:
+  app:
+    backends: [{address: 127.0.0.1:$3}]
+    keepalive: {max_idle: 64, idle_timeout: 60s}
+routes:
+  - match: {path: /static}
+    handler: {module: static_response, config: {body: "ok\n"}}
+  - {match: {prefix: /}, upstream: app}
+logging: {level: warn, access_log: off}
+EOF
+}
+
 # start_heliosd NAME CPU CONFIG: heliosd (HELIOSD) on CONFIG (a file or a
 # directory) with -m MODULES, started as bench_start NAME; not waited for.
 start_heliosd() {

@@ -28,19 +28,7 @@ read -r port_backend port_one port_auto < <(free_ports 3)
 start_backend backend "" "$port_backend" --name bench --threads 1
 declare -A port=([1]=$port_one [auto]=$port_auto)
 for n in 1 auto; do
-    cat >"$tmp/w$n.yaml" <<EOF
-workers: $n
-listeners: [{address: 127.0.0.1:${port[$n]}, backlog: 4096}]
-upstreams:
-  app:
-    backends: [{address: 127.0.0.1:$port_backend}]
-    keepalive: {max_idle: 64, idle_timeout: 60s}
-routes:
-  - match: {path: /static}
-    handler: {module: static_response, config: {body: "ok\n"}}
-  - {match: {prefix: /}, upstream: app}
-logging: {level: warn, access_log: off}
-EOF
+    static_proxy_conf "$n" "${port[$n]}" "$port_backend" >"$tmp/w$n.yaml"
     start_heliosd "w$n" "" "$tmp/w$n.yaml"
 done
 for n in 1 auto; do
