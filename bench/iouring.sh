@@ -87,7 +87,6 @@ for r in $(seq "$ROUNDS"); do
             if ! alive "${pid[$b]}"; then
                 [ -n "${died[$b]:-}" ] || echo "!! heliosd with $b exited: $(tail -2 "$tmp/$b.log")" >&2
                 died[$b]=1
-                printf '%s\t%s\t%s\t%s\n' "$c" "$b" 0 0 >>"$results"
                 continue
             fi
             read -r rps us < <(wrk_cpu_round "$DURATION" "http://127.0.0.1:${port[$b]}$path" "${pid[$b]}" \
@@ -103,7 +102,7 @@ echo "| case | epoll req/s | io_uring req/s | io_uring / epoll | epoll CPU us/re
 echo "|---|---:|---:|---:|---:|---:|"
 table "$results" epoll io_uring "${cases[@]}"
 for b in epoll io_uring; do
-    [ -z "${died[$b]:-}" ] || echo "heliosd with $b exited during the run (0 = no figure): $(grep -v '^\s*$' "$tmp/$b.log" | tail -1)"
+    [ -z "${died[$b]:-}" ] || echo "heliosd with $b exited during the run (its figures are from the rounds before): $(grep -v '^\s*$' "$tmp/$b.log" | tail -1)"
 done
 
 [ "$SPIKE" = 1 ] || exit 0
