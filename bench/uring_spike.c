@@ -35,10 +35,11 @@
 #define NBUFS 1024 /* provided buffers (a power of two) */
 #define BGID 1
 
-static const char RESP[] = "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Type: text/plain\r\n\r\nok\n";
+static const char RESP[] =
+    "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Type: text/plain\r\n\r\nok\n";
 #define RESP_LEN (sizeof(RESP) - 1)
-static const char RESP_CLOSE[] =
-    "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\nok\n";
+static const char RESP_CLOSE[] = "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Type: "
+                                 "text/plain\r\nConnection: close\r\n\r\nok\n";
 #define RESP_CLOSE_LEN (sizeof(RESP_CLOSE) - 1)
 #define MAXPIPE 64
 static char resp_many[MAXPIPE * RESP_LEN];
@@ -76,7 +77,8 @@ static int listen_on(int port)
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     int one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+    struct sockaddr_in a = {.sin_family = AF_INET,
+                            .sin_port = htons((uint16_t)port),
                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
     if (bind(fd, (struct sockaddr *)&a, sizeof(a)) != 0 || listen(fd, 4096) != 0) {
         perror("bind/listen");
@@ -208,7 +210,8 @@ static void run_uring(int lfd)
     br = mmap(NULL, NBUFS * sizeof(struct io_uring_buf), PROT_READ | PROT_WRITE,
               MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
     bufs = malloc((size_t)NBUFS * BUF_SIZE);
-    struct io_uring_buf_reg reg = {.ring_addr = (unsigned long)br, .ring_entries = NBUFS, .bgid = BGID};
+    struct io_uring_buf_reg reg = {
+        .ring_addr = (unsigned long)br, .ring_entries = NBUFS, .bgid = BGID};
     if (br == MAP_FAILED || bufs == NULL || io_uring_register_buf_ring(&ring, &reg, 0) != 0) {
         fprintf(stderr, "cannot register the provided-buffer ring\n");
         exit(1);

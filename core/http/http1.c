@@ -164,7 +164,7 @@ static void buf_give(hx_blockcache *bc, hx_buf *b, size_t size)
     b->off = b->len = b->cap = 0;
 }
 
-/* Between requests a connection holds only itself (~800 bytes): its I/O
+/* Between requests a connection holds only itself (~700 bytes): its I/O
  * and head buffers go back to the worker and come again with the next
  * byte, so 100k idle keep-alive clients cost what 100k structs cost (D54). */
 static void conn_release_idle(hx_conn *c)
