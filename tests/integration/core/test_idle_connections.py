@@ -25,7 +25,7 @@ from helpers.procfs import rss_kb
 CONNS = 400
 # Before D54 an idle connection kept ~26 KB (16 KiB read buffer, 4 KiB write
 # buffer, a spare request with its 4 KiB arena, three 4 KiB head buffers);
-# now it keeps its ~700-byte struct. The bound sits well between the two.
+# now it keeps its 488-byte struct. The bound sits well between the two.
 MAX_BYTES_PER_IDLE_CONN = 3072
 
 
