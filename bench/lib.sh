@@ -248,6 +248,25 @@ start_backend() {
     wait_ready "$name"
 }
 
+# static_proxy_conf WORKERS PORT BACKEND_PORT: a heliosd configuration
+# answering /static itself (static_response, "ok") and proxying everything
+# else to hx_backend on BACKEND_PORT (keep-alive), access log off.
+static_proxy_conf() {
+    cat <<EOF
+workers: $1
+listeners: [{address: 127.0.0.1:$2, backlog: 4096}]
+upstreams:
+  app:
+    backends: [{address: 127.0.0.1:$3}]
+    keepalive: {max_idle: 64, idle_timeout: 60s}
+routes:
+  - match: {path: /static}
+    handler: {module: static_response, config: {body: "ok\n"}}
+  - {match: {prefix: /}, upstream: app}
+logging: {level: warn, access_log: off}
+EOF
+}
+
 # start_heliosd NAME CPU CONFIG: heliosd (HELIOSD) on CONFIG (a file or a
 # directory) with -m MODULES, started as bench_start NAME; not waited for.
 start_heliosd() {
@@ -303,13 +322,13 @@ wrk_rps() {
     sed -n 's/^Requests\/sec:[[:space:]]*//p'
 }
 
-# wrk_cpu_round DURATION URL PID -> "REQ_PER_S CPU_US_PER_REQUEST": wrk's
-# req/s, and the CPU time PID used meanwhile divided by the requests wrk
+# wrk_cpu_round DURATION URL PID [WRK_ARGS...] -> "REQ_PER_S CPU_US_PER_REQUEST":
+# wrk's req/s, and the CPU time PID used meanwhile divided by the requests wrk
 # completed (less sensitive than req/s to other load on a shared machine).
 wrk_cpu_round() {
     local c0 c1 out
     c0=$(proc_cpu_us "$3")
-    out=$(wrk_report "$1" "$2")
+    out=$(wrk_report "$1" "$2" "${@:4}")
     c1=$(proc_cpu_us "$3")
     awk -v c="$((c1 - c0))" '
         /^Requests\/sec:/ {rps = $2}

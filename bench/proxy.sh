@@ -154,7 +154,8 @@ other_load() {
 
 # wrk_run PROXY SECONDS OUTFILE: the client's report (wrk) or JSON (heliosd
 # bench) goes to OUTFILE, its CPU seconds (user + system) to OUTFILE.cpu.
-wrk_run() { client_timed "$3" "$2" "$(url "$1")" --latency; }
+# bench/latency.lua adds p99.9 (wrk --latency stops at p99).
+wrk_run() { client_timed "$3" "$2" "$(url "$1")" --latency -s "$here/latency.lua"; }
 
 # Other work on the machine distorts everything: wait for quiet first, and
 # repeat a round during which something else took more than MAX_OTHER_LOAD %

@@ -34,7 +34,7 @@ def parse_bench_json(text, r):
         return r
     lat = d["latency_ms"]["uncorrected"]
     st = d["status"]
-    r.update(rps=d["requests_per_s"], p50=lat["p50"], p99=lat["p99"],
+    r.update(rps=d["requests_per_s"], p50=lat["p50"], p99=lat["p99"], p999=lat.get("p99_9"),
              non2xx=st["1xx"] + st["4xx"] + st["5xx"] + st["other"],
              sockerr=d["errors"]["total"], requests=d["requests"])
     return r
@@ -43,7 +43,7 @@ def parse_bench_json(text, r):
 def parse_wrk(path):
     """Return req/s, p50 and p99 (ms), non-2xx/3xx count and socket errors,
     from wrk's report or from heliosd bench's JSON."""
-    r = {"rps": None, "p50": None, "p99": None, "non2xx": 0, "sockerr": 0, "requests": 0}
+    r = {"rps": None, "p50": None, "p99": None, "p999": None, "non2xx": 0, "sockerr": 0, "requests": 0}
     try:
         text = open(path).read()
     except OSError:
@@ -56,6 +56,9 @@ def parse_wrk(path):
             r["rps"] = float(s[1])
         elif len(s) == 2 and s[0] in ("50%", "99%"):
             r["p" + s[0][:-1]] = latency_ms(s[1])
+        elif line.startswith("Tail:"):  # bench/latency.lua
+            tail = dict(kv.split("=") for kv in s[1:])
+            r["p999"] = int(tail["p99.9"]) / 1000.0
         elif "Non-2xx or 3xx responses:" in line:
             r["non2xx"] = int(s[-1])
         elif line.strip().startswith("Socket errors:"):
@@ -133,6 +136,7 @@ def main():
             "rps": rps,
             "p50": med(p, "p50"),
             "p99": med(p, "p99"),
+            "p999": med(p, "p999"),
             "ratio": rps / base if rps and base else None,
             "proxy_cpu": med(p, "proxy_cpu"),
             "cpu_us_req": med(p, "cpu_us_req"),
@@ -140,20 +144,20 @@ def main():
             "errors": ", ".join(problems) if problems else "0",
         })
 
-    header = ["proxy", "req/s (median)", "p50 ms", "p99 ms", "req/s vs nginx",
+    header = ["proxy", "req/s (median)", "p50 ms", "p99 ms", "p99.9 ms", "req/s vs nginx",
               "proxy CPU %", "proxy CPU us/req", "of which kernel", "errors"]
-    table = [[s["proxy"], fmt(s["rps"], ".0f"), fmt(s["p50"], ".3f"), fmt(s["p99"], ".3f"),
+    table = [[s["proxy"], fmt(s["rps"], ".0f"), fmt(s["p50"], ".3f"), fmt(s["p99"], ".3f"), fmt(s["p999"], ".3f"),
               fmt(s["ratio"], ".3f") + ("x" if s["ratio"] else ""), fmt(s["proxy_cpu"], ".0f"),
               fmt(s["cpu_us_req"], ".2f"), fmt(s["sys_us_req"], ".2f"), s["errors"]]
              for s in summary]
-    rheader = ["round", "proxy", "req/s", "p50 ms", "p99 ms", "proxy CPU %",
+    rheader = ["round", "proxy", "req/s", "p50 ms", "p99 ms", "p99.9 ms", "proxy CPU %",
                "proxy CPU us/req", "of which kernel", "load CPU busy %", "other load % (proxy CPU / load CPU)",
                "non-2xx", "socket errors", "used"]
     used = {"ok": "yes", "discarded": "no: other load, repeated",
             "loaded": "yes, despite other load (retries exhausted)",
             "died": "no: proxy exited"}
     rtable = [[str(x["round"]), p, fmt(x["rps"], ".0f"), fmt(x["p50"], ".3f"),
-               fmt(x["p99"], ".3f"), fmt(x["proxy_cpu"], ".0f"), fmt(x["cpu_us_req"], ".2f"),
+               fmt(x["p99"], ".3f"), fmt(x["p999"], ".3f"), fmt(x["proxy_cpu"], ".0f"), fmt(x["cpu_us_req"], ".2f"),
                fmt(x["sys_us_req"], ".2f"), fmt(x["cpu1"], ".0f"), "%d / %d" % (x["other_cpu0"], x["other_cpu1"]),
                str(x["non2xx"]), str(x["sockerr"]), used.get(x["status"], x["status"])]
               for p in order for x in rows[p]]
@@ -196,7 +200,7 @@ def main():
         "- machine: %d CPUs, %s; load average at end %s" % (os.cpu_count(), cpu_model(), " ".join(load)),
         "- versions: %s" % os.environ.get("BENCH_VERSIONS", ""),
         "- idle check: %s" % os.environ.get("BENCH_PREFLIGHT", "n/a"),
-        "- every column is the median over rounds; p50/p99 are the client's per-round latency",
+        "- every column is the median over rounds; p50/p99/p99.9 are the client's per-round latency",
         "  percentiles; proxy CPU is the proxy process's user+system time over wall time;",
         "  \"other load\" is CPU time used by anything but the proxy on its core, or",
         "  anything but hx_backend and the client on theirs; a round with more than",

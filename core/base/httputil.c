@@ -127,14 +127,19 @@ int hx_hdr_value_valid(const char *p, size_t n)
     return 1;
 }
 
-static const char *const hop_by_hop[] = {"connection", "keep-alive", "proxy-connection",
-                                         "transfer-encoding", "te", "trailer", "upgrade",
-                                         "proxy-authenticate", NULL};
+/* With their lengths: every header of every proxied message is checked
+ * against this list, and comparing lengths rules out most names at once. */
+static const struct {
+    const char *name;
+    size_t len;
+} hop_by_hop[] = {
+    {"connection", 10}, {"keep-alive", 10}, {"proxy-connection", 16}, {"transfer-encoding", 17},
+    {"te", 2},          {"trailer", 7},     {"upgrade", 7},           {"proxy-authenticate", 18}};
 
 int hx_is_hop_header(const char *name, size_t n)
 {
-    for (const char *const *h = hop_by_hop; *h; h++)
-        if (strlen(*h) == n && strncasecmp(*h, name, n) == 0)
+    for (size_t i = 0; i < sizeof(hop_by_hop) / sizeof(hop_by_hop[0]); i++)
+        if (hop_by_hop[i].len == n && strncasecmp(hop_by_hop[i].name, name, n) == 0)
             return 1;
     return 0;
 }

@@ -791,6 +791,9 @@ void hx_workers_stop(uint64_t timeout_ms)
         ev_async_stop(w->loop, &w->async);
         ev_timer_stop(w->loop, &w->stop_timer);
         ev_loop_destroy(w->loop);
+        hx_blockcache_drain(&w->conn_bufs);
+        hx_blockcache_drain(&w->conn_small);
+        hx_blockcache_drain(&w->conn_reqs);
         pthread_mutex_destroy(&w->qlock);
         free(w->refs);
         w->refs = NULL;

@@ -16,6 +16,7 @@
 
 #include <sys/socket.h>
 
+#include "base/blockcache.h"
 #include "config/config.h"
 
 typedef struct hx_worker hx_worker;
@@ -94,6 +95,10 @@ struct hx_worker {
 
     hx_conn *conns; /* every client connection, for shutdown */
     unsigned nconns;
+    /* memory idle HTTP/1.x connections gave back (http1.c) */
+    hx_blockcache conn_bufs;  /* I/O buffers */
+    hx_blockcache conn_small; /* request-line and header-name/value buffers */
+    hx_blockcache conn_reqs;  /* requests with their first arena block */
     int stopping;
     ev_timer stop_timer;
 

@@ -11,19 +11,23 @@
 #ifndef HX_CONN_H
 #define HX_CONN_H
 
+#include <netinet/in.h>
 #include <sys/socket.h>
 
 #include "http/request.h"
 #include "http/transport.h"
 
-/* Collects header spans that llhttp may deliver in pieces. */
+/* Collects the request target and header spans that llhttp may deliver in
+ * pieces. One per HTTP/1.x request, inside the request's allocation. */
 typedef struct hx_hdr_builder {
+    hx_buf url;
     hx_buf name, value;
     int in_value;
     size_t total; /* bytes of all header lines (and trailer lines) */
     unsigned count;
     int in_trailers;  /* the head is done: fields now are trailers */
     size_t chunk_ext; /* bytes of the current chunk's extensions */
+    const char *err_reason; /* with hx_conn.err_status */
 } hx_hdr_builder;
 
 enum hx_conn_state {
@@ -36,42 +40,43 @@ enum hx_conn_state {
 struct hx_conn {
     hx_worker *w;
     hx_lsock *ls;
+    struct ssl_st *ssl; /* TLS, or NULL (transport.h) */
+    struct hx_h2 *h2;   /* HTTP/2 session, or NULL for HTTP/1.x */
+    hx_wgen *hs_wg;     /* keeps the TLS contexts' generation during the handshake */
     int fd;
-    struct ssl_st *ssl;  /* TLS, or NULL (transport.h) */
-    struct hx_h2 *h2;    /* HTTP/2 session, or NULL for HTTP/1.x */
-    int tls_hs;          /* handshake in progress */
-    int tls_rd_wants_write; /* SSL_read needs the socket writable */
-    hx_wgen *hs_wg;      /* keeps the TLS contexts' generation during the handshake */
-    int lingering;       /* GOAWAY sent: reading and dropping until the peer closes */
+    unsigned head_state; /* raw head validator state */
+    /* bit fields, packed: an idle connection costs its struct (D54) */
+    unsigned state : 2;              /* enum hx_conn_state */
+    unsigned served : 1;             /* a request was answered: no HTTP/2 preface now */
+    unsigned tls_hs : 1;             /* handshake in progress */
+    unsigned tls_rd_wants_write : 1; /* SSL_read needs the socket writable */
+    unsigned lingering : 1;          /* GOAWAY sent: reading and dropping until the peer closes */
+    unsigned head_paused : 1;        /* parser paused at headers complete */
+    unsigned parsing : 1;            /* inside llhttp_execute: never re-enter it */
+    unsigned msg_paused : 1;         /* parser paused at message complete */
+    unsigned reading : 1;            /* rio active */
+    unsigned close_after : 1;        /* close once the current response is flushed */
+    unsigned half_closed : 1;        /* the client shut down its side: read no more */
+    unsigned head_flags;             /* C_DEAD, C_ERRSENT, and the enter/leave depth */
     ev_io rio, wio;
     ev_timer timer;
-    int state;
-    struct sockaddr_storage peer;
-    socklen_t peer_len;
+    union { /* listeners are TCP over IPv4 or IPv6: no sockaddr_storage */
+        struct sockaddr sa;
+        struct sockaddr_in in;
+        struct sockaddr_in6 in6;
+    } peer;
     char peer_ip[46]; /* formatted once per connection: X-Forwarded-For etc. */
     uint64_t id;      /* unique in the process, from 1: logs' connection_id */
+    int err_status;   /* status a parser callback asked for (reason: hb) */
 
     llhttp_t parser;
     hx_buf in;
     hx_buf out;
-    hx_hdr_builder hb;
-    hx_buf url;
-    int head_paused;   /* parser paused at headers complete */
-    int parsing;       /* inside llhttp_execute: never re-enter it */
-    int msg_paused;    /* parser paused at message complete */
-    int reading;       /* rio active */
-    int close_after;   /* close once the current response is flushed */
-    int half_closed;   /* the client shut down its side: read no more */
+    hx_hdr_builder *hb; /* the current request's, or NULL (D54) */
     ev_tstamp head_start;
     ev_tstamp last_io;
-    unsigned head_state; /* raw head validator state */
-    unsigned head_flags; /* C_DEAD, C_ERRSENT, and the enter/leave depth */
-    int err_status;      /* status a parser callback asked for */
-    const char *err_reason;
 
     hx_req *req;
-    hx_req *spare; /* reused request allocation */
-    unsigned requests;
 
     struct hx_conn *prev, *next; /* worker's list */
 };

@@ -32,12 +32,16 @@
 #include "http/http2.h"
 #include "http/transport.h"
 
-#define HX_READ_CHUNK 16384
+#define HX_READ_CHUNK 16384 /* one cached I/O buffer: a read fills it */
+#define HX_SMALL_BUF 4096   /* request line, header name, header value */
 #define HX_WRITEV_MIN 4096 /* below this, copying and coalescing is cheaper */
 /* After an early answer, at most this much unread request body is read and
  * dropped to keep the connection; more means closing it. */
 #define HX_DISCARD_MAX (1u << 20)
 #define HX_REQ_ARENA 4096
+/* a request, its first arena block, then its head builder (c->hb) */
+#define HX_REQ_HB_AT (sizeof(hx_req) + sizeof(hx_arena_block) + HX_REQ_ARENA)
+#define HX_REQ_ALLOC (HX_REQ_HB_AT + sizeof(hx_hdr_builder))
 
 /* head validator states */
 enum { V_BEGIN, V_BEGIN_CR, V_RL, V_RL_CR, V_H_START, V_H_NAME, V_H_VALUE, V_H_CR, V_END_CR };
@@ -132,6 +136,48 @@ static long head_validate(hx_conn *c, const char *p, size_t n)
     }
     c->head_state = st;
     return (long)n;
+}
+
+/* ------------------------------------------------------------------ */
+/* memory of idle connections                                          */
+
+/* Gives B a block of SIZE bytes from the worker's cache when it has none;
+ * hx_buf grows it with realloc past that. */
+static int buf_take(hx_blockcache *bc, hx_buf *b, size_t size)
+{
+    if (b->data)
+        return 0;
+    b->data = hx_blockcache_get(bc, size);
+    if (b->data == NULL)
+        return -1;
+    b->off = b->len = 0;
+    b->cap = size;
+    return 0;
+}
+
+/* Hands an empty buffer back: to the cache at its block size, else (it
+ * grew) to malloc. */
+static void buf_give(hx_blockcache *bc, hx_buf *b, size_t size)
+{
+    if (b->data == NULL || hx_buf_size(b) != 0)
+        return;
+    if (b->cap == size)
+        hx_blockcache_put(bc, b->data);
+    else
+        free(b->data);
+    b->data = NULL;
+    b->off = b->len = b->cap = 0;
+}
+
+/* Between requests a connection holds only itself (488 bytes): its I/O
+ * buffers go back to the worker and come again with the next byte (the
+ * head buffers went with the request), so 100k idle keep-alive clients
+ * cost what 100k structs cost (D54). */
+static void conn_release_idle(hx_conn *c)
+{
+    hx_worker *w = c->w;
+    buf_give(&w->conn_bufs, &c->in, HX_READ_CHUNK);
+    buf_give(&w->conn_bufs, &c->out, HX_READ_CHUNK);
 }
 
 /* ------------------------------------------------------------------ */
@@ -249,7 +295,8 @@ int hx_conn_write(hx_conn *c, const void *p, size_t n)
 {
     if (c->fd < 0 || (c->head_flags & C_DEAD))
         return -1;
-    if (hx_buf_append(&c->out, p, n) != 0) {
+    if ((c->out.data == NULL && n && buf_take(&c->w->conn_bufs, &c->out, HX_READ_CHUNK) != 0) ||
+        hx_buf_append(&c->out, p, n) != 0) {
         c->head_flags |= C_DEAD;
         return -1;
     }
@@ -315,7 +362,7 @@ void hx_conn_flush(hx_conn *c)
 {
     if (c->fd < 0 || (c->head_flags & C_DEAD))
         return;
-    if (c->h2 && hx_h2_pump(c) != 0) {
+    if (c->h2 && (buf_take(&c->w->conn_bufs, &c->out, HX_READ_CHUNK) != 0 || hx_h2_pump(c) != 0)) {
         c->head_flags |= C_DEAD;
         return;
     }
@@ -425,29 +472,36 @@ static void conn_send_error(hx_conn *c, int status, const char *why)
 /* ------------------------------------------------------------------ */
 /* requests                                                            */
 
-/* A connection keeps its last request's memory for the next one. */
+/* Requests come from the worker's cache: the one a connection just
+ * finished is usually the one its next request gets. */
 static hx_req *req_new(hx_conn *c)
 {
-    hx_req *r = c->spare;
-    c->spare = NULL;
-    if (r == NULL) {
-        r = malloc(sizeof(*r) + sizeof(hx_arena_block) + HX_REQ_ARENA);
-        if (r == NULL)
-            return NULL;
-    }
+    hx_req *r = hx_blockcache_get(&c->w->conn_reqs, HX_REQ_ALLOC);
+    if (r == NULL)
+        return NULL;
     hx_req_init(r, &hx_http1_ops, c->w, c, HX_REQ_ARENA);
     r->https = c->ssl != NULL;
     memcpy(&r->client, &c->peer, sizeof(c->peer));
+    /* the head builder lives and dies with the request: an idle
+     * connection does not carry it (D54) */
+    c->hb = (hx_hdr_builder *)((char *)r + HX_REQ_HB_AT);
+    memset(c->hb, 0, sizeof(*c->hb));
     return r;
 }
 
 static void req_free(hx_conn *c, hx_req *r)
 {
+    hx_hdr_builder *hb = (hx_hdr_builder *)((char *)r + HX_REQ_HB_AT);
+    hx_buf_reset(&hb->url);
+    hx_buf_reset(&hb->name);
+    hx_buf_reset(&hb->value);
+    buf_give(&c->w->conn_small, &hb->url, HX_SMALL_BUF);
+    buf_give(&c->w->conn_small, &hb->name, HX_SMALL_BUF);
+    buf_give(&c->w->conn_small, &hb->value, HX_SMALL_BUF);
+    if (c->hb == hb)
+        c->hb = NULL;
     hx_req_fini(r);
-    if (c->spare == NULL)
-        c->spare = r;
-    else
-        free(r);
+    hx_blockcache_put(&c->w->conn_reqs, r);
 }
 
 /* The response is complete and flushed (or the connection is going away):
@@ -459,7 +513,7 @@ static void conn_request_complete(hx_conn *c)
     hx_req_log(r);
     int keep = r->keepalive && !r->aborted && r->body_done && !c->close_after &&
                !c->w->stopping;
-    c->requests++;
+    c->served = 1;
     req_free(c, r);
     if (!keep) {
         c->close_after = 1;
@@ -472,7 +526,6 @@ static void conn_request_complete(hx_conn *c)
         c->msg_paused = 0;
     }
     c->head_state = V_BEGIN;
-    hx_buf_reset(&c->url);
     c->head_start = ev_now(c->w->loop);
 }
 
@@ -571,6 +624,9 @@ static void conn_h2_leave(hx_conn *c)
         break;
     }
     int want = hx_h2_wants_read(c) && !c->half_closed && hx_buf_size(&c->in) < 65536;
+    /* the session itself stays; its I/O buffers go back while empty (D54) */
+    buf_give(&c->w->conn_bufs, &c->in, HX_READ_CHUNK);
+    buf_give(&c->w->conn_bufs, &c->out, HX_READ_CHUNK);
     if (want && !c->reading) {
         ev_io_start(c->w->loop, &c->rio);
         c->reading = 1;
@@ -671,6 +727,9 @@ static void conn_leave(hx_conn *c)
         ev_io_stop(c->w->loop, &c->rio);
         c->reading = 0;
     }
+    if (c->req == NULL && c->state != HX_CS_CLOSING && hx_buf_size(&c->in) == 0 &&
+        hx_buf_size(&c->out) == 0)
+        conn_release_idle(c);
     conn_update_timer(c);
 }
 
@@ -681,7 +740,7 @@ static hx_conn *P(llhttp_t *p) { return p->data; }
 
 static int push_header(hx_conn *c)
 {
-    hx_hdr_builder *hb = &c->hb;
+    hx_hdr_builder *hb = c->hb;
     if (!hb->in_value && hx_buf_size(&hb->name) == 0)
         return 0;
     hx_req *r = c->req;
@@ -721,7 +780,8 @@ static const char *header_error(int st)
 static int set_error(hx_conn *c, int status, const char *why)
 {
     c->err_status = status;
-    c->err_reason = why;
+    if (c->hb) /* none only when the request itself could not be allocated */
+        c->hb->err_reason = why;
     return HPE_USER;
 }
 
@@ -734,49 +794,55 @@ static int on_message_begin(llhttp_t *p)
             return set_error(c, 500, "out of memory");
     }
     c->state = HX_CS_HEAD;
-    hx_buf_reset(&c->hb.name);
-    hx_buf_reset(&c->hb.value);
-    c->hb.in_value = 0;
-    c->hb.total = 0;
-    c->hb.count = 0;
-    c->hb.in_trailers = 0;
-    c->hb.chunk_ext = 0;
-    hx_buf_reset(&c->url);
+    hx_buf_reset(&c->hb->name);
+    hx_buf_reset(&c->hb->value);
+    c->hb->in_value = 0;
+    c->hb->total = 0;
+    c->hb->count = 0;
+    c->hb->in_trailers = 0;
+    c->hb->chunk_ext = 0;
+    hx_buf_reset(&c->hb->url);
     return 0;
 }
 
 static int on_url(llhttp_t *p, const char *at, size_t len)
 {
     hx_conn *c = P(p);
-    if (hx_buf_size(&c->url) + len > c->req->gen->limits.max_request_line)
+    if (hx_buf_size(&c->hb->url) + len > c->req->gen->limits.max_request_line)
         return set_error(c, 414, "request line too long");
-    hx_buf_append(&c->url, at, len);
+    if (buf_take(&c->w->conn_small, &c->hb->url, HX_SMALL_BUF) != 0)
+        return set_error(c, 500, "out of memory");
+    hx_buf_append(&c->hb->url, at, len);
     return 0;
 }
 
 static int on_header_field(llhttp_t *p, const char *at, size_t len)
 {
     hx_conn *c = P(p);
-    if (c->hb.in_value) {
+    if (c->hb->in_value) {
         int st = push_header(c);
         if (st)
             return set_error(c, st, header_error(st));
     }
-    c->hb.total += len;
-    if (c->hb.total > c->req->gen->limits.max_header_size)
+    c->hb->total += len;
+    if (c->hb->total > c->req->gen->limits.max_header_size)
         return set_error(c, 431, "request header fields too large");
-    hx_buf_append(&c->hb.name, at, len);
+    if (buf_take(&c->w->conn_small, &c->hb->name, HX_SMALL_BUF) != 0 ||
+        hx_buf_append(&c->hb->name, at, len) != 0)
+        return set_error(c, 500, "out of memory");
     return 0;
 }
 
 static int on_header_value(llhttp_t *p, const char *at, size_t len)
 {
     hx_conn *c = P(p);
-    c->hb.in_value = 1;
-    c->hb.total += len;
-    if (c->hb.total > c->req->gen->limits.max_header_size)
+    c->hb->in_value = 1;
+    c->hb->total += len;
+    if (c->hb->total > c->req->gen->limits.max_header_size)
         return set_error(c, 431, "request header fields too large");
-    hx_buf_append(&c->hb.value, at, len);
+    if (buf_take(&c->w->conn_small, &c->hb->value, HX_SMALL_BUF) != 0 ||
+        hx_buf_append(&c->hb->value, at, len) != 0)
+        return set_error(c, 500, "out of memory");
     return 0;
 }
 
@@ -784,12 +850,12 @@ static int on_headers_complete(llhttp_t *p)
 {
     hx_conn *c = P(p);
     hx_req *r = c->req;
-    if (c->hb.in_value || hx_buf_size(&c->hb.name)) {
+    if (c->hb->in_value || hx_buf_size(&c->hb->name)) {
         int st = push_header(c);
         if (st)
             return set_error(c, st, header_error(st));
     }
-    c->hb.in_trailers = 1;
+    c->hb->in_trailers = 1;
     const char *m = llhttp_method_name((llhttp_method_t)p->method);
     r->method.ptr = m;
     r->method.len = strlen(m);
@@ -799,8 +865,8 @@ static int on_headers_complete(llhttp_t *p)
     if (r->http_major != 1)
         return set_error(c, 505, "unsupported HTTP version");
     r->is_head = p->method == HTTP_HEAD;
-    r->target.ptr = hx_arena_strndup(&r->arena, hx_buf_head(&c->url), hx_buf_size(&c->url));
-    r->target.len = hx_buf_size(&c->url);
+    r->target.ptr = hx_arena_strndup(&r->arena, hx_buf_head(&c->hb->url), hx_buf_size(&c->hb->url));
+    r->target.len = hx_buf_size(&c->hb->url);
     if (r->target.ptr == NULL)
         return set_error(c, 500, "out of memory");
     if (p->method == HTTP_CONNECT)
@@ -889,7 +955,7 @@ static int on_body(llhttp_t *p, const char *at, size_t len)
  * starts again after each chunk header line. */
 static int on_chunk_header(llhttp_t *p)
 {
-    P(p)->hb.chunk_ext = 0;
+    P(p)->hb->chunk_ext = 0;
     return 0;
 }
 
@@ -897,8 +963,8 @@ static int on_chunk_ext(llhttp_t *p, const char *at, size_t len)
 {
     (void)at;
     hx_conn *c = P(p);
-    c->hb.chunk_ext += len;
-    if (c->hb.chunk_ext > HX_CHUNK_EXT_MAX)
+    c->hb->chunk_ext += len;
+    if (c->hb->chunk_ext > HX_CHUNK_EXT_MAX)
         return set_error(c, 400, "chunk extensions too long");
     return 0;
 }
@@ -907,7 +973,7 @@ static int on_message_complete(llhttp_t *p)
 {
     hx_conn *c = P(p);
     hx_req *r = c->req;
-    if (c->hb.in_value || hx_buf_size(&c->hb.name)) { /* the last trailer field */
+    if (c->hb->in_value || hx_buf_size(&c->hb->name)) { /* the last trailer field */
         int st = push_header(c);
         if (st)
             return set_error(c, st, header_error(st));
@@ -976,7 +1042,7 @@ static void conn_parse_error(hx_conn *c, llhttp_errno_t err)
         /* llhttp reports a callback's refusal as HPE_CB_* "User callback
          * error"; the callback left the real status and reason here */
         status = c->err_status;
-        why = c->err_reason;
+        why = c->hb ? c->hb->err_reason : "out of memory";
     } else if (err == HPE_INVALID_TRANSFER_ENCODING) {
         /* llhttp refuses a non-chunked final coding before our own check */
         status = 501;
@@ -1039,7 +1105,7 @@ static void conn_process(hx_conn *c)
         hx_h2_input(c);
         return;
     }
-    if (c->requests == 0 && c->req == NULL && c->ls->conf.h2c && c->ssl == NULL &&
+    if (!c->served && c->req == NULL && c->ls->conf.h2c && c->ssl == NULL &&
         hx_buf_size(&c->in) > 0) {
         int proto = conn_sniff_h2c(c);
         if (proto == 0)
@@ -1135,7 +1201,8 @@ static void conn_read_cb(struct ev_loop *loop, ev_io *io, int revents)
     (void)revents;
     hx_conn *c = io->data;
     conn_enter(c);
-    if (hx_buf_reserve(&c->in, HX_READ_CHUNK) != 0) {
+    if (buf_take(&c->w->conn_bufs, &c->in, HX_READ_CHUNK) != 0 ||
+        hx_buf_reserve(&c->in, HX_READ_CHUNK) != 0) {
         c->head_flags |= C_DEAD;
         conn_leave(c);
         return;
@@ -1307,8 +1374,9 @@ void hx_conn_accept(hx_lsock *ls, int fd, const struct sockaddr *sa, socklen_t s
         c->hs_wg = w->wgen;
         hx_wgen_ref(c->hs_wg);
     }
+    if (salen > sizeof(c->peer))
+        salen = sizeof(c->peer);
     memcpy(&c->peer, sa, salen);
-    c->peer_len = salen;
     hx_addr_ip_str(sa, c->peer_ip, sizeof(c->peer_ip));
     static _Atomic uint64_t next_id = 1;
     c->id = atomic_fetch_add_explicit(&next_id, 1, memory_order_relaxed);
@@ -1386,10 +1454,6 @@ static void conn_close(hx_conn *c)
     HX_STAT_ADD(w, active, -1);
     hx_buf_free(&c->in);
     hx_buf_free(&c->out);
-    hx_buf_free(&c->hb.name);
-    hx_buf_free(&c->hb.value);
-    hx_buf_free(&c->url);
-    free(c->spare);
     free(c);
     hx_worker_conn_gone(w);
 }
@@ -1464,6 +1528,8 @@ static int http1_write_head(hx_req *r)
         c->close_after = 1;
 
     hx_buf *head = &c->out;
+    if (buf_take(&c->w->conn_bufs, head, HX_READ_CHUNK) != 0)
+        return -1;
     int has_connection = hx_hdrs_get(&r->rhdrs, "connection").ptr != NULL;
     char line[64];
     const char *reason = hx_reason(status);

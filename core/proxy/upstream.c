@@ -1271,6 +1271,11 @@ static void try_backend(hx_req *r)
     ev_init(&u->rio, up_read_cb);
     ev_init(&u->wio, up_connect_cb);
     ev_init(&u->timer, up_timer_cb);
+    /* Backend events go before client events of the same loop pass: a
+     * response finishes a request already in flight before new requests
+     * start (libev runs one priority's events last-in first-out; D55). */
+    ev_set_priority(&u->rio, 1);
+    ev_set_priority(&u->wio, 1);
     u->rio.data = u->wio.data = u->timer.data = u;
     u->fd = socket(b->addr.ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (u->fd < 0) {

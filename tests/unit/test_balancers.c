@@ -258,7 +258,6 @@ static void req_set_client(hx_req *r, const struct sockaddr *sa, socklen_t len)
     memset(&r->client, 0, sizeof(r->client));
     memcpy(&r->client, sa, len);
     memcpy(&r->conn->peer, sa, len);
-    r->conn->peer_len = len;
 }
 
 static void req_client_v4(hx_req *r, uint32_t ip)
