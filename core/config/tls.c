@@ -4,7 +4,8 @@
  * Session tickets: one process-wide ring of three keys (current, previous,
  * the one before), rotated every `session_ticket_rotation` (1 h by
  * default). A ticket sealed with a key still in the ring resumes; one
- * sealed with the previous keys is renewed. Every worker and every SNI
+ * sealed with the previous keys is renewed, and so is every TLS 1.3
+ * ticket (a TLS 1.3 ticket is used once). Every worker and every SNI
  * context shares the ring, so a client resumes whichever worker it lands
  * on. The keys never leave memory.
  */
