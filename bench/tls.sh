@@ -28,6 +28,7 @@
 # Usage: bench/tls.sh
 # Env:   DURATION=10 (seconds, keep-alive runs) ROUNDS=3 CONNS=50 STREAMS=10
 #        NEW_DURATION=4 (seconds, new-connection runs) NEW_CONNS=32
+#        NEW_KINDS="ec13 rsa13 ec12 rsa12" (certificate ec or rsa, TLS 1.3 or 1.2)
 #        PARTS="keepalive new" PROXY_CPU=0 LOAD_CPU=1
 #        BUILD_DIR=build NGINX=/usr/sbin/nginx OUT_DIR=bench/results
 #        CLIENT=wrk (h2load and wrk for keep-alive; or heliosd: heliosd
@@ -44,6 +45,7 @@ CONNS=${CONNS:-50}
 STREAMS=${STREAMS:-10}
 NEW_DURATION=${NEW_DURATION:-4}
 NEW_CONNS=${NEW_CONNS:-32}
+NEW_KINDS=${NEW_KINDS:-ec13 rsa13 ec12 rsa12}
 PARTS=${PARTS:-keepalive new}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
@@ -53,6 +55,9 @@ OUT_DIR=${OUT_DIR:-$here/results}
 
 part() { [[ " $PARTS " == *" $1 "* ]]; }
 part keepalive || part new || die "PARTS=$PARTS: expected keepalive and/or new"
+for k in $NEW_KINDS; do
+    case $k in ec13 | rsa13 | ec12 | rsa12) ;; *) die "NEW_KINDS: $k: expected ec13, rsa13, ec12 or rsa12" ;; esac
+done
 
 use_build_dir
 need_exec "$HELIOSD" "$BACKEND" "$NGINX"
@@ -224,7 +229,7 @@ EOF
 declare -A res
 declare -A resumes_of
 if part new; then
-    for k in ec13 ec12 rsa13 rsa12; do
+    for k in $NEW_KINDS; do
         for srv in heliosd nginx; do
             resumes_of[$k.$srv]=$(resumes "${port[$srv.$k]}" "${k: -1}" || echo "?")
         done
@@ -242,7 +247,7 @@ for r in $(seq "$ROUNDS"); do
         done
     fi
     if part new; then
-        for k in ec13 rsa13 ec12 rsa12; do
+        for k in $NEW_KINDS; do
             for mode in full resumed; do
                 for srv in heliosd nginx; do
                     read -r rps p50 p99 cpu err < <($mode "${port[$srv.$k]}" "${pid[$srv]}")
@@ -287,7 +292,7 @@ out=$(results_path tls txt)
         printf "%-8s %-13s %9s %7s %7s %8s  %9s %7s %7s %8s  %6s %6s\n" "handshake" "" \
             "h req/s" "h p50" "h p99" "h CPU" "n req/s" "n p50" "n p99" "n CPU" "req/s" "CPU"
         for mode in full resumed; do
-            for k in ec13 rsa13 ec12 rsa12; do
+            for k in $NEW_KINDS; do
                 name="${k%1?} TLS1.${k: -1}"; name=${name/ec/ECDSA}; name=${name/rsa/RSA}
                 note=""
                 [ $mode = resumed ] && note="${resumes_of[$k.heliosd]}|${resumes_of[$k.nginx]}"
