@@ -4,7 +4,8 @@
  * Session tickets: one process-wide ring of three keys (current, previous,
  * the one before), rotated every `session_ticket_rotation` (1 h by
  * default). A ticket sealed with a key still in the ring resumes; one
- * sealed with the previous keys is renewed. Every worker and every SNI
+ * sealed with the previous keys is renewed, and so is every TLS 1.3
+ * ticket (a TLS 1.3 ticket is used once). Every worker and every SNI
  * context shares the ring, so a client resumes whichever worker it lands
  * on. The keys never leave memory.
  */
@@ -45,6 +46,12 @@ static ticket_key tk_ring[3];
 static int tls_ex_index = -1;
 static pthread_once_t tls_ex_once = PTHREAD_ONCE_INIT;
 static void tls_ex_init(void) { tls_ex_index = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, NULL); }
+
+/* AES-256-CBC fetched once: EVP_aes_256_cbc() would make every ticket
+ * sealed or opened look the cipher up again in the provider store. */
+static EVP_CIPHER *tk_cipher;
+static pthread_once_t tk_cipher_once = PTHREAD_ONCE_INIT;
+static void tk_cipher_init(void) { tk_cipher = EVP_CIPHER_fetch(NULL, "AES-256-CBC", NULL); }
 
 static int tk_fresh(ticket_key *k)
 {
@@ -109,17 +116,26 @@ static int ticket_cb(SSL *s, unsigned char key_name[16], unsigned char *iv, EVP_
         OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *)"SHA256", 0),
         OSSL_PARAM_construct_end(),
     };
+    pthread_once(&tk_cipher_once, tk_cipher_init);
+    if (tk_cipher == NULL)
+        return -1;
     if (enc) {
         memcpy(key_name, k.name, 16);
-        if (RAND_bytes(iv, EVP_MAX_IV_LENGTH) != 1)
+        if (RAND_bytes(iv, EVP_CIPHER_get_iv_length(tk_cipher)) != 1)
             return -1;
-        if (EVP_EncryptInit_ex(ctx, EVP_aes_256_cbc(), NULL, k.aes, iv) != 1)
+        if (EVP_EncryptInit_ex2(ctx, tk_cipher, k.aes, iv, NULL) != 1)
             return -1;
-    } else if (EVP_DecryptInit_ex(ctx, EVP_aes_256_cbc(), NULL, k.aes, iv) != 1) {
+    } else if (EVP_DecryptInit_ex2(ctx, tk_cipher, k.aes, iv, NULL) != 1) {
         return -1;
     }
     if (EVP_MAC_CTX_set_params(hctx, dparams) != 1 || EVP_MAC_init(hctx, NULL, 0, params) != 1)
         return -1;
+    /* TLS 1.3: a new ticket on every resumption. Clients use a 1.3 ticket
+     * once (RFC 8446 C.4; OpenSSL's client does), and OpenSSL issues none
+     * when this returns 1, so a returning client alternated between a
+     * resumed and a full handshake (D65). */
+    if (!enc && SSL_version(s) == TLS1_3_VERSION)
+        renew = 1;
     return enc ? 1 : (renew ? 2 : 1);
 }
 
@@ -319,6 +335,13 @@ static SSL_CTX *ctx_new(hx_tls *t, const tls_opts *o, const hx_conf_node *n)
                                  (o->tickets ? 0 : SSL_OP_NO_TICKET));
     SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
                               SSL_MODE_RELEASE_BUFFERS);
+    /* One read(2) takes what the socket holds (a ClientHello, the client's
+     * CCS + Finished + first request) instead of two per record (header,
+     * then body). The bytes it reads ahead sit in OpenSSL, where epoll
+     * cannot see them: the transport's readers check SSL_has_pending
+     * (transport.h). kTLS receives in the kernel and wants no read-ahead. */
+    if (!t->ktls)
+        SSL_CTX_set_read_ahead(ctx, 1);
     /* stateless resumption only: nothing to share between workers */
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
     SSL_CTX_set_session_id_context(ctx, (const unsigned char *)"heliosd", 7);
