@@ -147,10 +147,11 @@ void hx_accesslog_write(const hx_req *r)
                      "\"protocol\":\"%s\",\"status\":%d,\"bytes_in\":%llu,\"bytes_out\":%llu,"
                      "\"duration_ms\":%ld,\"route\":\"%.*s\",\"upstream\":\"%s\","
                      "\"upstream_ms\":%ld,\"tries\":%u,\"backend_health\":\"%s\","
-                     "\"breaker\":\"%s\",\"tls\":\"%s\",\"cipher\":\"%s\",\"aborted\":%s}\n",
+                     "\"breaker\":\"%s\",\"tls\":\"%s\",\"cipher\":\"%s\",\"worker\":%u,"
+                     "\"aborted\":%s}\n",
                      ts, client, (int)ml, method, (int)pl, path, proto, status,
                      (unsigned long long)r->bytes_in, (unsigned long long)r->bytes_out, dur,
-                     (int)rl, rt, up, up_ms, r->attempts, health, breaker, tlsv, tlsc,
+                     (int)rl, rt, up, up_ms, r->attempts, health, breaker, tlsv, tlsc, r->w->id,
                      r->aborted ? "true" : "false");
     } else {
         char method[64];
@@ -158,13 +159,14 @@ void hx_accesslog_write(const hx_req *r)
                              r->method.ptr ? r->method.len : 1);
         size_t pl = text_esc(path, sizeof(path), r->target.ptr ? r->target.ptr : "",
                              r->target.len);
-        n = snprintf(line, sizeof(line),
-                     "%s %s \"%.*s %.*s %s\" %d %llu %llu %ld route=%s upstream=%s "
-                     "upstream_ms=%ld tries=%u backend=%s breaker=%s tls=%s cipher=%s%s\n",
-                     ts, client, (int)ml, method, (int)pl, path, proto, status,
-                     (unsigned long long)r->bytes_in, (unsigned long long)r->bytes_out, dur,
-                     route, up, up_ms, r->attempts, health, breaker, tlsv, tlsc,
-                     r->aborted ? " aborted" : "");
+        n = snprintf(
+            line, sizeof(line),
+            "%s %s \"%.*s %.*s %s\" %d %llu %llu %ld route=%s upstream=%s "
+            "upstream_ms=%ld tries=%u backend=%s breaker=%s tls=%s cipher=%s worker=%u%s\n",
+            ts, client, (int)ml, method, (int)pl, path, proto, status,
+            (unsigned long long)r->bytes_in, (unsigned long long)r->bytes_out, dur, route, up,
+            up_ms, r->attempts, health, breaker, tlsv, tlsc, r->w->id,
+            r->aborted ? " aborted" : "");
     }
     if (n > 0) {
         if ((size_t)n >= sizeof(line)) {
