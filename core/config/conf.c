@@ -976,8 +976,7 @@ static size_t edit_distance(const char *a, const char *b)
     return row[lb];
 }
 
-/* The allowed key closest to KEY within distance 2, the first one on a tie. */
-static const char *closest_key(const char *key, const char *const *allowed)
+const char *hx_conf_closest(const char *key, const char *const *allowed)
 {
     const char *best = NULL;
     size_t best_d = 3, lk = strlen(key);
@@ -1017,7 +1016,7 @@ int hx_conf_check_keys(const hx_conf_node *map, const char *const *allowed)
         if (allowed[j] != NULL)
             continue;
         errors++;
-        const char *hint = closest_key(key, allowed);
+        const char *hint = hx_conf_closest(key, allowed);
         if (hint != NULL) {
             key_error(map->items[i], "unknown key \"%s\" (did you mean \"%s\"?)", key, hint);
             continue;

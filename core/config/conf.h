@@ -84,6 +84,10 @@ const char *hx_conf_kind_name(hx_conf_kind k); /* "map", "sequence", ... */
  * is fine and means "no keys"). Returns the number of errors added.
  */
 int hx_conf_check_keys(const hx_conf_node *map, const char *const *allowed);
+/* The word of ALLOWED (NULL-terminated) closest to WORD within edit
+ * distance 2, the first one on a tie; NULL when none is that close. For
+ * "did you mean" hints on keys and on enumerated values. */
+const char *hx_conf_closest(const char *word, const char *const *allowed);
 
 /*
  * Typed getters on MAP's KEY. Each returns 1 when the key is present and

@@ -208,7 +208,12 @@ static int get_enum(const hx_conf_node *map, const char *key, const char *const 
         size_t len = strlen(list);
         snprintf(list + len, sizeof list - len, "%s%s", i ? ", " : "", choices[i]);
     }
-    hx_conf_error(n, "invalid value '%s': expected one of %s", n->scalar, list);
+    const char *hint = hx_conf_closest(n->scalar, choices);
+    if (hint)
+        hx_conf_error(n, "invalid value '%s' (did you mean '%s'?): expected one of %s", n->scalar,
+                      hint, list);
+    else
+        hx_conf_error(n, "invalid value '%s': expected one of %s", n->scalar, list);
     return -1;
 }
 
@@ -518,8 +523,11 @@ static void parse_modules(build *b, const hx_conf_node *root)
 
 static void parse_listeners(build *b, const hx_conf_node *root)
 {
-    static const char *const keys[] = {"name", "address", "max_connections", "backlog", "tls",
-                                       "h2c", NULL};
+    static const char *const keys[] = {"name", "address", "max_connections", "backlog",
+                                       "tls",  "h2c",     "dispatch",        NULL};
+    /* in HX_DISPATCH_* order */
+    static const char *const policies[] = {"reuseport", "round_robin", "least_loaded",
+                                           "power_of_two", NULL};
     const hx_conf_node *seq = req_seq(root, "listeners", "{address: HOST:PORT}");
     if (!seq)
         return;
@@ -570,6 +578,8 @@ static void parse_listeners(build *b, const hx_conf_node *root)
         l->backlog = (int)v;
 
         if (hx_conf_bool(ln, "h2c", 1, &l->h2c) < 0)
+            ok = 0;
+        if ((l->dispatch = get_enum(ln, "dispatch", policies, HX_DISPATCH_DEFAULT)) < 0)
             ok = 0;
         const hx_conf_node *tn = hx_conf_get(ln, "tls");
         if (!is_absent(tn)) {

@@ -139,8 +139,20 @@ typedef struct hx_listener_conf {
     int backlog;
     struct hx_tls *tls;       /* TLS termination, or NULL (owned by the generation) */
     int h2c;                  /* HTTP/2 with prior knowledge on a clear-text listener */
+    int dispatch;             /* HX_DISPATCH_*: which worker serves an accepted connection */
     const hx_conf_node *node;
 } hx_listener_conf;
+
+/* Listener `dispatch:` (event/worker.c, docs/decisions.md D62). REUSEPORT:
+ * the worker whose SO_REUSEPORT socket the kernel picked serves it; the
+ * others: that worker hands the descriptor to the chosen one. */
+enum {
+    HX_DISPATCH_REUSEPORT = 0,
+    HX_DISPATCH_ROUND_ROBIN,
+    HX_DISPATCH_LEAST_LOADED,
+    HX_DISPATCH_POWER_OF_TWO,
+};
+#define HX_DISPATCH_DEFAULT HX_DISPATCH_REUSEPORT
 
 typedef struct hx_timeouts {
     uint64_t client_header_ms; /* whole request head (slowloris) */

@@ -439,6 +439,129 @@ fail:
 /* ------------------------------------------------------------------ */
 /* accepting                                                           */
 
+/* A complete 503, then close: the client learns why, nothing is read. */
+static void refuse(int fd)
+{
+    static const char busy[] = "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
+                               "Content-Length: 24\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
+                               "503 Service Unavailable\n";
+    ssize_t n = send(fd, busy, sizeof(busy) - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+    (void)n;
+    close(fd);
+}
+
+/* LS's worker (this thread) serves FD, or refuses it at the cap. */
+static void accept_here(hx_lsock *ls, int fd, const struct sockaddr *sa, socklen_t len)
+{
+    if (ls->nconns >= ls->conf.max_connections || ls->w->stopping) {
+        refuse(fd);
+        HX_STAT_ADD(ls->w, refused, 1);
+        hx_warn("listener %s: connection refused: %u connections on worker %u (max %u)", ls->key,
+                ls->nconns, ls->w->id, ls->conf.max_connections);
+        return;
+    }
+    hooks.accept(ls, fd, sa, len);
+}
+
+/*
+ * Dispatch policies other than reuseport (D62): the worker that accepted
+ * picks the worker that serves and, when that is another one, hands it the
+ * descriptor through its post queue. A worker's load is its open client
+ * connections plus those handed to it and not yet taken.
+ */
+static _Atomic unsigned rr_next;
+
+static unsigned worker_load(hx_worker *w)
+{
+    return (unsigned)atomic_load_explicit(&w->stats.active, memory_order_relaxed) +
+           atomic_load_explicit(&w->handoffs_pending, memory_order_relaxed);
+}
+
+static hx_worker *pick_worker(hx_lsock *ls)
+{
+    static _Thread_local uint32_t rnd;
+    unsigned n = hx_srv.nworkers;
+    hx_worker *ws = hx_srv.workers, *me = ls->w;
+    switch (ls->conf.dispatch) {
+    case HX_DISPATCH_ROUND_ROBIN:
+        return &ws[atomic_fetch_add_explicit(&rr_next, 1, memory_order_relaxed) % n];
+    case HX_DISPATCH_LEAST_LOADED: {
+        /* on a tie, this worker: no hand-off for nothing */
+        hx_worker *best = me;
+        unsigned best_load = worker_load(me);
+        for (unsigned i = 0; i < n; i++) {
+            unsigned l = worker_load(&ws[i]);
+            if (l < best_load) {
+                best = &ws[i];
+                best_load = l;
+            }
+        }
+        return best;
+    }
+    case HX_DISPATCH_POWER_OF_TWO: {
+        if (rnd == 0)
+            rnd = (me->id + 1) * 2654435761u ^ (uint32_t)time(NULL);
+        /* xorshift32: two distinct workers, the less loaded; this one on a tie */
+        rnd ^= rnd << 13;
+        rnd ^= rnd >> 17;
+        rnd ^= rnd << 5;
+        unsigned a = rnd % n, b = (rnd / n) % (n - 1);
+        if (b >= a)
+            b++;
+        unsigned la = worker_load(&ws[a]), lb = worker_load(&ws[b]);
+        if (la == lb && (&ws[b] == me))
+            return me;
+        return lb < la ? &ws[b] : &ws[a];
+    }
+    default: return me;
+    }
+}
+
+typedef struct handoff_msg {
+    hx_worker *to;
+    int fd;
+    socklen_t len;
+    struct sockaddr_storage ss;
+    char key[80]; /* the listener, as hx_lsock.key */
+} handoff_msg;
+
+/* Worker thread of M->to: serve a connection another worker accepted. */
+static void handoff_task(void *arg)
+{
+    handoff_msg *m = arg;
+    hx_worker *w = m->to;
+    hx_lsock *ls = w->lsocks;
+    while (ls && (ls->fd < 0 || strcmp(ls->key, m->key) != 0))
+        ls = ls->next;
+    if (ls)
+        accept_here(ls, m->fd, (const struct sockaddr *)&m->ss, m->len);
+    else
+        refuse(m->fd); /* stopping, or a reload closed the listener meanwhile */
+    atomic_fetch_sub_explicit(&w->handoffs_pending, 1, memory_order_relaxed);
+    free(m);
+}
+
+/* 0 when TO took FD, -1 when this worker must serve it. */
+static int handoff(hx_worker *to, hx_lsock *ls, int fd, const struct sockaddr_storage *ss,
+                   socklen_t len)
+{
+    handoff_msg *m = malloc(sizeof(*m));
+    if (m == NULL)
+        return -1;
+    m->to = to;
+    m->fd = fd;
+    m->len = len;
+    memcpy(&m->ss, ss, len);
+    snprintf(m->key, sizeof(m->key), "%s", ls->key);
+    atomic_fetch_add_explicit(&to->handoffs_pending, 1, memory_order_relaxed);
+    if (hx_worker_post(to, handoff_task, m) != 0) {
+        atomic_fetch_sub_explicit(&to->handoffs_pending, 1, memory_order_relaxed);
+        free(m);
+        return -1;
+    }
+    return 0;
+}
+
 static void accept_cb(struct ev_loop *loop, ev_io *io, int revents)
 {
     (void)loop;
@@ -455,21 +578,12 @@ static void accept_cb(struct ev_loop *loop, ev_io *io, int revents)
                 hx_error("accept on %s: %s", ls->key, strerror(errno));
             return;
         }
-        if (ls->nconns >= ls->conf.max_connections || ls->w->stopping) {
-            /* refuse cleanly: a complete response, then close */
-            static const char busy[] =
-                "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
-                "Content-Length: 24\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
-                "503 Service Unavailable\n";
-            ssize_t w = send(fd, busy, sizeof(busy) - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
-            (void)w;
-            close(fd);
-            HX_STAT_ADD(ls->w, refused, 1);
-            hx_warn("listener %s: connection refused: %u connections on worker %u (max %u)",
-                    ls->key, ls->nconns, ls->w->id, ls->conf.max_connections);
-            continue;
+        if (ls->conf.dispatch != HX_DISPATCH_REUSEPORT && hx_srv.nworkers > 1 && !ls->w->stopping) {
+            hx_worker *to = pick_worker(ls);
+            if (to != ls->w && handoff(to, ls, fd, &ss, len) == 0)
+                continue;
         }
-        hooks.accept(ls, fd, (struct sockaddr *)&ss, len);
+        accept_here(ls, fd, (struct sockaddr *)&ss, len);
     }
 }
 
@@ -622,6 +736,10 @@ static void *worker_main(void *arg)
 {
     hx_worker *w = arg;
     self = w;
+    /* "heliosd-w0", ...: per-thread CPU by name in top -H and the benchmarks */
+    char name[16];
+    snprintf(name, sizeof(name), "heliosd-w%u", w->id % 100000u);
+    pthread_setname_np(pthread_self(), name);
     ev_run(w->loop, 0);
     return NULL;
 }

@@ -79,6 +79,12 @@ typedef struct hx_wstats {
 struct hx_worker {
     _Alignas(64) hx_wstats stats;
     char stats_pad_[64];
+    /* Connections other workers handed to this one (listener `dispatch:`)
+     * and it has not taken yet: counted in its load so a burst of accepts
+     * does not all pick the same worker. Written by any worker; on a line
+     * of its own so the counters above stay the owner's. */
+    _Alignas(64) _Atomic unsigned handoffs_pending;
+    char handoff_pad_[60];
     unsigned id;
     struct ev_loop *loop;
     pthread_t thread;

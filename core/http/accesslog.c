@@ -169,6 +169,7 @@ static size_t json_line(const hx_req *r, const helios_req_stats *st, const char 
         .breaker = st->backend_breaker,
         .tls = st->tls_version,
         .cipher = st->tls_cipher,
+        .worker = (int)r->w->id,
         .aborted = st->aborted,
     };
     helios_jbuf o = {line, 0, cap - 1, 0};
@@ -202,12 +203,12 @@ void hx_accesslog_write(const hx_req *r)
         size_t pl = text_esc(path, sizeof(path), r->target.ptr ? r->target.ptr : "", r->target.len);
         int n = snprintf(line, sizeof(line),
                          "%s %s \"%.*s %.*s %s\" %d %llu %llu %llu route=%s upstream=%s "
-                         "upstream_ms=%lld tries=%u backend=%s breaker=%s tls=%s cipher=%s%s\n",
+                         "upstream_ms=%lld tries=%u backend=%s breaker=%s tls=%s cipher=%s worker=%u%s\n",
                          ts, client, (int)ml, method, (int)pl, path, st.protocol, st.status,
                          (unsigned long long)st.bytes_in, (unsigned long long)st.bytes_out,
                          (unsigned long long)st.duration_ms, route, up, (long long)st.upstream_ms,
                          st.attempts, health, breaker, st.tls_version ? st.tls_version : "-",
-                         st.tls_cipher ? st.tls_cipher : "-", st.aborted ? " aborted" : "");
+                         st.tls_cipher ? st.tls_cipher : "-", r->w->id, st.aborted ? " aborted" : "");
         if (n <= 0)
             return;
         len = (size_t)n;

@@ -555,6 +555,7 @@ static size_t al_format(const al_config *c, helios_request *r, char *line, size_
             .tls = st.tls_version,
             .cipher = st.tls_cipher,
             .aborted = st.aborted,
+            .worker = (int)api->worker_index(api->req_worker(r)),
         };
         helios_jbuf j = {line, 0, cap - 1, 0};
         helios_access_json_begin(&j, &e);

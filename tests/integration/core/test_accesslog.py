@@ -37,12 +37,12 @@ TEXT_RX = re.compile(
     r"(?P<status>\d{3}) (?P<bytes_in>\d+) (?P<bytes_out>\d+) (?P<duration_ms>\d+(?:\.\d+)?) "
     r"route=(?P<route>\S*) upstream=(?P<upstream>\S*) upstream_ms=(?P<upstream_ms>\S*) "
     r"tries=(?P<tries>\d+) backend=(?P<backend>up|down|-) breaker=(?P<breaker>closed|open|half-open|-)"
-    r" tls=(?P<tls>\S+) cipher=(?P<cipher>\S+)(?: aborted)?$"
+    r" tls=(?P<tls>\S+) cipher=(?P<cipher>\S+) worker=(?P<worker>\d+)(?: aborted)?$"
 )
 JSON_KEYS = {
     "time", "client", "method", "path", "protocol", "status", "bytes_in", "bytes_out",
     "duration_ms", "route", "upstream", "upstream_ms", "tries", "backend_health", "breaker",
-    "tls", "cipher",
+    "tls", "cipher", "worker",
 }
 NONE_VALUES = (None, "", "-")
 

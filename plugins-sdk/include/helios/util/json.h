@@ -178,6 +178,7 @@ typedef struct helios_access_entry {
     const char *tls;    /* TLS version */
     const char *cipher;
     int aborted;
+    int worker; /* index of the worker that served it (0..workers-1) */
 } helios_access_entry;
 
 static inline void helios_json_i64_or_null(helios_jbuf *o, int64_t v)
@@ -242,6 +243,8 @@ static inline void helios_access_json_begin(helios_jbuf *o, const helios_access_
     helios_json_cstr(o, e->tls, 32);
     helios_jbuf_puts(o, ",\"cipher\":");
     helios_json_cstr(o, e->cipher, 128);
+    helios_jbuf_puts(o, ",\"worker\":");
+    helios_jbuf_u64(o, (uint64_t)(e->worker > 0 ? e->worker : 0));
     helios_jbuf_puts(o, ",\"aborted\":");
     helios_jbuf_puts(o, e->aborted ? "true" : "false");
 }
