@@ -90,7 +90,9 @@ static JSValue nat_log(JSContext *ctx, JSValueConst this_val, int argc, JSValueC
         return JS_EXCEPTION;
     if (level < HELIOS_LOG_ERROR || level > HELIOS_LOG_DEBUG)
         level = HELIOS_LOG_INFO;
-    if (!js_ws(ctx)->trial)
+    if (js_ws(ctx)->exec)
+        js_exec_log(js_ws(ctx), level, s);
+    else if (!js_ws(ctx)->trial)
         js_api->log(level, JS_NAME, "%s: console: %s", js_ws(ctx)->cfg->script, s);
     JS_FreeCString(ctx, s);
     return JS_UNDEFINED;

@@ -1073,7 +1073,7 @@ define('fetch', function fetch(input, init) {
     const send = (b) => {
         const [p, i] = hx.fetch(req._t, u.hostname, req.method, u.pathname + u.search,
             req._h === null && req._t === null ? null : req.headers._l, b === undefined ? null : b,
-            u.host, body.sink);
+            u.host, body.sink, u.protocol, init !== undefined && init !== null && init.redirect === 'follow');
         id = i;
         return p;
     };
@@ -1172,6 +1172,54 @@ function dispatch(tok, env) {
     Promise.resolve(result).then(r => finish(tok, r), e => hx.fail(tok, e));
 }
 
+/* ---- the static-response probe (js.c, README "Static-response probe") ----
+ * Called once per configuration generation, in the configuration check's
+ * runtime: a GET http://localhost/ and then a POST http://localhost/other.
+ * OUT.result is {ct, body} when both answered the same 200 with no header
+ * other than the Content-Type their body implies and a body held whole;
+ * otherwise it stays null. OUT.done tells the caller the probe settled. */
+function probeOne(env, req) {
+    const mod = G.__helios_default;
+    if (mod !== undefined && mod !== null && typeof mod.fetch === 'function')
+        return mod.fetch(req, env, { waitUntil() {}, passThroughOnException() {} });
+    const ev = new FetchEvent(req, null);
+    for (const l of listeners) {
+        l.call(G, ev);
+        if (ev._r !== undefined) break;
+    }
+    return ev._r; /* undefined (passed upstream): not static */
+}
+
+function probeStatic(r) {
+    if (!(r instanceof Response) || r.status !== 200) return null;
+    if (r._b !== null && typeof r._b !== 'string' && !(r._b instanceof ArrayBuffer)) return null;
+    const pairs = headerPairs(r);
+    if (pairs !== null && pairs.some(([n, v]) => n !== 'content-type' || v !== r._ct)) return null;
+    return { ct: r._ct, body: r._b === null ? '' : r._b };
+}
+
+function sameBody(a, b) {
+    if (typeof a === 'string' || typeof b === 'string') return a === b;
+    if (a.byteLength !== b.byteLength) return false;
+    const x = new Uint8Array(a), y = new Uint8Array(b);
+    return x.every((v, i) => v === y[i]);
+}
+
+function probe(env) {
+    const out = { done: false, result: null };
+    const mod = G.__helios_default;
+    if (!listeners.length && !(mod !== undefined && mod !== null && typeof mod.fetch === 'function')) {
+        out.done = true;
+        return out;
+    }
+    const run = (method, url) => new Promise(res => res(probeOne(env, new Request(url, { method }))));
+    run('GET', 'http://localhost/').then(a => run('POST', 'http://localhost/other').then(b => {
+        const x = probeStatic(a), y = probeStatic(b);
+        if (x !== null && y !== null && x.ct === y.ct && sameBody(x.body, y.body)) out.result = x;
+    })).catch(() => {}).finally(() => { out.done = true; });
+    return out;
+}
+
 /* ---- filter mode: onRequest(request, env) / onResponse(response, env) ---- */
 
 function filterRequest(tok, env) {
@@ -1216,5 +1264,5 @@ function filterResponse(tok, env, status) {
 const lib = { define, DOMException, INSPECT, quote, wrap, inspect, ctorName, extractors, bodyText, bodyBuffer,
     streamHooks, Request, Response, Headers, formDecode, parseQuery };
 
-return { dispatch, filterRequest, filterResponse, errorText, Buffer, lib };
+return { dispatch, filterRequest, filterResponse, errorText, Buffer, probe, lib };
 })
