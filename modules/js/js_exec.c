@@ -264,7 +264,21 @@ JSValue js_exec_fetch(JSContext *ctx, int argc, JSValueConst *argv)
     if (proto == NULL || host == NULL || target == NULL || method == NULL)
         goto out;
     if (strcmp(proto, "http:") != 0 && strcmp(proto, "https:") != 0) {
-        ret = JS_ThrowTypeError(ctx, "fetch(): only http: and https: URLs (not %s)", proto);
+        /* a rejected promise, as fetch() gives for any failure */
+        JSValue res[2];
+        JSValue p = JS_NewPromiseCapability(ctx, res);
+        if (JS_IsException(p))
+            goto out;
+        JS_ThrowTypeError(ctx, "fetch(): only http: and https: URLs (not %s)", proto);
+        JSValue e = JS_GetException(ctx);
+        JSValue r = JS_Call(ctx, res[1], JS_UNDEFINED, 1, (JSValueConst *)&e);
+        JS_FreeValue(ctx, r);
+        JS_FreeValue(ctx, e);
+        JS_FreeValue(ctx, res[0]);
+        JS_FreeValue(ctx, res[1]);
+        ret = JS_NewArray(ctx);
+        JS_SetPropertyUint32(ctx, ret, 0, p);
+        JS_SetPropertyUint32(ctx, ret, 1, JS_NewInt32(ctx, 0));
         goto out;
     }
     js_xfetch *f = calloc(1, sizeof(*f));
