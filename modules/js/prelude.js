@@ -1172,17 +1172,30 @@ function dispatch(tok, env) {
     Promise.resolve(result).then(r => finish(tok, r), e => hx.fail(tok, e));
 }
 
-/* ---- the static-response probe (js.c, README "Static-response probe") ----
- * Called once per configuration generation, in the configuration check's
- * runtime: a GET http://localhost/ and then a POST http://localhost/other.
- * OUT.result is {ct, body} when both answered the same 200 with no header
- * other than the Content-Type their body implies and a body held whole;
- * otherwise it stays null. OUT.done tells the caller the probe settled. */
-function probeOne(env, req) {
+/* ---- the static-response probe (js_runtime.c js_probe; README "Static-response probe") ----
+ * Called once per worker runtime, before its first request: a GET
+ * http://localhost/ and then a POST http://localhost/other. OUT.result is
+ * {ct, body} when both answered the same 200 with no header other than the
+ * Content-Type their body implies and a body held whole, and the handler
+ * neither read its request (a handler that routes on the path or reads a
+ * header is not static, whatever these two answers are) nor called
+ * waitUntil (work after the response); otherwise it stays null. OUT.done
+ * tells the caller that the probe settled. */
+function probeOne(env, req, seen) {
+    /* any property read on the request marks the handler as dynamic */
+    const p = new Proxy(req, {
+        get(t, k) {
+            seen.request = true;
+            const v = Reflect.get(t, k, t);
+            return typeof v === 'function' ? v.bind(t) : v;
+        },
+    });
+    const wait = () => { seen.wait = true; };
     const mod = G.__helios_default;
     if (mod !== undefined && mod !== null && typeof mod.fetch === 'function')
-        return mod.fetch(req, env, { waitUntil() {}, passThroughOnException() {} });
-    const ev = new FetchEvent(req, null);
+        return mod.fetch(p, env, { waitUntil: wait, passThroughOnException() {} });
+    const ev = new FetchEvent(p, null);
+    ev.waitUntil = wait;
     for (const l of listeners) {
         l.call(G, ev);
         if (ev._r !== undefined) break;
@@ -1212,10 +1225,12 @@ function probe(env) {
         out.done = true;
         return out;
     }
-    const run = (method, url) => new Promise(res => res(probeOne(env, new Request(url, { method }))));
+    const seen = { request: false, wait: false };
+    const run = (method, url) => new Promise(res => res(probeOne(env, new Request(url, { method }), seen)));
     run('GET', 'http://localhost/').then(a => run('POST', 'http://localhost/other').then(b => {
         const x = probeStatic(a), y = probeStatic(b);
-        if (x !== null && y !== null && x.ct === y.ct && sameBody(x.body, y.body)) out.result = x;
+        if (x !== null && y !== null && x.ct === y.ct && sameBody(x.body, y.body) && !seen.request && !seen.wait)
+            out.result = x;
     })).catch(() => {}).finally(() => { out.done = true; });
     return out;
 }
