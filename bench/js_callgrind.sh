@@ -6,7 +6,9 @@
 # WARMUP requests its counters are zeroed (callgrind_control -z), then N
 # requests are sent one at a time over keep-alive (bench/ka_client.py) and
 # the counters dumped, so start-up and the configuration check are not in
-# the count. With BASE_BUILD_DIR the same is done for that build tree.
+# the count. The static-response probe is off (`probe: false`): this counts
+# the JavaScript path. With BASE_BUILD_DIR the same is done for that build
+# tree.
 #
 # Usage: bench/js_callgrind.sh
 # Env:   N=2000 WARMUP=300 BUILD_DIR=build BASE_BUILD_DIR=
@@ -42,9 +44,12 @@ ir_per_request() {
 workers: 1
 listeners: [{address: 127.0.0.1:$port}]
 routes:
-  - {match: {prefix: /}, handler: {module: js, config: {script: $tmp/hello.js}}}
+  - {match: {prefix: /}, handler: {module: js, config: {script: $tmp/hello.js, probe: false}}}
 logging: {level: warn, access_log: "off"}
 EOF
+    # a build from before the probe has no `probe` key (and no probe)
+    "$build/heliosd" -t -c "$dir/heliosd.yaml" -m "$build/modules" >/dev/null 2>&1 ||
+        sed -i 's/, probe: false//' "$dir/heliosd.yaml"
     bench_start "$name" "" valgrind --tool=callgrind --compress-strings=no \
         --callgrind-out-file="$dir/callgrind.out" "$build/heliosd" -c "$dir/heliosd.yaml" -m "$build/modules"
     p=${pid[$name]}
