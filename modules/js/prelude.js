@@ -945,13 +945,9 @@ class Request {
         }
     }
     static _incoming(tok) {
+        /* one own property; the rest are the prototype's defaults (below) */
         const r = Object.create(Request.prototype);
         r._t = tok;
-        r._url = undefined;
-        r._m = undefined;
-        r._h = null;
-        r._b = undefined;
-        r._ct = null; /* _used starts undefined: one property less to add */
         return r;
     }
     get url() { return this._url === undefined ? (this._url = hx.url(this._t)) : this._url; }
@@ -970,31 +966,37 @@ class Request {
     }
 }
 define('Request', Request);
+for (const [k, v] of [['_t', null], ['_url', undefined], ['_m', undefined], ['_h', null], ['_b', undefined],
+    ['_ct', null]])
+    Object.defineProperty(Request.prototype, k, { value: v, writable: true, configurable: true });
 
 const NULL_BODY_STATUS = [101, 204, 205, 304];
 
 class Response {
     constructor(body, init) {
-        init = init || {};
-        const status = init.status === undefined ? 200 : Number(init.status);
-        if (!(status >= 200 && status <= 599) || status !== Math.floor(status))
-            throw new RangeError('Response: status must be an integer from 200 to 599, not ' + init.status);
+        /* Only what differs from the prototype's defaults (below) becomes
+         * an own property: `new Response('text')` adds two (status, _b),
+         * which fit the object's first property array (no resize). */
+        let status = 200;
+        if (init !== undefined && init !== null) {
+            if (init.status !== undefined) {
+                status = Number(init.status);
+                if (!(status >= 200 && status <= 599) || status !== Math.floor(status))
+                    throw new RangeError('Response: status must be an integer from 200 to 599, not ' + init.status);
+            }
+            if (init.statusText !== undefined) this.statusText = String(init.statusText);
+            if (init.headers !== undefined) this._hi = init.headers;
+        }
         this.status = status;
-        this.statusText = init.statusText === undefined ? '' : String(init.statusText);
-        this._hi = init.headers;
-        this._h = null;
-        if (typeof body === 'string') { /* the common case, without an array */
+        if (typeof body === 'string') { /* the common case: _ct is the prototype's TEXT_PLAIN */
             this._b = body;
-            this._ct = TEXT_PLAIN;
         } else {
             const x = extractBody(body);
             this._b = x[0];
             this._ct = x[1];
         }
-        if (this._b !== null && NULL_BODY_STATUS.includes(status))
+        if (status !== 200 && this._b !== null && NULL_BODY_STATUS.includes(status))
             throw new TypeError('Response: a ' + status + ' response cannot have a body');
-        this.url = '';
-        this.redirected = false;
     }
     get type() { return 'default'; }
     get ok() { return this.status >= 200 && this.status < 300; }
@@ -1040,6 +1042,10 @@ class Response {
     }
 }
 define('Response', Response);
+/* defaults read through the prototype until an instance sets its own */
+for (const [k, v] of [['statusText', ''], ['_hi', undefined], ['_h', null], ['_ct', TEXT_PLAIN],
+    ['url', ''], ['redirected', false]])
+    Object.defineProperty(Response.prototype, k, { value: v, writable: true, configurable: true });
 
 /* Body's members on both (a mixin, as in the Fetch standard: no super()
  * call on the hot path of `new Response(...)`) */
@@ -1097,16 +1103,28 @@ define('fetch', function fetch(input, init) {
 const listeners = [];
 
 class FetchEvent {
+    /* the request is made when first asked for (a handler that answers
+     * without looking at it costs no Request); _r is the prototype's
+     * undefined until respondWith */
     constructor(request, tok) {
-        this.type = 'fetch';
-        this.request = request;
+        this._q = request;
         this._tok = tok;
-        this._r = undefined;
     }
+    get type() { return 'fetch'; }
+    get request() { return this._q === null ? (this._q = Request._incoming(this._tok)) : this._q; }
     respondWith(r) {
         if (this._r !== undefined) throw new DOMException('respondWith was already called', 'InvalidStateError');
         this._r = r;
     }
+    waitUntil(p) { waitUntil(this._tok, p); }
+    passThroughOnException() {}
+}
+Object.defineProperty(FetchEvent.prototype, '_r', { value: undefined, writable: true, configurable: true });
+
+/* the `ctx` of `export default { fetch(request, env, ctx) }`: methods on
+ * the prototype, not two closures per request */
+class ExecutionContext {
+    constructor(tok) { this._tok = tok; }
     waitUntil(p) { waitUntil(this._tok, p); }
     passThroughOnException() {}
 }
@@ -1148,19 +1166,18 @@ function finish(tok, r) {
 }
 
 function dispatch(tok, env) {
-    const req = Request._incoming(tok);
     const mod = G.__helios_default;
     let result;
     if (mod !== undefined && mod !== null && typeof mod.fetch === 'function') {
-        result = mod.fetch(req, env, { waitUntil: p => waitUntil(tok, p), passThroughOnException() {} });
+        result = mod.fetch(Request._incoming(tok), env, new ExecutionContext(tok));
     } else if (listeners.length) {
-        const ev = new FetchEvent(req, tok);
-        for (const l of listeners) {
-            l.call(G, ev);
+        const ev = new FetchEvent(null, tok);
+        for (let i = 0; i < listeners.length; i++) {
+            listeners[i].call(G, ev);
             if (ev._r !== undefined) break;
         }
         /* no respondWith: pass the request to the route's upstream */
-        result = ev._r === undefined ? G.fetch(req) : ev._r;
+        result = ev._r === undefined ? G.fetch(ev.request) : ev._r;
     } else {
         throw new Error('the script has no fetch handler: call addEventListener("fetch", ...) ' +
             'or export default { fetch(request, env, ctx) { ... } }');
