@@ -12,6 +12,7 @@
 #
 # Usage: bench/js_callgrind.sh
 # Env:   N=2000 WARMUP=300 BUILD_DIR=build BASE_BUILD_DIR=
+#        REFERENCES=1: also the same handler probed, and static_response
 # Everything runs on 127.0.0.1 and is bounded; processes are stopped on exit.
 set -euo pipefail
 
@@ -34,9 +35,11 @@ cat >"$tmp/hello.js" <<'EOF'
 addEventListener('fetch', (event) => { event.respondWith(new Response('Hello from Helios!')); });
 EOF
 
-# ir_per_request NAME BUILD -> Ir per request
+# ir_per_request NAME BUILD [HANDLER] -> Ir per request (HANDLER: the
+# route's handler in YAML flow style; default the js hello, probe off)
 ir_per_request() {
     local name=$1 build=$2 port dir p f
+    local handler=${3:-"{module: js, config: {script: $tmp/hello.js, probe: false}}"}
     port=$(free_port)
     dir=$tmp/$name
     mkdir -p "$dir"
@@ -44,7 +47,7 @@ ir_per_request() {
 workers: 1
 listeners: [{address: 127.0.0.1:$port}]
 routes:
-  - {match: {prefix: /}, handler: {module: js, config: {script: $tmp/hello.js, probe: false}}}
+  - {match: {prefix: /}, handler: $handler}
 logging: {level: warn, access_log: "off"}
 EOF
     # a build from before the probe has no `probe` key (and no probe)
@@ -71,6 +74,13 @@ echo "| build | Ir per request |"
 echo "|---|---:|"
 a=$(ir_per_request js "$BUILD_DIR")
 echo "| $BUILD_DIR | $a |"
+if [ -n "${REFERENCES:-}" ]; then
+    pr=$(ir_per_request probed "$BUILD_DIR" "{module: js, config: {script: $tmp/hello.js}}")
+    echo "| $BUILD_DIR, js probed (the default) | $pr |"
+    st=$(ir_per_request static "$BUILD_DIR" \
+        "{module: static_response, config: {body: \"$BODY\", content_type: \"text/plain;charset=UTF-8\"}}")
+    echo "| $BUILD_DIR, static_response | $st |"
+fi
 if [ -n "${BASE_BUILD_DIR:-}" ]; then
     need_exec "$BASE_BUILD_DIR/heliosd"
     b=$(ir_per_request base "$BASE_BUILD_DIR")

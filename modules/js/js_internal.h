@@ -97,6 +97,11 @@ typedef struct js_worker {
     js_rq *rqs;                    /* every live js_rq of this worker */
     js_exec *exec;                 /* `heliosd exec`: its loop, console and fetch (js_exec.c) */
     const helios_prepared *probed; /* the probe's static response: sent without JS */
+    /* nat_respond's one response kept per worker (js_web.c): a handler that
+     * answers the very same string twice in a row gets it prepared once */
+    JSValue same_body;
+    int same_status;
+    const helios_prepared *same_resp;
 } js_worker;
 
 typedef struct js_timer {
@@ -189,6 +194,7 @@ int js_runtime_open(js_worker *ws, char *err, size_t errlen);
 void js_worker_free(js_worker *ws);
 void js_worker_fini(void *cfg, helios_worker *w, void *wstate);
 int js_trial_run(const js_config *cfg, char *err, size_t errlen);
+int js_keep_prepared(const js_config *cfg, helios_prepared *p);
 
 JSValue nat_set_timeout(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv);
 JSValue nat_clear_timeout(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv);

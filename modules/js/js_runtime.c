@@ -587,13 +587,14 @@ static void js_runtime_close(js_worker *ws)
         JS_FreeValue(ws->ctx, ws->filter_resp);
         JS_FreeValue(ws->ctx, ws->error_text);
         JS_FreeValue(ws->ctx, ws->probe);
+        JS_FreeValue(ws->ctx, ws->same_body);
         JS_FreeValue(ws->ctx, ws->buffer);
         JS_FreeValue(ws->ctx, ws->env);
         JS_FreeContext(ws->ctx);
         ws->ctx = NULL;
     }
     ws->dispatch = ws->filter_req = ws->filter_resp = ws->error_text = ws->env = JS_UNDEFINED;
-    ws->buffer = ws->probe = JS_UNDEFINED;
+    ws->buffer = ws->probe = ws->same_body = JS_UNDEFINED;
     if (ws->rt) {
         JS_FreeRuntime(ws->rt); /* finalizes the tokens: drops their refs */
         ws->rt = NULL;
@@ -762,7 +763,7 @@ int js_runtime_open(js_worker *ws, char *err, size_t errlen)
 {
     const js_config *cfg = ws->cfg;
     ws->dispatch = ws->filter_req = ws->filter_resp = ws->error_text = ws->env = JS_UNDEFINED;
-    ws->buffer = ws->probe = JS_UNDEFINED;
+    ws->buffer = ws->probe = ws->same_body = JS_UNDEFINED;
     ws->rt = JS_NewRuntime2(&js_mem_funcs, ws);
     if (ws->rt == NULL) {
         snprintf(err, errlen, "cannot create a JavaScript runtime (out of memory)");
@@ -854,22 +855,30 @@ static helios_prepared *js_probe(js_worker *ws)
     return p;
 }
 
-/* Runs the probe on WS and keeps what it found with the configuration. */
-static void js_worker_probe(js_worker *ws)
+/* Keeps P until config_free (a response in flight may point into it after
+ * its worker let the generation go). 0, or -1 with P freed. */
+int js_keep_prepared(const js_config *cfgc, helios_prepared *p)
 {
-    js_config *cfg = (js_config *)ws->cfg; /* probed_lock guards the list */
-    helios_prepared *p = js_probe(ws);
+    js_config *cfg = (js_config *)cfgc; /* probed_lock guards the list */
     js_probed *k = p ? malloc(sizeof(*k)) : NULL;
     if (k == NULL) {
         js_api->prepared_free(p);
-        return;
+        return -1;
     }
     k->resp = p;
     pthread_mutex_lock(&cfg->probed_lock);
     k->next = cfg->probed;
     cfg->probed = k;
     pthread_mutex_unlock(&cfg->probed_lock);
-    ws->probed = p;
+    return 0;
+}
+
+/* Runs the probe on WS and keeps what it found with the configuration. */
+static void js_worker_probe(js_worker *ws)
+{
+    helios_prepared *p = js_probe(ws);
+    if (p && js_keep_prepared(ws->cfg, p) == 0)
+        ws->probed = p;
 }
 
 /*

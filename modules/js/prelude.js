@@ -1103,12 +1103,12 @@ define('fetch', function fetch(input, init) {
 const listeners = [];
 
 class FetchEvent {
-    /* the request is made when first asked for (a handler that answers
-     * without looking at it costs no Request); _r is the prototype's
-     * undefined until respondWith */
+    /* two own properties (no resize of the property array): the request
+     * is made when first asked for, into the prototype's _q (null) */
     constructor(request, tok) {
-        this._q = request;
         this._tok = tok;
+        this._r = undefined;
+        if (request !== null) this._q = request;
     }
     get type() { return 'fetch'; }
     get request() { return this._q === null ? (this._q = Request._incoming(this._tok)) : this._q; }
@@ -1119,7 +1119,7 @@ class FetchEvent {
     waitUntil(p) { waitUntil(this._tok, p); }
     passThroughOnException() {}
 }
-Object.defineProperty(FetchEvent.prototype, '_r', { value: undefined, writable: true, configurable: true });
+Object.defineProperty(FetchEvent.prototype, '_q', { value: null, writable: true, configurable: true });
 
 /* the `ctx` of `export default { fetch(request, env, ctx) }`: methods on
  * the prototype, not two closures per request */
@@ -1152,6 +1152,11 @@ function finish(tok, r) {
             ', not a Response'));
         return;
     }
+    sendResponse(tok, r);
+}
+
+/* R is a Response */
+function sendResponse(tok, r) {
     try {
         if (typeof r._b === 'object' && r._b !== null && !(r._b instanceof ArrayBuffer)) {
             /* a stream: heliosd's host API takes a whole response, read it */
@@ -1183,7 +1188,7 @@ function dispatch(tok, env) {
             'or export default { fetch(request, env, ctx) { ... } }');
     }
     if (result instanceof Response) {
-        finish(tok, result);
+        sendResponse(tok, result);
         return;
     }
     Promise.resolve(result).then(r => finish(tok, r), e => hx.fail(tok, e));

@@ -385,3 +385,22 @@ def test_probe_cached_response_with_arraybuffer_and_json_content_type(serve, tmp
     status, headers, body = s.get("/")
     assert (status, body) == (200, bytes([0, 1, 2, 255]))
     assert "content-type" not in headers
+
+
+def test_a_repeated_string_response_keeps_its_status_and_head(serve, tmp_path):
+    """nat_respond prepares a response answered twice in a row with the same
+    string: the status is part of what must match, HEAD gets no body, and a
+    handler with a header still sends it."""
+    script = tmp_path / "same.js"
+    script.write_text("let n = 0;\nexport default { fetch(req) { n++;\n"
+                      "  if (req.method === 'HEAD') return new Response('same');\n"
+                      "  if (new URL(req.url).pathname === '/h') return new Response('same', {headers: {'x-n': String(n)}});\n"
+                      "  return new Response('same', { status: n % 3 === 0 ? 404 : 200 }); } };")
+    s = serve(script, "--no-probe")
+    got = [s.get("/")[0:3:2] for _ in range(7)]
+    assert got == [(200, b"same"), (200, b"same"), (404, b"same"), (200, b"same"), (200, b"same"),
+                   (404, b"same"), (200, b"same")]
+    head = s.get("/", method="HEAD")
+    assert head[0] == 200 and head[2] == b"" and head[1].get("content-length") == "4"
+    status, headers, body = s.get("/h")
+    assert (status, body) == (200, b"same") and headers.get("x-n") == "9"
