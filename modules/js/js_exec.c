@@ -28,6 +28,7 @@
 #include <fcntl.h>
 #include <netdb.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -966,6 +967,7 @@ int js_exec_command(const helios_host_api *api, int argc, char **argv)
         fprintf(stderr, "%s\n", err);
         return 1;
     }
+    signal(SIGPIPE, SIG_IGN); /* a peer that closes early fails the fetch, not the process */
     js_exec x = {0};
     x.fetch_tail = &x.fetches;
     js_worker *ws = calloc(1, sizeof(*ws));
