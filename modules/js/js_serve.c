@@ -66,7 +66,7 @@ static const char *js_opt_value(int argc, char **argv, int *i, const char *name)
     return NULL;
 }
 
-static int js_serve_bad(const char *fmt, ...)
+__attribute__((format(printf, 1, 2))) static int js_serve_bad(const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
