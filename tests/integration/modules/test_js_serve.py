@@ -404,3 +404,11 @@ def test_a_repeated_string_response_keeps_its_status_and_head(serve, tmp_path):
     assert head[0] == 200 and head[2] == b"" and head[1].get("content-length") == "4"
     status, headers, body = s.get("/h")
     assert (status, body) == (200, b"same") and headers.get("x-n") == "9"
+
+
+def test_serve_a_script_with_a_syntax_error_does_not_start(tmp_path):
+    script = tmp_path / "bad.js"
+    script.write_text("addEventListener('fetch', e => {\n  e.respondWith(new Response('x') });\n")
+    r = run("serve", str(script), "--port", str(free_port()), "--ip", "127.0.0.1", timeout=60)
+    assert r.returncode == 1
+    assert f"{script}:2: SyntaxError" in r.stderr and "not starting" in r.stderr, r.stderr
