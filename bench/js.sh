@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # JS handlers: req/s of "hello world" from
-#   - heliosd, js module (a Workers-style addEventListener handler),
+#   - heliosd, js module (a Workers-style addEventListener handler), with
+#     the static-response probe off (`probe: false`: JavaScript runs for
+#     every request),
+#   - heliosd, js module, the same handler probed (the default: served as a
+#     static response, no JavaScript per request),
 #   - heliosd, static_response module (same body),
 #   - nginx `return 200 "Hello from Helios!"`,
 #   - Node.js (`node`) running an equivalent http.createServer hello world,
 # each server a single process/worker pinned to one core (SERVER_CPU), wrk
 # pinned to another (LOAD_CPU), in one run: ROUNDS rounds, the servers
 # alternating inside each round; prints the medians and the ratios to the
-# js handler. Target: js >= node. With BASE_BUILD_DIR (another build tree,
+# js handler. Targets: js >= node, js >= 0.8 x nginx (probe off), probed js
+# at static_response's rate. With BASE_BUILD_DIR (another build tree,
 # e.g. of an earlier commit), the js handler of that build runs in the same
 # rounds too: what a change to the module costs the hello path.
 #
@@ -56,8 +61,13 @@ EOF
 
 p_js=$(free_port)
 mkdir -p "$tmp/js"
-heliosd_conf "$p_js" "{module: js, config: {script: $tmp/hello.js}}" >"$tmp/js/heliosd.yaml"
+heliosd_conf "$p_js" "{module: js, config: {script: $tmp/hello.js, probe: false}}" >"$tmp/js/heliosd.yaml"
 start_heliosd js "$SERVER_CPU" "$tmp/js"
+
+p_probed=$(free_port)
+mkdir -p "$tmp/probed"
+heliosd_conf "$p_probed" "{module: js, config: {script: $tmp/hello.js}}" >"$tmp/probed/heliosd.yaml"
+start_heliosd probed "$SERVER_CPU" "$tmp/probed"
 
 p_base=
 if [ -n "${BASE_BUILD_DIR:-}" ]; then
@@ -65,7 +75,10 @@ if [ -n "${BASE_BUILD_DIR:-}" ]; then
     need_files "$BASE_BUILD_DIR/modules/js.so"
     p_base=$(free_port)
     mkdir -p "$tmp/base"
-    heliosd_conf "$p_base" "{module: js, config: {script: $tmp/hello.js}}" >"$tmp/base/heliosd.yaml"
+    heliosd_conf "$p_base" "{module: js, config: {script: $tmp/hello.js, probe: false}}" >"$tmp/base/heliosd.yaml"
+    # a build from before the probe has no `probe` key (and no probe)
+    "$BASE_BUILD_DIR/heliosd" -t -c "$tmp/base" -m "$BASE_BUILD_DIR/modules" >/dev/null 2>&1 ||
+        heliosd_conf "$p_base" "{module: js, config: {script: $tmp/hello.js}}" >"$tmp/base/heliosd.yaml"
     bench_start base "$SERVER_CPU" "$BASE_BUILD_DIR/heliosd" -c "$tmp/base" -m "$BASE_BUILD_DIR/modules"
 fi
 
@@ -100,7 +113,7 @@ http.createServer((req, res) => {
 EOF
 bench_start node "$SERVER_CPU" "$NODE" "$tmp/hello_node.js"
 
-for p in "$p_js" "$p_static" "$p_nginx" "$p_node" $p_base; do
+for p in "$p_js" "$p_probed" "$p_static" "$p_nginx" "$p_node" $p_base; do
     wait_http_ok "http://127.0.0.1:$p/" "$tmp/hello.body" ||
         die "nothing answers 200 '$BODY' on port $p (last status $last_code)"
 done
@@ -110,23 +123,24 @@ rps() { client_rps "$DURATION" "http://127.0.0.1:$1/"; } # $1 port -> req/s
 echo "# hello world, one core each (server CPU $SERVER_CPU, $(client_name) CPU $LOAD_CPU):" \
      "$ROUNDS rounds of $(client_desc URL)"
 echo "# $("$NODE" --version | sed 's/^/node /'), $("$NGINX" -v 2>&1 | sed 's/.*: //')"
-js=() st=() ng=() nd=() bs=() jc=() bc=()
+js=() pr=() st=() ng=() nd=() bs=() jc=() bc=()
 for r in $(seq "$ROUNDS"); do
     read -r a ca < <(wrk_cpu_round "$DURATION" "http://127.0.0.1:$p_js/" "${pid[js]}")
-    b=$(rps "$p_static"); c=$(rps "$p_nginx"); d=$(rps "$p_node")
-    js+=("$a"); st+=("$b"); ng+=("$c"); nd+=("$d"); jc+=("$ca")
+    b=$(rps "$p_static"); c=$(rps "$p_nginx"); d=$(rps "$p_node"); f=$(rps "$p_probed")
+    js+=("$a"); pr+=("$f"); st+=("$b"); ng+=("$c"); nd+=("$d"); jc+=("$ca")
     e= ce=
     if [ -n "$p_base" ]; then
         read -r e ce < <(wrk_cpu_round "$DURATION" "http://127.0.0.1:$p_base/" "${pid[base]}")
         bs+=("$e"); bc+=("$ce")
     fi
-    echo "round $r: js $a (${ca} µs CPU/req), static_response $b, nginx $c, node $d${e:+, js (base build) $e (${ce} µs CPU/req)} req/s"
+    echo "round $r: js $a (${ca} µs CPU/req), js probed $f, static_response $b, nginx $c, node $d${e:+, js (base build) $e (${ce} µs CPU/req)} req/s"
 done
-mj=$(median "${js[@]}"); ms=$(median "${st[@]}"); mg=$(median "${ng[@]}"); mn=$(median "${nd[@]}")
+mj=$(median "${js[@]}"); mp=$(median "${pr[@]}"); ms=$(median "${st[@]}"); mg=$(median "${ng[@]}"); mn=$(median "${nd[@]}")
 echo
 echo "| server (1 core) | req/s (median) | js / server |"
 echo "|---|---:|---:|"
-echo "| heliosd + js (QuickJS) | $mj | 1.00 |"
+echo "| heliosd + js (QuickJS), probe off | $mj | 1.00 |"
+echo "| heliosd + js, probed (static) | $mp | $(ratio "$mj" "$mp" 2) |"
 echo "| heliosd + static_response | $ms | $(ratio "$mj" "$ms" 2) |"
 echo "| nginx return 200 | $mg | $(ratio "$mj" "$mg" 2) |"
 echo "| node http | $mn | $(ratio "$mj" "$mn" 2) |"
@@ -136,6 +150,8 @@ if [ -n "$p_base" ]; then
     echo
     echo "heliosd CPU per request (median): js $(median "${jc[@]}") µs, js of $BASE_BUILD_DIR $(median "${bc[@]}") µs"
 fi
+echo
+echo "js (probe off) / nginx: $(ratio "$mj" "$mg" 2) (target >= 0.80); js probed / static_response: $(ratio "$mp" "$ms" 2)"
 if awk -v a="$mj" -v b="$mn" 'BEGIN{exit !(a >= b)}'; then
     echo "target js >= node: met"
 else

@@ -6,10 +6,13 @@
 # WARMUP requests its counters are zeroed (callgrind_control -z), then N
 # requests are sent one at a time over keep-alive (bench/ka_client.py) and
 # the counters dumped, so start-up and the configuration check are not in
-# the count. With BASE_BUILD_DIR the same is done for that build tree.
+# the count. The static-response probe is off (`probe: false`): this counts
+# the JavaScript path. With BASE_BUILD_DIR the same is done for that build
+# tree.
 #
 # Usage: bench/js_callgrind.sh
 # Env:   N=2000 WARMUP=300 BUILD_DIR=build BASE_BUILD_DIR=
+#        REFERENCES=1: also the same handler probed, and static_response
 # Everything runs on 127.0.0.1 and is bounded; processes are stopped on exit.
 set -euo pipefail
 
@@ -32,9 +35,11 @@ cat >"$tmp/hello.js" <<'EOF'
 addEventListener('fetch', (event) => { event.respondWith(new Response('Hello from Helios!')); });
 EOF
 
-# ir_per_request NAME BUILD -> Ir per request
+# ir_per_request NAME BUILD [HANDLER] -> Ir per request (HANDLER: the
+# route's handler in YAML flow style; default the js hello, probe off)
 ir_per_request() {
     local name=$1 build=$2 port dir p f
+    local handler=${3:-"{module: js, config: {script: $tmp/hello.js, probe: false}}"}
     port=$(free_port)
     dir=$tmp/$name
     mkdir -p "$dir"
@@ -42,9 +47,12 @@ ir_per_request() {
 workers: 1
 listeners: [{address: 127.0.0.1:$port}]
 routes:
-  - {match: {prefix: /}, handler: {module: js, config: {script: $tmp/hello.js}}}
+  - {match: {prefix: /}, handler: $handler}
 logging: {level: warn, access_log: "off"}
 EOF
+    # a build from before the probe has no `probe` key (and no probe)
+    "$build/heliosd" -t -c "$dir/heliosd.yaml" -m "$build/modules" >/dev/null 2>&1 ||
+        sed -i 's/, probe: false//' "$dir/heliosd.yaml"
     bench_start "$name" "" valgrind --tool=callgrind --compress-strings=no \
         --callgrind-out-file="$dir/callgrind.out" "$build/heliosd" -c "$dir/heliosd.yaml" -m "$build/modules"
     p=${pid[$name]}
@@ -66,6 +74,13 @@ echo "| build | Ir per request |"
 echo "|---|---:|"
 a=$(ir_per_request js "$BUILD_DIR")
 echo "| $BUILD_DIR | $a |"
+if [ -n "${REFERENCES:-}" ]; then
+    pr=$(ir_per_request probed "$BUILD_DIR" "{module: js, config: {script: $tmp/hello.js}}")
+    echo "| $BUILD_DIR, js probed (the default) | $pr |"
+    st=$(ir_per_request static "$BUILD_DIR" \
+        "{module: static_response, config: {body: \"$BODY\", content_type: \"text/plain;charset=UTF-8\"}}")
+    echo "| $BUILD_DIR, static_response | $st |"
+fi
 if [ -n "${BASE_BUILD_DIR:-}" ]; then
     need_exec "$BASE_BUILD_DIR/heliosd"
     b=$(ir_per_request base "$BASE_BUILD_DIR")

@@ -8,7 +8,8 @@
  *                                  signal the running heliosd (pid_file)
  *   heliosd -V                     versions and built-in directories
  *   heliosd COMMAND [-m DIR] ...   a module's command (ABI 1.2), e.g. the
- *                                  js module's `compile app.js -o app.qjsbc`
+ *                                  js module's `serve app.js`, `exec
+ *                                  script.js`, `compile app.js -o app.qjsbc`
  *
  * Signals: SIGHUP reload, SIGTERM/SIGINT graceful stop, SIGUSR1 reopen
  * logs, SIGUSR2 binary upgrade (runtime/daemon.h).
@@ -116,8 +117,12 @@ static void usage(FILE *f)
             "       heliosd -t [-c PATH] [-m MODULE_DIR]     check the configuration\n"
             "       heliosd -s SIGNAL [-c PATH]              signal the running heliosd\n"
             "       heliosd -V | -h\n"
-            "       heliosd COMMAND [-m MODULE_DIR] [ARGS...]\n"
-            "           a module's command, e.g. compile SCRIPT.js -o OUT.qjsbc (js)\n"
+            "       heliosd COMMAND [-m MODULE_DIR] [ARGS...]     a module's command; the js module's:\n"
+            "       heliosd serve APP.js [-s] [--port 8080] [--ip ADDR] [--workers N]\n"
+            "                     [--cert PATH --key PATH] [--alt-svc VALUE] [--no-probe] ...\n"
+            "                                  serve a fetch handler, no YAML (serve --help)\n"
+            "       heliosd exec SCRIPT.js [-s]  run a script once (fetch, timers, console), exit\n"
+            "       heliosd build|compile SCRIPT.js [-o OUT.qjsbc]   QuickJS bytecode\n"
             "  -c, --config PATH       a directory (every *.yaml, lexical order, merged)\n"
             "                          or one file (default %s)\n"
             "  -m, --module-dir DIR    module directory (overrides module_path)\n"

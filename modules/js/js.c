@@ -32,7 +32,8 @@ const helios_host_api *js_api;
 /* configuration                                                       */
 
 static const char *const js_keys[] = {
-    "script", "env", "memory_limit", "cpu_limit", "max_body", "timeout", "cache_size", NULL,
+    "script",  "env",        "memory_limit", "cpu_limit", "max_body",
+    "timeout", "cache_size", "mode",         "probe",     NULL,
 };
 
 /* ------------------------------------------------------------------ */
@@ -43,6 +44,13 @@ static void js_config_free(void *cfgp)
     js_config *c = cfgp;
     if (c == NULL)
         return;
+    while (c->probed) {
+        js_probed *p = c->probed;
+        c->probed = p->next;
+        js_api->prepared_free(p->resp);
+        free(p);
+    }
+    pthread_mutex_destroy(&c->probed_lock);
     free(c->script);
     free(c->bc);
     free(c->env_keys);
@@ -119,6 +127,7 @@ static int js_config_new(const helios_conf *conf, void **cfgp)
         js_api->conf_error(conf, "out of memory");
         return -1;
     }
+    pthread_mutex_init(&c->probed_lock, NULL);
     int bad = js_api->conf_check_keys(conf, js_keys) > 0;
     const char *script = NULL;
     if (js_api->conf_str(conf, "script", NULL, &script) != 1) {
@@ -143,6 +152,19 @@ static int js_config_new(const helios_conf *conf, void **cfgp)
     }
     if (js_config_env(conf, c) != 0)
         bad = 1;
+    if (js_api->conf_bool(conf, "probe", 1, &c->probe) < 0)
+        bad = 1;
+    const char *mode = NULL;
+    if (js_api->conf_str(conf, "mode", "auto", &mode) < 0) {
+        bad = 1;
+    } else if (mode && strcmp(mode, "script") == 0) {
+        c->script_only = 1;
+    } else if (mode && strcmp(mode, "auto") != 0) {
+        js_api->conf_error(js_api->conf_get(conf, "mode"),
+                           "mode must be auto (an ES module when the file has import/export "
+                           "lines or ends in .mjs) or script (always a classic script)");
+        bad = 1;
+    }
     /* compile even when other keys are wrong: one run reports every problem */
     if (script != NULL) {
         char path[PATH_MAX], err[1024];
@@ -153,7 +175,8 @@ static int js_config_new(const helios_conf *conf, void **cfgp)
         } else if ((c->script = strdup(path)) == NULL) {
             js_api->conf_error(sn, "out of memory");
             bad = 1;
-        } else if (js_load_script(path, &c->bc, &c->bc_len, err, sizeof(err)) != 0) {
+        } else if (js_load_script(path, c->script_only, &c->bc, &c->bc_len, err, sizeof(err)) !=
+                   0) {
             js_api->conf_error(sn, "%s", err);
             bad = 1;
         } else if (!bad && js_trial_run(c, err, sizeof(err)) != 0) {
@@ -211,6 +234,9 @@ static int js_unavailable(helios_ctx *c)
 static int js_handle(helios_ctx *c)
 {
     js_worker *ws = c->wstate;
+    /* the probe found the answer when the worker started: no JavaScript runs */
+    if (ws->probed)
+        return js_api->respond_prepared(c->req, ws->probed) == 0 ? HELIOS_RESPONDED : HELIOS_ERROR;
     if (ws->broken)
         return js_unavailable(c);
     return js_begin(c, ws->dispatch, 0, "in the handler");
@@ -318,9 +344,13 @@ static const helios_filter_hooks js_filter_hooks = {
     .on_log = js_filter_log,
 };
 
-/* `heliosd compile` (ABI 1.2 command table) */
+/* `heliosd compile|build|serve|exec` (ABI 1.2 command table) */
 static const helios_command js_commands[] = {
+    {"serve", "serve a JavaScript file's fetch handler, no YAML needed (serve --help)",
+     js_serve_command},
+    {"exec", "run a JavaScript file once, with fetch() and timers, and exit", js_exec_command},
     {"compile", "compile a js module script to QuickJS bytecode (.qjsbc)", js_compile_command},
+    {"build", "the same as compile", js_compile_command},
     {NULL, NULL, NULL},
 };
 

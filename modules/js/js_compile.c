@@ -140,9 +140,11 @@ static void js_compile_error(JSContext *ctx, const char *path, char *err, size_t
 }
 
 /* Compiles SRC (NUL-terminated, LEN bytes) named PATH into malloc'd
- * bytecode. Returns 0, or -1 with "file:line: message" in ERR. */
-static int js_compile(const char *path, const char *src, size_t len, uint8_t **out, size_t *outlen,
-                      char *err, size_t errlen)
+ * bytecode: an ES module when it looks like one, unless SCRIPT_ONLY (the
+ * `-s` of serve/exec, `mode: script`: a classic script, no module
+ * resolution). Returns 0, or -1 with "file:line: message" in ERR. */
+static int js_compile(const char *path, const char *src, size_t len, int script_only, uint8_t **out,
+                      size_t *outlen, char *err, size_t errlen)
 {
     JSRuntime *rt = JS_NewRuntime();
     if (rt)
@@ -154,7 +156,8 @@ static int js_compile(const char *path, const char *src, size_t len, uint8_t **o
         goto done;
     }
     size_t plen = strlen(path);
-    int module = js_is_module(src, len) || (plen > 4 && strcmp(path + plen - 4, ".mjs") == 0);
+    int module = !script_only &&
+                 (js_is_module(src, len) || (plen > 4 && strcmp(path + plen - 4, ".mjs") == 0));
     JSValue obj =
         JS_Eval(ctx, src, len, path,
                 (module ? JS_EVAL_TYPE_MODULE : JS_EVAL_TYPE_GLOBAL) | JS_EVAL_FLAG_COMPILE_ONLY);
@@ -268,8 +271,9 @@ static size_t js_bc_header(char *buf, size_t size)
     return (size_t)n + 1;
 }
 
-/* Loads PATH (source, or .qjsbc) into bytecode. */
-int js_load_script(const char *path, uint8_t **bc, size_t *bclen, char *err, size_t errlen)
+/* Loads PATH (source, or .qjsbc) into bytecode (SCRIPT_ONLY: js_compile). */
+int js_load_script(const char *path, int script_only, uint8_t **bc, size_t *bclen, char *err,
+                   size_t errlen)
 {
     size_t len;
     char *src = js_read_file(path, &len, err, errlen);
@@ -303,39 +307,44 @@ int js_load_script(const char *path, uint8_t **bc, size_t *bclen, char *err, siz
             }
         }
     } else {
-        rc = js_compile(path, src, len, bc, bclen, err, errlen);
+        rc = js_compile(path, src, len, script_only, bc, bclen, err, errlen);
     }
     free(src);
     return rc;
 }
 
-/* `heliosd compile app.js -o app.qjsbc`: a command of the module's
- * descriptor (helios_command: main thread, no configuration loaded). */
+/* `heliosd compile app.js -o app.qjsbc` (and `build`, its alias): a
+ * command of the module's descriptor (helios_command: main thread, no
+ * configuration loaded). */
 int js_compile_command(const helios_host_api *api, int argc, char **argv)
 {
     (void)api;
     const char *in = NULL, *out = NULL;
+    int script_only = 0;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "-o") == 0 && i + 1 < argc) {
             out = argv[++i];
+        } else if (strcmp(argv[i], "-s") == 0) {
+            script_only = 1;
         } else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
-            printf("usage: heliosd compile SCRIPT.js [-o OUT.qjsbc]\n"
+            printf("usage: heliosd %s SCRIPT.js [-s] [-o OUT.qjsbc]\n"
                    "Compiles a js module script to QuickJS %s bytecode; configure the .qjsbc "
-                   "file as the module's script to skip parsing at (re)load.\n",
-                   HX_QJS_VERSION);
+                   "file as the module's script to skip parsing at (re)load.\n"
+                   "  -s  a classic script, never an ES module (no module resolution)\n",
+                   argv[0], HX_QJS_VERSION);
             return 0;
         } else if (argv[i][0] == '-' || in != NULL) {
             fprintf(stderr,
-                    "heliosd compile: unexpected argument '%s'\n"
-                    "usage: heliosd compile SCRIPT.js [-o OUT.qjsbc]\n",
-                    argv[i]);
+                    "heliosd %s: unexpected argument '%s'\n"
+                    "usage: heliosd %s SCRIPT.js [-s] [-o OUT.qjsbc]\n",
+                    argv[0], argv[i], argv[0]);
             return 2;
         } else {
             in = argv[i];
         }
     }
     if (in == NULL) {
-        fprintf(stderr, "usage: heliosd compile SCRIPT.js [-o OUT.qjsbc]\n");
+        fprintf(stderr, "usage: heliosd %s SCRIPT.js [-s] [-o OUT.qjsbc]\n", argv[0]);
         return 2;
     }
     char outbuf[PATH_MAX];
@@ -360,7 +369,7 @@ int js_compile_command(const helios_host_api *api, int argc, char **argv)
     }
     uint8_t *bc = NULL;
     size_t bclen = 0;
-    int rc = js_compile(in, src, len, &bc, &bclen, err, sizeof(err));
+    int rc = js_compile(in, src, len, script_only, &bc, &bclen, err, sizeof(err));
     free(src);
     if (rc != 0) {
         fprintf(stderr, "%s\n", err);

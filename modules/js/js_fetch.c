@@ -364,6 +364,8 @@ JSValue nat_fetch(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst 
     (void)this_val;
     (void)argc;
     js_worker *ws = js_ws(ctx);
+    if (ws->exec)
+        return js_exec_fetch(ctx, argc, argv);
     js_rq *rq = js_tok_rq(argv[0]);
     if (rq == NULL)
         rq = ws->cur;

@@ -2,7 +2,7 @@
  * js_internal.h - shared between the js module's files.
  *
  *   js.c          configuration, handler and filter hooks, the descriptor
- *                 with its command table (`heliosd compile`)
+ *                 with its command table
  *   js_runtime.c  the per-worker runtime: allocator and limits, js_rq
  *                 lifetime, entering and leaving JS, timers, waitUntil,
  *                 worker_init/worker_fini
@@ -11,7 +11,9 @@
  *   js_crypto.c   crypto.subtle's OpenSSL natives (hx.digest, hx.sign...)
  *   js_cache.c    the Cache API's store: per worker, LRU, cache_size
  *   js_fetch.c    fetch(): subrequests and their promises
- *   js_compile.c  source and .qjsbc loading, `heliosd compile`
+ *   js_compile.c  source and .qjsbc loading, `heliosd compile` (`build`)
+ *   js_serve.c    `heliosd serve app.js`: a configuration in memory, then heliosd
+ *   js_exec.c     `heliosd exec script.js`: run once with a loop and an HTTP client
  *
  * Threads: configuration and the command run on heliosd's main thread;
  * everything touching a js_worker runs on that worker's thread.
@@ -20,6 +22,7 @@
 #define HELIOS_JS_INTERNAL_H
 
 #include <limits.h>
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -51,12 +54,25 @@ typedef struct js_config {
     uint64_t max_body;
     uint64_t timeout_ms;
     uint64_t cache_size; /* per worker: the Cache API's bound (0: off) */
+    int script_only;     /* `mode: script`: never an ES module */
+    int probe;           /* `probe:` (default on): the static-response probe */
+    /* The workers' probed responses, kept until config_free: a response in
+     * flight may point into one after its worker let the generation go.
+     * The one mutable part, under its lock. */
+    pthread_mutex_t probed_lock;
+    struct js_probed *probed;
 } js_config;
+
+typedef struct js_probed {
+    helios_prepared *resp;
+    struct js_probed *next;
+} js_probed;
 
 /* ---- per-worker and per-request state ---- */
 
 typedef struct js_rq js_rq;
 typedef struct js_cache js_cache;
+typedef struct js_exec js_exec;
 
 typedef struct js_worker {
     const js_config *cfg;
@@ -65,7 +81,7 @@ typedef struct js_worker {
     int trial;        /* config_new's trial run: console output is dropped */
     JSRuntime *rt;
     JSContext *ctx;
-    JSValue dispatch, filter_req, filter_resp, error_text;
+    JSValue dispatch, filter_req, filter_resp, error_text, probe;
     JSValue buffer; /* the Buffer class, for `import ... from 'node:buffer'` */
     JSValue env;
     js_rq *cur;        /* request the running JS is attributed to */
@@ -76,9 +92,16 @@ typedef struct js_worker {
     int mem_hit;       /* memory_limit passed: stop the script at the next check */
     int next_timer_id;
     int next_fetch_id;
-    unsigned unsent; /* fetches waiting for the end of the run (js_fetch_flush) */
-    js_cache *cache; /* the Cache API's store (js_cache.c) */
-    js_rq *rqs;      /* every live js_rq of this worker */
+    unsigned unsent;               /* fetches waiting for the end of the run (js_fetch_flush) */
+    js_cache *cache;               /* the Cache API's store (js_cache.c) */
+    js_rq *rqs;                    /* every live js_rq of this worker */
+    js_exec *exec;                 /* `heliosd exec`: its loop, console and fetch (js_exec.c) */
+    const helios_prepared *probed; /* the probe's static response: sent without JS */
+    /* nat_respond's one response kept per worker (js_web.c): a handler that
+     * answers the very same string twice in a row gets it prepared once */
+    JSValue same_body;
+    int same_status;
+    const helios_prepared *same_resp;
 } js_worker;
 
 typedef struct js_timer {
@@ -169,8 +192,11 @@ char *js_error_text(js_worker *ws, JSValueConst e);
 void js_linger_end(void *arg);
 
 int js_worker_init(void *cfgp, helios_worker *w, void **wstate);
+int js_runtime_open(js_worker *ws, char *err, size_t errlen);
+void js_worker_free(js_worker *ws);
 void js_worker_fini(void *cfg, helios_worker *w, void *wstate);
 int js_trial_run(const js_config *cfg, char *err, size_t errlen);
+int js_keep_prepared(const js_config *cfg, helios_prepared *p);
 
 JSValue nat_set_timeout(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv);
 JSValue nat_clear_timeout(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv);
@@ -208,8 +234,21 @@ JSValue nat_fetch_ctl(JSContext *ctx, JSValueConst this_val, int argc, JSValueCo
 
 /* ---- js_compile.c ---- */
 
-int js_load_script(const char *path, uint8_t **bc, size_t *bclen, char *err, size_t errlen);
+int js_load_script(const char *path, int script_only, uint8_t **bc, size_t *bclen, char *err,
+                   size_t errlen);
 void js_module_loader_install(JSRuntime *rt);
 int js_compile_command(const helios_host_api *api, int argc, char **argv);
+
+/* ---- js_serve.c, js_exec.c ---- */
+
+int js_serve_command(const helios_host_api *api, int argc, char **argv);
+int js_exec_command(const helios_host_api *api, int argc, char **argv);
+/* what a runtime with ws->exec set does instead of a worker's */
+void js_exec_runtime_init(js_worker *ws);
+void js_exec_free_all(js_exec *x);
+void js_exec_log(js_worker *ws, int level, const char *s);
+JSValue js_exec_set_timeout(JSContext *ctx, int argc, JSValueConst *argv);
+JSValue js_exec_clear_timeout(JSContext *ctx, JSValueConst *argv);
+JSValue js_exec_fetch(JSContext *ctx, int argc, JSValueConst *argv);
 
 #endif

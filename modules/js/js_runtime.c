@@ -490,6 +490,8 @@ JSValue nat_set_timeout(JSContext *ctx, JSValueConst this_val, int argc, JSValue
     (void)this_val;
     (void)argc;
     js_worker *ws = js_ws(ctx);
+    if (ws->exec)
+        return js_exec_set_timeout(ctx, argc, argv);
     js_rq *rq = ws->cur;
     if (rq == NULL)
         return JS_ThrowTypeError(ctx, "setTimeout() is only available while handling a request");
@@ -527,6 +529,8 @@ JSValue nat_clear_timeout(JSContext *ctx, JSValueConst this_val, int argc, JSVal
     (void)this_val;
     (void)argc;
     js_worker *ws = js_ws(ctx);
+    if (ws->exec)
+        return js_exec_clear_timeout(ctx, argv);
     int id;
     if (JS_ToInt32(ctx, &id, argv[0]))
         return JS_EXCEPTION;
@@ -593,18 +597,22 @@ static void js_runtime_close(js_worker *ws)
         js_rq_stop_work(rq);
         js_rq_drop_body(rq);
     }
+    if (ws->exec)
+        js_exec_free_all(ws->exec);
     if (ws->ctx) {
         JS_FreeValue(ws->ctx, ws->dispatch);
         JS_FreeValue(ws->ctx, ws->filter_req);
         JS_FreeValue(ws->ctx, ws->filter_resp);
         JS_FreeValue(ws->ctx, ws->error_text);
+        JS_FreeValue(ws->ctx, ws->probe);
+        JS_FreeValue(ws->ctx, ws->same_body);
         JS_FreeValue(ws->ctx, ws->buffer);
         JS_FreeValue(ws->ctx, ws->env);
         JS_FreeContext(ws->ctx);
         ws->ctx = NULL;
     }
     ws->dispatch = ws->filter_req = ws->filter_resp = ws->error_text = ws->env = JS_UNDEFINED;
-    ws->buffer = JS_UNDEFINED;
+    ws->buffer = ws->probe = ws->same_body = JS_UNDEFINED;
     if (ws->rt) {
         JS_FreeRuntime(ws->rt); /* finalizes the tokens: drops their refs */
         ws->rt = NULL;
@@ -616,7 +624,7 @@ static void js_runtime_close(js_worker *ws)
     }
 }
 
-static void js_worker_free(js_worker *ws)
+void js_worker_free(js_worker *ws)
 {
     js_runtime_close(ws);
     js_cache_free(ws->cache);
@@ -684,6 +692,7 @@ static int js_load_prelude(js_worker *ws, char *err, size_t errlen)
         ws->filter_resp = JS_GetPropertyStr(ctx, o, "filterResponse");
         ws->error_text = JS_GetPropertyStr(ctx, o, "errorText");
         ws->buffer = JS_GetPropertyStr(ctx, o, "Buffer");
+        ws->probe = JS_GetPropertyStr(ctx, o, "probe");
     }
     JS_FreeValue(ctx, lib);
     JS_FreeValue(ctx, o);
@@ -768,11 +777,11 @@ static int js_run_script(js_worker *ws, char *err, size_t errlen)
 /* Creates WS's runtime and context and runs the prelude and the script's
  * top level (with its promise jobs) under a startup budget. Returns 0, or
  * -1 with the reason in ERR (WS then has no runtime). */
-static int js_runtime_open(js_worker *ws, char *err, size_t errlen)
+int js_runtime_open(js_worker *ws, char *err, size_t errlen)
 {
     const js_config *cfg = ws->cfg;
     ws->dispatch = ws->filter_req = ws->filter_resp = ws->error_text = ws->env = JS_UNDEFINED;
-    ws->buffer = JS_UNDEFINED;
+    ws->buffer = ws->probe = ws->same_body = JS_UNDEFINED;
     ws->rt = JS_NewRuntime2(&js_mem_funcs, ws);
     if (ws->rt == NULL) {
         snprintf(err, errlen, "cannot create a JavaScript runtime (out of memory)");
@@ -782,6 +791,8 @@ static int js_runtime_open(js_worker *ws, char *err, size_t errlen)
     JS_SetMaxStackSize(ws->rt, JS_STACK_SIZE);
     JS_SetInterruptHandler(ws->rt, js_interrupt, ws);
     JS_SetCanBlock(ws->rt, 0);
+    if (ws->exec)
+        js_exec_runtime_init(ws);
     js_module_loader_install(ws->rt);
     if (JS_NewClass(ws->rt, js_tok_class_id, &js_tok_class) != 0 ||
         js_crypto_runtime_init(ws->rt) != 0 || (ws->ctx = JS_NewContext(ws->rt)) == NULL) {
@@ -815,6 +826,80 @@ static int js_runtime_open(js_worker *ws, char *err, size_t errlen)
 }
 
 /*
+ * The static-response probe (prelude.js `probe`), in a worker's runtime
+ * right after the script's top level, before any request: the handler
+ * answers a GET http://localhost/ and then a POST http://localhost/other,
+ * with a request's cpu_limit and outside any request (fetch() and timers
+ * throw). When both answers are the same 200 with no header of their own
+ * and a whole body, they become a prepared response that js_handle sends
+ * without running JavaScript. NULL otherwise.
+ */
+static helios_prepared *js_probe(js_worker *ws)
+{
+    JSContext *ctx = ws->ctx;
+    if (!JS_IsFunction(ctx, ws->probe))
+        return NULL;
+    js_saved sv;
+    js_enter(ws, NULL, &sv);
+    JSValue out = JS_Call(ctx, ws->probe, JS_UNDEFINED, 1, (JSValueConst *)&ws->env);
+    if (JS_IsException(out))
+        JS_FreeValue(ctx, JS_GetException(ctx));
+    js_leave(ws, &sv); /* runs the promise jobs: a synchronous handler settles here */
+    helios_prepared *p = NULL;
+    JSValue done = JS_GetPropertyStr(ctx, out, "done");
+    JSValue res = JS_GetPropertyStr(ctx, out, "result");
+    if (JS_ToBool(ctx, done) == 1 && JS_IsObject(res)) {
+        JSValue ct = JS_GetPropertyStr(ctx, res, "ct");
+        JSValue body = JS_GetPropertyStr(ctx, res, "body");
+        const char *cts = JS_IsString(ct) ? JS_ToCString(ctx, ct) : NULL;
+        const char *hold = NULL;
+        const uint8_t *b;
+        size_t len;
+        if (js_bytes(ctx, body, &hold, &b, &len) == 0) {
+            const char *hdrs[2] = {"Content-Type", cts};
+            char err[256];
+            p = js_api->prepared_new(200, hdrs, cts ? 1 : 0, b, len, err, sizeof(err));
+            JS_FreeCString(ctx, hold);
+        } else {
+            JS_FreeValue(ctx, JS_GetException(ctx));
+        }
+        JS_FreeCString(ctx, cts);
+        JS_FreeValue(ctx, ct);
+        JS_FreeValue(ctx, body);
+    }
+    JS_FreeValue(ctx, done);
+    JS_FreeValue(ctx, res);
+    JS_FreeValue(ctx, out);
+    return p;
+}
+
+/* Keeps P until config_free (a response in flight may point into it after
+ * its worker let the generation go). 0, or -1 with P freed. */
+int js_keep_prepared(const js_config *cfgc, helios_prepared *p)
+{
+    js_config *cfg = (js_config *)cfgc; /* probed_lock guards the list */
+    js_probed *k = p ? malloc(sizeof(*k)) : NULL;
+    if (k == NULL) {
+        js_api->prepared_free(p);
+        return -1;
+    }
+    k->resp = p;
+    pthread_mutex_lock(&cfg->probed_lock);
+    k->next = cfg->probed;
+    cfg->probed = k;
+    pthread_mutex_unlock(&cfg->probed_lock);
+    return 0;
+}
+
+/* Runs the probe on WS and keeps what it found with the configuration. */
+static void js_worker_probe(js_worker *ws)
+{
+    helios_prepared *p = js_probe(ws);
+    if (p && js_keep_prepared(ws->cfg, p) == 0)
+        ws->probed = p;
+}
+
+/*
  * A script that cannot be initialised on a worker (a top level that is not
  * deterministic, or no memory) does not fail worker_init: that would make
  * the core answer 503 on every route of the worker. The instance stays,
@@ -844,6 +929,8 @@ int js_worker_init(void *cfgp, helios_worker *w, void **wstate)
     } else {
         rc = js_runtime_open(ws, err, sizeof(err));
     }
+    if (rc == 0 && cfg->probe)
+        js_worker_probe(ws);
     if (rc != 0) {
         ws->broken = 1;
         js_api->log(HELIOS_LOG_ERROR, JS_NAME,

@@ -90,7 +90,9 @@ static JSValue nat_log(JSContext *ctx, JSValueConst this_val, int argc, JSValueC
         return JS_EXCEPTION;
     if (level < HELIOS_LOG_ERROR || level > HELIOS_LOG_DEBUG)
         level = HELIOS_LOG_INFO;
-    if (!js_ws(ctx)->trial)
+    if (js_ws(ctx)->exec)
+        js_exec_log(js_ws(ctx), level, s);
+    else if (!js_ws(ctx)->trial)
         js_api->log(level, JS_NAME, "%s: console: %s", js_ws(ctx)->cfg->script, s);
     JS_FreeCString(ctx, s);
     return JS_UNDEFINED;
@@ -238,16 +240,70 @@ static int js_resp_head(JSContext *ctx, JSValueConst *argv, js_rq **rqp, int *st
 }
 
 /* hx.respond(tok, status, pairs, body, implied content type|null) -> true if sent */
+/*
+ * A string body handed over with no headers and the default Content-Type
+ * (hx.respond(tok, status, null, string, null)): when it is the very same
+ * JS string as the worker's previous such response (a literal is one atom:
+ * `new Response('Hello')` answers it every time), the response is prepared
+ * once (prepared_new, kept until config_free, one per worker) and then sent
+ * with respond_prepared, without converting the string or validating the
+ * header again. Bounded: the worker holds one string and one response.
+ */
+#define JS_SAME_MAX (64u * 1024)
+
+static int js_same_candidate(JSValueConst *argv)
+{
+    return JS_IsNull(argv[2]) && JS_IsNull(argv[4]) && JS_VALUE_GET_TAG(argv[3]) == JS_TAG_STRING;
+}
+
+static int js_same_hit(js_worker *ws, int status, JSValueConst body)
+{
+    return ws->same_resp && status == ws->same_status &&
+           JS_VALUE_GET_PTR(body) == JS_VALUE_GET_PTR(ws->same_body);
+}
+
+/* After a response sent the normal way: remember BODY, or prepare it when
+ * it was the previous one too. */
+static void js_same_note(js_worker *ws, int status, JSValueConst body, const uint8_t *p, size_t len)
+{
+    JSContext *ctx = ws->ctx;
+    if (ws->same_resp || len > JS_SAME_MAX || status == 204 || status == 304)
+        return;
+    if (JS_VALUE_GET_TAG(ws->same_body) != JS_TAG_STRING ||
+        JS_VALUE_GET_PTR(body) != JS_VALUE_GET_PTR(ws->same_body) || status != ws->same_status) {
+        JS_FreeValue(ctx, ws->same_body);
+        ws->same_body = JS_DupValue(ctx, body);
+        ws->same_status = status;
+        return;
+    }
+    static const char *const hdrs[2] = {"Content-Type", "text/plain;charset=UTF-8"};
+    helios_prepared *r = js_api->prepared_new(status, hdrs, 1, p, len, NULL, 0);
+    if (r && js_keep_prepared(ws->cfg, r) == 0)
+        ws->same_resp = r;
+}
+
 static JSValue nat_respond(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv)
 {
     (void)this_val;
     (void)argc;
     js_rq *rq;
     int status;
+    /* a string body answered the same way as last time: prepared once */
+    int same = js_same_candidate(argv);
+    rq = js_tok_rq(argv[0]);
+    if (same && rq != NULL && rq->r != NULL && !rq->responded &&
+        JS_VALUE_GET_TAG(argv[1]) == JS_TAG_INT &&
+        js_same_hit(rq->ws, JS_VALUE_GET_INT(argv[1]), argv[3])) {
+        if (js_api->respond_prepared(rq->r, rq->ws->same_resp) != 0)
+            return JS_ThrowTypeError(ctx, "the response could not be sent");
+        js_rq_settle(rq, HELIOS_RESPONDED);
+        return JS_TRUE;
+    }
     js_resp_hdrs h;
     int hr = js_resp_head(ctx, argv, &rq, &status, &h);
     if (hr != 0)
         return hr > 0 ? JS_FALSE : JS_EXCEPTION;
+    js_worker *ws = rq->ws;
     const char *hold;
     const uint8_t *p;
     size_t len;
@@ -264,6 +320,8 @@ static JSValue nat_respond(JSContext *ctx, JSValueConst this_val, int argc, JSVa
     if (status == 204 || status == 304)
         len = 0;
     int rc = js_api->respond(rq->r, status, ctype, p, len);
+    if (rc == 0 && same)
+        js_same_note(ws, status, argv[3], p, len);
     JS_FreeCString(ctx, hold);
     JS_FreeCString(ctx, implied);
     free(h.ctype);

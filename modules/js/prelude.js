@@ -945,13 +945,9 @@ class Request {
         }
     }
     static _incoming(tok) {
+        /* one own property; the rest are the prototype's defaults (below) */
         const r = Object.create(Request.prototype);
         r._t = tok;
-        r._url = undefined;
-        r._m = undefined;
-        r._h = null;
-        r._b = undefined;
-        r._ct = null; /* _used starts undefined: one property less to add */
         return r;
     }
     get url() { return this._url === undefined ? (this._url = hx.url(this._t)) : this._url; }
@@ -970,31 +966,37 @@ class Request {
     }
 }
 define('Request', Request);
+for (const [k, v] of [['_t', null], ['_url', undefined], ['_m', undefined], ['_h', null], ['_b', undefined],
+    ['_ct', null]])
+    Object.defineProperty(Request.prototype, k, { value: v, writable: true, configurable: true });
 
 const NULL_BODY_STATUS = [101, 204, 205, 304];
 
 class Response {
     constructor(body, init) {
-        init = init || {};
-        const status = init.status === undefined ? 200 : Number(init.status);
-        if (!(status >= 200 && status <= 599) || status !== Math.floor(status))
-            throw new RangeError('Response: status must be an integer from 200 to 599, not ' + init.status);
+        /* Only what differs from the prototype's defaults (below) becomes
+         * an own property: `new Response('text')` adds two (status, _b),
+         * which fit the object's first property array (no resize). */
+        let status = 200;
+        if (init !== undefined && init !== null) {
+            if (init.status !== undefined) {
+                status = Number(init.status);
+                if (!(status >= 200 && status <= 599) || status !== Math.floor(status))
+                    throw new RangeError('Response: status must be an integer from 200 to 599, not ' + init.status);
+            }
+            if (init.statusText !== undefined) this.statusText = String(init.statusText);
+            if (init.headers !== undefined) this._hi = init.headers;
+        }
         this.status = status;
-        this.statusText = init.statusText === undefined ? '' : String(init.statusText);
-        this._hi = init.headers;
-        this._h = null;
-        if (typeof body === 'string') { /* the common case, without an array */
+        if (typeof body === 'string') { /* the common case: _ct is the prototype's TEXT_PLAIN */
             this._b = body;
-            this._ct = TEXT_PLAIN;
         } else {
             const x = extractBody(body);
             this._b = x[0];
             this._ct = x[1];
         }
-        if (this._b !== null && NULL_BODY_STATUS.includes(status))
+        if (status !== 200 && this._b !== null && NULL_BODY_STATUS.includes(status))
             throw new TypeError('Response: a ' + status + ' response cannot have a body');
-        this.url = '';
-        this.redirected = false;
     }
     get type() { return 'default'; }
     get ok() { return this.status >= 200 && this.status < 300; }
@@ -1040,6 +1042,10 @@ class Response {
     }
 }
 define('Response', Response);
+/* defaults read through the prototype until an instance sets its own */
+for (const [k, v] of [['statusText', ''], ['_hi', undefined], ['_h', null], ['_ct', TEXT_PLAIN],
+    ['url', ''], ['redirected', false]])
+    Object.defineProperty(Response.prototype, k, { value: v, writable: true, configurable: true });
 
 /* Body's members on both (a mixin, as in the Fetch standard: no super()
  * call on the hot path of `new Response(...)`) */
@@ -1074,7 +1080,7 @@ define('fetch', function fetch(input, init) {
     const send = (b) => {
         const [p, i] = hx.fetch(req._t, u.hostname, req.method, u.pathname + u.search,
             req._h === null && req._t === null ? null : req.headers._l, b === undefined ? null : b,
-            u.host, body.sink);
+            u.host, body.sink, u.protocol, init !== undefined && init !== null && init.redirect === 'follow');
         id = i;
         return p;
     };
@@ -1100,16 +1106,28 @@ define('fetch', function fetch(input, init) {
 const listeners = [];
 
 class FetchEvent {
+    /* two own properties (no resize of the property array): the request
+     * is made when first asked for, into the prototype's _q (null) */
     constructor(request, tok) {
-        this.type = 'fetch';
-        this.request = request;
         this._tok = tok;
         this._r = undefined;
+        if (request !== null) this._q = request;
     }
+    get type() { return 'fetch'; }
+    get request() { return this._q === null ? (this._q = Request._incoming(this._tok)) : this._q; }
     respondWith(r) {
         if (this._r !== undefined) throw new DOMException('respondWith was already called', 'InvalidStateError');
         this._r = r;
     }
+    waitUntil(p) { waitUntil(this._tok, p); }
+    passThroughOnException() {}
+}
+Object.defineProperty(FetchEvent.prototype, '_q', { value: null, writable: true, configurable: true });
+
+/* the `ctx` of `export default { fetch(request, env, ctx) }`: methods on
+ * the prototype, not two closures per request */
+class ExecutionContext {
+    constructor(tok) { this._tok = tok; }
     waitUntil(p) { waitUntil(this._tok, p); }
     passThroughOnException() {}
 }
@@ -1137,6 +1155,11 @@ function finish(tok, r) {
             ', not a Response'));
         return;
     }
+    sendResponse(tok, r);
+}
+
+/* R is a Response */
+function sendResponse(tok, r) {
     try {
         if (typeof r._b === 'object' && r._b !== null && !(r._b instanceof ArrayBuffer)) {
             if (streamHooks.isStream(r._b)) {
@@ -1157,28 +1180,90 @@ function finish(tok, r) {
 }
 
 function dispatch(tok, env) {
-    const req = Request._incoming(tok);
     const mod = G.__helios_default;
     let result;
     if (mod !== undefined && mod !== null && typeof mod.fetch === 'function') {
-        result = mod.fetch(req, env, { waitUntil: p => waitUntil(tok, p), passThroughOnException() {} });
+        result = mod.fetch(Request._incoming(tok), env, new ExecutionContext(tok));
     } else if (listeners.length) {
-        const ev = new FetchEvent(req, tok);
-        for (const l of listeners) {
-            l.call(G, ev);
+        const ev = new FetchEvent(null, tok);
+        for (let i = 0; i < listeners.length; i++) {
+            listeners[i].call(G, ev);
             if (ev._r !== undefined) break;
         }
         /* no respondWith: pass the request to the route's upstream */
-        result = ev._r === undefined ? G.fetch(req) : ev._r;
+        result = ev._r === undefined ? G.fetch(ev.request) : ev._r;
     } else {
         throw new Error('the script has no fetch handler: call addEventListener("fetch", ...) ' +
             'or export default { fetch(request, env, ctx) { ... } }');
     }
     if (result instanceof Response) {
-        finish(tok, result);
+        sendResponse(tok, result);
         return;
     }
     Promise.resolve(result).then(r => finish(tok, r), e => hx.fail(tok, e));
+}
+
+/* ---- the static-response probe (js_runtime.c js_probe; README "Static-response probe") ----
+ * Called once per worker runtime, before its first request: a GET
+ * http://localhost/ and then a POST http://localhost/other. OUT.result is
+ * {ct, body} when both answered the same 200 with no header other than the
+ * Content-Type their body implies and a body held whole, and the handler
+ * neither read its request (a handler that routes on the path or reads a
+ * header is not static, whatever these two answers are) nor called
+ * waitUntil (work after the response); otherwise it stays null. OUT.done
+ * tells the caller that the probe settled. */
+function probeOne(env, req, seen) {
+    /* any property read on the request marks the handler as dynamic */
+    const p = new Proxy(req, {
+        get(t, k) {
+            seen.request = true;
+            const v = Reflect.get(t, k, t);
+            return typeof v === 'function' ? v.bind(t) : v;
+        },
+    });
+    const wait = () => { seen.wait = true; };
+    const mod = G.__helios_default;
+    if (mod !== undefined && mod !== null && typeof mod.fetch === 'function')
+        return mod.fetch(p, env, { waitUntil: wait, passThroughOnException() {} });
+    const ev = new FetchEvent(p, null);
+    ev.waitUntil = wait;
+    for (const l of listeners) {
+        l.call(G, ev);
+        if (ev._r !== undefined) break;
+    }
+    return ev._r; /* undefined (passed upstream): not static */
+}
+
+function probeStatic(r) {
+    if (!(r instanceof Response) || r.status !== 200) return null;
+    if (r._b !== null && typeof r._b !== 'string' && !(r._b instanceof ArrayBuffer)) return null;
+    const pairs = headerPairs(r);
+    if (pairs !== null && pairs.some(([n, v]) => n !== 'content-type' || v !== r._ct)) return null;
+    return { ct: r._ct, body: r._b === null ? '' : r._b };
+}
+
+function sameBody(a, b) {
+    if (typeof a === 'string' || typeof b === 'string') return a === b;
+    if (a.byteLength !== b.byteLength) return false;
+    const x = new Uint8Array(a), y = new Uint8Array(b);
+    return x.every((v, i) => v === y[i]);
+}
+
+function probe(env) {
+    const out = { done: false, result: null };
+    const mod = G.__helios_default;
+    if (!listeners.length && !(mod !== undefined && mod !== null && typeof mod.fetch === 'function')) {
+        out.done = true;
+        return out;
+    }
+    const seen = { request: false, wait: false };
+    const run = (method, url) => new Promise(res => res(probeOne(env, new Request(url, { method }), seen)));
+    run('GET', 'http://localhost/').then(a => run('POST', 'http://localhost/other').then(b => {
+        const x = probeStatic(a), y = probeStatic(b);
+        if (x !== null && y !== null && x.ct === y.ct && sameBody(x.body, y.body) && !seen.request && !seen.wait)
+            out.result = x;
+    })).catch(() => {}).finally(() => { out.done = true; });
+    return out;
 }
 
 /* ---- filter mode: onRequest(request, env) / onResponse(response, env) ---- */
@@ -1225,5 +1310,5 @@ function filterResponse(tok, env, status) {
 const lib = { define, DOMException, INSPECT, quote, wrap, inspect, ctorName, extractors, bodyText, bodyBuffer,
     streamHooks, Request, Response, Headers, formDecode, parseQuery };
 
-return { dispatch, filterRequest, filterResponse, errorText, Buffer, lib };
+return { dispatch, filterRequest, filterResponse, errorText, Buffer, probe, lib };
 })

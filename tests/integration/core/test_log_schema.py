@@ -27,7 +27,7 @@ from conftest import (
 FIELDS = [
     "time", "request_id", "connection_id", "client", "method", "path", "protocol", "status",
     "bytes_in", "bytes_out", "duration_ms", "route", "upstream", "backend", "upstream_ms",
-    "upstream_ttfb_ms", "tries", "backend_health", "breaker", "tls", "cipher", "aborted",
+    "upstream_ttfb_ms", "tries", "backend_health", "breaker", "tls", "cipher", "worker", "aborted",
 ]
 
 
