@@ -196,8 +196,8 @@ static void js_serve_write(FILE *f, const js_serve_opts *o, const char *script, 
     snprintf(addr, sizeof(addr), "%s%s%s:%ld", v6 ? "[" : "", o->ip, v6 ? "]" : "", o->port);
     js_yq(f, addr);
     fputc('\n', f);
-    /* TODO(issue 19 item 4): emit `dispatch: POLICY` here once listeners have the key */
-    (void)policy;
+    if (policy[0] != '\0') /* else the listener's default (reuseport, D63) */
+        fprintf(f, "    dispatch: %s\n", policy);
     if (cert) {
         fputs("    tls:\n      alpn: [h2, http/1.1]\n      certificates:\n        - cert: ", f);
         js_yq(f, cert);

@@ -42,7 +42,7 @@ static const struct {
      * req_body_pause, subreq_pause); stats (helios_req_stats gains
      * upstream TTFB, backend health and breaker, connection id, TLS
      * version and cipher; ctl_upstream_panic) */
-    {1, 3, 0x0u},
+    {1, 3, 0x80bc72086d696550u},
 };
 #define ABI_HISTORY_LEN (sizeof(abi_history) / sizeof(abi_history[0]))
 

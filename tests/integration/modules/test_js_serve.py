@@ -146,7 +146,7 @@ def test_serve_print_config_is_a_valid_configuration(tmp_path):
             "--shutdown-timeout", "5", "--no-probe", "--policy", "round-robin", "--print-config")
     assert r.returncode == 0, r.stderr
     for line in ('address: "[::1]:8443"', "workers: 2", "shutdown: 5s", "probe: false",
-                 "alpn: [h2, http/1.1]", 'Alt-Svc: "h3=\\":443\\""'):
+                 "dispatch: round_robin", "alpn: [h2, http/1.1]", 'Alt-Svc: "h3=\\":443\\""'):
         assert line in r.stdout, r.stdout
     conf = tmp_path / "serve.yaml"
     conf.write_text(r.stdout)
