@@ -21,6 +21,7 @@ from conftest import (
     free_port,
     is_sanitizer_build,
     make_config,
+    raw,
     run_config_check,
     write_config_file,
 )
@@ -278,6 +279,31 @@ def test_abi_1_0_module_loads_and_serves_in_a_newer_core(heliosd):
         r"loaded module abi10 0\.0\.0 \(ABI 1\.0\) from " + re.escape(module_path("abi10")),
         h.stderr(),
     ), h.stderr()
+
+
+def test_abi_1_1_module_keeps_its_contract(heliosd):
+    """abi11 claims ABI 1.1 (descriptor without `commands`, a filter and a
+    handler with on_done) and reads req_stats with the 1.1 struct size: the
+    core writes nothing past it, calls on_done for every request, and gives
+    its on_log routed requests only (a 404 and a 400 no route took reach
+    on_log of modules built for 1.3 or later only)."""
+    if not (TEST_MODULE_DIR / "abi11.so").exists():
+        pytest.fail(f"test modules not built in {TEST_MODULE_DIR}")
+    assert MINOR >= 3, "abi11 probes fields appended in ABI 1.3"
+    port = free_port()
+    cfg = make_config(port, [{"name": "old", "match": {"prefix": "/a"}, "handler": "abi11"}],
+                      modules=[{"module": "abi11"}])
+    h = heliosd(cfg, extra_args=("-m", str(TEST_MODULE_DIR)))
+    for n in (0, 1):
+        status, _, body = h.get("/a")
+        assert (status, body) == (200, b"abi 1.1 %d\n" % n), body
+    assert h.get("/elsewhere")[0] == 404
+    assert raw(port, b"GET / HTTP/1.1\r\nHost: a\r\nBad Header\r\n\r\n").startswith(b"HTTP/1.1 400")
+    status, _, body = h.get("/a")
+    assert (status, body) == (200, b"abi 1.1 2\n"), body
+    assert re.search(r"loaded module abi11 0\.0\.0 \(ABI 1\.1\) from " +
+                     re.escape(module_path("abi11")), h.stderr()), h.stderr()
+    assert "BUG" not in h.stderr(), h.stderr()
 
 
 def test_abi_1_2_balancer_loads_and_keeps_its_contract(heliosd, backend):
