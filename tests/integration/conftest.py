@@ -20,4 +20,4 @@ the repository root).
 """
 
 from helpers import *  # noqa: F401,F403 - the helpers' public API, for test files
-from helpers.fixtures import backend, backends, check_config, heliosd  # noqa: F401 - registers them
+from helpers.fixtures import backend, backends, check_config, heliosd, small_quarantine  # noqa: F401 - registers them

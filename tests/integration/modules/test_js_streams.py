@@ -447,17 +447,6 @@ def test_a_request_body_waits_for_its_reader(heliosd, tmp_path, http2):
 BIG = 100 * 1024 * 1024
 
 
-@pytest.fixture
-def small_quarantine(monkeypatch):
-    """Under ASan, freed memory waits in a 256 MiB quarantine before it is
-    reused, and RSS counts it: a transfer that copies each byte a few times
-    would pass any bound there. A 4 MiB quarantine keeps the RSS bound a
-    measure of heliosd's own buffering (heliosd inherits the environment)."""
-    if is_sanitizer_build():
-        cur = os.environ.get("ASAN_OPTIONS", "")
-        monkeypatch.setenv("ASAN_OPTIONS", (cur + ":" if cur else "") + "quarantine_size_mb=4")
-
-
 def _peak_rss_growth(h, fn):
     """Runs FN while sampling heliosd's RSS; returns the peak growth in KiB."""
     before = rss_kb(h.pid)
