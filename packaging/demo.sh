@@ -17,10 +17,19 @@ else
     dir=$(sh packaging/build.sh | tail -n 1)
 fi
 pids=""
+# admin API changes persist in $STATE_DIRECTORY/state.json (state_file:):
+# for the demo a directory of this run's own, so changes survive a reload
+# (kill -HUP) but every demo starts from conf.d/ as the README describes
+own_state=""
+if [ -z "${STATE_DIRECTORY:-}" ]; then
+    STATE_DIRECTORY=$(mktemp -d "${TMPDIR:-/tmp}/helios-demo.XXXXXX")
+    own_state=$STATE_DIRECTORY
+fi
 cleanup() {
     # shellcheck disable=SC2086
     [ -n "$pids" ] && kill $pids 2>/dev/null
     wait 2>/dev/null || true
+    [ -z "$own_state" ] || rm -rf "$own_state"
 }
 trap cleanup EXIT INT TERM
 for spec in demo-a:9001 demo-b:9002; do
@@ -42,8 +51,6 @@ echo
 echo "Then try (Ctrl-C stops the demo):"
 sed -n '/<!-- try:begin -->/,/<!-- try:end -->/p' README.md | grep -v '^<!--' | grep -v '^```'
 echo
-# admin API changes persist in $STATE_DIRECTORY/state.json (state_file:):
-# the build directory, not /var/lib/helios, for the demo
-STATE_DIRECTORY=${STATE_DIRECTORY:-$(cd "$dir" && pwd)} "$dir/heliosd" -c conf.d &
+STATE_DIRECTORY=$STATE_DIRECTORY "$dir/heliosd" -c conf.d &
 pids="$pids $!"
 wait $!
