@@ -858,11 +858,7 @@ static int local_head(hx_req *r, int status, const char *ctype)
         hx_hdrs_remove(&r->rhdrs, "content-type");
         hx_hdrs_add(&r->arena, &r->rhdrs, "Content-Type", 12, ctype, strlen(ctype));
     }
-    if (hx_hdrs_get(&r->rhdrs, "date").ptr == NULL) {
-        const char *d = hx_worker_date(r->w);
-        hx_hdrs_add(&r->arena, &r->rhdrs, "Date", 4, d, strlen(d));
-    }
-    return 0;
+    return 0; /* Date: hx_resp_begin, like every final response */
 }
 
 int hx_req_respond(hx_req *r, int status, const char *ctype, const void *body, size_t len)
