@@ -16,9 +16,10 @@
  * Lifetime: shards and series live in a store that outlives configuration
  * generations (the module is never unloaded). A reload with the same
  * `buckets` reuses the store, so counters carry on and Prometheus sees no
- * reset; a reload that changes `buckets` starts a new store (a reset, since
- * the histograms' shape changed). The store is freed with the last
- * generation using it.
+ * reset; a reload that changes `buckets` starts a new store, whose
+ * histograms start empty (their shape changed). The counters carry on: a
+ * scrape adds those of older stores, live or retired (mx_collect). A store
+ * is freed with the last generation using it, its counters kept.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
