@@ -1362,7 +1362,10 @@ static void parse_routes(build *b, const hx_conf_node *root)
 
 static void (*gen_free_hook)(hx_gen *g);
 
-void hx_gen_set_free_hook(void (*fn)(hx_gen *g)) { gen_free_hook = fn; }
+void hx_gen_set_free_hook(void (*fn)(hx_gen *g))
+{
+    gen_free_hook = fn;
+}
 
 static void gen_free(hx_gen *g, int free_tree)
 {

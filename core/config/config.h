@@ -84,8 +84,6 @@ typedef struct hx_upstream {
     unsigned panic_threshold;   /* % of healthy backends below which health is ignored */
     _Atomic int panicking;           /* the last pick was in panic mode */
     _Atomic uint64_t panic_entries;  /* times panic mode began (metrics) */
-    int panic_handed;                /* as hx_backend.handed, main thread */
-    uint64_t panic_handed_at;
     /* retries (upstream.c) */
     unsigned retry_tries;      /* attempts in all, first included */
     unsigned retry_on;         /* HX_RETRY_* bits */
@@ -96,6 +94,10 @@ typedef struct hx_upstream {
     int protocol;              /* HX_PROTO_* */
     struct hx_uptls *tls;      /* TLS to the backends, or NULL */
     const hx_conf_node *node;
+    /* panic_entries as handed to the next generation (as hx_backend.handed;
+     * main thread, runtime/state.c) */
+    int panic_handed;
+    uint64_t panic_handed_at;
 } hx_upstream;
 
 enum { HX_PROTO_HTTP1 = 0, HX_PROTO_H2 = 1 };

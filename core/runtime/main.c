@@ -604,8 +604,8 @@ static int test_main(const char *conf)
         rc = 1;
     } else {
         if (log_file_ok("logging.error_log", g->logging.error_log) != 0 ||
-            log_file_ok("logging.access_log", g->logging.access_enabled ? g->logging.access_log
-                                                                        : NULL) != 0 ||
+            log_file_ok("logging.access_log",
+                        g->logging.access_enabled ? g->logging.access_log : NULL) != 0 ||
             hx_state_check(g, state, sizeof(state)) != 0)
             rc = 1;
         else

@@ -543,6 +543,12 @@ long mx_collect(mx_store *st, int backends, mx_agg **out, uint64_t **hist_out, u
     return (long)x.n;
 }
 
-void mx_scrape_lock(void) { pthread_mutex_lock(&mx_stores_lock); }
+void mx_scrape_lock(void)
+{
+    pthread_mutex_lock(&mx_stores_lock);
+}
 
-void mx_scrape_unlock(void) { pthread_mutex_unlock(&mx_stores_lock); }
+void mx_scrape_unlock(void)
+{
+    pthread_mutex_unlock(&mx_stores_lock);
+}
