@@ -223,7 +223,8 @@ def test_reloads_during_traffic_never_lower_a_counter(tmp_path, heliosd, backend
     for t in threads:
         t.join(60)
     assert not errors, errors
-    assert sorted(set(answered)) == [200, 504], answered
+    # (a 100 ms answer may time out too on a very busy machine: counted as such)
+    assert set(answered) <= {200, 504} and 504 in answered, answered
     n, failed = len(answered), answered.count(504)
     # what old generations counted after handing over is added when they
     # end (their last request done): wait for that, then exact totals
