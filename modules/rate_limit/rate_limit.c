@@ -25,7 +25,9 @@
  * so several heliosd instances enforce one limit. Each worker owns one
  * hiredis async connection on its libev loop; the request PAUSEs until the
  * reply, a per-request timer or a connection error, and then `on_error`
- * decides: allow (fail open) or deny (503). Nothing blocks a worker.
+ * decides: allow (fail open) or deny (503). Nothing blocks a worker. A
+ * generation's requests wait for its first connection (start, reload)
+ * rather than taking on_error for the moment after each reload.
  */
 #define _POSIX_C_SOURCE 200809L
 
@@ -752,6 +754,8 @@ typedef struct rl_worker {
     uint64_t backoff_ms;
     uint64_t last_log_ms;
     unsigned long suppressed; /* error lines not written since last_log_ms */
+    int ever_connected;       /* 0 during the generation's first connect */
+    struct rl_req *waiting;   /* requests waiting for that first connect */
 } rl_worker;
 
 /* Per-request record. In shared mode it lives outside the request arena
@@ -759,13 +763,14 @@ typedef struct rl_worker {
  * freed when both on_log has run (done) and Redis has answered. */
 typedef struct rl_req {
     rl_verdict v;
-    int have_verdict; /* add RateLimit-* to the response */
-    int heap;         /* malloc'd (shared mode) */
-    int done;         /* on_log ran: the request must not be touched */
-    int in_redis;     /* a command with this record as privdata is pending */
-    int settled;      /* resumed already (reply, timeout or error) */
-    int busy;         /* rl_finish is answering: on_log must not free */
-    int used_eval;    /* the script text was sent (EVAL), no more fallback */
+    int have_verdict;            /* add RateLimit-* to the response */
+    int heap;                    /* malloc'd (shared mode) */
+    int done;                    /* on_log ran: the request must not be touched */
+    int in_redis;                /* a command with this record as privdata is pending */
+    int settled;                 /* resumed already (reply, timeout or error) */
+    int busy;                    /* rl_finish is answering: on_log must not free */
+    int used_eval;               /* the script text was sent (EVAL), no more fallback */
+    struct rl_req *next_waiting; /* in ws->waiting (in_redis is set meanwhile) */
     uint64_t key;
     helios_request *req;
     rl_worker *ws;
@@ -818,13 +823,44 @@ static void rl_script_loaded(redisAsyncContext *ac, void *reply, void *priv)
     }
 }
 
+static void rl_finish(rl_req *rr, int error, const char *what, const char *detail);
+static int rl_send(rl_req *rr);
+static void rl_req_release(rl_req *rr);
+
+/* The generation's first connect ended: the requests that waited for it
+ * are sent, or get on_error. Called with ws->connected set or not. */
+static void rl_flush_waiting(rl_worker *ws, const char *err)
+{
+    rl_req *rr = NULL;
+    while (ws->waiting != NULL) { /* pushed in front: reverse, oldest first */
+        rl_req *w = ws->waiting;
+        ws->waiting = w->next_waiting;
+        w->next_waiting = rr;
+        rr = w;
+    }
+    while (rr != NULL) {
+        rl_req *next = rr->next_waiting;
+        rr->next_waiting = NULL;
+        rr->in_redis = 0;
+        if (rr->done || rr->settled)
+            rl_req_release(rr); /* ended, or timed out, while waiting */
+        else if (err != NULL)
+            rl_finish(rr, 1, "connect failed", err);
+        else if (rl_send(rr) != 0)
+            rl_finish(rr, 1, "send failed", ws->ac ? ws->ac->errstr : "");
+        rr = next;
+    }
+}
+
 static void rl_connected(const redisAsyncContext *ac, int status)
 {
     rl_worker *ws = ac->data;
+    ws->ever_connected = 1;
     if (status != REDIS_OK) {
         rl_log_error(ws, "connect failed", ac->errstr);
         ws->ac = NULL; /* hiredis frees it after this callback */
         ws->connected = 0;
+        rl_flush_waiting(ws, ac->errstr);
         rl_schedule_reconnect(ws);
         return;
     }
@@ -833,6 +869,7 @@ static void rl_connected(const redisAsyncContext *ac, int status)
     api->log(HELIOS_LOG_INFO, RL_NAME, "worker %u connected to redis %s:%d",
              api->worker_index(ws->w), ws->cfg->redis_host, ws->cfg->redis_port);
     redisAsyncCommand(ws->ac, rl_script_loaded, ws, "SCRIPT LOAD %s", rl_lua);
+    rl_flush_waiting(ws, NULL); /* EVAL: the SHA is not known yet */
 }
 
 static void rl_disconnected(const redisAsyncContext *ac, int status)
@@ -896,6 +933,12 @@ static void rl_worker_fini(void *cfg, helios_worker *w, void *wstate)
     ev_timer_stop(ws->loop, &ws->retry);
     if (ws->ac != NULL)
         redisAsyncFree(ws->ac); /* pending callbacks run with a NULL reply */
+    /* requests of this generation have all ended: waiting ones are done */
+    for (rl_req *rr = ws->waiting, *next; rr != NULL; rr = next) {
+        next = rr->next_waiting;
+        rr->in_redis = 0;
+        rl_req_release(rr);
+    }
     free(ws);
 }
 
@@ -1035,6 +1078,16 @@ static int rl_shared(helios_ctx *c, rl_config *cfg, uint64_t key)
     rr->req = c->req;
     rr->ws = ws;
     *c->rstate = rr;
+    if (ws->ac != NULL && !ws->connected && !ws->ever_connected) {
+        /* The generation's first connect (start, reload) is under way:
+         * wait for it, up to timeout, instead of letting on_error admit
+         * everyone for the moment after each reload. */
+        rr->in_redis = 1;
+        rr->next_waiting = ws->waiting;
+        ws->waiting = rr;
+        rr->timer = api->timer_add(c->worker, cfg->timeout_ms, rl_timeout, rr);
+        return HELIOS_PAUSE;
+    }
     if (ws->ac == NULL || !ws->connected) {
         rr->settled = 1;
         return rl_on_error(rr, "not connected", "reconnecting");

@@ -4,6 +4,8 @@ admin API's POST /v1/reload (each with an unrelated change), and after a
 reload that failed; a changed rate applies to the kept buckets (the
 requests a client owes carry over, whether the rate goes up or down); a
 removed then re-added policy and a renamed zone start with full buckets;
+the Redis-shared mode answers from Redis, not on_error, right after a
+reload (the new generation's requests wait for its first connection);
 and reloads under traffic (rate, max_keys, removal, a failing reload)
 answer only 200 or 429, with no crash and (in the ASan build) no leak or
 sanitizer report at teardown.
@@ -20,7 +22,7 @@ from collections import Counter
 
 from conftest import free_port, make_config, static_route, wait_for
 from test_admin_api import Admin, admin_module, mint, write_secret
-from test_rate_limit import KeepAlive, burst
+from test_rate_limit import KeepAlive, burst, redis_server  # noqa: F401 (a fixture)
 
 
 def rl(**config):
@@ -218,3 +220,28 @@ def test_reloads_under_traffic(heliosd):
     assert not errors, errors[:3]
     assert set(counts) <= {200, 429} and counts[200] > 0 and counts[429] > 0, counts
     assert h.alive()
+
+
+def test_shared_mode_right_after_reload_asks_redis(heliosd, redis_server):  # noqa: F811
+    port = free_port()
+    lim = rl(rate=0.05, burst=2, redis={"address": f"127.0.0.1:{redis_server}",
+                                        "timeout": "1s", "on_error": "allow"})
+    h = heliosd(config(port, "g1", [lim], workers=2))
+    wait_for(lambda: h.stderr().count("connected to redis") >= 2, 15, what="redis connections")
+    assert statuses(port, 3) == [200, 200, 429]
+    # every request from the reload on: the old generation, or the new one
+    # once its own connection is up, never on_error's allow in between
+    c = KeepAlive(port)
+    seen = Counter()
+    try:
+        for n in range(2, 5):
+            h.reload(config(port, f"g{n}", [lim], workers=2))
+            end = time.monotonic() + 1.0
+            while time.monotonic() < end:
+                seen[c.request("/")[0]] += 1
+            wait_marker(port, f"g{n}")
+    finally:
+        c.close()
+    print(f"statuses across 3 reloads in shared mode: {dict(seen)}")
+    assert seen[429] > 0 and set(seen) == {429}, seen
+    assert "applying on_error" not in h.stderr(), h.stderr()[-2000:]
