@@ -855,6 +855,8 @@ static void rl_flush_waiting(rl_worker *ws, const char *err)
 static void rl_connected(const redisAsyncContext *ac, int status)
 {
     rl_worker *ws = ac->data;
+    if (ws == NULL)
+        return; /* worker_fini detached it */
     ws->ever_connected = 1;
     if (status != REDIS_OK) {
         rl_log_error(ws, "connect failed", ac->errstr);
@@ -875,6 +877,8 @@ static void rl_connected(const redisAsyncContext *ac, int status)
 static void rl_disconnected(const redisAsyncContext *ac, int status)
 {
     rl_worker *ws = ac->data;
+    if (ws == NULL)
+        return; /* worker_fini detached it */
     ws->ac = NULL;
     ws->connected = 0;
     ws->sha[0] = '\0';
@@ -931,8 +935,14 @@ static void rl_worker_fini(void *cfg, helios_worker *w, void *wstate)
         return;
     ws->closing = 1;
     ev_timer_stop(ws->loop, &ws->retry);
-    if (ws->ac != NULL)
+    if (ws->ac != NULL) {
+        /* fini may run inside a hiredis callback (the generation's last
+         * request ended in rl_reply): hiredis then frees the context, and
+         * calls rl_disconnected, only after that callback returns, when
+         * WS is gone. Detached, the late callback does nothing. */
+        ws->ac->data = NULL;
         redisAsyncFree(ws->ac); /* pending callbacks run with a NULL reply */
+    }
     /* requests of this generation have all ended: waiting ones are done */
     for (rl_req *rr = ws->waiting, *next; rr != NULL; rr = next) {
         next = rr->next_waiting;
