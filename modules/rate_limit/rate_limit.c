@@ -655,8 +655,8 @@ static uint64_t rl_rescale(const rl_config *cfg, uint64_t raw, uint64_t now)
     return debt >= (double)cfg->cap_us ? now + cfg->cap_us : now + (uint64_t)debt;
 }
 
-/* GCRA step shared by both modes' semantics (the Lua script mirrors it).
- * *TAT is tagged with its rate (local mode) or tag 0 (shared mode). */
+/* GCRA step of local mode (the Lua script mirrors it for shared mode).
+ * *TAT carries the tag of the rate it was counted at. */
 static void rl_gcra(const rl_config *cfg, uint64_t *tat, uint64_t now, rl_verdict *v)
 {
     uint64_t t = *tat & RL_TAT_MASK;
