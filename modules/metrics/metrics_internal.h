@@ -104,6 +104,9 @@ typedef struct mx_config {
     char listen[128];
     char *path;
     struct MHD_Daemon *daemon;       /* service start .. stop */
+    atomic_int stopping;             /* stop() began: answers say Connection: close */
+    atomic_long active;              /* requests between intake and completion */
+    atomic_long fresh;               /* connections accepted, no request begun yet */
     helios_prometheus_export export; /* listen: admin */
 } mx_config;
 
@@ -161,5 +164,9 @@ int mx_render(void *ctx, char **out, size_t *len);
 
 int mx_start(void *cfg);
 void mx_stop(void *cfg);
+/* The own listener's address is wanted by C (config_new) / no longer
+ * (config_free): what lets stop() hand the socket to the next generation. */
+void mx_listen_claim(mx_config *c);
+void mx_listen_unclaim(mx_config *c);
 
 #endif
