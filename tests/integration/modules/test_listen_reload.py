@@ -20,7 +20,7 @@ import time
 from conftest import free_port, make_config, static_route, wait_for
 from test_admin_api import admin_module, mint, write_secret
 
-N_MAX = 400  # requests per client at most
+N_MAX = 600  # requests per client at most (paced: 2 ms apart)
 TOKEN = mint()
 
 
@@ -66,6 +66,7 @@ class Hammer:
         self.stop = threading.Event()
         self.codes = {t: {} for t in targets}
         self.errors = []
+        self.spanned = []  # clients still running when stopped
         self.threads = [threading.Thread(target=self.run, args=(t,)) for t in targets]
 
     def run(self, target):
@@ -74,12 +75,14 @@ class Hammer:
         for _ in range(N_MAX):
             if self.stop.is_set() or time.monotonic() > deadline:
                 break
+            time.sleep(0.002)
             try:
                 st = call(port, path)[0]
             except OSError as e:
                 self.errors.append(f"{path}: {e!r}")
                 continue
             self.codes[target][st] = self.codes[target].get(st, 0) + 1
+        self.spanned.append(self.stop.is_set())
 
     def __enter__(self):
         for t in self.threads:
@@ -93,7 +96,10 @@ class Hammer:
             t.join(90)
 
     def check(self):
+        print("requests per client:", self.codes, "errors:", len(self.errors))
         assert not self.errors, self.errors[:5]
+        # the traffic covered every reload
+        assert len(self.spanned) == len(self.threads) and all(self.spanned), self.codes
         for target, codes in self.codes.items():
             assert set(codes) == {200}, (target, codes)
             assert codes[200] >= 10, (target, codes)

@@ -44,13 +44,11 @@ def scrape(mport):
 
 
 def scrape_gen(mport, gen):
-    """A scrape of generation GEN (the metrics listener restarts with a
-    reload, so a scrape may be refused for an instant)."""
+    """A scrape of generation GEN. The metrics listener keeps its socket
+    across a reload (D76): a scrape is never refused, only maybe answered
+    by the previous generation for an instant."""
     def ok():
-        try:
-            c, g = scrape(mport)
-        except OSError:
-            return None
+        c, g = scrape(mport)
         return c if g == gen else None
     return wait_for(ok, 20, what=f"a scrape of generation {gen}")
 
