@@ -531,12 +531,7 @@ void aa_http_stop(aa_config *c)
     aa_http_quiesce(c);
     /* let the requests being answered finish and their responses go out,
      * and the connections accepted before the quiesce ask and be answered */
-    struct timespec step = {0, 5 * 1000 * 1000};
-    for (int waited = 0;
-         atomic_load(&c->active) + atomic_load(&c->fresh) > 0 && waited < AA_STOP_WAIT_MS;
-         waited += 5)
-        nanosleep(&step, NULL);
-    long left = atomic_load(&c->active) + atomic_load(&c->fresh);
+    long left = helios_listen_drain(&c->active, &c->fresh, AA_STOP_WAIT_MS);
     if (left > 0)
         aa_api->log(HELIOS_LOG_WARN, AA_NAME,
                     "stopping with %ld request(s) or new connection(s) still open after %d ms",

@@ -137,8 +137,7 @@ static void mx_config_free(void *cfg)
     mx_config *c = cfg;
     if (c == NULL)
         return;
-    if (!c->admin)
-        mx_listen_unclaim(c);
+    mx_listen_unclaim(c);
     mx_store_put(c->store);
     free(c->path);
     free(c);
@@ -189,8 +188,7 @@ static int mx_config_new(const helios_conf *conf, void **cfg)
         mx_config_free(c);
         return -1;
     }
-    if (!c->admin)
-        mx_listen_claim(c);
+    mx_listen_claim(c);
     *cfg = c;
     return 0;
 }

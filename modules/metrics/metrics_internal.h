@@ -107,7 +107,6 @@ typedef struct mx_config {
     atomic_int stopping;             /* stop() began: answers say Connection: close */
     atomic_long active;              /* requests between intake and completion */
     atomic_long fresh;               /* connections accepted, no request begun yet */
-    helios_prometheus_export export; /* listen: admin */
 } mx_config;
 
 /* ---- a scrape (metrics_collect.c, metrics_render.c) ---- */
@@ -164,8 +163,9 @@ int mx_render(void *ctx, char **out, size_t *len);
 
 int mx_start(void *cfg);
 void mx_stop(void *cfg);
-/* The own listener's address is wanted by C (config_new) / no longer
- * (config_free): what lets stop() hand the socket to the next generation. */
+/* C exists (config_new) / no longer (config_free): what lets stop() hand
+ * the own listener's socket, or the admin export, to the next generation
+ * (D76). */
 void mx_listen_claim(mx_config *c);
 void mx_listen_unclaim(mx_config *c);
 

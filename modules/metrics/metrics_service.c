@@ -14,12 +14,12 @@
 #define _GNU_SOURCE
 #endif
 #include <errno.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include <time.h>
 #include <unistd.h>
 
 #include <microhttpd.h>
@@ -32,8 +32,51 @@
 /* Module-level: the .so stays loaded across reloads. */
 static helios_listen_keep mx_keep = HELIOS_LISTEN_KEEP_INIT;
 
+/*
+ * `listen: admin`: one export for the module, whose render runs on the
+ * configuration in mx_admin_cur under a read lock. A reload's old stop()
+ * leaves it in place when a new `listen: admin` configuration exists, and
+ * the new start() points it to the new one, so a scrape through admin_api
+ * is never told "no metrics module" in between (admin_api may start
+ * first). config_free takes the write lock only for the configuration in
+ * use (never one of a failed build, freed under the core's control lock,
+ * which a render takes inside ctl_backends_walk).
+ */
+static pthread_rwlock_t mx_admin_lock = PTHREAD_RWLOCK_INITIALIZER;
+static _Atomic(mx_config *) mx_admin_cur;
+static atomic_int mx_admin_configs; /* `listen: admin` configurations alive */
+
+static int mx_admin_render(void *ctx, char **out, size_t *len)
+{
+    (void)ctx;
+    pthread_rwlock_rdlock(&mx_admin_lock);
+    mx_config *c = atomic_load(&mx_admin_cur);
+    int rc = c != NULL ? mx_render(c, out, len) : -1;
+    pthread_rwlock_unlock(&mx_admin_lock);
+    return rc;
+}
+
+static helios_prometheus_export mx_admin_export = {
+    .size = sizeof(helios_prometheus_export),
+    .ctx = NULL,
+    .render = mx_admin_render,
+};
+
+/* Sets the configuration the export renders, replacing OLD (NULL: any). */
+static void mx_admin_use(mx_config *old, mx_config *c)
+{
+    pthread_rwlock_wrlock(&mx_admin_lock);
+    if (old == NULL || atomic_load(&mx_admin_cur) == old)
+        atomic_store(&mx_admin_cur, c);
+    pthread_rwlock_unlock(&mx_admin_lock);
+}
+
 void mx_listen_claim(mx_config *c)
 {
+    if (c->admin) {
+        atomic_fetch_add(&mx_admin_configs, 1);
+        return;
+    }
     if (helios_listen_claim(&mx_keep, c, &c->addr) != 0)
         mx_api->log(HELIOS_LOG_WARN, MX_NAME,
                     "too many configurations at once: %s will be bound again at the next reload",
@@ -42,7 +85,15 @@ void mx_listen_claim(mx_config *c)
 
 void mx_listen_unclaim(mx_config *c)
 {
-    helios_listen_unclaim(&mx_keep, c);
+    if (!c->admin) {
+        helios_listen_unclaim(&mx_keep, c);
+        return;
+    }
+    atomic_fetch_sub(&mx_admin_configs, 1);
+    if (atomic_load(&mx_admin_cur) == c) { /* its successor never started */
+        mx_api->export_set(HELIOS_EXPORT_PROMETHEUS, NULL);
+        mx_admin_use(c, NULL);
+    }
 }
 
 /* ---- service: the own listener ---- */
@@ -145,10 +196,9 @@ int mx_start(void *cfg)
 {
     mx_config *c = cfg;
     if (c->admin) {
-        c->export.size = sizeof(c->export);
-        c->export.ctx = c;
-        c->export.render = mx_render;
-        if (mx_api->export_set(HELIOS_EXPORT_PROMETHEUS, &c->export) != 0) {
+        mx_admin_use(NULL, c);
+        if (mx_api->export_set(HELIOS_EXPORT_PROMETHEUS, &mx_admin_export) != 0) {
+            mx_admin_use(c, NULL);
             mx_api->log(HELIOS_LOG_ERROR, MX_NAME, "cannot offer %s to admin_api",
                         HELIOS_EXPORT_PROMETHEUS);
             return -1;
@@ -199,7 +249,13 @@ void mx_stop(void *cfg)
 {
     mx_config *c = cfg;
     if (c->admin) {
+        /* another `listen: admin` configuration (the next generation's,
+         * built before this stop) takes the export over in its start();
+         * until then this one, alive until config_free, renders */
+        if (atomic_load(&mx_admin_configs) > 1)
+            return;
         mx_api->export_set(HELIOS_EXPORT_PROMETHEUS, NULL);
+        mx_admin_use(c, NULL);
         return;
     }
     if (c->daemon == NULL)
@@ -210,12 +266,7 @@ void mx_stop(void *cfg)
         helios_listen_park(&mx_keep, c, &c->addr, fd); /* or closed: nobody wants it */
     /* let the scrapes already accepted, or whose connection was, get their
      * answers */
-    struct timespec step = {0, 5 * 1000 * 1000};
-    for (int waited = 0;
-         atomic_load(&c->active) + atomic_load(&c->fresh) > 0 && waited < MX_STOP_WAIT_MS;
-         waited += 5)
-        nanosleep(&step, NULL);
-    long left = atomic_load(&c->active) + atomic_load(&c->fresh);
+    long left = helios_listen_drain(&c->active, &c->fresh, MX_STOP_WAIT_MS);
     if (left > 0)
         mx_api->log(HELIOS_LOG_WARN, MX_NAME,
                     "stopping with %ld scrape(s) or new connection(s) still open after %d ms",

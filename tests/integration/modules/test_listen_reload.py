@@ -24,12 +24,14 @@ N_MAX = 600  # requests per client at most (paced: 2 ms apart)
 TOKEN = mint()
 
 
-def config(port, mport, aport, secret, metrics=True, admin=True):
+def config(port, mport, aport, secret, metrics=True, admin=True, on_admin=False):
     modules = []
-    if metrics:
+    if metrics and not on_admin:
         modules.append({"module": "metrics", "config": {"listen": f"127.0.0.1:{mport}"}})
     if admin:
         modules.append(admin_module(aport, secret))
+    if on_admin:  # after admin_api: started after it, stopped before it
+        modules.append({"module": "metrics", "config": {"listen": "admin"}})
     return make_config(port, [static_route("s", "ok\n")], {}, workers=1, modules=modules)
 
 
@@ -190,4 +192,22 @@ def test_refused_reload_keeps_both_serving(tmp_path, heliosd):
     st, _, body = call(aport, "/v1/reload", method="POST")
     assert st == 200 and json.loads(body)["generation"] == 2, body
     wait_for(lambda: call(mport, "/metrics")[0] == 200, what="metrics after the good reload")
+    assert h.alive()
+
+
+def test_metrics_on_admin_listener_across_reloads(tmp_path, heliosd):
+    """`listen: admin`: /metrics on the admin listener through reloads,
+    with metrics listed after admin_api (its service starts later)."""
+    h, port, mport, aport, secret = start(tmp_path, heliosd, on_admin=True)
+    assert call(aport, "/metrics")[0] == 200
+    with Hammer([(aport, "/metrics")]) as hm:
+        for gen in range(2, 6):
+            mark = h.err_mark()
+            if gen % 2:
+                h.reload()
+            else:
+                assert call(aport, "/v1/reload", method="POST")[0] == 200
+            h.wait_stderr(r"metrics offered to admin_api", since=mark)
+            time.sleep(0.1)
+    hm.check()
     assert h.alive()

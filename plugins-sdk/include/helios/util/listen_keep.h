@@ -22,7 +22,8 @@
  * old server must still answer what it accepted before it stopped: the
  * requests it is answering, and the connections it accepted whose request
  * has not begun yet (counted with helios_listen_conn_*: libmicrohttpd's
- * MHD_OPTION_NOTIFY_CONNECTION and MHD_CONNECTION_INFO_SOCKET_CONTEXT).
+ * MHD_OPTION_NOTIFY_CONNECTION and MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+ * helios_listen_drain waits for both, bounded.
  * REG is
  * one static helios_listen_keep per module (the .so stays loaded across
  * reloads), initialised with HELIOS_LISTEN_KEEP_INIT; every call locks it,
@@ -37,6 +38,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #define HELIOS_LISTEN_KEEP_MAX 8 /* configs alive at once: old, new, one being checked */
@@ -182,6 +184,18 @@ static inline void helios_listen_conn_used(atomic_long *fresh, void *ctx)
 {
     if (ctx != NULL && atomic_exchange((atomic_int *)ctx, 0))
         atomic_fetch_sub(fresh, 1);
+}
+
+/* Waits, up to MAX_MS, until ACTIVE (requests being answered) and FRESH
+ * are both 0; returns what is left of their sum. For stop(), after the
+ * quiesce and before the server is stopped. */
+static inline long helios_listen_drain(atomic_long *active, atomic_long *fresh, int max_ms)
+{
+    struct timespec step = {0, 5 * 1000 * 1000};
+    for (int waited = 0; atomic_load(active) + atomic_load(fresh) > 0 && waited < max_ms;
+         waited += 5)
+        nanosleep(&step, NULL);
+    return atomic_load(active) + atomic_load(fresh);
 }
 
 /* The connection of *CTX closed. */
