@@ -9,6 +9,7 @@
 #define HX_HTTPUTIL_H
 
 #include <stddef.h>
+#include <string.h>
 
 #include <helios.h>
 
@@ -28,12 +29,47 @@ typedef struct hx_hdrs {
 /* Appends a copy of NAME: VALUE (both copied into A). 0, or -1 out of memory. */
 int hx_hdrs_add(hx_arena *a, hx_hdrs *h, const char *name, size_t nlen, const char *value,
                 size_t vlen);
-/* The first value of NAME (a NUL-terminated, case-insensitive name), or {NULL, 0}. */
-helios_buf hx_hdrs_get(const hx_hdrs *h, const char *name);
+/* The first value of NAME..NAME+N (case-insensitive), or {NULL, 0}. */
+helios_buf hx_hdrs_getn(const hx_hdrs *h, const char *name, size_t n);
+/* The same for a NUL-terminated NAME; inlined, so a literal's strlen folds
+ * to a constant. */
+static inline helios_buf hx_hdrs_get(const hx_hdrs *h, const char *name)
+{
+    return hx_hdrs_getn(h, name, strlen(name));
+}
 /* Removes every NAME; returns how many went. */
 int hx_hdrs_remove(hx_hdrs *h, const char *name);
 /* 1 when a Connection header in H lists NAME (RFC 9110 7.6.1). */
 int hx_hdrs_connection_lists(const hx_hdrs *h, const char *name, size_t n);
+
+/* ASCII case-insensitive equality of A and B, N bytes each: what
+ * strncasecmp does in the C locale for strings without NUL (header names,
+ * tokens), without the call. Header names are short, so a plain loop that
+ * usually stops at the first byte beats the library's vector code. */
+static inline int hx_ascii_ieq(const char *a, const char *b, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        unsigned char x = (unsigned char)a[i], y = (unsigned char)b[i];
+        if (x == y)
+            continue;
+        if ((unsigned char)((x | 0x20) - 'a') > 'z' - 'a' || (x | 0x20) != (y | 0x20))
+            return 0;
+    }
+    return 1;
+}
+
+/* 1 when A..A+N is LOWER (a lower-case literal of length N), ignoring case. */
+static inline int hx_name_is(const char *a, size_t n, const char *lower, size_t ln)
+{
+    if (n != ln)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char x = (unsigned char)a[i];
+        if ((x >= 'A' && x <= 'Z' ? x | 0x20 : x) != (unsigned char)lower[i])
+            return 0;
+    }
+    return 1;
+}
 
 /* RFC 9110 tchar: what methods, header names and other tokens are made of. */
 extern const unsigned char hx_tchar[256];

@@ -18,7 +18,6 @@
 #include <netinet/tcp.h>
 #include <stdio.h>
 #include <string.h>
-#include <strings.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -877,19 +876,18 @@ static int on_headers_complete(llhttp_t *p)
     helios_buf te = {0}, host = {0}, cl = {0};
     for (size_t i = 0; i < r->hdrs.n; i++) {
         const hx_hdr *h = &r->hdrs.v[i];
-        if (h->name.len == 14 && strncasecmp(h->name.ptr, "content-length", 14) == 0) {
+        if (hx_name_is(h->name.ptr, h->name.len, "content-length", 14)) {
             if (ncl++ && (h->value.len != cl.len || memcmp(h->value.ptr, cl.ptr, cl.len)))
                 return set_error(c, 400, "conflicting Content-Length headers");
             cl = h->value;
-        } else if (h->name.len == 17 &&
-                   strncasecmp(h->name.ptr, "transfer-encoding", 17) == 0) {
+        } else if (hx_name_is(h->name.ptr, h->name.len, "transfer-encoding", 17)) {
             nte++;
             te = h->value;
-        } else if (h->name.len == 4 && strncasecmp(h->name.ptr, "host", 4) == 0) {
+        } else if (hx_name_is(h->name.ptr, h->name.len, "host", 4)) {
             nhost++;
             host = h->value;
-        } else if (h->name.len == 6 && strncasecmp(h->name.ptr, "expect", 6) == 0) {
-            if (h->value.len == 12 && strncasecmp(h->value.ptr, "100-continue", 12) == 0)
+        } else if (hx_name_is(h->name.ptr, h->name.len, "expect", 6)) {
+            if (hx_name_is(h->value.ptr, h->value.len, "100-continue", 12))
                 r->expect_continue = 1;
             else
                 return set_error(c, 417, "unsupported Expect value");
@@ -900,7 +898,7 @@ static int on_headers_complete(llhttp_t *p)
     if (nte) {
         if (r->http_minor == 0)
             return set_error(c, 400, "Transfer-Encoding in an HTTP/1.0 request");
-        if (nte > 1 || te.len != 7 || strncasecmp(te.ptr, "chunked", 7) != 0)
+        if (nte > 1 || !hx_name_is(te.ptr, te.len, "chunked", 7))
             return set_error(c, 501, "Transfer-Encoding other than chunked");
         r->chunked = 1;
         r->has_body = 1;
@@ -1545,7 +1543,7 @@ static int http1_write_head(hx_req *r)
         if (hx_is_hop_header(h->name.ptr, h->name.len) ||
             (has_connection && hx_hdrs_connection_lists(&r->rhdrs, h->name.ptr, h->name.len)))
             continue;
-        if (h->name.len == 14 && strncasecmp(h->name.ptr, "content-length", 14) == 0 &&
+        if (hx_name_is(h->name.ptr, h->name.len, "content-length", 14) &&
             (r->resp_chunked || r->resp_close || (r->resp_no_body && !r->is_head &&
                                                   status != 304)))
             continue;

@@ -13,7 +13,6 @@
 #include <netinet/tcp.h>
 #include <stdio.h>
 #include <string.h>
-#include <strings.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -465,7 +464,7 @@ int hx_proxy_forwarded(hx_req *r, const char **xff, const char **xfp, const char
 
 static int is_named(const hx_hdr *h, const char *name, size_t n)
 {
-    return h->name.len == n && strncasecmp(h->name.ptr, name, n) == 0;
+    return hx_name_is(h->name.ptr, h->name.len, name, n);
 }
 
 
