@@ -110,6 +110,8 @@ const unsigned char hx_tchar[256] = {
     ['Y'] = 1, ['Z'] = 1,
 };
 
+const unsigned char hx_vchar[256] = {['\t'] = 1, [0x20 ... 0x7e] = 1, [0x80 ... 0xff] = 1};
+
 int hx_token_valid(const char *p, size_t n)
 {
     if (n == 0)
@@ -124,11 +126,9 @@ int hx_hdr_name_valid(const char *p, size_t n) { return hx_token_valid(p, n); }
 
 int hx_hdr_value_valid(const char *p, size_t n)
 {
-    for (size_t i = 0; i < n; i++) {
-        unsigned char ch = (unsigned char)p[i];
-        if ((ch < 0x20 && ch != '\t') || ch == 0x7f)
+    for (size_t i = 0; i < n; i++)
+        if (!hx_vchar[(unsigned char)p[i]])
             return 0;
-    }
     return 1;
 }
 

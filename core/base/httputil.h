@@ -73,6 +73,9 @@ static inline int hx_name_is(const char *a, size_t n, const char *lower, size_t 
 
 /* RFC 9110 tchar: what methods, header names and other tokens are made of. */
 extern const unsigned char hx_tchar[256];
+/* Bytes a field value may hold (RFC 9110 5.5): HTAB, SP, VCHAR, obs-text;
+ * no other control byte, no DEL. */
+extern const unsigned char hx_vchar[256];
 /* 1 when P..P+N is a non-empty token. */
 int hx_token_valid(const char *p, size_t n);
 /* Header names are tokens; values have no CTL but HTAB (no CR, LF, NUL). */

@@ -64,6 +64,9 @@ static void conn_close(hx_conn *c);
 static void conn_enter(hx_conn *c) { c->head_flags += 1u << C_BUSY_SHIFT; }
 static void conn_leave(hx_conn *c);
 
+/* Bytes of a request line: no control byte at all (not even HTAB), no DEL. */
+static const unsigned char rl_char[256] = {[0x20 ... 0x7e] = 1, [0x80 ... 0xff] = 1};
+
 /*
  * Scans N new head bytes. Returns the number of bytes that belong to the
  * head (== N while it goes on, less when the head ended inside), or -1 for
@@ -85,10 +88,16 @@ static long head_validate(hx_conn *c, const char *p, size_t n)
             st = V_RL;
             /* fall through */
         case V_RL:
-            if (ch == '\r')
-                st = V_RL_CR;
-            else if (ch < 0x20 || ch == 0x7f)
+            /* the states that run over many bytes loop here, not through
+             * the switch: each byte costs a compare or two */
+            while (rl_char[ch]) {
+                if (++i == n)
+                    goto more;
+                ch = (unsigned char)p[i];
+            }
+            if (ch != '\r')
                 return -1;
+            st = V_RL_CR;
             break;
         case V_BEGIN_CR:
             if (ch != '\n')
@@ -108,18 +117,26 @@ static long head_validate(hx_conn *c, const char *p, size_t n)
             if (!hx_tchar[ch]) /* obs-fold, bare LF, bad name byte */
                 return -1;
             st = V_H_NAME;
-            break;
+            /* fall through: a tchar is never the colon */
         case V_H_NAME:
-            if (ch == ':')
-                st = V_H_VALUE;
-            else if (!hx_tchar[ch]) /* includes space before the colon */
+            while (hx_tchar[ch]) {
+                if (++i == n)
+                    goto more;
+                ch = (unsigned char)p[i];
+            }
+            if (ch != ':') /* includes space before the colon */
                 return -1;
+            st = V_H_VALUE;
             break;
         case V_H_VALUE:
-            if (ch == '\r')
-                st = V_H_CR;
-            else if ((ch < 0x20 && ch != '\t') || ch == 0x7f)
+            while (hx_vchar[ch]) {
+                if (++i == n)
+                    goto more;
+                ch = (unsigned char)p[i];
+            }
+            if (ch != '\r')
                 return -1;
+            st = V_H_CR;
             break;
         case V_H_CR:
             if (ch != '\n')
@@ -133,6 +150,9 @@ static long head_validate(hx_conn *c, const char *p, size_t n)
             return (long)(i + 1);
         }
     }
+    c->head_state = st;
+    return (long)n;
+more: /* the input ended inside a line: its state goes on with the next read */
     c->head_state = st;
     return (long)n;
 }

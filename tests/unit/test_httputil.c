@@ -200,6 +200,16 @@ HX_TEST(malformed_hosts_are_refused)
             HX_FAILED_("accepted malformed host '%s'", bad[i]);
 }
 
+HX_TEST(field_value_bytes_are_htab_sp_vchar_and_obs_text)
+{
+    for (int c = 0; c < 256; c++) {
+        int want = !((c < 0x20 && c != '\t') || c == 0x7f);
+        char b = (char)c;
+        if (hx_vchar[c] != want || hx_hdr_value_valid(&b, 1) != want)
+            HX_FAILED_("value byte 0x%02x: table %d, want %d", c, hx_vchar[c], want);
+    }
+}
+
 HX_TEST(host_name_bytes_are_exactly_rfc3986_reg_name_ones)
 {
     for (int c = 1; c < 256; c++) {
@@ -229,6 +239,7 @@ int main(void)
     HX_RUN(host_is_normalised_once_case_port_trailing_dot_brackets);
     HX_RUN(malformed_hosts_are_refused);
     HX_RUN(host_name_bytes_are_exactly_rfc3986_reg_name_ones);
+    HX_RUN(field_value_bytes_are_htab_sp_vchar_and_obs_text);
     hx_arena_reset(&arena);
     free(first);
     return hx_test_summary();
