@@ -1521,10 +1521,17 @@ void hx_conns_kill(hx_worker *w)
 /* ------------------------------------------------------------------ */
 /* HTTP/1.1 responses: the request layer's write_head and write_body   */
 
-/* always inlined: strlen of a literal folds to a constant */
-static inline __attribute__((always_inline)) void append(hx_buf *b, const char *s)
+/* Copies into room reserved beforehand; returns the end. putl is for
+ * literals (always inlined: strlen folds to a constant). */
+static inline char *put(char *o, const char *p, size_t n)
 {
-    hx_buf_append(b, s, strlen(s));
+    memcpy(o, p, n);
+    return o + n;
+}
+
+static inline __attribute__((always_inline)) char *putl(char *o, const char *s)
+{
+    return put(o, s, strlen(s));
 }
 
 /* The status line and the headers, straight into the connection's output;
@@ -1548,16 +1555,29 @@ static int http1_write_head(hx_req *r)
     hx_buf *head = &c->out;
     if (buf_take(&c->w->conn_bufs, head, HX_READ_CHUNK) != 0)
         return -1;
-    int has_connection = hx_hdrs_get(&r->rhdrs, "connection").ptr != NULL;
-    char line[64];
     const char *reason = hx_reason(status);
     size_t rl = strlen(reason);
-    memcpy(line, "HTTP/1.1 ", 9);
-    size_t n = 9 + hx_u64_dec(line + 9, (unsigned)status);
-    line[n++] = ' ';
-    hx_buf_append(head, line, n);
-    hx_buf_append(head, reason, rl);
-    append(head, "\r\n");
+    const char *date = r->add_date ? hx_worker_date(r->w) : "";
+    size_t dl = strlen(date);
+    /* room for all of it at once, then plain copies: every header with
+     * ": " and CRLF, and 128 for the status line's and Date's fixed parts
+     * and the framing and Connection lines below (at most 101) */
+    size_t need = rl + dl + 128;
+    int has_connection = 0;
+    for (size_t i = 0; i < r->rhdrs.n; i++) {
+        const hx_hdr *h = &r->rhdrs.v[i];
+        need += h->name.len + h->value.len + 4;
+        has_connection |= hx_name_is(h->name.ptr, h->name.len, "connection", 10);
+    }
+    if (hx_buf_reserve(head, need) != 0)
+        return -1;
+    char *o = head->data + head->len;
+    memcpy(o, "HTTP/1.1 ", 9);
+    o += 9;
+    o += hx_u64_dec(o, (unsigned)status);
+    *o++ = ' ';
+    o = put(o, reason, rl);
+    o = put(o, "\r\n", 2);
     for (size_t i = 0; i < r->rhdrs.n; i++) {
         const hx_hdr *h = &r->rhdrs.v[i];
         if (hx_is_hop_header(h->name.ptr, h->name.len) ||
@@ -1573,26 +1593,27 @@ static int http1_write_head(hx_req *r)
             hx_warn("dropping invalid response header '%.*s'", (int)h->name.len, h->name.ptr);
             continue;
         }
-        hx_buf_append(head, h->name.ptr, h->name.len);
-        append(head, ": ");
-        hx_buf_append(head, h->value.ptr, h->value.len);
-        append(head, "\r\n");
+        o = put(o, h->name.ptr, h->name.len);
+        o = put(o, ": ", 2);
+        o = put(o, h->value.ptr, h->value.len);
+        o = put(o, "\r\n", 2);
     }
     if (r->add_date) {
-        append(head, "Date: ");
-        append(head, hx_worker_date(r->w));
-        append(head, "\r\n");
+        o = put(o, "Date: ", 6);
+        o = put(o, date, dl);
+        o = put(o, "\r\n", 2);
     }
     if (r->resp_chunked)
-        append(head, "Transfer-Encoding: chunked\r\n");
+        o = putl(o, "Transfer-Encoding: chunked\r\n");
     if (status == 101 && r->ws_upgrade)
         /* WebSocket: the switch is confirmed on this hop too (tunnel.c) */
-        append(head, "Upgrade: websocket\r\nConnection: upgrade\r\n");
+        o = putl(o, "Upgrade: websocket\r\nConnection: upgrade\r\n");
     else if (!keep)
-        append(head, "Connection: close\r\n");
+        o = putl(o, "Connection: close\r\n");
     else if (r->http_minor == 0)
-        append(head, "Connection: keep-alive\r\n");
-    append(head, "\r\n");
+        o = putl(o, "Connection: keep-alive\r\n");
+    o = put(o, "\r\n", 2);
+    head->len = (size_t)(o - head->data);
     return 0;
 }
 
