@@ -1583,9 +1583,9 @@ static int http1_write_head(hx_req *r)
         if (hx_is_hop_header(h->name.ptr, h->name.len) ||
             (has_connection && hx_hdrs_connection_lists(&r->rhdrs, h->name.ptr, h->name.len)))
             continue;
-        if (hx_name_is(h->name.ptr, h->name.len, "content-length", 14) &&
-            (r->resp_chunked || r->resp_close || (r->resp_no_body && !r->is_head &&
-                                                  status != 304)))
+        if ((r->resp_chunked || r->resp_close ||
+             (r->resp_no_body && !r->is_head && status != 304)) &&
+            hx_name_is(h->name.ptr, h->name.len, "content-length", 14))
             continue;
         /* never emit a header that could split the response */
         if (!hx_hdr_name_valid(h->name.ptr, h->name.len) ||

@@ -1030,10 +1030,22 @@ int hx_resp_begin(hx_req *r)
      * whose backend sent none included. The protocol appends the worker's
      * string (formatted once a second) when framing the head: not a
      * header in rhdrs, so no copy and no per-byte validation. */
-    r->add_date = status >= 200 && hx_hdrs_get(&r->rhdrs, "date").ptr == NULL;
+    /* the first Date and Content-Length, in one pass */
+    helios_buf date = {NULL, 0}, cl = {NULL, 0};
+    int seen_date = 0, seen_cl = 0;
+    for (size_t i = 0; i < r->rhdrs.n && !(seen_date && seen_cl); i++) {
+        const hx_hdr *h = &r->rhdrs.v[i];
+        if (!seen_date && hx_name_is(h->name.ptr, h->name.len, "date", 4)) {
+            date = h->value;
+            seen_date = 1;
+        } else if (!seen_cl && hx_name_is(h->name.ptr, h->name.len, "content-length", 14)) {
+            cl = h->value;
+            seen_cl = 1;
+        }
+    }
+    r->add_date = status >= 200 && date.ptr == NULL;
     r->resp_no_body = r->is_head || status == 204 || status == 304 || status < 200 ||
                       r->end_with_head;
-    helios_buf cl = hx_hdrs_get(&r->rhdrs, "content-length");
     r->resp_length = -1;
     if (cl.ptr) {
         int64_t v = 0;

@@ -101,6 +101,19 @@ HX_TEST(inline_case_insensitive_compares_agree_with_strncasecmp_on_every_byte_pa
             if (hx_name_is(a, 1, &lo, 1) != (strncasecmp(a, &lo, 1) == 0))
                 HX_FAILED_("hx_name_is(0x%02x, 0x%02x) != strncasecmp", x, (unsigned char)lo);
         }
+    /* the eight-bytes-at-a-time path: every byte value at every position
+     * of a 17-byte name, against both case forms */
+    const char *lit = "transfer-encoding", *mixed = "Transfer-ENCODING";
+    for (size_t k = 0; k < 17; k++)
+        for (int x = 1; x < 256; x++) {
+            char a[18];
+            memcpy(a, mixed, 18);
+            a[k] = (char)x;
+            int want = strncasecmp(a, lit, 17) == 0;
+            if (hx_name_is(a, 17, lit, 17) != want || hx_ascii_ieq(a, lit, 17) != want ||
+                hx_ascii_ieq(lit, a, 17) != want || hx_ascii_ieq(a, mixed, 17) != want)
+                HX_FAILED_("byte 0x%02x at %zu: compares disagree with strncasecmp", x, k);
+        }
     HX_CHECK(hx_ascii_ieq("Content-Length", "cONTENT-lENGTH", 14));
     HX_CHECK(!hx_ascii_ieq("Content-Length", "Content_Length", 14));
     HX_CHECK(hx_name_is("Transfer-Encoding", 17, "transfer-encoding", 17));
