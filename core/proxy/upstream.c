@@ -309,10 +309,13 @@ static void up_release(hx_upconn *u)
         up_close(u);
         return;
     }
-    ev_io_stop(u->w->loop, &u->rio);
-    ev_io_stop(u->w->loop, &u->wio);
+    /* The read watcher stays on (libev lets a callback change at any
+     * time): a stop and a start per request saved. A pending event of the
+     * exchange is dropped, as ev_io_stop would. */
+    ev_clear_pending(u->w->loop, &u->rio);
     ev_set_cb(&u->rio, idle_read_cb);
-    ev_io_start(u->w->loop, &u->rio);
+    ev_io_start(u->w->loop, &u->rio); /* after a read pause; else a no-op */
+    ev_io_stop(u->w->loop, &u->wio);
     u->state = UP_IDLE;
     u->last_io = ev_now(u->w->loop);
     u->next = p->idle;
@@ -1247,7 +1250,9 @@ static void try_backend(hx_req *r)
     if (p->idle) {
         hx_upconn *u = p->idle;
         pool_remove(u);
-        ev_io_stop(w->loop, &u->rio);
+        /* its read watcher stays on: start_exchange gives it the
+         * exchange's callback; an idle event still pending is dropped */
+        ev_clear_pending(w->loop, &u->rio);
         ev_timer_stop(w->loop, &u->timer);
         u->req = r;
         u->reused = 1;
