@@ -112,25 +112,25 @@ const unsigned char hx_tchar[256] = {
 
 const unsigned char hx_vchar[256] = {['\t'] = 1, [0x20 ... 0x7e] = 1, [0x80 ... 0xff] = 1};
 
-int hx_token_valid(const char *p, size_t n)
+/* 1 when every byte of P..P+N is in TAB. Four bytes a step, and no early
+ * exit: the verdict is the same, with a quarter of the branches. */
+static int all_in(const unsigned char *tab, const char *p, size_t n)
 {
-    if (n == 0)
-        return 0;
-    for (size_t i = 0; i < n; i++)
-        if (!hx_tchar[(unsigned char)p[i]])
-            return 0;
-    return 1;
+    const unsigned char *u = (const unsigned char *)p;
+    unsigned ok = 1;
+    size_t i = 0;
+    for (; i + 4 <= n; i += 4)
+        ok &= tab[u[i]] & tab[u[i + 1]] & tab[u[i + 2]] & tab[u[i + 3]];
+    for (; i < n; i++)
+        ok &= tab[u[i]];
+    return ok;
 }
+
+int hx_token_valid(const char *p, size_t n) { return n > 0 && all_in(hx_tchar, p, n); }
 
 int hx_hdr_name_valid(const char *p, size_t n) { return hx_token_valid(p, n); }
 
-int hx_hdr_value_valid(const char *p, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        if (!hx_vchar[(unsigned char)p[i]])
-            return 0;
-    return 1;
-}
+int hx_hdr_value_valid(const char *p, size_t n) { return all_in(hx_vchar, p, n); }
 
 /* Every header of every proxied message is checked here: the length picks
  * the one or two candidates, so most names cost a switch and nothing more. */
