@@ -254,7 +254,8 @@ int hx_host_parse(hx_arena *a, const char *h, size_t n, helios_buf *host, unsign
     } else {
         const char *colon = memchr(h, ':', n);
         end = colon ? (size_t)(colon - h) : n;
-        for (size_t i = 0; i < end; i++) {
+        /* the usual host (no %XX) passes the table four bytes a step */
+        for (size_t i = all_in(reg_name_tab, h, end) ? end : 0; i < end; i++) {
             unsigned char c = (unsigned char)h[i];
             if (c == '%') {
                 if (i + 2 >= end || !is_hex((unsigned char)h[i + 1]) ||
@@ -286,7 +287,16 @@ int hx_host_parse(hx_arena *a, const char *h, size_t n, helios_buf *host, unsign
     char *o = hx_arena_alloc(a, len + 1);
     if (o == NULL)
         return -1;
-    for (size_t i = 0; i < len; i++) {
+    /* lower-cased eight bytes a step: every byte is ASCII by now */
+    const uint64_t ones = 0x0101010101010101ull;
+    size_t i = 0;
+    for (; i + 8 <= len; i += 8) {
+        uint64_t w;
+        memcpy(&w, h + i, 8);
+        w |= ((w + (0x80 - 'A') * ones) & ~(w + (0x80 - 'Z' - 1) * ones) & 0x80 * ones) >> 2;
+        memcpy(o + i, &w, 8);
+    }
+    for (; i < len; i++) {
         unsigned char ch = (unsigned char)h[i];
         o[i] = (char)((ch >= 'A' && ch <= 'Z') ? ch + 32 : ch);
     }

@@ -384,6 +384,7 @@ typedef struct fwd_in {
     size_t peer_len;
     int peer_v6;    /* an IPv6 address: bracketed in Forwarded */
     const char *scheme;
+    size_t scheme_len;
     helios_buf xff, fwd, xfp, xfh; /* what the client sent */
 } fwd_in;
 
@@ -394,6 +395,7 @@ static void fwd_start(fwd_in *f, hx_req *r)
     f->peer_len = strlen(f->peer);
     f->peer_v6 = memchr(f->peer, ':', f->peer_len) != NULL;
     f->scheme = r->conn->ssl ? "https" : "http";
+    f->scheme_len = r->conn->ssl ? 5 : 4;
 }
 
 static size_t fwd_room(const fwd_in *f, const hx_req *r)
@@ -415,7 +417,7 @@ static char *put_xfp(char *o, const fwd_in *f)
 {
     if (f->trusted && f->xfp.len)
         return put(o, f->xfp.ptr, f->xfp.len);
-    return put(o, f->scheme, strlen(f->scheme));
+    return put(o, f->scheme, f->scheme_len);
 }
 
 /* PREFIX then the value; nothing when there is no X-Forwarded-Host (then
@@ -449,7 +451,7 @@ static char *put_fwd(char *o, const fwd_in *f, const hx_req *r)
         o = putl(o, "\"");
     }
     o = putl(o, ";proto=");
-    return put(o, f->scheme, strlen(f->scheme));
+    return put(o, f->scheme, f->scheme_len);
 }
 
 /* O..END as a string in R's arena. */

@@ -228,11 +228,21 @@ HX_TEST(host_name_bytes_are_exactly_rfc3986_reg_name_ones)
     for (int c = 1; c < 256; c++) {
         int want = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
                    strchr("-._~!$&'()*+,;=", c) != NULL;
-        char in[4] = {'a', (char)c, 'b', 0};
+        /* the byte in a short host (byte by byte) and in a long one (the
+         * four-bytes-a-step path) */
+        char in[4] = {'a', (char)c, 'b', 0}, lin[13] = "ABCDEFGHIJKL";
+        lin[6] = (char)c;
         arena_fresh();
         helios_buf out;
         unsigned port;
         int got = hx_host_parse(&arena, in, 3, &out, &port) == 0;
+        int lgot = hx_host_parse(&arena, lin, 12, &out, &port) == 0;
+        if (c != '%' && c != ':' && c != '[' && lgot != got)
+            HX_FAILED_("host byte 0x%02x: long host accepted %d, short %d", c, lgot, got);
+        if (lgot && c != '.' && (out.len != 12 || memcmp(out.ptr, "abcdef", 6) != 0 ||
+                                 memcmp(out.ptr + 7, "hijkl", 5) != 0))
+            HX_FAILED_("host byte 0x%02x: long host normalised to '%.*s'", c, (int)out.len,
+                       out.ptr);
         if (c == '%' || c == ':' || c == '[')
             continue; /* pct-encoding, the port, IPv6: their own checks */
         if (got != want)
