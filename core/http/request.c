@@ -539,13 +539,31 @@ static int set_host_header(hx_req *r, helios_buf field, helios_buf host, unsigne
     size_t n = host.len;
     if (n > sizeof(v) - 8)
         return -1;
+    /* The usual case first: the field is already HOST, or HOST ":" PORT
+     * with PORT's digits as formatting it would give them (no leading
+     * zero): nothing to build or copy. */
+    unsigned dflt = r->https ? 443u : 80u;
+    if (n && field.len >= n && memcmp(field.ptr, host.ptr, n) == 0) {
+        if (field.len == n && (port == 0 || port == dflt))
+            return 0;
+        if (port && port != dflt && field.len > n + 1 && field.len - n - 1 <= 5 &&
+            field.ptr[n] == ':' && field.ptr[n + 1] != '0') {
+            const char *d = field.ptr + n + 1;
+            size_t dl = field.len - n - 1, i = 0;
+            unsigned pv = 0;
+            for (; i < dl && d[i] >= '0' && d[i] <= '9'; i++)
+                pv = pv * 10 + (unsigned)(d[i] - '0');
+            if (i == dl && pv == port)
+                return 0;
+        }
+    }
     memcpy(v, host.ptr, n);
     if (port && port != (r->https ? 443u : 80u)) {
         v[n++] = ':';
         n += hx_u64_dec(v + n, port);
     }
     if (n && field.len == n && memcmp(field.ptr, v, n) == 0)
-        return 0; /* already the one value (the usual case): nothing to copy */
+        return 0; /* already the one value: nothing to copy */
     hx_hdrs_remove(&r->hdrs, "host");
     if (n == 0)
         return 0; /* HTTP/1.0 without Host: the proxy names the backend */
