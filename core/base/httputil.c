@@ -4,6 +4,8 @@
  */
 #include "base/httputil.h"
 
+#include "base/buf.h"
+
 #include <string.h>
 
 #include <llhttp.h>
@@ -30,9 +32,9 @@ int hx_hdrs_add(hx_arena *a, hx_hdrs *h, const char *name, size_t nlen, const ch
     if (nm == NULL)
         return -1;
     char *vl = nm + nlen + 1;
-    memcpy(nm, name, nlen);
+    hx_copy(nm, name, nlen);
     nm[nlen] = '\0';
-    memcpy(vl, value, vlen);
+    hx_copy(vl, value, vlen);
     vl[vlen] = '\0';
     h->v[h->n].name = (helios_buf){nm, nlen};
     h->v[h->n].value = (helios_buf){vl, vlen};

@@ -1554,7 +1554,7 @@ void hx_conns_kill(hx_worker *w)
  * literals (always inlined: strlen folds to a constant). */
 static inline char *put(char *o, const char *p, size_t n)
 {
-    memcpy(o, p, n);
+    hx_copy(o, p, n);
     return o + n;
 }
 

@@ -362,7 +362,7 @@ static int peer_trusted(const hx_req *r)
  * literals (always inlined: strlen folds to a constant). */
 static inline char *put(char *o, const char *p, size_t n)
 {
-    memcpy(o, p, n);
+    hx_copy(o, p, n);
     return o + n;
 }
 

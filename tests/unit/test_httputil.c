@@ -13,6 +13,7 @@
 #include <strings.h>
 
 #include "base/arena.h"
+#include "base/buf.h"
 #include "base/httputil.h"
 
 static hx_arena arena;
@@ -223,6 +224,23 @@ HX_TEST(field_value_bytes_are_htab_sp_vchar_and_obs_text)
     }
 }
 
+/* hx_copy (buf.h) writes every head piece: exactly N bytes, whatever N. */
+HX_TEST(short_copies_write_exactly_n_bytes)
+{
+    char src[64], dst[80];
+    for (size_t i = 0; i < sizeof(src); i++)
+        src[i] = (char)('A' + i % 50);
+    for (size_t n = 0; n <= 40; n++) {
+        memset(dst, '#', sizeof(dst));
+        hx_copy(dst + 8, src + 3, n);
+        for (size_t i = 0; i < sizeof(dst); i++) {
+            char want = i >= 8 && i < 8 + n ? src[3 + i - 8] : '#';
+            if (dst[i] != want)
+                HX_FAILED_("hx_copy of %zu bytes: byte %zu is '%c', want '%c'", n, i, dst[i], want);
+        }
+    }
+}
+
 HX_TEST(host_name_bytes_are_exactly_rfc3986_reg_name_ones)
 {
     for (int c = 1; c < 256; c++) {
@@ -262,6 +280,7 @@ int main(void)
     HX_RUN(host_is_normalised_once_case_port_trailing_dot_brackets);
     HX_RUN(malformed_hosts_are_refused);
     HX_RUN(host_name_bytes_are_exactly_rfc3986_reg_name_ones);
+    HX_RUN(short_copies_write_exactly_n_bytes);
     HX_RUN(field_value_bytes_are_htab_sp_vchar_and_obs_text);
     hx_arena_reset(&arena);
     free(first);
