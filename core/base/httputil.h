@@ -95,6 +95,14 @@ static inline int hx_name_is(const char *a, size_t n, const char *lower, size_t 
         if ((x | hx_letters8(l)) != l)
             return 0;
     }
+    if (i + 4 <= n) { /* "host", "date", the rest of "content-length" */
+        uint32_t x, l;
+        memcpy(&x, a + i, 4);
+        memcpy(&l, lower + i, 4);
+        if ((x | (uint32_t)hx_letters8(l)) != l)
+            return 0;
+        i += 4;
+    }
     for (; i < n; i++) {
         unsigned char x = (unsigned char)a[i];
         if ((x >= 'A' && x <= 'Z' ? x | 0x20 : x) != (unsigned char)lower[i])
