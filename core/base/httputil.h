@@ -69,6 +69,16 @@ static inline int hx_ascii_ieq(const char *a, const char *b, size_t n)
         if ((x ^ y) & ~hx_letters8(x))
             return 0;
     }
+    if (i + 4 <= n) {
+        uint32_t x, y;
+        memcpy(&x, a + i, 4);
+        memcpy(&y, b + i, 4);
+        if (!((x | y) & 0x80808080u)) {
+            if ((x ^ y) & ~(uint32_t)hx_letters8(x))
+                return 0;
+            i += 4;
+        }
+    }
     for (; i < n; i++) {
         unsigned char x = (unsigned char)a[i], y = (unsigned char)b[i];
         if (x == y)
