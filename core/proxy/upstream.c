@@ -380,7 +380,7 @@ static inline __attribute__((always_inline)) char *putl(char *o, const char *s)
  */
 typedef struct fwd_in {
     int trusted;    /* the peer is in trusted_proxies */
-    const char *peer;
+    char peer[HX_IP_STRLEN];
     size_t peer_len;
     int peer_v6;    /* an IPv6 address: bracketed in Forwarded */
     const char *scheme;
@@ -391,7 +391,7 @@ typedef struct fwd_in {
 static void fwd_start(fwd_in *f, hx_req *r)
 {
     f->trusted = peer_trusted(r);
-    f->peer = r->conn->peer_ip;
+    hx_addr_ip_str(&r->conn->peer.sa, f->peer, sizeof(f->peer));
     f->peer_len = strlen(f->peer);
     f->peer_v6 = memchr(f->peer, ':', f->peer_len) != NULL;
     f->scheme = r->conn->ssl ? "https" : "http";
