@@ -114,40 +114,7 @@ const unsigned char hx_tchar[256] = {
 
 const unsigned char hx_vchar[256] = {['\t'] = 1, [0x20 ... 0x7e] = 1, [0x80 ... 0xff] = 1};
 
-/* 1 when every byte of P..P+N is in TAB. Four bytes a step, and no early
- * exit: the verdict is the same, with a quarter of the branches. */
-static int all_in(const unsigned char *tab, const char *p, size_t n)
-{
-    const unsigned char *u = (const unsigned char *)p;
-    unsigned ok = 1;
-    size_t i = 0;
-    for (; i + 4 <= n; i += 4)
-        ok &= tab[u[i]] & tab[u[i + 1]] & tab[u[i + 2]] & tab[u[i + 3]];
-    for (; i < n; i++)
-        ok &= tab[u[i]];
-    return ok;
-}
 
-int hx_token_valid(const char *p, size_t n) { return n > 0 && all_in(hx_tchar, p, n); }
-
-int hx_hdr_name_valid(const char *p, size_t n) { return hx_token_valid(p, n); }
-
-int hx_hdr_value_valid(const char *p, size_t n) { return all_in(hx_vchar, p, n); }
-
-/* Every header of every proxied message is checked here: the length picks
- * the one or two candidates, so most names cost a switch and nothing more. */
-int hx_is_hop_header(const char *name, size_t n)
-{
-    switch (n) {
-    case 2: return hx_name_is(name, n, "te", 2);
-    case 7: return hx_name_is(name, n, "trailer", 7) || hx_name_is(name, n, "upgrade", 7);
-    case 10: return hx_name_is(name, n, "connection", 10) || hx_name_is(name, n, "keep-alive", 10);
-    case 16: return hx_name_is(name, n, "proxy-connection", 16);
-    case 17: return hx_name_is(name, n, "transfer-encoding", 17);
-    case 18: return hx_name_is(name, n, "proxy-authenticate", 18);
-    default: return 0;
-    }
-}
 
 /* ---- methods and status ---- */
 
@@ -257,7 +224,7 @@ int hx_host_parse(hx_arena *a, const char *h, size_t n, helios_buf *host, unsign
         const char *colon = memchr(h, ':', n);
         end = colon ? (size_t)(colon - h) : n;
         /* the usual host (no %XX) passes the table four bytes a step */
-        for (size_t i = all_in(reg_name_tab, h, end) ? end : 0; i < end; i++) {
+        for (size_t i = hx_all_in(reg_name_tab, h, end) ? end : 0; i < end; i++) {
             unsigned char c = (unsigned char)h[i];
             if (c == '%') {
                 if (i + 2 >= end || !is_hex((unsigned char)h[i + 1]) ||

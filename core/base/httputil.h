@@ -126,13 +126,47 @@ extern const unsigned char hx_tchar[256];
 /* Bytes a field value may hold (RFC 9110 5.5): HTAB, SP, VCHAR, obs-text;
  * no other control byte, no DEL. */
 extern const unsigned char hx_vchar[256];
+
+/* 1 when every byte of P..P+N is in TAB. Four bytes a step, and no early
+ * exit: the verdict is the same, with a quarter of the branches. Inlined:
+ * every header of every response is checked with it. */
+static inline int hx_all_in(const unsigned char *tab, const char *p, size_t n)
+{
+    const unsigned char *u = (const unsigned char *)p;
+    unsigned ok = 1;
+    size_t i = 0;
+    for (; i + 4 <= n; i += 4)
+        ok &= tab[u[i]] & tab[u[i + 1]] & tab[u[i + 2]] & tab[u[i + 3]];
+    for (; i < n; i++)
+        ok &= tab[u[i]];
+    return ok;
+}
+
 /* 1 when P..P+N is a non-empty token. */
-int hx_token_valid(const char *p, size_t n);
+static inline int hx_token_valid(const char *p, size_t n)
+{
+    return n > 0 && hx_all_in(hx_tchar, p, n);
+}
+
 /* Header names are tokens; values have no CTL but HTAB (no CR, LF, NUL). */
-int hx_hdr_name_valid(const char *p, size_t n);
-int hx_hdr_value_valid(const char *p, size_t n);
-/* 1 for the hop-by-hop headers a proxy never forwards (RFC 9110 7.6.1). */
-int hx_is_hop_header(const char *name, size_t n);
+static inline int hx_hdr_name_valid(const char *p, size_t n) { return hx_token_valid(p, n); }
+static inline int hx_hdr_value_valid(const char *p, size_t n) { return hx_all_in(hx_vchar, p, n); }
+
+/* 1 for the hop-by-hop headers a proxy never forwards (RFC 9110 7.6.1).
+ * Every header of every proxied message is checked here: the length picks
+ * the one or two candidates, so most names cost a switch and nothing more. */
+static inline int hx_is_hop_header(const char *name, size_t n)
+{
+    switch (n) {
+    case 2: return hx_name_is(name, n, "te", 2);
+    case 7: return hx_name_is(name, n, "trailer", 7) || hx_name_is(name, n, "upgrade", 7);
+    case 10: return hx_name_is(name, n, "connection", 10) || hx_name_is(name, n, "keep-alive", 10);
+    case 16: return hx_name_is(name, n, "proxy-connection", 16);
+    case 17: return hx_name_is(name, n, "transfer-encoding", 17);
+    case 18: return hx_name_is(name, n, "proxy-authenticate", 18);
+    default: return 0;
+    }
+}
 /* 1 when the comma-separated list V names TOKEN (case-insensitive); items
  * may carry a "/version" suffix (Upgrade: websocket/13). */
 int hx_list_has_token(helios_buf v, const char *token, size_t tlen);

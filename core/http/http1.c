@@ -186,7 +186,7 @@ more: /* the input ended inside a line: its state goes on with the next read */
 
 /* Gives B a block of SIZE bytes from the worker's cache when it has none;
  * hx_buf grows it with realloc past that. */
-static int buf_take(hx_blockcache *bc, hx_buf *b, size_t size)
+static inline int buf_take(hx_blockcache *bc, hx_buf *b, size_t size)
 {
     if (b->data)
         return 0;
@@ -200,7 +200,7 @@ static int buf_take(hx_blockcache *bc, hx_buf *b, size_t size)
 
 /* Hands an empty buffer back: to the cache at its block size, else (it
  * grew) to malloc. */
-static void buf_give(hx_blockcache *bc, hx_buf *b, size_t size)
+static inline void buf_give(hx_blockcache *bc, hx_buf *b, size_t size)
 {
     if (b->data == NULL || hx_buf_size(b) != 0)
         return;
