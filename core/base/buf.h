@@ -46,6 +46,15 @@ static inline int hx_buf_reserve(hx_buf *b, size_t n)
 /* memcpy for the short pieces of heads (names, values, addresses): up to
  * 16 bytes with two overlapping loads and stores and no call, longer ones
  * by memcpy. */
+static inline void hx_copy_ends(unsigned char *d, const unsigned char *s, size_t n, size_t k)
+{
+    uint64_t a, b; /* K (4 or 8) bytes from each end; they overlap when N < 2K */
+    memcpy(&a, s, k);
+    memcpy(&b, s + n - k, k);
+    memcpy(d, &a, k);
+    memcpy(d + n - k, &b, k);
+}
+
 static inline void hx_copy(void *dst, const void *src, size_t n)
 {
     unsigned char *d = dst;
@@ -53,17 +62,9 @@ static inline void hx_copy(void *dst, const void *src, size_t n)
     if (n > 16) {
         memcpy(d, s, n);
     } else if (n >= 8) {
-        uint64_t a, b;
-        memcpy(&a, s, 8);
-        memcpy(&b, s + n - 8, 8);
-        memcpy(d, &a, 8);
-        memcpy(d + n - 8, &b, 8);
+        hx_copy_ends(d, s, n, 8);
     } else if (n >= 4) {
-        uint32_t a, b;
-        memcpy(&a, s, 4);
-        memcpy(&b, s + n - 4, 4);
-        memcpy(d, &a, 4);
-        memcpy(d + n - 4, &b, 4);
+        hx_copy_ends(d, s, n, 4);
     } else if (n > 0) {
         d[0] = s[0];
         d[n / 2] = s[n / 2];

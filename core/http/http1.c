@@ -67,15 +67,19 @@ static void conn_leave(hx_conn *c);
 /* Bytes of a request line: no control byte at all (not even HTAB), no DEL. */
 static const unsigned char rl_char[256] = {[0x20 ... 0x7e] = 1, [0x80 ... 0xff] = 1};
 
-/* How many whole steps of four bytes from P[I] on are all in TAB (a head
- * line's bytes are checked four at a time; the caller does the rest). */
-static inline size_t run_of(const unsigned char *tab, const char *p, size_t i, size_t n)
+/* Moves *I past the bytes of P (up to N) that are in TAB, four a step
+ * while all four are, then one by one. 1 when it stopped at a byte not in
+ * TAB (P[*I]), 0 when the input ended first. */
+static inline int skip_run(const unsigned char *tab, const char *p, size_t *i, size_t n)
 {
     const unsigned char *u = (const unsigned char *)p;
-    size_t k = i;
+    size_t k = *i;
     while (k + 4 <= n && (tab[u[k]] & tab[u[k + 1]] & tab[u[k + 2]] & tab[u[k + 3]]))
         k += 4;
-    return k - i;
+    while (k < n && tab[u[k]])
+        k++;
+    *i = k;
+    return k < n;
 }
 
 /*
@@ -100,18 +104,10 @@ static long head_validate(hx_conn *c, const char *p, size_t n)
             /* fall through */
         case V_RL:
             /* the states that run over many bytes loop here, not through
-             * the switch: four bytes a step while all of them belong to
-             * the line, then byte by byte up to its end */
-            i += run_of(rl_char, p, i, n);
-            if (i == n)
+             * the switch (skip_run) */
+            if (!skip_run(rl_char, p, &i, n))
                 goto more;
-            ch = (unsigned char)p[i];
-            while (rl_char[ch]) {
-                if (++i == n)
-                    goto more;
-                ch = (unsigned char)p[i];
-            }
-            if (ch != '\r')
+            if (p[i] != '\r')
                 return -1;
             st = V_RL_CR;
             break;
@@ -135,30 +131,16 @@ static long head_validate(hx_conn *c, const char *p, size_t n)
             st = V_H_NAME; /* and on with this byte: a tchar is never the colon */
             /* fall through */
         case V_H_NAME:
-            i += run_of(hx_tchar, p, i, n);
-            if (i == n)
+            if (!skip_run(hx_tchar, p, &i, n))
                 goto more;
-            ch = (unsigned char)p[i];
-            while (hx_tchar[ch]) {
-                if (++i == n)
-                    goto more;
-                ch = (unsigned char)p[i];
-            }
-            if (ch != ':') /* includes space before the colon */
+            if (p[i] != ':') /* includes space before the colon */
                 return -1;
             st = V_H_VALUE;
             break;
         case V_H_VALUE:
-            i += run_of(hx_vchar, p, i, n);
-            if (i == n)
+            if (!skip_run(hx_vchar, p, &i, n))
                 goto more;
-            ch = (unsigned char)p[i];
-            while (hx_vchar[ch]) {
-                if (++i == n)
-                    goto more;
-                ch = (unsigned char)p[i];
-            }
-            if (ch != '\r')
+            if (p[i] != '\r')
                 return -1;
             st = V_H_CR;
             break;
