@@ -115,7 +115,7 @@ EOF
 
 # --- processes ------------------------------------------------------------
 
-start_backend backend "${BACKEND_CPU:-$LOAD_CPU}" "$port_backend" --name bench --threads 1
+start_backend backend "$LOAD_CPU" "$port_backend" --name bench --threads 1
 start_heliosd heliosd "$PROXY_CPU" "$tmp/heliosd.yaml"
 start_nginx nginx "$PROXY_CPU" "$tmp/nginx.conf" "$tmp/nginx"
 bench_start haproxy "$PROXY_CPU" "$HAPROXY" -db -f "$tmp/haproxy.cfg"
