@@ -55,11 +55,12 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "uring_bench.h"
+
 #define MAXFD 32768
-#define EP_BUF 16384   /* epoll: bytes per direction */
-#define UR_BUF 4096    /* io_uring: bytes per provided buffer */
-#define UR_NBUFS 512   /* io_uring: provided buffers (a power of two) */
-#define BGID 1
+#define EP_BUF 16384 /* epoll: bytes per direction */
+#define UR_BUF 4096  /* io_uring: bytes per provided buffer */
+#define UR_NBUFS 512 /* io_uring: provided buffers (a power of two) */
 
 static int backend_port;
 
@@ -67,19 +68,6 @@ static void fail(const char *what)
 {
     fprintf(stderr, "floor_proxy: %s: %s\n", what, strerror(errno));
     exit(1);
-}
-
-static int listen_on(int port)
-{
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    int one = 1;
-    struct sockaddr_in a = {.sin_family = AF_INET,
-                            .sin_port = htons((uint16_t)port),
-                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
-        bind(fd, (struct sockaddr *)&a, sizeof(a)) != 0 || listen(fd, 4096) != 0)
-        fail("listen on 127.0.0.1");
-    return fd;
 }
 
 /* The backend connection for a new client: connected, non-blocking, no
@@ -92,7 +80,8 @@ static int pair_backend(int cfd)
                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
     int bfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (bfd >= 0 && connect(bfd, (struct sockaddr *)&a, sizeof(a)) != 0) {
-        fprintf(stderr, "floor_proxy: connect to 127.0.0.1:%d: %s\n", backend_port, strerror(errno));
+        fprintf(stderr, "floor_proxy: connect to 127.0.0.1:%d: %s\n", backend_port,
+                strerror(errno));
         close(bfd);
         bfd = -1;
     }
@@ -265,7 +254,6 @@ static void run_epoll(int lfd, int sfd)
 /* ---- io_uring ------------------------------------------------------------- */
 
 enum { OP_ACCEPT = 1, OP_RECV, OP_SEND, OP_SIGNAL };
-#define UD(op, fd) (((uint64_t)(op) << 32) | (uint32_t)(fd))
 
 /* One socket of a pair. The queue holds the buffers to be sent TO it, in
  * the order they were received from its peer; qoff is what of the first
@@ -282,49 +270,21 @@ typedef struct ur_side {
 
 static ur_side *urs[MAXFD];
 static struct io_uring ring;
-static struct io_uring_buf_ring *br;
-static char *bufs;
+static ub_bufs bufs;
 static unsigned blen[UR_NBUFS];
 static int bnext[UR_NBUFS];
 static int free_bufs = UR_NBUFS;
 static int starved_fds[MAXFD], n_starved;
 
-static struct io_uring_sqe *sqe_get(void)
-{
-    struct io_uring_sqe *sqe = io_uring_get_sqe(&ring);
-    if (sqe == NULL) { /* the SQ is full: submit what is queued, then there is room */
-        io_uring_submit(&ring);
-        sqe = io_uring_get_sqe(&ring);
-    }
-    if (sqe == NULL) {
-        fprintf(stderr, "floor_proxy: no submission queue entry\n");
-        exit(1);
-    }
-    return sqe;
-}
-
 static void buf_recycle(int bid)
 {
-    io_uring_buf_ring_add(br, bufs + (size_t)bid * UR_BUF, UR_BUF, (unsigned short)bid,
-                          io_uring_buf_ring_mask(UR_NBUFS), 0);
-    io_uring_buf_ring_advance(br, 1);
+    ub_recycle(&bufs, bid);
     free_bufs++;
-}
-
-static void arm_accept(int lfd)
-{
-    struct io_uring_sqe *sqe = sqe_get();
-    io_uring_prep_multishot_accept(sqe, lfd, NULL, NULL, SOCK_CLOEXEC);
-    io_uring_sqe_set_data64(sqe, UD(OP_ACCEPT, lfd));
 }
 
 static void arm_recv(int fd)
 {
-    struct io_uring_sqe *sqe = sqe_get();
-    io_uring_prep_recv_multishot(sqe, fd, NULL, 0, 0);
-    sqe->flags |= IOSQE_BUFFER_SELECT;
-    sqe->buf_group = BGID;
-    io_uring_sqe_set_data64(sqe, UD(OP_RECV, fd));
+    ub_arm_recv(&ring, fd, OP_RECV);
     urs[fd]->recv_armed = 1;
     urs[fd]->starved = 0;
 }
@@ -333,10 +293,9 @@ static void send_next(int fd)
 {
     ur_side *d = urs[fd];
     int bid = d->qhead;
-    struct io_uring_sqe *sqe = sqe_get();
-    io_uring_prep_send(sqe, fd, bufs + (size_t)bid * UR_BUF + d->qoff, blen[bid] - d->qoff,
-                       MSG_NOSIGNAL);
-    io_uring_sqe_set_data64(sqe, UD(OP_SEND, fd));
+    struct io_uring_sqe *sqe = ub_sqe(&ring);
+    io_uring_prep_send(sqe, fd, ub_buf(&bufs, bid) + d->qoff, blen[bid] - d->qoff, MSG_NOSIGNAL);
+    io_uring_sqe_set_data64(sqe, UB_UD(OP_SEND, fd));
     d->sending = 1;
 }
 
@@ -486,26 +445,13 @@ static void run_uring(int lfd, int sfd)
         errno = -rc;
         fail("io_uring_queue_init");
     }
-    br = mmap(NULL, UR_NBUFS * sizeof(struct io_uring_buf), PROT_READ | PROT_WRITE,
-              MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
-    bufs = malloc((size_t)UR_NBUFS * UR_BUF);
-    struct io_uring_buf_reg reg = {
-        .ring_addr = (unsigned long)br, .ring_entries = UR_NBUFS, .bgid = BGID};
-    if (br == MAP_FAILED || bufs == NULL || io_uring_register_buf_ring(&ring, &reg, 0) != 0) {
-        fprintf(stderr, "floor_proxy: cannot register the provided-buffer ring\n");
-        exit(1);
-    }
-    io_uring_buf_ring_init(br);
-    for (i = 0; i < UR_NBUFS; i++)
-        io_uring_buf_ring_add(br, bufs + (size_t)i * UR_BUF, UR_BUF, (unsigned short)i,
-                              io_uring_buf_ring_mask(UR_NBUFS), i);
-    io_uring_buf_ring_advance(br, UR_NBUFS);
+    ub_bufs_init(&ring, &bufs, UR_BUF, UR_NBUFS);
 
     struct signalfd_siginfo si;
-    struct io_uring_sqe *sqe = sqe_get();
+    struct io_uring_sqe *sqe = ub_sqe(&ring);
     io_uring_prep_read(sqe, sfd, &si, sizeof(si), 0);
-    io_uring_sqe_set_data64(sqe, UD(OP_SIGNAL, sfd));
-    arm_accept(lfd);
+    io_uring_sqe_set_data64(sqe, UB_UD(OP_SIGNAL, sfd));
+    ub_arm_accept(&ring, lfd, OP_ACCEPT);
     printf("ready io_uring (%s)\n", mode);
     fflush(stdout);
 
@@ -530,14 +476,10 @@ static void run_uring(int lfd, int sfd)
                 else if (accept_errors++ < 10)
                     fprintf(stderr, "floor_proxy: accept: %s\n", strerror(-res));
                 if (!(cqe->flags & IORING_CQE_F_MORE))
-                    arm_accept(lfd);
+                    ub_arm_accept(&ring, lfd, OP_ACCEPT);
                 break;
-            case OP_RECV:
-                on_recv(fd, res, cqe->flags);
-                break;
-            case OP_SEND:
-                on_send(fd, res);
-                break;
+            case OP_RECV: on_recv(fd, res, cqe->flags); break;
+            case OP_SEND: on_send(fd, res); break;
             case OP_SIGNAL:
                 io_uring_cq_advance(&ring, seen);
                 io_uring_queue_exit(&ring);
@@ -574,7 +516,7 @@ int main(int argc, char **argv)
         return 2;
     }
     int sfd = signals_fd();
-    int lfd = listen_on(port);
+    int lfd = ub_listen(port);
     if (strcmp(mode, "epoll") == 0)
         run_epoll(lfd, sfd);
     else
