@@ -42,7 +42,7 @@ if [ ! -s conf.d/admin.secret ]; then
     (umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >conf.d/admin.secret)
 fi
 token=$(sh packaging/admin-token.sh conf.d/admin.secret 86400)
-"$dir/heliosd" -t -c conf.d
+STATE_DIRECTORY=$STATE_DIRECTORY "$dir/heliosd" -t -c conf.d
 echo
 echo "heliosd demo on http://127.0.0.1:8080 (README.md, \"Two commands\"). Admin API token, valid 24 h:"
 echo

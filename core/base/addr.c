@@ -202,16 +202,41 @@ int hx_addr_parse(const char *s, int resolve, hx_addr *out, char *err, size_t er
     return 0;
 }
 
+/* Dotted quad without inet_ntop's and snprintf's generality: this runs
+ * for every proxied request (X-Forwarded-For, Forwarded) and access-log
+ * line, since connections no longer keep the formatted peer (D54). */
+static size_t ip4_str(const unsigned char *b, char *out)
+{
+    char *o = out;
+    for (int i = 0; i < 4; i++) {
+        unsigned v = b[i];
+        if (v >= 100) {
+            *o++ = (char)('0' + v / 100);
+            v %= 100;
+            *o++ = (char)('0' + v / 10);
+        } else if (v >= 10) {
+            *o++ = (char)('0' + v / 10);
+        }
+        *o++ = (char)('0' + v % 10);
+        *o++ = '.';
+    }
+    o[-1] = '\0';
+    return (size_t)(o - 1 - out);
+}
+
 const char *hx_addr_ip_str(const struct sockaddr *sa, char *buf, size_t size)
 {
-    char ip[INET6_ADDRSTRLEN];
+    char ip[HX_IP_STRLEN];
     if (size == 0)
         return buf;
     if (sa == NULL) {
         snprintf(buf, size, "(none)");
-    } else if (sa->sa_family == AF_INET &&
-               inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, ip, sizeof(ip))) {
-        snprintf(buf, size, "%s", ip);
+    } else if (sa->sa_family == AF_INET) {
+        size_t n = ip4_str((const unsigned char *)&((const struct sockaddr_in *)sa)->sin_addr, ip);
+        if (n >= size)
+            n = size - 1;
+        memcpy(buf, ip, n);
+        buf[n] = '\0';
     } else if (sa->sa_family == AF_INET6 &&
                inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, ip, sizeof(ip))) {
         snprintf(buf, size, "%s", ip);

@@ -30,7 +30,8 @@ int hx_addr_parse(const char *s, int resolve, hx_addr *out, char *err, size_t er
 
 /* "1.2.3.4:80" or "[::1]:80" into BUF; returns BUF. */
 const char *hx_addr_str(const hx_addr *a, char *buf, size_t size);
-/* Only the IP part: "1.2.3.4" or "::1". */
+/* Only the IP part: "1.2.3.4" or "::1". HX_IP_STRLEN bytes hold any. */
+#define HX_IP_STRLEN 48
 const char *hx_addr_ip_str(const struct sockaddr *sa, char *buf, size_t size);
 
 /* "10.0.0.0/8", "::1/128", a bare address means a host route. */

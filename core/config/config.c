@@ -1360,6 +1360,13 @@ static void parse_routes(build *b, const hx_conf_node *root)
 
 /* ---- generation ---- */
 
+static void (*gen_free_hook)(hx_gen *g);
+
+void hx_gen_set_free_hook(void (*fn)(hx_gen *g))
+{
+    gen_free_hook = fn;
+}
+
 static void gen_free(hx_gen *g, int free_tree)
 {
     if (!g)
@@ -1477,8 +1484,11 @@ void hx_gen_unref(hx_gen *g)
     if (!g)
         return;
     /* acq_rel: every worker's last use happens-before the free. */
-    if (atomic_fetch_sub_explicit(&g->refs, 1, memory_order_acq_rel) == 1)
+    if (atomic_fetch_sub_explicit(&g->refs, 1, memory_order_acq_rel) == 1) {
+        if (gen_free_hook)
+            gen_free_hook(g);
         gen_free(g, 1);
+    }
 }
 
 hx_upstream *hx_gen_upstream(const hx_gen *g, const char *name)

@@ -43,6 +43,11 @@ typedef struct hx_backend {
     /* keep-alive pools, one per worker, set up by the core when the
      * generation starts (upstream.c); config.c leaves it NULL */
     struct hx_pool *pools;
+    /* The counters above as handed to the next generation's backend of the
+     * same upstream and name (runtime/state.c, main thread): what this one
+     * counts later is added there when this generation is freed. */
+    int handed;
+    uint64_t handed_at[6]; /* requests, failures, retries, transitions[3] */
 } hx_backend;
 
 /* An immutable list; replaced as a whole on runtime changes. */
@@ -89,6 +94,10 @@ typedef struct hx_upstream {
     int protocol;              /* HX_PROTO_* */
     struct hx_uptls *tls;      /* TLS to the backends, or NULL */
     const hx_conf_node *node;
+    /* panic_entries as handed to the next generation (as hx_backend.handed;
+     * main thread, runtime/state.c) */
+    int panic_handed;
+    uint64_t panic_handed_at;
 } hx_upstream;
 
 enum { HX_PROTO_HTTP1 = 0, HX_PROTO_H2 = 1 };
@@ -240,6 +249,12 @@ void hx_gen_ref(hx_gen *g);
 /* Drops a reference; the last one frees the generation (main thread only:
  * workers hand their last reference back through the main loop). */
 void hx_gen_unref(hx_gen *g);
+
+/* FN runs on the main thread as a generation is freed, before its parts
+ * go: the runtime adds to the running generation what the old one counted
+ * after a reload handed its counters over (runtime/state.c). Set once by
+ * hx_runtime_wire. */
+void hx_gen_set_free_hook(void (*fn)(hx_gen *g));
 
 hx_upstream *hx_gen_upstream(const hx_gen *g, const char *name);
 

@@ -169,7 +169,7 @@ static void buf_give(hx_blockcache *bc, hx_buf *b, size_t size)
     b->off = b->len = b->cap = 0;
 }
 
-/* Between requests a connection holds only itself (488 bytes): its I/O
+/* Between requests a connection holds only itself (448 bytes): its I/O
  * buffers go back to the worker and come again with the next byte (the
  * head buffers went with the request), so 100k idle keep-alive clients
  * cost what 100k structs cost (D54). */
@@ -246,7 +246,7 @@ static int conn_tls_handshake(hx_conn *c)
      * health check) is not worth an info line */
     int quiet = (e == SSL_ERROR_SYSCALL && err == 0) ||
                 ERR_GET_REASON(err) == SSL_R_UNEXPECTED_EOF_WHILE_READING;
-    hx_log(quiet ? HELIOS_LOG_DEBUG : HELIOS_LOG_INFO, "%s: TLS handshake failed: %s", c->peer_ip,
+    hx_log(quiet ? HELIOS_LOG_DEBUG : HELIOS_LOG_INFO, "%s: TLS handshake failed: %s", HX_CONN_PEER(c),
            err ? buf : (e == SSL_ERROR_SYSCALL ? "connection closed" : "protocol error"));
     return -1;
 }
@@ -435,9 +435,7 @@ static void conn_send_error(hx_conn *c, int status, const char *why)
                      "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
                      "Connection: close\r\nDate: %s\r\n\r\n%d %s\n",
                      status, reason, blen, hx_worker_date(c->w), status, reason);
-    char peer[64];
-    hx_addr_ip_str((struct sockaddr *)&c->peer, peer, sizeof(peer));
-    hx_info("%s: %d %s: %s", peer, status, reason, why);
+    hx_info("%s: %d %s: %s", HX_CONN_PEER(c), status, reason, why);
     if (c->req && !c->req->head_sent) {
         c->req->status = status;
         c->req->head_sent = 1;
@@ -1112,7 +1110,7 @@ static void conn_process(hx_conn *c)
             return; /* the first line is not complete: wait for more */
         if (proto < 0) {
             hx_info("%s: neither an HTTP/1.x request line nor the HTTP/2 preface: closed",
-                    c->peer_ip);
+                    HX_CONN_PEER(c));
             c->head_flags |= C_DEAD;
             return;
         }
@@ -1377,7 +1375,6 @@ void hx_conn_accept(hx_lsock *ls, int fd, const struct sockaddr *sa, socklen_t s
     if (salen > sizeof(c->peer))
         salen = sizeof(c->peer);
     memcpy(&c->peer, sa, salen);
-    hx_addr_ip_str(sa, c->peer_ip, sizeof(c->peer_ip));
     static _Atomic uint64_t next_id = 1;
     c->id = atomic_fetch_add_explicit(&next_id, 1, memory_order_relaxed);
     llhttp_init(&c->parser, HTTP_REQUEST, req_settings());

@@ -95,7 +95,7 @@ static void h2_kill(hx_h2 *h, uint32_t code, const char *why)
     if (h->kill_reason)
         return;
     h->kill_reason = why;
-    hx_info("%s: HTTP/2: %s: sending GOAWAY and closing", h->c->peer_ip, why);
+    hx_info("%s: HTTP/2: %s: sending GOAWAY and closing", HX_CONN_PEER(h->c), why);
     nghttp2_submit_goaway(h->s, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(h->s),
                           code, (const uint8_t *)why, strlen(why));
     h->goaway_sent = 1;
@@ -682,7 +682,7 @@ static int on_invalid_frame(nghttp2_session *s, const nghttp2_frame *f, int err,
     (void)s;
     (void)f;
     hx_h2 *h = user;
-    hx_debug("%s: HTTP/2 invalid frame: %s", h->c->peer_ip, nghttp2_strerror(err));
+    hx_debug("%s: HTTP/2 invalid frame: %s", HX_CONN_PEER(h->c), nghttp2_strerror(err));
     return 0;
 }
 
@@ -784,7 +784,7 @@ int hx_h2_pump(hx_conn *c)
         const uint8_t *data;
         ssize_t n = nghttp2_session_mem_send(h->s, &data);
         if (n < 0) {
-            hx_info("%s: HTTP/2 send: %s", c->peer_ip, nghttp2_strerror((int)n));
+            hx_info("%s: HTTP/2 send: %s", HX_CONN_PEER(c), nghttp2_strerror((int)n));
             return -1;
         }
         if (n == 0)

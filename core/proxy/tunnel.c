@@ -88,7 +88,7 @@ static void tunnel_fail(hx_tunnel *t, const char *why)
     t->failed = 1;
     t->r->error_reason = why;
     t->r->aborted = 1;
-    hx_debug("%s: tunnel to %s closed: %s", t->c->peer_ip, t->r->upstream_addr, why);
+    hx_debug("%s: tunnel to %s closed: %s", HX_CONN_PEER(t->c), t->r->upstream_addr, why);
     hx_conn_mark_dead(t->c);
 }
 
@@ -300,7 +300,7 @@ static void idle_cb(struct ev_loop *loop, ev_timer *tm, int revents)
     hx_conn_enter(c);
     ev_tstamp left = t->idle - (ev_now(loop) - t->last_io);
     if (left <= 0) {
-        hx_info("%s: tunnel to %s idle for %.0f s: closed", c->peer_ip, t->r->upstream_addr,
+        hx_info("%s: tunnel to %s idle for %.0f s: closed", HX_CONN_PEER(c), t->r->upstream_addr,
                 t->idle);
         tunnel_fail(t, "tunnel idle timeout");
     } else {
@@ -319,7 +319,7 @@ void hx_tunnel_start(hx_req *r, hx_upconn *u, const char *rest, size_t n)
     struct ev_loop *loop = c->w->loop;
     hx_tunnel *t = calloc(1, sizeof(*t));
     if (t == NULL) {
-        hx_error("%s: out of memory starting a tunnel", c->peer_ip);
+        hx_error("%s: out of memory starting a tunnel", HX_CONN_PEER(c));
         r->aborted = 1;
         hx_conn_mark_dead(c);
         return;
@@ -357,7 +357,7 @@ void hx_tunnel_start(hx_req *r, hx_upconn *u, const char *rest, size_t n)
     }
     if (c->half_closed)
         t->c_eof = 1; /* the client shut its side while the 101 was coming */
-    hx_debug("%s: tunnel to %s open", c->peer_ip, r->upstream_addr);
+    hx_debug("%s: tunnel to %s open", HX_CONN_PEER(c), r->upstream_addr);
     if (oom) {
         tunnel_fail(t, "out of memory");
         return;

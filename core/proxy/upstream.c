@@ -370,15 +370,15 @@ static inline __attribute__((always_inline)) void append(hx_buf *b, const char *
  */
 typedef struct fwd_in {
     int trusted;    /* the peer is in trusted_proxies */
-    const char *peer;
     const char *scheme;
+    char peer[HX_IP_STRLEN];
     helios_buf xff, fwd, xfp, xfh; /* what the client sent */
 } fwd_in;
 
 static void fwd_start(fwd_in *f, hx_req *r)
 {
     f->trusted = peer_trusted(r);
-    f->peer = r->conn->peer_ip;
+    hx_addr_ip_str(&r->conn->peer.sa, f->peer, sizeof(f->peer));
     f->scheme = r->conn->ssl ? "https" : "http";
 }
 

@@ -597,21 +597,23 @@ static int test_main(const char *conf)
     hx_gen *g = hx_gen_build(conf, hx_srv.module_override, hx_srv.default_module_dir,
                              &hx_srv.modreg, &tree);
     int rc = 0;
+    char state[4200] = "";
     if (g == NULL) {
         print_errors(tree);
         hx_conf_tree_free(tree);
         rc = 1;
     } else {
         if (log_file_ok("logging.error_log", g->logging.error_log) != 0 ||
-            log_file_ok("logging.access_log", g->logging.access_enabled ? g->logging.access_log
-                                                                        : NULL) != 0)
+            log_file_ok("logging.access_log",
+                        g->logging.access_enabled ? g->logging.access_log : NULL) != 0 ||
+            hx_state_check(g, state, sizeof(state)) != 0)
             rc = 1;
         else
             printf("configuration OK: %s (%zu listener%s, %zu route%s, %zu upstream%s, "
-                   "%zu module instance%s)\n",
+                   "%zu module instance%s)\n%s\n",
                    conf, g->nlisteners, g->nlisteners == 1 ? "" : "s", g->nroutes,
                    g->nroutes == 1 ? "" : "s", g->nupstreams, g->nupstreams == 1 ? "" : "s",
-                   g->ninstances, g->ninstances == 1 ? "" : "s");
+                   g->ninstances, g->ninstances == 1 ? "" : "s", state);
         hx_gen_unref(g);
     }
     hx_modreg_free(&hx_srv.modreg);

@@ -334,6 +334,19 @@ static int write_all(int fd, const char *p, size_t n)
     return 0;
 }
 
+/* The directory of PATH into DIR ("." when it names none). */
+static void dir_of(const char *path, char *dir, size_t size)
+{
+    snprintf(dir, size, "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (slash == dir)
+        slash[1] = '\0';
+    else if (slash)
+        *slash = '\0';
+    else
+        snprintf(dir, size, ".");
+}
+
 /* Writes the state to st.path: temporary file, fsync, rename, fsync of the
  * directory. A failure is logged (once per distinct reason) and shown by
  * GET /v1/state; the change itself stays applied. */
@@ -361,11 +374,8 @@ static void save(void)
     free(b.b.data);
     if (!why[0]) {
         char dir[4096];
-        snprintf(dir, sizeof(dir), "%s", st.path);
-        char *slash = strrchr(dir, '/');
-        if (slash)
-            *(slash == dir ? slash + 1 : slash) = '\0';
-        int dfd = open(slash ? dir : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        dir_of(st.path, dir, sizeof(dir));
+        int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
         if (dfd >= 0) {
             fsync(dfd);
             close(dfd);
@@ -591,8 +601,28 @@ static void apply_backend(hx_gen *g, hx_upstream *u, st_backend *e)
     }
 }
 
-/* A backend OLD also runs (same upstream, name and address) keeps its
- * counters and its verdicts: unhealthy stays unhealthy, and an open or
+/* The counters a reload carries, in hx_backend.handed_at order. */
+enum { N_COUNTERS = 6 };
+
+static _Atomic uint64_t *counter(hx_backend *b, int i)
+{
+    switch (i) {
+    case 0: return &b->requests;
+    case 1: return &b->failures;
+    case 2: return &b->retries;
+    default: return &b->breaker_transitions[i - 3];
+    }
+}
+
+/* Counters follow the metric series, whose labels are upstream and
+ * backend name (D71): G's backend continues OLD's of the same upstream and
+ * name, its address changed or not, and so does an upstream's panic count.
+ * OLD keeps counting its requests in flight (and all of them until the
+ * workers switch), so it remembers what it handed over and
+ * hx_state_gen_freed adds the rest when OLD ends: nothing counted is lost.
+ *
+ * Verdicts follow the address too: a backend with the same upstream, name
+ * and address keeps them, unhealthy stays unhealthy, and an open or
  * half-open breaker is half-open (its open timer ended with OLD's module:
  * trial requests decide now). The verdicts are marked carried until a
  * module of G confirms or changes them; hx_state_expire_carried lifts the
@@ -600,21 +630,37 @@ static void apply_backend(hx_gen *g, hx_upstream *u, st_backend *e)
  * is gone cannot keep a backend out for good. */
 static void carry_over(hx_gen *g, hx_gen *old)
 {
+    /* a refused reload may have marked OLD already: hand over afresh */
+    for (size_t i = 0; old && i < old->nupstreams; i++) {
+        hx_upstream *ou = old->upstreams[i];
+        hx_backends *obs = atomic_load(&ou->backends);
+        ou->panic_handed = 0;
+        for (size_t k = 0; k < obs->n; k++)
+            obs->v[k]->handed = 0;
+        for (size_t k = 0; k < ou->nremoved; k++)
+            ou->removed[k]->handed = 0;
+    }
     for (size_t i = 0; old && i < g->nupstreams; i++) {
         hx_upstream *u = g->upstreams[i], *ou = hx_gen_upstream(old, u->name);
         if (ou == NULL)
             continue;
+        ou->panic_handed_at = atomic_load(&ou->panic_entries);
+        ou->panic_handed = 1;
+        atomic_store(&u->panic_entries, ou->panic_handed_at);
+        /* still in panic: the next pick continues it, not a new entry */
+        atomic_store(&u->panicking, atomic_load(&ou->panicking));
         hx_backends *bs = atomic_load(&u->backends);
         for (size_t k = 0; k < bs->n; k++) {
             hx_backend *b = bs->v[k], *ob = running(ou, b->name);
-            if (ob == NULL || strcmp(ob->address, b->address) != 0)
+            if (ob == NULL)
                 continue;
-            atomic_store(&b->requests, atomic_load(&ob->requests));
-            atomic_store(&b->failures, atomic_load(&ob->failures));
-            atomic_store(&b->retries, atomic_load(&ob->retries));
-            for (int s = 0; s < 3; s++)
-                atomic_store(&b->breaker_transitions[s],
-                             atomic_load(&ob->breaker_transitions[s]));
+            for (int c = 0; c < N_COUNTERS; c++) {
+                ob->handed_at[c] = atomic_load(counter(ob, c));
+                atomic_store(counter(b, c), ob->handed_at[c]);
+            }
+            ob->handed = 1;
+            if (strcmp(ob->address, b->address) != 0)
+                continue;
             int carried = 0;
             if (!atomic_load(&ob->healthy)) {
                 atomic_store(&b->healthy, 0);
@@ -632,6 +678,30 @@ static void carry_over(hx_gen *g, hx_gen *old)
                         u->name, b->name, b->address,
                         carried & HX_CARRIED_HEALTH ? " unhealthy" : "",
                         carried & HX_CARRIED_BREAKER ? " breaker half-open" : "");
+        }
+    }
+}
+
+void hx_state_gen_freed(hx_gen *old)
+{
+    hx_gen *cur = hx_srv.gen;
+    if (cur == NULL || cur == old)
+        return;
+    for (size_t i = 0; i < old->nupstreams; i++) {
+        hx_upstream *ou = old->upstreams[i], *u = hx_gen_upstream(cur, ou->name);
+        hx_backends *obs = atomic_load(&ou->backends);
+        if (u == NULL || obs == NULL)
+            continue; /* gone: its series stop */
+        if (ou->panic_handed)
+            atomic_fetch_add(&u->panic_entries,
+                             atomic_load(&ou->panic_entries) - ou->panic_handed_at);
+        for (size_t k = 0; k < obs->n; k++) {
+            hx_backend *ob = obs->v[k], *b = ob->handed ? running(u, ob->name) : NULL;
+            for (int c = 0; b && c < N_COUNTERS; c++) {
+                uint64_t late = atomic_load(counter(ob, c)) - ob->handed_at[c];
+                if (late)
+                    atomic_fetch_add(counter(b, c), late);
+            }
         }
     }
 }
@@ -697,6 +767,56 @@ int hx_state_apply(hx_gen *g, hx_gen *old, char *err, size_t errlen)
             apply_backend(g, u, &su->b[k]);
     }
     carry_over(g, old);
+    return 0;
+}
+
+/* ---- heliosd -t ---- */
+
+int hx_state_check(hx_gen *g, char *summary, size_t size)
+{
+    char err[1024];
+    if (g->process.state_off) {
+        snprintf(summary, size, "state file: off (admin changes last until heliosd stops)");
+        return 0;
+    }
+    /* G never goes live: applying to it touches no file and no worker */
+    hx_ctl_lock();
+    int rc = hx_state_apply(g, NULL, err, sizeof(err));
+    hx_ctl_unlock();
+    if (rc != 0) {
+        fprintf(stderr, "heliosd: %s; heliosd would not start\n", err);
+        return -1;
+    }
+    size_t changes = 0, conflicts = 0;
+    for (size_t i = 0; i < st.nu; i++) {
+        const st_upstream *su = &st.u[i];
+        changes += su->nb + (su->strategy != NULL);
+        if (su->conflict) { /* the upstream is gone: none of it applies */
+            conflicts += su->nb + (su->strategy != NULL);
+            continue;
+        }
+        conflicts += su->strategy_conflict != NULL;
+        for (size_t k = 0; k < su->nb; k++)
+            conflicts += su->b[k].conflict != NULL;
+    }
+    if (conflicts)
+        fprintf(stderr,
+                "heliosd: warning: state_file: %s: %zu of %zu admin change%s would not apply "
+                "with this configuration (listed above); heliosd starts, keeps them in the file "
+                "and shows them in GET /v1/state\n",
+                st.path, conflicts, changes, changes == 1 ? "" : "s");
+    char dir[4096];
+    dir_of(st.path, dir, sizeof(dir));
+    if (access(dir, W_OK | X_OK) != 0) {
+        int e = errno;
+        fprintf(stderr,
+                "heliosd: warning: state_file: %s: cannot create files in %s: %s; heliosd "
+                "starts, but admin changes will not survive a restart (create the directory "
+                "for the service's user, StateDirectory= in the unit, or set state_file:)\n",
+                st.path, dir, strerror(e));
+    }
+    snprintf(summary, size, "state file: %s (%zu admin change%s to re-apply)", st.path, changes,
+             changes == 1 ? "" : "s");
     return 0;
 }
 

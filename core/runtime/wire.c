@@ -7,10 +7,12 @@
 #include "event/worker.h"
 #include "http/conn.h"
 #include "proxy/upstream.h"
+#include "runtime/state.h"
 
 void hx_runtime_wire(void)
 {
     hx_modules_set_host(&hx_host_api);
+    hx_gen_set_free_hook(hx_state_gen_freed);
     hx_proxy_register(&hx_upstream_proxy);
     hx_worker_set_hooks(&(hx_worker_hooks){
         .accept = hx_conn_accept,

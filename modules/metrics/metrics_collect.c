@@ -16,14 +16,16 @@
  * Lifetime: shards and series live in a store that outlives configuration
  * generations (the module is never unloaded). A reload with the same
  * `buckets` reuses the store, so counters carry on and Prometheus sees no
- * reset; a reload that changes `buckets` starts a new store (a reset, since
- * the histograms' shape changed). The store is freed with the last
- * generation using it.
+ * reset; a reload that changes `buckets` starts a new store, whose
+ * histograms start empty (their shape changed). The counters carry on: a
+ * scrape adds those of older stores, live or retired (mx_collect). A store
+ * is freed with the last generation using it, its counters kept.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
 #include <math.h>
+#include <pthread.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,7 +34,18 @@
 
 /* ---- process-lifetime storage ---- */
 
-static mx_store *mx_stores; /* main thread only */
+/* Live stores, newest first. Changed on the main thread; a scrape reads
+ * the older stores' counters too, so both hold the lock (a scrape keeps it
+ * while it uses the series' names). */
+static pthread_mutex_t mx_stores_lock = PTHREAD_MUTEX_INITIALIZER;
+static mx_store *mx_stores;
+
+/* Counters (no histograms) of stores already freed while a newer one
+ * runs, by label pair, with names of their own: what the route series
+ * counted before a reload changed `buckets` (under mx_stores_lock). */
+static mx_agg *mx_retired;
+static size_t mx_nretired;
+static uint64_t mx_retired_dropped;
 
 static size_t mx_series_size(size_t nb)
 {
@@ -66,15 +79,19 @@ static void mx_store_free(mx_store *st)
  * new one. Main thread (config_new). */
 mx_store *mx_store_get(const double *le, size_t nb)
 {
+    pthread_mutex_lock(&mx_stores_lock);
     for (mx_store *st = mx_stores; st != NULL; st = st->next) {
         if (st->nb == nb && memcmp(st->le, le, nb * sizeof(double)) == 0) {
             st->refs++;
+            pthread_mutex_unlock(&mx_stores_lock);
             return st;
         }
     }
     mx_store *st = calloc(1, sizeof(*st));
-    if (st == NULL)
+    if (st == NULL) {
+        pthread_mutex_unlock(&mx_stores_lock);
         return NULL;
+    }
     st->nb = nb;
     for (size_t i = 0; i < nb; i++) {
         st->le[i] = le[i];
@@ -85,20 +102,31 @@ mx_store *mx_store_get(const double *le, size_t nb)
     st->refs = 1;
     st->next = mx_stores;
     mx_stores = st;
+    pthread_mutex_unlock(&mx_stores_lock);
     return st;
 }
 
+static void mx_retire(mx_store *st);
+
 void mx_store_put(mx_store *st)
 {
-    if (st == NULL || --st->refs > 0)
+    pthread_mutex_lock(&mx_stores_lock);
+    if (st == NULL || --st->refs > 0) {
+        pthread_mutex_unlock(&mx_stores_lock);
         return;
+    }
     for (mx_store **pp = &mx_stores; *pp != NULL; pp = &(*pp)->next) {
         if (*pp == st) {
             *pp = st->next;
             break;
         }
     }
+    /* a newer store runs (buckets changed): its scrapes go on counting
+     * what this one counted */
+    if (mx_stores != NULL)
+        mx_retire(st);
     mx_store_free(st);
+    pthread_mutex_unlock(&mx_stores_lock);
 }
 
 /* ---- per-worker state and the hot path ---- */
@@ -320,15 +348,43 @@ static int mx_agg_cmp_route(const void *a, const void *b)
     return r ? r : strcmp(x->upstream, y->upstream);
 }
 
-/* Every series of every shard, summed per label pair and sorted by route
- * then upstream. Returns the count, or -1 when memory is short. */
-long mx_collect(mx_store *st, int backends, mx_agg **out, uint64_t **hist_out, uint64_t *dropped)
+/* A growing list of label pairs with their counters and, per entry, NH
+ * histogram slots (zero for entries that bring counters only). */
+typedef struct mx_vec {
+    mx_agg *v;
+    uint64_t *hist;
+    size_t n, cap, nh;
+    int oom;
+} mx_vec;
+
+static mx_agg *mx_vec_push(mx_vec *x)
 {
-    size_t nh = 2 * (st->nb + 1);
-    size_t n = 0, cap = 0;
-    mx_agg *v = NULL;
-    uint64_t *hist = NULL;
-    *dropped = 0;
+    if (x->oom)
+        return NULL;
+    if (x->n == x->cap) {
+        size_t cap = x->cap ? x->cap * 2 : 32;
+        mx_agg *nv = realloc(x->v, cap * sizeof(*nv));
+        if (nv != NULL)
+            x->v = nv;
+        uint64_t *nhist = nv ? realloc(x->hist, (cap * x->nh + 1) * sizeof(uint64_t)) : NULL;
+        if (nhist == NULL) {
+            x->oom = 1;
+            return NULL;
+        }
+        x->hist = nhist;
+        x->cap = cap;
+    }
+    mx_agg *a = &x->v[x->n];
+    memset(a, 0, sizeof(*a));
+    memset(x->hist + x->n * x->nh, 0, x->nh * sizeof(uint64_t));
+    x->n++;
+    return a;
+}
+
+/* Appends every series of ST's shards (its backend list when BACKENDS);
+ * the histograms too when HIST. Adds the shards' drops to *DROPPED. */
+static void mx_gather(mx_vec *x, mx_store *st, int backends, int hist, uint64_t *dropped)
+{
     for (size_t w = 0; w < MX_MAX_WORKERS; w++) {
         mx_shard *sh = atomic_load_explicit(&st->shards[w], memory_order_acquire);
         if (sh == NULL)
@@ -337,23 +393,11 @@ long mx_collect(mx_store *st, int backends, mx_agg **out, uint64_t **hist_out, u
         for (mx_series *s =
                  atomic_load_explicit(backends ? &sh->bhead : &sh->head, memory_order_acquire);
              s != NULL; s = s->next) {
-            if (n == cap) {
-                cap = cap ? cap * 2 : 32;
-                mx_agg *nv = realloc(v, cap * sizeof(*v));
-                uint64_t *nhist = nv ? realloc(hist, cap * nh * sizeof(uint64_t)) : NULL;
-                if (nv != NULL)
-                    v = nv;
-                if (nhist == NULL) {
-                    free(v);
-                    free(hist);
-                    return -1;
-                }
-                hist = nhist;
-            }
-            mx_agg *a = &v[n++];
+            mx_agg *a = mx_vec_push(x);
+            if (a == NULL)
+                return;
             a->route = s->route;
             a->upstream = s->upstream;
-            memset(a->code, 0, sizeof(a->code));
             for (int k = 0; k < MX_CODES; k++) {
                 uint32_t id = atomic_load_explicit(&s->code_id[k], memory_order_acquire);
                 if (id != 0)
@@ -365,38 +409,146 @@ long mx_collect(mx_store *st, int backends, mx_agg **out, uint64_t **hist_out, u
             a->bytes_out = mx_ld(&s->bytes_out);
             a->retries = mx_ld(&s->retries);
             a->limited = mx_ld(&s->limited);
+            if (!hist)
+                continue;
             a->lat_sum_us = mx_ld(&s->lat_sum_us);
             a->up_sum_us = mx_ld(&s->up_sum_us);
-            for (size_t k = 0; k < nh; k++)
-                hist[(n - 1) * nh + k] = mx_ld(&s->hist[k]);
+            uint64_t *h = x->hist + (x->n - 1) * x->nh;
+            for (size_t k = 0; k < x->nh; k++)
+                h[k] = mx_ld(&s->hist[k]);
         }
     }
-    for (size_t i = 0; i < n; i++)
-        v[i].hist = hist + i * nh;
-    /* merge equal label pairs (one per worker that saw them) */
-    if (n > 1)
-        qsort(v, n, sizeof(*v), mx_agg_cmp_route);
+}
+
+/* B's counts into A (same label pair); histograms over NH slots. */
+static void mx_agg_add(mx_agg *a, const mx_agg *b, uint64_t *ah, const uint64_t *bh, size_t nh)
+{
+    for (int k = 0; k < MX_STATUS_MAX; k++)
+        a->code[k] += b->code[k];
+    for (int k = 0; k < MX_CLASSES; k++)
+        a->code_other[k] += b->code_other[k];
+    a->bytes_in += b->bytes_in;
+    a->bytes_out += b->bytes_out;
+    a->retries += b->retries;
+    a->limited += b->limited;
+    a->lat_sum_us += b->lat_sum_us;
+    a->up_sum_us += b->up_sum_us;
+    for (size_t k = 0; k < nh; k++)
+        ah[k] += bh[k];
+}
+
+/* Sorts X by route then upstream and merges equal label pairs (one per
+ * worker and store that saw them); sets every entry's hist. */
+static void mx_vec_merge(mx_vec *x)
+{
+    for (size_t i = 0; i < x->n; i++)
+        x->v[i].hist = x->hist + i * x->nh;
+    if (x->n > 1)
+        qsort(x->v, x->n, sizeof(*x->v), mx_agg_cmp_route);
     size_t m = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (m > 0 && mx_agg_cmp_route(&v[m - 1], &v[i]) == 0) {
-            mx_agg *a = &v[m - 1], *b = &v[i];
-            for (int k = 0; k < MX_STATUS_MAX; k++)
-                a->code[k] += b->code[k];
-            for (int k = 0; k < MX_CLASSES; k++)
-                a->code_other[k] += b->code_other[k];
-            a->bytes_in += b->bytes_in;
-            a->bytes_out += b->bytes_out;
-            a->retries += b->retries;
-            a->limited += b->limited;
-            a->lat_sum_us += b->lat_sum_us;
-            a->up_sum_us += b->up_sum_us;
-            for (size_t k = 0; k < nh; k++)
-                a->hist[k] += b->hist[k];
+    for (size_t i = 0; i < x->n; i++) {
+        if (m > 0 && mx_agg_cmp_route(&x->v[m - 1], &x->v[i]) == 0)
+            mx_agg_add(&x->v[m - 1], &x->v[i], x->v[m - 1].hist, x->v[i].hist, x->nh);
+        else
+            x->v[m++] = x->v[i];
+    }
+    x->n = m;
+}
+
+/* Under mx_stores_lock, ST leaving while a newer store runs: its route
+ * counters join mx_retired, with names of their own. */
+static void mx_retire(mx_store *st)
+{
+    mx_vec x = {.nh = 0};
+    uint64_t dropped = 0;
+    for (size_t i = 0; i < mx_nretired; i++) {
+        mx_agg *a = mx_vec_push(&x);
+        if (a != NULL)
+            *a = mx_retired[i];
+    }
+    size_t kept = x.n;
+    mx_gather(&x, st, 0, 0, &dropped);
+    for (size_t i = kept; i < x.n && !x.oom; i++) {
+        char *r = strdup(x.v[i].route), *u = strdup(x.v[i].upstream);
+        if (r == NULL || u == NULL) {
+            free(r);
+            free(u);
+            x.n = i; /* the rest is not counted: logged below */
+            x.oom = 1;
+            break;
+        }
+        x.v[i].route = r;
+        x.v[i].upstream = u;
+    }
+    if (x.oom && x.n < kept) {
+        free(x.v);
+        free(x.hist);
+        mx_api->log(HELIOS_LOG_ERROR, MX_NAME,
+                    "out of memory keeping the request counters of the previous buckets: "
+                    "they restart from 0");
+        return;
+    }
+    if (x.oom)
+        mx_api->log(HELIOS_LOG_ERROR, MX_NAME,
+                    "out of memory keeping some request counters of the previous buckets: "
+                    "those restart from 0");
+    /* merge, freeing the names of the duplicates */
+    if (x.n > 1)
+        qsort(x.v, x.n, sizeof(*x.v), mx_agg_cmp_route);
+    size_t m = 0;
+    for (size_t i = 0; i < x.n; i++) {
+        if (m > 0 && mx_agg_cmp_route(&x.v[m - 1], &x.v[i]) == 0) {
+            mx_agg_add(&x.v[m - 1], &x.v[i], NULL, NULL, 0);
+            free((char *)x.v[i].route);
+            free((char *)x.v[i].upstream);
         } else {
-            v[m++] = v[i];
+            x.v[m++] = x.v[i];
         }
     }
-    *out = v;
-    *hist_out = hist;
-    return (long)m;
+    free(mx_retired);
+    free(x.hist);
+    mx_retired = x.v;
+    mx_nretired = m;
+    mx_retired_dropped += dropped;
+}
+
+/* Every series of every shard, summed per label pair and sorted by route
+ * then upstream. The route series (not BACKENDS) add the counters of older
+ * stores, live or retired, so a change of `buckets` restarts only the
+ * histograms. Call between mx_scrape_lock and mx_scrape_unlock (the names
+ * point into the stores). Returns the count, or -1 when memory is short. */
+long mx_collect(mx_store *st, int backends, mx_agg **out, uint64_t **hist_out, uint64_t *dropped)
+{
+    mx_vec x = {.nh = 2 * (st->nb + 1)};
+    *dropped = 0;
+    mx_gather(&x, st, backends, 1, dropped);
+    for (mx_store *o = mx_stores; !backends && o != NULL; o = o->next)
+        if (o != st)
+            mx_gather(&x, o, 0, 0, dropped);
+    for (size_t i = 0; !backends && i < mx_nretired; i++) {
+        mx_agg *a = mx_vec_push(&x);
+        if (a != NULL)
+            *a = mx_retired[i];
+    }
+    if (!backends)
+        *dropped += mx_retired_dropped;
+    if (x.oom) {
+        free(x.v);
+        free(x.hist);
+        return -1;
+    }
+    mx_vec_merge(&x);
+    *out = x.v;
+    *hist_out = x.hist;
+    return (long)x.n;
+}
+
+void mx_scrape_lock(void)
+{
+    pthread_mutex_lock(&mx_stores_lock);
+}
+
+void mx_scrape_unlock(void)
+{
+    pthread_mutex_unlock(&mx_stores_lock);
 }

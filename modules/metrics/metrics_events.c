@@ -10,13 +10,13 @@
  * probe rate (a few per second), never per request.
  *
  * The carry: the core carries a backend's counters (requests, failures,
- * retries, breaker transitions) into the next generation when the backend
- * keeps its upstream, name and address (D48), but a backend whose address
- * changed, one removed and added again, and per-upstream panic entries
- * start again at 0. Exported as they are, those would look like counter
- * resets. mx_carry remembers, per label set, the last value seen and what
- * earlier generations had reached, so the exported counter only grows; a
- * counter the core carried never goes down, so it is never added twice.
+ * retries, breaker transitions) and an upstream's panic entries into the
+ * next generation, losing nothing, while the backend keeps its upstream
+ * and name (D71). A backend removed and added again starts at 0, which
+ * exported as it is would look like a counter reset. mx_carry remembers,
+ * per label set, the last value seen and what earlier counts had reached,
+ * so the exported counter only grows; a counter the core carried never
+ * goes down, so it is never added twice.
  *
  * Both live as long as the process (the module is never unloaded); both
  * are bounded: MX_EVENTS_MAX backends, MX_CARRY_MAX label sets.

@@ -128,6 +128,10 @@ void mx_worker_fini(void *cfg, helios_worker *w, void *wstate);
 void mx_on_log(helios_ctx *c);
 long mx_collect(mx_store *st, int backends, mx_agg **out, uint64_t **hist_out,
                 uint64_t *dropped);
+/* Held by a scrape around its mx_collect calls and their use: no store is
+ * freed meanwhile (the main thread waits at most one scrape). */
+void mx_scrape_lock(void);
+void mx_scrape_unlock(void);
 
 /* ---- metrics_events.c ---- */
 

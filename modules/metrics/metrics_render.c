@@ -584,6 +584,7 @@ int mx_render(void *ctx, char **out, size_t *len)
     mx_render_core(&o);
     mx_agg *v = NULL;
     uint64_t *hist = NULL, dropped = 0;
+    mx_scrape_lock(); /* not across the core's calls below: they take its lock */
     long n = mx_collect(c->store, 0, &v, &hist, &dropped);
     if (n < 0) {
         o.oom = 1;
@@ -601,6 +602,7 @@ int mx_render(void *ctx, char **out, size_t *len)
         free(v);
         free(hist);
     }
+    mx_scrape_unlock();
     mx_render_backends(&o);
     mx_render_panic(&o);
     mx_render_events(&o);

@@ -169,6 +169,28 @@ HX_TEST(addr_resolves_names_only_when_asked)
     check_bad_addr("localhost", 1, "missing port");
 }
 
+/* The dotted-quad formatter (no inet_ntop) agrees with inet_ntop on every
+ * octet value in every position. */
+HX_TEST(addr_ip_str_ipv4_matches_inet_ntop)
+{
+    struct sockaddr_in sin = {.sin_family = AF_INET};
+    unsigned char *b = (unsigned char *)&sin.sin_addr;
+    char got[HX_IP_STRLEN], want[INET_ADDRSTRLEN];
+    for (unsigned v = 0; v < 256; v++) {
+        for (int pos = 0; pos < 4; pos++) {
+            memset(b, (int)(255 - v), 4);
+            b[pos] = (unsigned char)v;
+            hx_addr_ip_str((const struct sockaddr *)&sin, got, sizeof(got));
+            inet_ntop(AF_INET, &sin.sin_addr, want, sizeof(want));
+            HX_CHECK_STR_EQ(got, want);
+        }
+    }
+    memset(b, 255, 4);
+    HX_CHECK_STR_EQ(hx_addr_ip_str((const struct sockaddr *)&sin, got, 16), "255.255.255.255");
+    HX_CHECK_STR_EQ(hx_addr_ip_str((const struct sockaddr *)&sin, got, 15), "255.255.255.25");
+    HX_CHECK_STR_EQ(hx_addr_ip_str((const struct sockaddr *)&sin, got, 1), "");
+}
+
 HX_TEST(addr_error_buffer_may_be_small_or_absent)
 {
     hx_addr a;
@@ -374,6 +396,7 @@ int main(void)
     HX_RUN(addr_parses_ipv6_zone_by_interface_name);
     HX_RUN(addr_refuses_bad_forms_with_a_reason);
     HX_RUN(addr_resolves_names_only_when_asked);
+    HX_RUN(addr_ip_str_ipv4_matches_inet_ntop);
     HX_RUN(addr_error_buffer_may_be_small_or_absent);
     HX_RUN(addr_str_and_ip_str_print_every_family);
     HX_RUN(cidr_parses_prefixes_and_zeroes_host_bits);
