@@ -614,7 +614,11 @@ def test_request_abandoned_before_a_response_counts_as_code_none(hd, backends):
         assert scrape(mport).val("helios_backend_in_flight", upstream="app", backend="b1") == 1
         # close with RST: the client is gone, not half-closed
         s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    s = wait_for(lambda: (lambda x: x if x.get("helios_requests_total") == 1 else None)(scrape(mport)),
+    # a scrape is not one atomic snapshot: the worker counts the status, then
+    # observes the duration, so wait until the histogram has it too
+    s = wait_for(lambda: (lambda x: x if x.get("helios_requests_total") == 1 and
+                          x.get("helios_http_request_duration_seconds_count", route="app") == 1
+                          else None)(scrape(mport)),
                  timeout=15, what="the abandoned request logged")
     assert s.total("helios_http_requests_total", route="app", upstream="app", code="none") == 1
     assert s.val("helios_requests_in_flight") == 0
