@@ -15,6 +15,11 @@
 #        HAPROXY=/usr/sbin/haproxy OUT_DIR=bench/results
 #        MAX_OTHER_LOAD=10 RETRIES=2 IDLE_WAIT=60 (see "Other work" below)
 #        CLIENT=wrk (or heliosd: heliosd bench from the build's bench module)
+#        HELIOSD_URING=1: heliosd twice, `io: epoll` (heliosd) and `io: uring`
+#        (heliosd-uring, D75), in the same rounds
+#        LAYOUT=issue: hx_backend on PROXY_CPU with the proxy, the client alone
+#        on LOAD_CPU (issue 18's setup; the other-load check then counts the
+#        backend as other load on PROXY_CPU: use MAX_OTHER_LOAD=100)
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -39,6 +44,13 @@ WRK_THREADS=$THREADS
 
 use_build_dir
 PROXIES=(heliosd nginx haproxy)
+[ "${HELIOSD_URING:-0}" = 0 ] || PROXIES=(heliosd heliosd-uring nginx haproxy)
+LAYOUT=${LAYOUT:-split}
+case $LAYOUT in
+split) BACKEND_CPU=$LOAD_CPU ;;
+issue) BACKEND_CPU=$PROXY_CPU ;;
+*) die "LAYOUT must be split or issue" ;;
+esac
 
 need_exec "$HELIOSD" "$BACKEND" "$NGINX" "$HAPROXY"
 need_tools taskset curl python3 timeout
@@ -51,8 +63,9 @@ heliosd_build=$(bench_heliosd_build "$HELIOSD")
 bench_setup heliosd-bench
 private_heliosd
 
-read -r port_backend port_heliosd port_nginx port_haproxy < <(free_ports 4)
-declare -A port=([heliosd]=$port_heliosd [nginx]=$port_nginx [haproxy]=$port_haproxy)
+read -r port_backend port_heliosd port_nginx port_haproxy port_uring < <(free_ports 5)
+declare -A port=([heliosd]=$port_heliosd [nginx]=$port_nginx [haproxy]=$port_haproxy
+    [heliosd-uring]=$port_uring)
 
 # --- configurations -------------------------------------------------------
 
@@ -67,6 +80,8 @@ routes:
   - {match: {prefix: /}, upstream: app}
 logging: {level: warn, access_log: off}
 EOF
+sed -e "s/127.0.0.1:$port_heliosd/127.0.0.1:$port_uring/" -e '1a io: uring' \
+    "$tmp/heliosd.yaml" >"$tmp/heliosd-uring.yaml"
 
 # keepalive_requests is raised on both sides because heliosd and HAProxy have
 # no per-connection request cap; nginx's default (1000) would make it alone
@@ -115,8 +130,9 @@ EOF
 
 # --- processes ------------------------------------------------------------
 
-start_backend backend "$LOAD_CPU" "$port_backend" --name bench --threads 1
+start_backend backend "$BACKEND_CPU" "$port_backend" --name bench --threads 1
 start_heliosd heliosd "$PROXY_CPU" "$tmp/heliosd.yaml"
+[ "${HELIOSD_URING:-0}" = 0 ] || start_heliosd heliosd-uring "$PROXY_CPU" "$tmp/heliosd-uring.yaml"
 start_nginx nginx "$PROXY_CPU" "$tmp/nginx.conf" "$tmp/nginx"
 bench_start haproxy "$PROXY_CPU" "$HAPROXY" -db -f "$tmp/haproxy.cfg"
 
@@ -217,10 +233,10 @@ md=$(results_path proxy md)
 export BENCH_PREFLIGHT=$preflight BENCH_MAX_OTHER_LOAD=$MAX_OTHER_LOAD
 export BENCH_CLK_TCK=$clk
 export BENCH_RESULTS=$results BENCH_MD=$md BENCH_LOGS=$logs_note
-export BENCH_CMD="CLIENT=$CLIENT DURATION=$DURATION CONNS=$CONNS ROUNDS=$ROUNDS WARMUP=$WARMUP THREADS=$THREADS REQ_PATH=$REQ_PATH MAX_OTHER_LOAD=$MAX_OTHER_LOAD RETRIES=$RETRIES bench/proxy.sh"
+export BENCH_CMD="HELIOSD_URING=${HELIOSD_URING:-0} LAYOUT=$LAYOUT CLIENT=$CLIENT DURATION=$DURATION CONNS=$CONNS ROUNDS=$ROUNDS WARMUP=$WARMUP THREADS=$THREADS REQ_PATH=$REQ_PATH MAX_OTHER_LOAD=$MAX_OTHER_LOAD RETRIES=$RETRIES bench/proxy.sh"
 BENCH_WRK=$(client_desc "http://127.0.0.1:PORT$REQ_PATH")
 export BENCH_WRK
-export BENCH_PINNING="proxy on CPU $PROXY_CPU; hx_backend (1 thread) and $(client_name) on CPU $LOAD_CPU"
+export BENCH_PINNING="proxy on CPU $PROXY_CPU; hx_backend (1 thread) on CPU $BACKEND_CPU; $(client_name) on CPU $LOAD_CPU"
 BENCH_VERSIONS="$("$HELIOSD" -V 2>&1 | first_line) ($heliosd_build); $("$NGINX" -v 2>&1); $("$HAPROXY" -v 2>&1 | first_line | cut -d' ' -f1-3)"
 export BENCH_VERSIONS
 python3 "$here/wrk_table.py"
