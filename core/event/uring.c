@@ -55,6 +55,8 @@ typedef struct hx_uring {
     unsigned recycled; /* buffers given back since the starved list was retried */
     unsigned inflight; /* receives and sends the kernel holds */
     int stopping;      /* the loop ended: no more watcher events */
+    unsigned fed;      /* watcher events fed, ever */
+    ev_idle idle;      /* events fed before libev blocks: do not block */
 } hx_uring;
 
 _Thread_local hx_uring_tab *hx_ur;
@@ -104,6 +106,12 @@ static void post_send(hx_uring *u, hx_usock *s)
     io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)s | OP_SEND);
     s->send_posted = 1;
     u->inflight++;
+}
+
+static void feed(hx_uring *u, ev_io *w, int ev)
+{
+    ev_feed_event(u->loop, w, ev);
+    u->fed++;
 }
 
 static size_t queued(const hx_usock *s) { return s->fl.len - s->fl.off + s->acc.len; }
@@ -187,7 +195,7 @@ static void on_recv(hx_uring *u, hx_usock *s, int res, unsigned flags)
         s->rerr = -res;
     }
     if (s->rwant && s->rw && !u->stopping && (s->bid >= 0 || s->eof || s->rerr))
-        ev_feed_event(u->loop, s->rw, EV_READ);
+        feed(u, s->rw, EV_READ);
 }
 
 static void on_send(hx_uring *u, hx_usock *s, int res)
@@ -226,7 +234,7 @@ static void on_send(hx_uring *u, hx_usock *s, int res)
         return;
     }
     if (s->wwant && s->ww && !u->stopping && (queued(s) < HX_URING_SNDQ || s->serr))
-        ev_feed_event(u->loop, s->ww, EV_WRITE);
+        feed(u, s->ww, EV_WRITE);
 }
 
 static void reap(hx_uring *u)
@@ -257,6 +265,12 @@ static void ring_cb(struct ev_loop *loop, ev_io *io, int revents)
     (void)loop;
     (void)revents;
     reap(io->data);
+}
+
+static void idle_cb(struct ev_loop *loop, ev_idle *w, int revents)
+{
+    (void)revents;
+    ev_idle_stop(loop, w);
 }
 
 static void submit_pass(hx_uring *u);
@@ -300,8 +314,18 @@ static void submit_pass(hx_uring *u)
             s = next;
         }
     }
-    if (io_uring_sq_ready(&u->ring))
-        io_uring_submit(&u->ring);
+    if (io_uring_sq_ready(&u->ring) == 0)
+        return;
+    io_uring_submit(&u->ring);
+    /* sends to sockets with room complete inside the submit: reap them now
+     * rather than in one more epoll_wait round; if that fed a watcher
+     * (a receive that found bytes), libev must not block before running it */
+    if (io_uring_cq_ready(&u->ring) && !u->stopping) {
+        unsigned fed = u->fed;
+        reap(u);
+        if (u->fed != fed && !ev_is_active(&u->idle))
+            ev_idle_start(u->loop, &u->idle);
+    }
 }
 
 /* Closed sockets whose peer does not take their tail: cut it. */
@@ -368,7 +392,7 @@ ssize_t hx_usock_recv(hx_usock *s, void *p, size_t n)
             if (s->rwant)
                 post_recv(u, s);
         } else if (s->rwant && s->rw) {
-            ev_feed_event(u->loop, s->rw, EV_READ); /* level-triggered, as epoll */
+            feed(u, s->rw, EV_READ); /* level-triggered, as epoll */
         }
         return (ssize_t)k;
     }
@@ -393,14 +417,14 @@ void hx_usock_watch(hx_usock *s, ev_io *w, int on)
         if (!on)
             return;
         if (s->bid >= 0 || s->eof || s->rerr)
-            ev_feed_event(u->loop, w, EV_READ);
+            feed(u, w, EV_READ);
         else if (!s->starved)
             post_recv(u, s);
     } else {
         s->ww = w;
         s->wwant = on ? 1 : 0;
         if (on && (queued(s) < HX_URING_SNDQ || s->serr))
-            ev_feed_event(u->loop, w, EV_WRITE);
+            feed(u, w, EV_WRITE);
     }
 }
 
@@ -485,9 +509,11 @@ int hx_uring_start(struct ev_loop *loop, unsigned worker_id)
     hx_uring *u = calloc(1, sizeof(*u));
     if (u == NULL)
         return -1;
-    /* DEFER_TASKRUN would need io_uring_enter(GETEVENTS) to see any
-     * completion, and libev waits in epoll_wait: COOP_TASKRUN runs them on
-     * the way back from any system call instead, without an interrupt. */
+    /* libev waits in epoll_wait on the ring's fd. DEFER_TASKRUN stalls
+     * there (its completions need io_uring_enter(GETEVENTS) and epoll is
+     * not woken for them: requests took seconds on kernel 6.18); with
+     * COOP_TASKRUN a sleeping worker is woken (its epoll_wait returns
+     * EINTR) and a running one is not interrupted. */
     static const unsigned tries[] = {IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_COOP_TASKRUN,
                                      IORING_SETUP_COOP_TASKRUN, 0};
     static const char *const names[] = {"single_issuer+coop_taskrun", "coop_taskrun", "none"};
@@ -536,6 +562,7 @@ int hx_uring_start(struct ev_loop *loop, unsigned worker_id)
     ev_prepare_init(&u->prep, prep_cb);
     u->prep.data = u;
     ev_prepare_start(loop, &u->prep);
+    ev_idle_init(&u->idle, idle_cb);
     ev_init(&u->linger, linger_cb);
     u->linger.repeat = 1.0;
     u->linger.data = u;
@@ -553,6 +580,7 @@ void hx_uring_stop(void)
         return;
     ev_io_stop(u->loop, &u->rio);
     ev_prepare_stop(u->loop, &u->prep);
+    ev_idle_stop(u->loop, &u->idle);
     ev_timer_stop(u->loop, &u->linger);
     /* sockets closed at the end (a graceful stop's last responses) send
      * their tails first, for at most HX_URING_LINGER seconds */
