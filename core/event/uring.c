@@ -22,10 +22,14 @@
 
 enum { OP_NONE = 0, OP_RECV = 1, OP_SEND = 2 };
 
+/* A send buffer: HX_URING_SNDQ bytes (the queue never holds more), from
+ * the ring's spares. */
 typedef struct sbuf {
     char *p;
-    size_t len, off, cap;
+    size_t len, off;
 } sbuf;
+
+#define UR_SPARES 64 /* send buffers kept for reuse per worker */
 
 struct hx_usock {
     int fd;
@@ -56,6 +60,8 @@ typedef struct hx_uring {
     unsigned inflight; /* receives and sends the kernel holds */
     int stopping;      /* the loop ended: no more watcher events */
     unsigned fed;      /* watcher events fed, ever */
+    char *spare[UR_SPARES];
+    unsigned nspare;
     ev_idle idle;      /* events fed before libev blocks: do not block */
 } hx_uring;
 
@@ -72,6 +78,21 @@ static struct io_uring_sqe *sqe_get(hx_uring *u)
         sqe = io_uring_get_sqe(&u->ring);
     }
     return sqe;
+}
+
+static char *sbuf_get(hx_uring *u)
+{
+    return u->nspare ? u->spare[--u->nspare] : malloc(HX_URING_SNDQ);
+}
+
+/* Gives S's buffers back: an idle socket holds none (D54). */
+static void sbuf_drop(hx_uring *u, sbuf *b)
+{
+    if (b->p && u->nspare < UR_SPARES)
+        u->spare[u->nspare++] = b->p;
+    else
+        free(b->p);
+    *b = (sbuf){0};
 }
 
 static void buf_recycle(hx_uring *u, int bid)
@@ -120,8 +141,8 @@ static void usock_free(hx_uring *u, hx_usock *s)
 {
     if (s->bid >= 0)
         buf_recycle(u, s->bid);
-    free(s->fl.p);
-    free(s->acc.p);
+    sbuf_drop(u, &s->fl);
+    sbuf_drop(u, &s->acc);
     close(s->fd);
     if (s->fd < u->t.n)
         u->t.tab[s->fd] = NULL;
@@ -222,9 +243,8 @@ static void on_send(hx_uring *u, hx_usock *s, int res)
             s->acc = t;
             post_send(u, s);
         } else {
-            free(s->fl.p); /* an idle socket holds no buffer (D54) */
-            free(s->acc.p);
-            s->fl = s->acc = (sbuf){0};
+            sbuf_drop(u, &s->fl);
+            sbuf_drop(u, &s->acc);
         }
     }
     if (s->shut_wr && queued(s) == 0 && !s->send_posted)
@@ -359,17 +379,9 @@ ssize_t hx_usock_send(hx_usock *s, const void *p, size_t n)
     }
     size_t k = n < HX_URING_SNDQ - q ? n : HX_URING_SNDQ - q;
     sbuf *a = &s->acc;
-    if (a->len + k > a->cap) {
-        size_t cap = a->cap ? a->cap : 4096;
-        while (cap < a->len + k)
-            cap *= 2;
-        char *np = realloc(a->p, cap);
-        if (np == NULL) {
-            errno = ENOMEM;
-            return -1;
-        }
-        a->p = np;
-        a->cap = cap;
+    if (a->p == NULL && (a->p = sbuf_get(cur)) == NULL) {
+        errno = ENOMEM;
+        return -1;
     }
     memcpy(a->p + a->len, p, k);
     a->len += k;
@@ -619,13 +631,15 @@ void hx_uring_stop(void)
         hx_usock *s = u->t.tab[fd];
         if (s == NULL)
             continue;
-        free(s->fl.p);
-        free(s->acc.p);
+        sbuf_drop(u, &s->fl);
+        sbuf_drop(u, &s->acc);
         if (s->closing)
             close(s->fd);
         free(s);
     }
     free(u->t.tab);
+    while (u->nspare)
+        free(u->spare[--u->nspare]);
     munmap(u->br, UR_NBUFS * sizeof(struct io_uring_buf));
     free(u->bufs);
     hx_ur = NULL;
