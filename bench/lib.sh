@@ -11,7 +11,7 @@
 #
 # Sets: root (the repository), BENCH_NAME (the script's name, for messages),
 # clk (clock ticks per second). bench_setup sets tmp, pids and pid[NAME].
-# Reads, where a helper says so: BUILD_DIR, LOAD_CPU, PROXY_CPU, CONNS,
+# Reads, where a helper says so: BUILD_DIR, LOAD_CPU, PROXY_CPU, LAYOUT, CONNS,
 # WRK_THREADS (default 1), CLIENT (wrk or heliosd), IDLE_WAIT,
 # MAX_OTHER_LOAD, NGINX, OUT_DIR.
 
@@ -481,6 +481,50 @@ wait_idle() {
         [ "$u0" -le "$MAX_OTHER_LOAD" ] && [ "$u1" -le "$MAX_OTHER_LOAD" ] && return 0
         [ $SECONDS -ge $deadline ] && return 1
     done
+}
+
+# layout_check: LAYOUT is `split` (the default: the proxy alone on
+# PROXY_CPU, hx_backend with the client on LOAD_CPU) or `issue` (the client
+# alone on LOAD_CPU, hx_backend with the proxy on PROXY_CPU: issue 18's
+# setup). Sets BACKEND_CPU and layout_desc (for the report's pinning line).
+layout_check() {
+    [ "$PROXY_CPU" != "$LOAD_CPU" ] || die "PROXY_CPU and LOAD_CPU are both $PROXY_CPU"
+    # shellcheck disable=SC2034 # read by the scripts
+    case ${LAYOUT:=split} in
+    split)
+        BACKEND_CPU=$LOAD_CPU
+        layout_desc="layout split: proxy alone on CPU $PROXY_CPU; hx_backend (1 thread) and $(client_name) on CPU $LOAD_CPU"
+        ;;
+    issue)
+        BACKEND_CPU=$PROXY_CPU
+        layout_desc="layout issue: proxy and hx_backend (1 thread) on CPU $PROXY_CPU; $(client_name) alone on CPU $LOAD_CPU"
+        ;;
+    *) die "LAYOUT=$LAYOUT: expected split or issue" ;;
+    esac
+}
+
+# round_snapshot PROXY_PID BACKEND_PID: "proxy-ticks backend-ticks
+# PROXY_CPU-busy PROXY_CPU-total LOAD_CPU-busy LOAD_CPU-total
+# proxy-system-ticks", taken before and after a round (bench/wrk_table.py
+# reads the same fields).
+round_snapshot() {
+    echo "$(proc_ticks "$1") $(proc_ticks "$2") $(cpu_ticks "$PROXY_CPU")" \
+        "$(cpu_ticks "$LOAD_CPU") $(proc_sys_ticks "$1")"
+}
+
+# other_load BEFORE AFTER CLIENT_CPU_SECONDS: percent of each CPU used by
+# anything but the benchmark's own processes between two round_snapshot
+# outputs: the proxy (and hx_backend, LAYOUT=issue) on PROXY_CPU, the client
+# (and hx_backend, LAYOUT=split) on LOAD_CPU. Prints "proxy-cpu-% load-cpu-%".
+other_load() {
+    echo "$1 $2 $3" | awk -v clk="$clk" -v layout="${LAYOUT:-split}" '{
+        proxy = $8 - $1; backend = $9 - $2; client = $15 * clk
+        t0 = $11 - $4; t1 = $13 - $6
+        mine0 = proxy + (layout == "issue" ? backend : 0)
+        mine1 = client + (layout == "issue" ? 0 : backend)
+        o0 = t0 > 0 ? 100 * (($10 - $3) - mine0) / t0 : 0
+        o1 = t1 > 0 ? 100 * (($12 - $5) - mine1) / t1 : 0
+        printf "%d %d\n", (o0 < 0 ? 0 : o0), (o1 < 0 ? 0 : o1) }'
 }
 
 # callgrind_total FILE: the total Ir of a callgrind.out file ("totals:",

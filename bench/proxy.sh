@@ -4,22 +4,34 @@
 # `heliosd bench`: CLIENT=heliosd) in one run.
 #
 # Each proxy runs one worker/thread pinned to PROXY_CPU, with keep-alive to the
-# upstream and access logging off. The backend and wrk share LOAD_CPU, so the
-# proxy is the only thing on its core. The three proxies are measured in
-# alternating rounds (heliosd, nginx, haproxy, heliosd, ...) so slow drift of
-# the machine hits all of them alike; the table reports the median of rounds.
+# upstream and access logging off. Where hx_backend runs is LAYOUT's choice:
+#   split (the default)  hx_backend shares LOAD_CPU with wrk, so the proxy is
+#                        the only thing on its core;
+#   issue                wrk alone on LOAD_CPU, hx_backend on PROXY_CPU with
+#                        the proxy (issue 18's "client on one core, proxy and
+#                        backend on the other").
+# The proxies are measured in alternating rounds (heliosd, nginx, haproxy,
+# heliosd, ...) so slow drift of the machine hits all of them alike; the
+# table reports the median of rounds.
+#
+# PROXIES picks which ones run, in that order (nginx is the reference of the
+# ratio columns): heliosd, heliosd-uring (the same with `io: uring`, D75),
+# nginx, haproxy (mode http), haproxy-tcp (HAProxy
+# in mode tcp: no HTTP work), floor-epoll and floor-uring (bench/floor_proxy.c,
+# built here: a TCP relay with no HTTP work, epoll or io_uring; needs
+# liburing-dev). SYSCALLS=1 adds, after the timed rounds, one counted run
+# per proxy (COUNT_DURATION long, not timed): system calls and context
+# switches per request, from `perf stat` on the proxy's process.
+# bench/floor.sh runs this script with all six and SYSCALLS=1.
 #
 # Usage: bench/proxy.sh            (see bench/README.md)
 # Env:   DURATION=10s CONNS=50 ROUNDS=3 WARMUP=2s THREADS=1 REQ_PATH=/
-#        PROXY_CPU=0 LOAD_CPU=1 BUILD_DIR=build NGINX=/usr/sbin/nginx
-#        HAPROXY=/usr/sbin/haproxy OUT_DIR=bench/results
+#        PROXY_CPU=0 LOAD_CPU=1 LAYOUT=split BUILD_DIR=build
+#        NGINX=/usr/sbin/nginx HAPROXY=/usr/sbin/haproxy OUT_DIR=bench/results
+#        PROXIES="heliosd nginx haproxy" SYSCALLS=0 COUNT_DURATION=3s
 #        MAX_OTHER_LOAD=10 RETRIES=2 IDLE_WAIT=60 (see "Other work" below)
 #        CLIENT=wrk (or heliosd: heliosd bench from the build's bench module)
-#        HELIOSD_URING=1: heliosd twice, `io: epoll` (heliosd) and `io: uring`
-#        (heliosd-uring, D75), in the same rounds
-#        LAYOUT=issue: hx_backend on PROXY_CPU with the proxy, the client alone
-#        on LOAD_CPU (issue 18's setup; the other-load check then counts the
-#        backend as other load on PROXY_CPU: use MAX_OTHER_LOAD=100)
+#        RESULT_NAME=proxy (the results file's prefix)
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -40,32 +52,44 @@ OUT_DIR=${OUT_DIR:-$here/results}
 MAX_OTHER_LOAD=${MAX_OTHER_LOAD:-10}
 RETRIES=${RETRIES:-2}
 IDLE_WAIT=${IDLE_WAIT:-60}
+SYSCALLS=${SYSCALLS:-0}
+COUNT_DURATION=${COUNT_DURATION:-3s}
+RESULT_NAME=${RESULT_NAME:-proxy}
 WRK_THREADS=$THREADS
 
 use_build_dir
-PROXIES=(heliosd nginx haproxy)
-[ "${HELIOSD_URING:-0}" = 0 ] || PROXIES=(heliosd heliosd-uring nginx haproxy)
-LAYOUT=${LAYOUT:-split}
-case $LAYOUT in
-split) BACKEND_CPU=$LOAD_CPU ;;
-issue) BACKEND_CPU=$PROXY_CPU ;;
-*) die "LAYOUT must be split or issue" ;;
-esac
+read -r -a PROXIES <<<"${PROXIES:-heliosd nginx haproxy}"
+[ ${#PROXIES[@]} -ge 1 ] || die "PROXIES is empty"
+declare -A want=()
+for p in "${PROXIES[@]}"; do
+    case $p in
+    heliosd | heliosd-uring | nginx | haproxy | haproxy-tcp | floor-epoll | floor-uring) ;;
+    *) die "PROXIES: unknown proxy '$p' (heliosd heliosd-uring nginx haproxy haproxy-tcp floor-epoll floor-uring)" ;;
+    esac
+    [ -z "${want[$p]:-}" ] || die "PROXIES names $p twice"
+    want[$p]=1
+done
 
-need_exec "$HELIOSD" "$BACKEND" "$NGINX" "$HAPROXY"
+need_exec "$HELIOSD" "$BACKEND"
+[ -z "${want[nginx]:-}" ] || need_exec "$NGINX"
+[ -z "${want[haproxy]:-}${want[haproxy-tcp]:-}" ] || need_exec "$HAPROXY"
+[ -z "${want[floor-epoll]:-}${want[floor-uring]:-}" ] || need_tools cc
 need_tools taskset curl python3 timeout
+[ "$SYSCALLS" = 0 ] || need_tools perf
 client_check
+layout_check
 [ "$ROUNDS" -ge 1 ] || die "ROUNDS must be >= 1"
 dur_s=$(to_seconds "$DURATION")
 warm_s=$(to_seconds "$WARMUP")
+count_s=$(to_seconds "$COUNT_DURATION")
 
 heliosd_build=$(bench_heliosd_build "$HELIOSD")
 bench_setup heliosd-bench
 private_heliosd
 
-read -r port_backend port_heliosd port_nginx port_haproxy port_uring < <(free_ports 5)
+read -r port_backend port_heliosd port_nginx port_haproxy port_htcp port_fe port_fu port_hu < <(free_ports 8)
 declare -A port=([heliosd]=$port_heliosd [nginx]=$port_nginx [haproxy]=$port_haproxy
-    [heliosd-uring]=$port_uring)
+    [haproxy-tcp]=$port_htcp [floor-epoll]=$port_fe [floor-uring]=$port_fu [heliosd-uring]=$port_hu)
 
 # --- configurations -------------------------------------------------------
 
@@ -80,7 +104,7 @@ routes:
   - {match: {prefix: /}, upstream: app}
 logging: {level: warn, access_log: off}
 EOF
-sed -e "s/127.0.0.1:$port_heliosd/127.0.0.1:$port_uring/" -e '1a io: uring' \
+sed -e "s/127.0.0.1:$port_heliosd/127.0.0.1:$port_hu/" -e '1a io: uring' \
     "$tmp/heliosd.yaml" >"$tmp/heliosd-uring.yaml"
 
 # keepalive_requests is raised on both sides because heliosd and HAProxy have
@@ -108,12 +132,14 @@ sed -e "s/127.0.0.1:$port_heliosd/127.0.0.1:$port_uring/" -e '1a io: uring' \
 EOF
 } >"$tmp/nginx.conf"
 
-cat >"$tmp/haproxy.cfg" <<EOF
+# haproxy_cfg MODE PORT: HAProxy in MODE (http or tcp) on PORT.
+haproxy_cfg() {
+    cat <<EOF
 global
     nbthread 1
     maxconn 4096
 defaults
-    mode http
+    mode $1
     option http-keep-alive
     http-reuse always
     timeout connect 5s
@@ -122,19 +148,35 @@ defaults
     timeout http-request 10s
     timeout http-keep-alive 75s
 frontend fe
-    bind 127.0.0.1:$port_haproxy
+    bind 127.0.0.1:$2
     default_backend be
 backend be
     server s1 127.0.0.1:$port_backend
 EOF
+}
+haproxy_cfg http "$port_haproxy" >"$tmp/haproxy.cfg"
+haproxy_cfg tcp "$port_htcp" >"$tmp/haproxy-tcp.cfg"
+
+if [ -n "${want[floor-epoll]:-}${want[floor-uring]:-}" ]; then
+    cc -O2 -std=gnu17 -o "$tmp/bin/floor_proxy" "$here/floor_proxy.c" -luring 2>"$tmp/floor.cc" ||
+        die "bench/floor_proxy.c did not build (liburing-dev missing?): $(head -3 "$tmp/floor.cc")"
+fi
 
 # --- processes ------------------------------------------------------------
 
 start_backend backend "$BACKEND_CPU" "$port_backend" --name bench --threads 1
-start_heliosd heliosd "$PROXY_CPU" "$tmp/heliosd.yaml"
-[ "${HELIOSD_URING:-0}" = 0 ] || start_heliosd heliosd-uring "$PROXY_CPU" "$tmp/heliosd-uring.yaml"
-start_nginx nginx "$PROXY_CPU" "$tmp/nginx.conf" "$tmp/nginx"
-bench_start haproxy "$PROXY_CPU" "$HAPROXY" -db -f "$tmp/haproxy.cfg"
+for p in "${PROXIES[@]}"; do
+    case $p in
+    heliosd*) start_heliosd "$p" "$PROXY_CPU" "$tmp/$p.yaml" ;;
+    nginx) start_nginx nginx "$PROXY_CPU" "$tmp/nginx.conf" "$tmp/nginx" ;;
+    haproxy*) bench_start "$p" "$PROXY_CPU" "$HAPROXY" -db -f "$tmp/$p.cfg" ;;
+    floor-*)
+        bench_start "$p" "$PROXY_CPU" "$tmp/bin/floor_proxy" --mode "${p#floor-}" \
+            --port "${port[$p]}" --backend "$port_backend"
+        wait_ready "$p"
+        ;;
+    esac
+done
 
 url() { echo "http://127.0.0.1:${port[$1]}$REQ_PATH"; }
 
@@ -150,23 +192,10 @@ done
 
 # --- measurement ----------------------------------------------------------
 
-# Snapshot for one round: proxy ticks, backend ticks, "busy total" for the
-# proxy CPU and for the load CPU, then the proxy's system ticks.
-snapshot() {
-    echo "$(proc_ticks "$1") $(proc_ticks "${pid[backend]}") $(cpu_ticks "$PROXY_CPU")" \
-        "$(cpu_ticks "$LOAD_CPU") $(proc_sys_ticks "$1")"
-}
-
-# other_load BEFORE AFTER WRK_CPU_SECONDS: percent of each CPU used by anything
-# but the proxy (CPU PROXY_CPU) or hx_backend and wrk (CPU LOAD_CPU) between two
-# snapshots; prints "proxy-cpu-% load-cpu-%".
-other_load() {
-    echo "$1 $2 $3" | awk -v clk="$clk" '{
-        t0 = $11 - $4; t1 = $13 - $6
-        o0 = t0 > 0 ? 100 * (($10 - $3) - ($8 - $1)) / t0 : 0
-        o1 = t1 > 0 ? 100 * (($12 - $5) - ($9 - $2) - $15 * clk) / t1 : 0
-        printf "%d %d\n", (o0 < 0 ? 0 : o0), (o1 < 0 ? 0 : o1) }'
-}
+# Snapshots for one round (round_snapshot, lib.sh) and the other load
+# between them (other_load, lib.sh: which of our processes each CPU holds
+# follows LAYOUT).
+snapshot() { round_snapshot "$1" "${pid[backend]}"; }
 
 # wrk_run PROXY SECONDS OUTFILE: the client's report (wrk) or JSON (heliosd
 # bench) goes to OUTFILE, its CPU seconds (user + system) to OUTFILE.cpu.
@@ -184,7 +213,8 @@ else
 fi
 echo "# $preflight" >&2
 
-echo "# heliosd/nginx/haproxy via $(client_name) -t$THREADS -c$CONNS -d$DURATION, path $REQ_PATH, $ROUNDS rounds" >&2
+echo "# $layout_desc" >&2
+echo "# ${PROXIES[*]} via $(client_name) -t$THREADS -c$CONNS -d$DURATION, path $REQ_PATH, $ROUNDS rounds" >&2
 declare -A dead=()
 results=$tmp/results.tsv
 : >"$results"
@@ -218,6 +248,34 @@ for r in $(seq "$ROUNDS"); do
     done
 done
 
+# The counted run (SYSCALLS=1): per proxy, `perf stat` counts system calls
+# (raw_syscalls:sys_enter) and context switches of the proxy's process while
+# the client runs COUNT_DURATION; divided by the requests the client
+# completed. perf's window opens before the client starts and closes after it
+# ends, so an idle proxy's few calls around it are counted too.
+counts=$tmp/counts.tsv
+: >"$counts"
+if [ "$SYSCALLS" != 0 ]; then
+    for p in "${PROXIES[@]}"; do
+        [ -n "${dead[$p]:-}" ] && continue
+        wait_idle || true
+        bench_start "count-$p" "" perf stat -x, -e raw_syscalls:sys_enter,context-switches \
+            -p "${pid[$p]}" -o "$tmp/$p.perf" -- sleep $((count_s + 1))
+        sleep 0.3
+        bench_run wrk_report "${count_s}s" "$(url "$p")" >"$tmp/$p.count" || true
+        wait_exit "${pid[count-$p]}" $((count_s + 10)) || die "perf stat on $p did not end"
+        n=$(awk '/ requests in / {print $1}' "$tmp/$p.count")
+        sc=$(awk -F, '$3 ~ /raw_syscalls:sys_enter/ {print $1}' "$tmp/$p.perf")
+        cs=$(awk -F, '$3 ~ /context-switches/ {print $1}' "$tmp/$p.perf")
+        if [ -n "$n" ] && [ -n "$sc" ] && [ -n "$cs" ]; then
+            printf '%s\t%s\t%s\t%s\n' "$p" "$n" "$sc" "$cs" >>"$counts"
+            echo "count $p: $sc system calls, $cs context switches, $n requests" >&2
+        else
+            echo "!! count $p: no figures (perf: $(tail -2 "$tmp/$p.perf" 2>/dev/null))" >&2
+        fi
+    done
+fi
+
 # Proxies that logged anything at warn level or above during the run.
 logs_note=$tmp/logs.md
 : >"$logs_note"
@@ -228,16 +286,22 @@ for p in "${PROXIES[@]}"; do
     fi
 done
 
-md=$(results_path proxy md)
+md=$(results_path "$RESULT_NAME" md)
 
 export BENCH_PREFLIGHT=$preflight BENCH_MAX_OTHER_LOAD=$MAX_OTHER_LOAD
 export BENCH_CLK_TCK=$clk
-export BENCH_RESULTS=$results BENCH_MD=$md BENCH_LOGS=$logs_note
-export BENCH_CMD="HELIOSD_URING=${HELIOSD_URING:-0} LAYOUT=$LAYOUT CLIENT=$CLIENT DURATION=$DURATION CONNS=$CONNS ROUNDS=$ROUNDS WARMUP=$WARMUP THREADS=$THREADS REQ_PATH=$REQ_PATH MAX_OTHER_LOAD=$MAX_OTHER_LOAD RETRIES=$RETRIES bench/proxy.sh"
+export BENCH_RESULTS=$results BENCH_MD=$md BENCH_LOGS=$logs_note BENCH_COUNTS=$counts
+export BENCH_PROXY_CPU=$PROXY_CPU BENCH_TITLE=${BENCH_TITLE:-Proxy benchmark}
+export BENCH_CMD="CLIENT=$CLIENT LAYOUT=$LAYOUT PROXIES=\"${PROXIES[*]}\" SYSCALLS=$SYSCALLS DURATION=$DURATION CONNS=$CONNS ROUNDS=$ROUNDS WARMUP=$WARMUP THREADS=$THREADS REQ_PATH=$REQ_PATH MAX_OTHER_LOAD=$MAX_OTHER_LOAD RETRIES=$RETRIES bench/proxy.sh"
 BENCH_WRK=$(client_desc "http://127.0.0.1:PORT$REQ_PATH")
 export BENCH_WRK
-export BENCH_PINNING="proxy on CPU $PROXY_CPU; hx_backend (1 thread) on CPU $BACKEND_CPU; $(client_name) on CPU $LOAD_CPU"
-BENCH_VERSIONS="$("$HELIOSD" -V 2>&1 | first_line) ($heliosd_build); $("$NGINX" -v 2>&1); $("$HAPROXY" -v 2>&1 | first_line | cut -d' ' -f1-3)"
+export BENCH_PINNING=$layout_desc
+BENCH_VERSIONS="$("$HELIOSD" -V 2>&1 | first_line) ($heliosd_build)"
+[ -z "${want[nginx]:-}" ] || BENCH_VERSIONS="$BENCH_VERSIONS; $("$NGINX" -v 2>&1)"
+[ -z "${want[haproxy]:-}${want[haproxy-tcp]:-}" ] ||
+    BENCH_VERSIONS="$BENCH_VERSIONS; $("$HAPROXY" -v 2>&1 | first_line | cut -d' ' -f1-3)"
+[ -z "${want[floor-epoll]:-}${want[floor-uring]:-}" ] ||
+    BENCH_VERSIONS="$BENCH_VERSIONS; floor_proxy (cc -O2, $(cc --version | first_line), liburing $(dpkg-query -W -f '${Version}' liburing-dev 2>/dev/null || echo '?'))"
 export BENCH_VERSIONS
 python3 "$here/wrk_table.py"
 echo "wrote $md" >&2

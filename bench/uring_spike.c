@@ -13,7 +13,7 @@
  * Requests are GETs without bodies that fit one read (wrk's); each complete
  * head gets one response; "Connection: close" closes after the response.
  * Not a server: no parsing beyond the end of the head, no partial-send
- * handling beyond closing. bench/uring.sh builds and measures it.
+ * handling beyond closing. bench/iouring.sh builds and measures it.
  *
  * Usage: uring_spike --mode epoll|uring --port N
  */
@@ -30,10 +30,11 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "uring_bench.h"
+
 #define MAXFD 65536
 #define BUF_SIZE 4096
 #define NBUFS 1024 /* provided buffers (a power of two) */
-#define BGID 1
 
 static const char RESP[] =
     "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Type: text/plain\r\n\r\nok\n";
@@ -70,21 +71,6 @@ static int take_requests(conn *c, const char *p, size_t n, int *close)
     c->len = (size_t)(end - start);
     memmove(c->head, start, c->len);
     return count > MAXPIPE ? -1 : count;
-}
-
-static int listen_on(int port)
-{
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    int one = 1;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    struct sockaddr_in a = {.sin_family = AF_INET,
-                            .sin_port = htons((uint16_t)port),
-                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    if (bind(fd, (struct sockaddr *)&a, sizeof(a)) != 0 || listen(fd, 4096) != 0) {
-        perror("bind/listen");
-        exit(1);
-    }
-    return fd;
 }
 
 static conn *conn_new(int fd)
@@ -157,44 +143,9 @@ static void run_epoll(int lfd)
 /* ---- io_uring ------------------------------------------------------------- */
 
 enum { OP_ACCEPT = 1, OP_RECV, OP_SEND };
-#define UD(op, fd) (((uint64_t)(op) << 32) | (uint32_t)(fd))
 
 static struct io_uring ring;
-static struct io_uring_buf_ring *br;
-static char *bufs;
-
-static struct io_uring_sqe *sqe_get(void)
-{
-    struct io_uring_sqe *sqe = io_uring_get_sqe(&ring);
-    if (sqe == NULL) { /* full: submit what is queued and retry */
-        io_uring_submit(&ring);
-        sqe = io_uring_get_sqe(&ring);
-    }
-    return sqe;
-}
-
-static void arm_accept(int lfd)
-{
-    struct io_uring_sqe *sqe = sqe_get();
-    io_uring_prep_multishot_accept(sqe, lfd, NULL, NULL, SOCK_CLOEXEC);
-    io_uring_sqe_set_data64(sqe, UD(OP_ACCEPT, lfd));
-}
-
-static void arm_recv(int fd)
-{
-    struct io_uring_sqe *sqe = sqe_get();
-    io_uring_prep_recv_multishot(sqe, fd, NULL, 0, 0);
-    sqe->flags |= IOSQE_BUFFER_SELECT;
-    sqe->buf_group = BGID;
-    io_uring_sqe_set_data64(sqe, UD(OP_RECV, fd));
-}
-
-static void buf_recycle(int bid)
-{
-    io_uring_buf_ring_add(br, bufs + (size_t)bid * BUF_SIZE, BUF_SIZE, (unsigned short)bid,
-                          io_uring_buf_ring_mask(NBUFS), 0);
-    io_uring_buf_ring_advance(br, 1);
-}
+static ub_bufs bufs;
 
 static void run_uring(int lfd)
 {
@@ -207,21 +158,8 @@ static void run_uring(int lfd)
             exit(1);
         }
     }
-    br = mmap(NULL, NBUFS * sizeof(struct io_uring_buf), PROT_READ | PROT_WRITE,
-              MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
-    bufs = malloc((size_t)NBUFS * BUF_SIZE);
-    struct io_uring_buf_reg reg = {
-        .ring_addr = (unsigned long)br, .ring_entries = NBUFS, .bgid = BGID};
-    if (br == MAP_FAILED || bufs == NULL || io_uring_register_buf_ring(&ring, &reg, 0) != 0) {
-        fprintf(stderr, "cannot register the provided-buffer ring\n");
-        exit(1);
-    }
-    io_uring_buf_ring_init(br);
-    for (int i = 0; i < NBUFS; i++)
-        io_uring_buf_ring_add(br, bufs + (size_t)i * BUF_SIZE, BUF_SIZE, (unsigned short)i,
-                              io_uring_buf_ring_mask(NBUFS), i);
-    io_uring_buf_ring_advance(br, NBUFS);
-    arm_accept(lfd);
+    ub_bufs_init(&ring, &bufs, BUF_SIZE, NBUFS);
+    ub_arm_accept(&ring, lfd, OP_ACCEPT);
     for (;;) {
         io_uring_submit_and_wait(&ring, 1);
         struct io_uring_cqe *cqe;
@@ -233,13 +171,13 @@ static void run_uring(int lfd)
             int op = (int)(ud >> 32), fd = (int)(uint32_t)ud, res = cqe->res;
             if (op == OP_ACCEPT) {
                 if (res >= 0 && conn_new(res))
-                    arm_recv(res);
+                    ub_arm_recv(&ring, res, OP_RECV);
                 if (!(cqe->flags & IORING_CQE_F_MORE))
-                    arm_accept(lfd);
+                    ub_arm_accept(&ring, lfd, OP_ACCEPT);
             } else if (op == OP_RECV) {
                 conn *c = conns[fd];
                 if (res == -ENOBUFS && c) {
-                    arm_recv(fd);
+                    ub_arm_recv(&ring, fd, OP_RECV);
                     continue;
                 }
                 if (res <= 0 || c == NULL) {
@@ -249,22 +187,22 @@ static void run_uring(int lfd)
                 }
                 int bid = (int)(cqe->flags >> IORING_CQE_BUFFER_SHIFT);
                 int close_after = 0;
-                int k = take_requests(c, bufs + (size_t)bid * BUF_SIZE, (size_t)res, &close_after);
-                buf_recycle(bid);
+                int k = take_requests(c, ub_buf(&bufs, bid), (size_t)res, &close_after);
+                ub_recycle(&bufs, bid);
                 if (k < 0) {
                     shutdown(fd, SHUT_RDWR); /* the recv completes with 0 and frees it */
                     continue;
                 }
                 if (k > 0) {
                     c->close_after = close_after;
-                    struct io_uring_sqe *sqe = sqe_get();
+                    struct io_uring_sqe *sqe = ub_sqe(&ring);
                     io_uring_prep_send(sqe, fd, close_after ? RESP_CLOSE : resp_many,
                                        close_after ? RESP_CLOSE_LEN : (size_t)k * RESP_LEN,
                                        MSG_NOSIGNAL);
-                    io_uring_sqe_set_data64(sqe, UD(OP_SEND, fd));
+                    io_uring_sqe_set_data64(sqe, UB_UD(OP_SEND, fd));
                 }
                 if (!(cqe->flags & IORING_CQE_F_MORE))
-                    arm_recv(fd);
+                    ub_arm_recv(&ring, fd, OP_RECV);
             } else if (op == OP_SEND) {
                 conn *c = conns[fd];
                 if (c && (res < 0 || c->close_after))
@@ -291,7 +229,7 @@ int main(int argc, char **argv)
     }
     for (int i = 0; i < MAXPIPE; i++)
         memcpy(resp_many + i * RESP_LEN, RESP, RESP_LEN);
-    int lfd = listen_on(port);
+    int lfd = ub_listen(port);
     printf("ready\n");
     fflush(stdout);
     if (strcmp(mode, "epoll") == 0)

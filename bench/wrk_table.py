@@ -7,8 +7,10 @@ round, status (ok, loaded, discarded, died), wrk output file, CPU snapshots
 before and after, wrk CPU seconds, other load on the two CPUs; BENCH_MD, the
 markdown file to write; BENCH_LOGS, proxy log excerpts to append;
 BENCH_CLK_TCK, BENCH_MAX_OTHER_LOAD; BENCH_CMD, BENCH_WRK, BENCH_PINNING,
-BENCH_VERSIONS and BENCH_PREFLIGHT, descriptive text. Prints an aligned table
-and the markdown to stdout.
+BENCH_VERSIONS, BENCH_PREFLIGHT and BENCH_TITLE, descriptive text; BENCH_PROXY_CPU, the
+proxies' CPU; BENCH_COUNTS (optional), a TSV of the counted runs: proxy,
+requests, system calls, context switches. Prints an aligned table and the
+markdown to stdout.
 """
 import datetime
 import json
@@ -77,12 +79,27 @@ def cpu_usage(before, after, requests):
     proxy = a[0] - b[0]
     wall0 = max(a[3] - b[3], 1)
     wall1 = max(a[5] - b[5], 1)
+    per_req = (lambda ticks: 1e6 * ticks / clk / requests) if requests else (lambda ticks: None)
     return {
         "proxy_cpu": 100.0 * proxy / wall0 if a[0] else None,
-        "cpu_us_req": 1e6 * proxy / clk / requests if a[0] and requests else None,
-        "sys_us_req": 1e6 * (a[6] - b[6]) / clk / requests if a[0] and requests else None,
+        "cpu_us_req": per_req(proxy) if a[0] else None,
+        "sys_us_req": per_req(a[6] - b[6]) if a[0] else None,
+        "backend_us_req": per_req(a[1] - b[1]) if a[1] else None,
+        "core0_us_req": per_req(a[2] - b[2]),
         "cpu1": 100.0 * (a[4] - b[4]) / wall1,
     }
+
+
+def read_counts():
+    """proxy -> (system calls per request, context switches per request)."""
+    out = {}
+    path = os.environ.get("BENCH_COUNTS")
+    if path and os.path.exists(path):
+        for line in open(path):
+            proxy, n, calls, switches = line.split()
+            if int(n) > 0:
+                out[proxy] = (int(calls) / int(n), int(switches) / int(n))
+    return out
 
 
 def cpu_model():
@@ -121,6 +138,8 @@ def main():
         return statistics.median(vals) if vals else None
 
     base = med("nginx", "rps") if "nginx" in rows else None
+    base_cpu = med("nginx", "cpu_us_req") if "nginx" in rows else None
+    counts = read_counts()
     summary = []
     for p in order:
         rps = med(p, "rps")
@@ -131,25 +150,43 @@ def main():
             problems.append("%d socket errors" % sum(x["sockerr"] for x in rows[p]))
         if any(x["died"] for x in rows[p]):
             problems.append("EXITED during run")
+        cpu = med(p, "cpu_us_req")
         summary.append({
             "proxy": p,
+            "backend_us_req": med(p, "backend_us_req"),
+            "core0_us_req": med(p, "core0_us_req"),
+            "ceiling": base_cpu / cpu if base_cpu and cpu else None,
+            "counts": counts.get(p),
             "rps": rps,
             "p50": med(p, "p50"),
             "p99": med(p, "p99"),
             "p999": med(p, "p999"),
             "ratio": rps / base if rps and base else None,
             "proxy_cpu": med(p, "proxy_cpu"),
-            "cpu_us_req": med(p, "cpu_us_req"),
+            "cpu_us_req": cpu,
             "sys_us_req": med(p, "sys_us_req"),
             "errors": ", ".join(problems) if problems else "0",
         })
 
+    core = "CPU %s busy us/req" % os.environ.get("BENCH_PROXY_CPU", "0")
     header = ["proxy", "req/s (median)", "p50 ms", "p99 ms", "p99.9 ms", "req/s vs nginx",
-              "proxy CPU %", "proxy CPU us/req", "of which kernel", "errors"]
-    table = [[s["proxy"], fmt(s["rps"], ".0f"), fmt(s["p50"], ".3f"), fmt(s["p99"], ".3f"), fmt(s["p999"], ".3f"),
-              fmt(s["ratio"], ".3f") + ("x" if s["ratio"] else ""), fmt(s["proxy_cpu"], ".0f"),
-              fmt(s["cpu_us_req"], ".2f"), fmt(s["sys_us_req"], ".2f"), s["errors"]]
-             for s in summary]
+              "proxy CPU %", "proxy CPU us/req", "of which kernel", "nginx CPU / this",
+              "backend us/req", core]
+    if counts:
+        header += ["syscalls/req", "ctx switches/req"]
+    header.append("errors")
+
+    def summary_row(s):
+        row = [s["proxy"], fmt(s["rps"], ".0f"), fmt(s["p50"], ".3f"), fmt(s["p99"], ".3f"),
+               fmt(s["p999"], ".3f"), fmt(s["ratio"], ".3f") + ("x" if s["ratio"] else ""),
+               fmt(s["proxy_cpu"], ".0f"), fmt(s["cpu_us_req"], ".2f"), fmt(s["sys_us_req"], ".2f"),
+               fmt(s["ceiling"], ".3f") + ("x" if s["ceiling"] else ""),
+               fmt(s["backend_us_req"], ".2f"), fmt(s["core0_us_req"], ".2f")]
+        if counts:
+            c = s["counts"]
+            row += [fmt(c[0] if c else None, ".2f"), fmt(c[1] if c else None, ".3f")]
+        return row + [s["errors"]]
+    table = [summary_row(s) for s in summary]
     rheader = ["round", "proxy", "req/s", "p50 ms", "p99 ms", "p99.9 ms", "proxy CPU %",
                "proxy CPU us/req", "of which kernel", "load CPU busy %", "other load % (proxy CPU / load CPU)",
                "non-2xx", "socket errors", "used"]
@@ -192,7 +229,7 @@ def main():
     except OSError:
         load = ["?"]
     doc = [
-        "# Proxy benchmark, %s" % now.strftime("%Y-%m-%d %H:%M %Z"),
+        "# %s, %s" % (os.environ.get("BENCH_TITLE", "Proxy benchmark"), now.strftime("%Y-%m-%d %H:%M %Z")),
         "",
         "- command: `%s`" % os.environ.get("BENCH_CMD", ""),
         "- load generator: `%s`" % os.environ.get("BENCH_WRK", ""),
@@ -202,9 +239,15 @@ def main():
         "- idle check: %s" % os.environ.get("BENCH_PREFLIGHT", "n/a"),
         "- every column is the median over rounds; p50/p99/p99.9 are the client's per-round latency",
         "  percentiles; proxy CPU is the proxy process's user+system time over wall time;",
-        "  \"other load\" is CPU time used by anything but the proxy on its core, or",
-        "  anything but hx_backend and the client on theirs; a round with more than",
-        "  MAX_OTHER_LOAD % of either is repeated (up to RETRIES times) and not used",
+        "  \"other load\" is CPU time used on each core by anything but the benchmark's own",
+        "  processes there (the proxy, hx_backend where the layout puts it, the client); a round with more than",
+        "  MAX_OTHER_LOAD % of either is repeated (up to RETRIES times) and not used;",
+        "  \"nginx CPU / this\" is nginx's proxy CPU per request over this proxy's (how many",
+        "  times nginx's req/s a core spent on this proxy alone would give); \"%s\" is all" % core,
+        "  the time that core was busy, per request (the proxy, plus hx_backend in",
+        "  LAYOUT=issue, plus other load)%s" % (
+            "; syscalls and context switches per request come from a separate counted run"
+            " (perf stat on the proxy's process, not timed)" if counts else ""),
         "",
         md_table,
         "",

@@ -13,7 +13,7 @@ void hx_arena_init(hx_arena *a, hx_arena_block *first, size_t first_cap)
     a->total = 0;
 }
 
-void *hx_arena_alloc(hx_arena *a, size_t size)
+void *hx_arena_alloc_slow(hx_arena *a, size_t size)
 {
     if (size > SIZE_MAX - sizeof(hx_arena_block) - 16)
         return NULL; /* rounding or the block header would wrap */

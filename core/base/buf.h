@@ -5,6 +5,7 @@
 #ifndef HX_BUF_H
 #define HX_BUF_H
 
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -42,13 +43,42 @@ static inline int hx_buf_reserve(hx_buf *b, size_t n)
     return 0;
 }
 
+/* memcpy for the short pieces of heads (names, values, addresses): up to
+ * 16 bytes with two overlapping loads and stores and no call, longer ones
+ * by memcpy. */
+static inline void hx_copy_ends(unsigned char *d, const unsigned char *s, size_t n, size_t k)
+{
+    uint64_t a, b; /* K (4 or 8) bytes from each end; they overlap when N < 2K */
+    memcpy(&a, s, k);
+    memcpy(&b, s + n - k, k);
+    memcpy(d, &a, k);
+    memcpy(d + n - k, &b, k);
+}
+
+static inline void hx_copy(void *dst, const void *src, size_t n)
+{
+    unsigned char *d = dst;
+    const unsigned char *s = src;
+    if (n > 16) {
+        memcpy(d, s, n);
+    } else if (n >= 8) {
+        hx_copy_ends(d, s, n, 8);
+    } else if (n >= 4) {
+        hx_copy_ends(d, s, n, 4);
+    } else if (n > 0) {
+        d[0] = s[0];
+        d[n / 2] = s[n / 2];
+        d[n - 1] = s[n - 1];
+    }
+}
+
 static inline int hx_buf_append(hx_buf *b, const void *p, size_t n)
 {
     if (n == 0)
         return 0;
     if (hx_buf_reserve(b, n) != 0)
         return -1;
-    memcpy(b->data + b->len, p, n);
+    hx_copy(b->data + b->len, p, n);
     b->len += n;
     return 0;
 }

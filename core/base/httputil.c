@@ -4,8 +4,9 @@
  */
 #include "base/httputil.h"
 
+#include "base/buf.h"
+
 #include <string.h>
-#include <strings.h>
 
 #include <llhttp.h>
 
@@ -24,21 +25,27 @@ int hx_hdrs_add(hx_arena *a, hx_hdrs *h, const char *name, size_t nlen, const ch
         h->v = v;
         h->cap = cap;
     }
-    char *nm = hx_arena_strndup(a, name, nlen);
-    char *vl = hx_arena_strndup(a, value, vlen);
-    if (nm == NULL || vl == NULL)
+    /* name and value in one allocation, each NUL-terminated */
+    if (nlen > (size_t)-1 / 2 || vlen > (size_t)-1 / 2)
         return -1;
+    char *nm = hx_arena_alloc(a, nlen + vlen + 2);
+    if (nm == NULL)
+        return -1;
+    char *vl = nm + nlen + 1;
+    hx_copy(nm, name, nlen);
+    nm[nlen] = '\0';
+    hx_copy(vl, value, vlen);
+    vl[vlen] = '\0';
     h->v[h->n].name = (helios_buf){nm, nlen};
     h->v[h->n].value = (helios_buf){vl, vlen};
     h->n++;
     return 0;
 }
 
-helios_buf hx_hdrs_get(const hx_hdrs *h, const char *name)
+helios_buf hx_hdrs_getn(const hx_hdrs *h, const char *name, size_t n)
 {
-    size_t n = strlen(name);
     for (size_t i = 0; i < h->n; i++)
-        if (h->v[i].name.len == n && strncasecmp(h->v[i].name.ptr, name, n) == 0)
+        if (h->v[i].name.len == n && hx_ascii_ieq(h->v[i].name.ptr, name, n))
             return h->v[i].value;
     return (helios_buf){NULL, 0};
 }
@@ -48,7 +55,7 @@ int hx_hdrs_remove(hx_hdrs *h, const char *name)
     size_t n = strlen(name), o = 0;
     int removed = 0;
     for (size_t i = 0; i < h->n; i++) {
-        if (h->v[i].name.len == n && strncasecmp(h->v[i].name.ptr, name, n) == 0) {
+        if (h->v[i].name.len == n && hx_ascii_ieq(h->v[i].name.ptr, name, n)) {
             removed++;
             continue;
         }
@@ -69,7 +76,7 @@ int hx_list_has_token(helios_buf v, const char *token, size_t tlen)
         const char *s = p;
         while (p < e && *p != ',' && *p != ' ' && *p != '\t' && *p != '/')
             p++;
-        if ((size_t)(p - s) == tlen && strncasecmp(s, token, tlen) == 0)
+        if ((size_t)(p - s) == tlen && hx_ascii_ieq(s, token, tlen))
             return 1;
         while (p < e && *p != ',') /* whitespace, or a "/version" suffix */
             p++;
@@ -81,7 +88,7 @@ int hx_hdrs_connection_lists(const hx_hdrs *h, const char *name, size_t n)
 {
     for (size_t i = 0; i < h->n; i++) {
         const hx_hdr *c = &h->v[i];
-        if (c->name.len == 10 && strncasecmp(c->name.ptr, "connection", 10) == 0 &&
+        if (hx_name_is(c->name.ptr, c->name.len, "connection", 10) &&
             hx_list_has_token(c->value, name, n))
             return 1;
     }
@@ -93,56 +100,12 @@ int hx_hdrs_connection_lists(const hx_hdrs *h, const char *name, size_t n)
 const unsigned char hx_tchar[256] = {
     ['!'] = 1, ['#'] = 1, ['$'] = 1, ['%'] = 1, ['&'] = 1, ['\''] = 1, ['*'] = 1, ['+'] = 1,
     ['-'] = 1, ['.'] = 1, ['^'] = 1, ['_'] = 1, ['`'] = 1, ['|'] = 1, ['~'] = 1,
-    ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1, ['6'] = 1, ['7'] = 1,
-    ['8'] = 1, ['9'] = 1,
-    ['a'] = 1, ['b'] = 1, ['c'] = 1, ['d'] = 1, ['e'] = 1, ['f'] = 1, ['g'] = 1, ['h'] = 1,
-    ['i'] = 1, ['j'] = 1, ['k'] = 1, ['l'] = 1, ['m'] = 1, ['n'] = 1, ['o'] = 1, ['p'] = 1,
-    ['q'] = 1, ['r'] = 1, ['s'] = 1, ['t'] = 1, ['u'] = 1, ['v'] = 1, ['w'] = 1, ['x'] = 1,
-    ['y'] = 1, ['z'] = 1,
-    ['A'] = 1, ['B'] = 1, ['C'] = 1, ['D'] = 1, ['E'] = 1, ['F'] = 1, ['G'] = 1, ['H'] = 1,
-    ['I'] = 1, ['J'] = 1, ['K'] = 1, ['L'] = 1, ['M'] = 1, ['N'] = 1, ['O'] = 1, ['P'] = 1,
-    ['Q'] = 1, ['R'] = 1, ['S'] = 1, ['T'] = 1, ['U'] = 1, ['V'] = 1, ['W'] = 1, ['X'] = 1,
-    ['Y'] = 1, ['Z'] = 1,
+    ['0' ... '9'] = 1, ['a' ... 'z'] = 1, ['A' ... 'Z'] = 1,
 };
 
-int hx_token_valid(const char *p, size_t n)
-{
-    if (n == 0)
-        return 0;
-    for (size_t i = 0; i < n; i++)
-        if (!hx_tchar[(unsigned char)p[i]])
-            return 0;
-    return 1;
-}
+const unsigned char hx_vchar[256] = {['\t'] = 1, [0x20 ... 0x7e] = 1, [0x80 ... 0xff] = 1};
 
-int hx_hdr_name_valid(const char *p, size_t n) { return hx_token_valid(p, n); }
 
-int hx_hdr_value_valid(const char *p, size_t n)
-{
-    for (size_t i = 0; i < n; i++) {
-        unsigned char ch = (unsigned char)p[i];
-        if ((ch < 0x20 && ch != '\t') || ch == 0x7f)
-            return 0;
-    }
-    return 1;
-}
-
-/* With their lengths: every header of every proxied message is checked
- * against this list, and comparing lengths rules out most names at once. */
-static const struct {
-    const char *name;
-    size_t len;
-} hop_by_hop[] = {
-    {"connection", 10}, {"keep-alive", 10}, {"proxy-connection", 16}, {"transfer-encoding", 17},
-    {"te", 2},          {"trailer", 7},     {"upgrade", 7},           {"proxy-authenticate", 18}};
-
-int hx_is_hop_header(const char *name, size_t n)
-{
-    for (size_t i = 0; i < sizeof(hop_by_hop) / sizeof(hop_by_hop[0]); i++)
-        if (hop_by_hop[i].len == n && strncasecmp(hop_by_hop[i].name, name, n) == 0)
-            return 1;
-    return 0;
-}
 
 /* ---- methods and status ---- */
 
@@ -211,12 +174,13 @@ static int is_hex(unsigned char c)
 
 /* reg-name = *( unreserved / pct-encoded / sub-delims ) (RFC 3986 3.2.2);
  * '_' is unreserved but no DNS name holds it, and it is kept here as the
- * URI grammar allows it. */
-static int reg_name_char(unsigned char c)
-{
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           (c && strchr("-._~!$&'()*+,;=", c) != NULL);
-}
+ * URI grammar allows it. A table: every Host of every request is checked
+ * byte by byte. */
+static const unsigned char reg_name_tab[256] = {
+    ['-'] = 1, ['.'] = 1, ['_'] = 1, ['~'] = 1, ['!'] = 1, ['$'] = 1, ['&'] = 1, ['\''] = 1,
+    ['('] = 1, [')'] = 1, ['*'] = 1, ['+'] = 1, [','] = 1, [';'] = 1, ['='] = 1,
+    ['0' ... '9'] = 1, ['a' ... 'z'] = 1, ['A' ... 'Z'] = 1,
+};
 
 int hx_host_parse(hx_arena *a, const char *h, size_t n, helios_buf *host, unsigned *port)
 {
@@ -241,14 +205,15 @@ int hx_host_parse(hx_arena *a, const char *h, size_t n, helios_buf *host, unsign
     } else {
         const char *colon = memchr(h, ':', n);
         end = colon ? (size_t)(colon - h) : n;
-        for (size_t i = 0; i < end; i++) {
+        /* the usual host (no %XX) passes the table four bytes a step */
+        for (size_t i = hx_all_in(reg_name_tab, h, end) ? end : 0; i < end; i++) {
             unsigned char c = (unsigned char)h[i];
             if (c == '%') {
                 if (i + 2 >= end || !is_hex((unsigned char)h[i + 1]) ||
                     !is_hex((unsigned char)h[i + 2]))
                     return -1;
                 i += 2;
-            } else if (!reg_name_char(c)) {
+            } else if (!reg_name_tab[c]) {
                 return -1;
             }
         }
@@ -273,7 +238,16 @@ int hx_host_parse(hx_arena *a, const char *h, size_t n, helios_buf *host, unsign
     char *o = hx_arena_alloc(a, len + 1);
     if (o == NULL)
         return -1;
-    for (size_t i = 0; i < len; i++) {
+    /* lower-cased eight bytes a step: every byte is ASCII by now */
+    const uint64_t ones = 0x0101010101010101ull;
+    size_t i = 0;
+    for (; i + 8 <= len; i += 8) {
+        uint64_t w;
+        memcpy(&w, h + i, 8);
+        w |= ((w + (0x80 - 'A') * ones) & ~(w + (0x80 - 'Z' - 1) * ones) & 0x80 * ones) >> 2;
+        memcpy(o + i, &w, 8);
+    }
+    for (; i < len; i++) {
         unsigned char ch = (unsigned char)h[i];
         o[i] = (char)((ch >= 'A' && ch <= 'Z') ? ch + 32 : ch);
     }

@@ -18,7 +18,6 @@
 #include <netinet/tcp.h>
 #include <stdio.h>
 #include <string.h>
-#include <strings.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -69,6 +68,24 @@ static void conn_close(hx_conn *c);
 static void conn_enter(hx_conn *c) { c->head_flags += 1u << C_BUSY_SHIFT; }
 static void conn_leave(hx_conn *c);
 
+/* Bytes of a request line: no control byte at all (not even HTAB), no DEL. */
+static const unsigned char rl_char[256] = {[0x20 ... 0x7e] = 1, [0x80 ... 0xff] = 1};
+
+/* Moves *I past the bytes of P (up to N) that are in TAB, four a step
+ * while all four are, then one by one. 1 when it stopped at a byte not in
+ * TAB (P[*I]), 0 when the input ended first. */
+static inline int skip_run(const unsigned char *tab, const char *p, size_t *i, size_t n)
+{
+    const unsigned char *u = (const unsigned char *)p;
+    size_t k = *i;
+    while (k + 4 <= n && (tab[u[k]] & tab[u[k + 1]] & tab[u[k + 2]] & tab[u[k + 3]]))
+        k += 4;
+    while (k < n && tab[u[k]])
+        k++;
+    *i = k;
+    return k < n;
+}
+
 /*
  * Scans N new head bytes. Returns the number of bytes that belong to the
  * head (== N while it goes on, less when the head ended inside), or -1 for
@@ -90,10 +107,13 @@ static long head_validate(hx_conn *c, const char *p, size_t n)
             st = V_RL;
             /* fall through */
         case V_RL:
-            if (ch == '\r')
-                st = V_RL_CR;
-            else if (ch < 0x20 || ch == 0x7f)
+            /* the states that run over many bytes loop here, not through
+             * the switch (skip_run) */
+            if (!skip_run(rl_char, p, &i, n))
+                goto more;
+            if (p[i] != '\r')
                 return -1;
+            st = V_RL_CR;
             break;
         case V_BEGIN_CR:
             if (ch != '\n')
@@ -112,19 +132,21 @@ static long head_validate(hx_conn *c, const char *p, size_t n)
             }
             if (!hx_tchar[ch]) /* obs-fold, bare LF, bad name byte */
                 return -1;
-            st = V_H_NAME;
-            break;
+            st = V_H_NAME; /* and on with this byte: a tchar is never the colon */
+            /* fall through */
         case V_H_NAME:
-            if (ch == ':')
-                st = V_H_VALUE;
-            else if (!hx_tchar[ch]) /* includes space before the colon */
+            if (!skip_run(hx_tchar, p, &i, n))
+                goto more;
+            if (p[i] != ':') /* includes space before the colon */
                 return -1;
+            st = V_H_VALUE;
             break;
         case V_H_VALUE:
-            if (ch == '\r')
-                st = V_H_CR;
-            else if ((ch < 0x20 && ch != '\t') || ch == 0x7f)
+            if (!skip_run(hx_vchar, p, &i, n))
+                goto more;
+            if (p[i] != '\r')
                 return -1;
+            st = V_H_CR;
             break;
         case V_H_CR:
             if (ch != '\n')
@@ -140,6 +162,9 @@ static long head_validate(hx_conn *c, const char *p, size_t n)
     }
     c->head_state = st;
     return (long)n;
+more: /* the input ended inside a line: its state goes on with the next read */
+    c->head_state = st;
+    return (long)n;
 }
 
 /* ------------------------------------------------------------------ */
@@ -147,7 +172,7 @@ static long head_validate(hx_conn *c, const char *p, size_t n)
 
 /* Gives B a block of SIZE bytes from the worker's cache when it has none;
  * hx_buf grows it with realloc past that. */
-static int buf_take(hx_blockcache *bc, hx_buf *b, size_t size)
+static inline int buf_take(hx_blockcache *bc, hx_buf *b, size_t size)
 {
     if (b->data)
         return 0;
@@ -161,7 +186,7 @@ static int buf_take(hx_blockcache *bc, hx_buf *b, size_t size)
 
 /* Hands an empty buffer back: to the cache at its block size, else (it
  * grew) to malloc. */
-static void buf_give(hx_blockcache *bc, hx_buf *b, size_t size)
+static inline void buf_give(hx_blockcache *bc, hx_buf *b, size_t size)
 {
     if (b->data == NULL || hx_buf_size(b) != 0)
         return;
@@ -880,19 +905,18 @@ static int on_headers_complete(llhttp_t *p)
     helios_buf te = {0}, host = {0}, cl = {0};
     for (size_t i = 0; i < r->hdrs.n; i++) {
         const hx_hdr *h = &r->hdrs.v[i];
-        if (h->name.len == 14 && strncasecmp(h->name.ptr, "content-length", 14) == 0) {
+        if (hx_name_is(h->name.ptr, h->name.len, "content-length", 14)) {
             if (ncl++ && (h->value.len != cl.len || memcmp(h->value.ptr, cl.ptr, cl.len)))
                 return set_error(c, 400, "conflicting Content-Length headers");
             cl = h->value;
-        } else if (h->name.len == 17 &&
-                   strncasecmp(h->name.ptr, "transfer-encoding", 17) == 0) {
+        } else if (hx_name_is(h->name.ptr, h->name.len, "transfer-encoding", 17)) {
             nte++;
             te = h->value;
-        } else if (h->name.len == 4 && strncasecmp(h->name.ptr, "host", 4) == 0) {
+        } else if (hx_name_is(h->name.ptr, h->name.len, "host", 4)) {
             nhost++;
             host = h->value;
-        } else if (h->name.len == 6 && strncasecmp(h->name.ptr, "expect", 6) == 0) {
-            if (h->value.len == 12 && strncasecmp(h->value.ptr, "100-continue", 12) == 0)
+        } else if (hx_name_is(h->name.ptr, h->name.len, "expect", 6)) {
+            if (hx_name_is(h->value.ptr, h->value.len, "100-continue", 12))
                 r->expect_continue = 1;
             else
                 return set_error(c, 417, "unsupported Expect value");
@@ -903,7 +927,7 @@ static int on_headers_complete(llhttp_t *p)
     if (nte) {
         if (r->http_minor == 0)
             return set_error(c, 400, "Transfer-Encoding in an HTTP/1.0 request");
-        if (nte > 1 || te.len != 7 || strncasecmp(te.ptr, "chunked", 7) != 0)
+        if (nte > 1 || !hx_name_is(te.ptr, te.len, "chunked", 7))
             return set_error(c, 501, "Transfer-Encoding other than chunked");
         r->chunked = 1;
         r->has_body = 1;
@@ -1331,7 +1355,12 @@ static void conn_update_timer(hx_conn *c)
     else if (c->req && !c->req->body_done && c->reading)
         at = c->last_io + to->client_body_ms / 1000.0;
     if (at == 0) {
-        ev_timer_stop(c->w->loop, &c->timer);
+        /* Nothing to time (a request being served): an armed timer is
+         * left to run out instead of stopped. conn_timer_cb checks every
+         * deadline again, so an early firing only re-arms, and the
+         * keep-alive deadline set after the response usually lands within
+         * the 50 ms below of the one still armed: no stop and start per
+         * request. */
         return;
     }
     ev_tstamp after = at - now;
@@ -1507,10 +1536,17 @@ void hx_conns_kill(hx_worker *w)
 /* ------------------------------------------------------------------ */
 /* HTTP/1.1 responses: the request layer's write_head and write_body   */
 
-/* always inlined: strlen of a literal folds to a constant */
-static inline __attribute__((always_inline)) void append(hx_buf *b, const char *s)
+/* Copies into room reserved beforehand; returns the end. putl is for
+ * literals (always inlined: strlen folds to a constant). */
+static inline char *put(char *o, const char *p, size_t n)
 {
-    hx_buf_append(b, s, strlen(s));
+    hx_copy(o, p, n);
+    return o + n;
+}
+
+static inline __attribute__((always_inline)) char *putl(char *o, const char *s)
+{
+    return put(o, s, strlen(s));
 }
 
 /* The status line and the headers, straight into the connection's output;
@@ -1534,24 +1570,37 @@ static int http1_write_head(hx_req *r)
     hx_buf *head = &c->out;
     if (buf_take(&c->w->conn_bufs, head, HX_READ_CHUNK) != 0)
         return -1;
-    int has_connection = hx_hdrs_get(&r->rhdrs, "connection").ptr != NULL;
-    char line[64];
     const char *reason = hx_reason(status);
     size_t rl = strlen(reason);
-    memcpy(line, "HTTP/1.1 ", 9);
-    size_t n = 9 + hx_u64_dec(line + 9, (unsigned)status);
-    line[n++] = ' ';
-    hx_buf_append(head, line, n);
-    hx_buf_append(head, reason, rl);
-    append(head, "\r\n");
+    const char *date = r->add_date ? hx_worker_date(r->w) : "";
+    size_t dl = strlen(date);
+    /* room for all of it at once, then plain copies: every header with
+     * ": " and CRLF, and 128 for the status line's and Date's fixed parts
+     * and the framing and Connection lines below (at most 101) */
+    size_t need = rl + dl + 128;
+    int has_connection = 0;
+    for (size_t i = 0; i < r->rhdrs.n; i++) {
+        const hx_hdr *h = &r->rhdrs.v[i];
+        need += h->name.len + h->value.len + 4;
+        has_connection |= hx_name_is(h->name.ptr, h->name.len, "connection", 10);
+    }
+    if (hx_buf_reserve(head, need) != 0)
+        return -1;
+    char *o = head->data + head->len;
+    memcpy(o, "HTTP/1.1 ", 9);
+    o += 9;
+    o += hx_u64_dec(o, (unsigned)status);
+    *o++ = ' ';
+    o = put(o, reason, rl);
+    o = put(o, "\r\n", 2);
     for (size_t i = 0; i < r->rhdrs.n; i++) {
         const hx_hdr *h = &r->rhdrs.v[i];
         if (hx_is_hop_header(h->name.ptr, h->name.len) ||
             (has_connection && hx_hdrs_connection_lists(&r->rhdrs, h->name.ptr, h->name.len)))
             continue;
-        if (h->name.len == 14 && strncasecmp(h->name.ptr, "content-length", 14) == 0 &&
-            (r->resp_chunked || r->resp_close || (r->resp_no_body && !r->is_head &&
-                                                  status != 304)))
+        if ((r->resp_chunked || r->resp_close ||
+             (r->resp_no_body && !r->is_head && status != 304)) &&
+            hx_name_is(h->name.ptr, h->name.len, "content-length", 14))
             continue;
         /* never emit a header that could split the response */
         if (!hx_hdr_name_valid(h->name.ptr, h->name.len) ||
@@ -1559,26 +1608,27 @@ static int http1_write_head(hx_req *r)
             hx_warn("dropping invalid response header '%.*s'", (int)h->name.len, h->name.ptr);
             continue;
         }
-        hx_buf_append(head, h->name.ptr, h->name.len);
-        append(head, ": ");
-        hx_buf_append(head, h->value.ptr, h->value.len);
-        append(head, "\r\n");
+        o = put(o, h->name.ptr, h->name.len);
+        o = put(o, ": ", 2);
+        o = put(o, h->value.ptr, h->value.len);
+        o = put(o, "\r\n", 2);
     }
     if (r->add_date) {
-        append(head, "Date: ");
-        append(head, hx_worker_date(r->w));
-        append(head, "\r\n");
+        o = put(o, "Date: ", 6);
+        o = put(o, date, dl);
+        o = put(o, "\r\n", 2);
     }
     if (r->resp_chunked)
-        append(head, "Transfer-Encoding: chunked\r\n");
+        o = putl(o, "Transfer-Encoding: chunked\r\n");
     if (status == 101 && r->ws_upgrade)
         /* WebSocket: the switch is confirmed on this hop too (tunnel.c) */
-        append(head, "Upgrade: websocket\r\nConnection: upgrade\r\n");
+        o = putl(o, "Upgrade: websocket\r\nConnection: upgrade\r\n");
     else if (!keep)
-        append(head, "Connection: close\r\n");
+        o = putl(o, "Connection: close\r\n");
     else if (r->http_minor == 0)
-        append(head, "Connection: keep-alive\r\n");
-    append(head, "\r\n");
+        o = putl(o, "Connection: keep-alive\r\n");
+    o = put(o, "\r\n", 2);
+    head->len = (size_t)(o - head->data);
     return 0;
 }
 

@@ -539,13 +539,31 @@ static int set_host_header(hx_req *r, helios_buf field, helios_buf host, unsigne
     size_t n = host.len;
     if (n > sizeof(v) - 8)
         return -1;
+    /* The usual case first: the field is already HOST, or HOST ":" PORT
+     * with PORT's digits as formatting it would give them (no leading
+     * zero): nothing to build or copy. */
+    unsigned dflt = r->https ? 443u : 80u;
+    if (n && field.len >= n && memcmp(field.ptr, host.ptr, n) == 0) {
+        if (field.len == n && (port == 0 || port == dflt))
+            return 0;
+        if (port && port != dflt && field.len > n + 1 && field.len - n - 1 <= 5 &&
+            field.ptr[n] == ':' && field.ptr[n + 1] != '0') {
+            const char *d = field.ptr + n + 1;
+            size_t dl = field.len - n - 1, i = 0;
+            unsigned pv = 0;
+            for (; i < dl && d[i] >= '0' && d[i] <= '9'; i++)
+                pv = pv * 10 + (unsigned)(d[i] - '0');
+            if (i == dl && pv == port)
+                return 0;
+        }
+    }
     memcpy(v, host.ptr, n);
     if (port && port != (r->https ? 443u : 80u)) {
         v[n++] = ':';
         n += hx_u64_dec(v + n, port);
     }
     if (n && field.len == n && memcmp(field.ptr, v, n) == 0)
-        return 0; /* already the one value (the usual case): nothing to copy */
+        return 0; /* already the one value: nothing to copy */
     hx_hdrs_remove(&r->hdrs, "host");
     if (n == 0)
         return 0; /* HTTP/1.0 without Host: the proxy names the backend */
@@ -1030,10 +1048,22 @@ int hx_resp_begin(hx_req *r)
      * whose backend sent none included. The protocol appends the worker's
      * string (formatted once a second) when framing the head: not a
      * header in rhdrs, so no copy and no per-byte validation. */
-    r->add_date = status >= 200 && hx_hdrs_get(&r->rhdrs, "date").ptr == NULL;
+    /* the first Date and Content-Length, in one pass */
+    helios_buf date = {NULL, 0}, cl = {NULL, 0};
+    int seen_date = 0, seen_cl = 0;
+    for (size_t i = 0; i < r->rhdrs.n && !(seen_date && seen_cl); i++) {
+        const hx_hdr *h = &r->rhdrs.v[i];
+        if (!seen_date && hx_name_is(h->name.ptr, h->name.len, "date", 4)) {
+            date = h->value;
+            seen_date = 1;
+        } else if (!seen_cl && hx_name_is(h->name.ptr, h->name.len, "content-length", 14)) {
+            cl = h->value;
+            seen_cl = 1;
+        }
+    }
+    r->add_date = status >= 200 && date.ptr == NULL;
     r->resp_no_body = r->is_head || status == 204 || status == 304 || status < 200 ||
                       r->end_with_head;
-    helios_buf cl = hx_hdrs_get(&r->rhdrs, "content-length");
     r->resp_length = -1;
     if (cl.ptr) {
         int64_t v = 0;

@@ -13,7 +13,6 @@
 #include <netinet/tcp.h>
 #include <stdio.h>
 #include <string.h>
-#include <strings.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -314,10 +313,13 @@ static void up_release(hx_upconn *u)
         up_close(u);
         return;
     }
-    ev_io_stop(u->w->loop, &u->rio);
-    ev_io_stop(u->w->loop, &u->wio);
+    /* The read watcher stays on (libev lets a callback change at any
+     * time): a stop and a start per request saved. A pending event of the
+     * exchange is dropped, as ev_io_stop would. */
+    ev_clear_pending(u->w->loop, &u->rio);
     ev_set_cb(&u->rio, idle_read_cb);
-    ev_io_start(u->w->loop, &u->rio);
+    ev_io_start(u->w->loop, &u->rio); /* after a read pause; else a no-op */
+    ev_io_stop(u->w->loop, &u->wio);
     u->state = UP_IDLE;
     u->last_io = ev_now(u->w->loop);
     u->next = p->idle;
@@ -360,22 +362,33 @@ static int peer_trusted(const hx_req *r)
     return 0;
 }
 
-/* always inlined: strlen of a literal folds to a constant */
-static inline __attribute__((always_inline)) void append(hx_buf *b, const char *s)
+/* Copies into room reserved beforehand; returns the end. putl is for
+ * literals (always inlined: strlen folds to a constant). */
+static inline char *put(char *o, const char *p, size_t n)
 {
-    hx_buf_append(b, s, strlen(s));
+    hx_copy(o, p, n);
+    return o + n;
+}
+
+static inline __attribute__((always_inline)) char *putl(char *o, const char *s)
+{
+    return put(o, s, strlen(s));
 }
 
 /*
  * X-Forwarded-For / -Proto / -Host and Forwarded: extend what a trusted
  * proxy sent, replace the rest. The values are written by these helpers,
  * shared by the HTTP/1.1 serialiser (straight into the request bytes) and
- * the HTTP/2 upstream side (hx_proxy_forwarded, as separate strings).
+ * the HTTP/2 upstream side (hx_proxy_forwarded, as separate strings). They
+ * write into room reserved beforehand: fwd_room is the most all four take.
  */
 typedef struct fwd_in {
     int trusted;    /* the peer is in trusted_proxies */
-    const char *scheme;
     char peer[HX_IP_STRLEN];
+    size_t peer_len;
+    int peer_v6;    /* an IPv6 address: bracketed in Forwarded */
+    const char *scheme;
+    size_t scheme_len;
     helios_buf xff, fwd, xfp, xfh; /* what the client sent */
 } fwd_in;
 
@@ -383,65 +396,72 @@ static void fwd_start(fwd_in *f, hx_req *r)
 {
     f->trusted = peer_trusted(r);
     hx_addr_ip_str(&r->conn->peer.sa, f->peer, sizeof(f->peer));
+    f->peer_len = strlen(f->peer);
+    f->peer_v6 = memchr(f->peer, ':', f->peer_len) != NULL;
     f->scheme = r->conn->ssl ? "https" : "http";
+    f->scheme_len = r->conn->ssl ? 5 : 4;
 }
 
-static void put_xff(hx_buf *o, const fwd_in *f)
+static size_t fwd_room(const fwd_in *f, const hx_req *r)
+{
+    return f->xff.len + f->fwd.len + f->xfp.len + f->xfh.len + 2 * f->peer_len + 2 * r->host.len +
+           64;
+}
+
+static char *put_xff(char *o, const fwd_in *f)
 {
     if (f->trusted && f->xff.len) {
-        hx_buf_append(o, f->xff.ptr, f->xff.len);
-        append(o, ", ");
+        o = put(o, f->xff.ptr, f->xff.len);
+        o = putl(o, ", ");
     }
-    append(o, f->peer);
+    return put(o, f->peer, f->peer_len);
 }
 
-static void put_xfp(hx_buf *o, const fwd_in *f)
+static char *put_xfp(char *o, const fwd_in *f)
 {
     if (f->trusted && f->xfp.len)
-        hx_buf_append(o, f->xfp.ptr, f->xfp.len);
-    else
-        append(o, f->scheme);
+        return put(o, f->xfp.ptr, f->xfp.len);
+    return put(o, f->scheme, f->scheme_len);
 }
 
-/* PREFIX then the value; nothing and 0 when there is no X-Forwarded-Host. */
-static int put_xfh(hx_buf *o, const fwd_in *f, const hx_req *r, const char *prefix)
+/* PREFIX then the value; nothing when there is no X-Forwarded-Host (then
+ * O comes back unchanged). */
+static char *put_xfh(char *o, const fwd_in *f, const hx_req *r, const char *prefix, size_t pl)
 {
     helios_buf v = f->trusted && f->xfh.len ? f->xfh : r->host;
     if (v.len == 0)
-        return 0;
-    append(o, prefix);
-    hx_buf_append(o, v.ptr, v.len);
-    return 1;
+        return o;
+    o = put(o, prefix, pl);
+    return put(o, v.ptr, v.len);
 }
 
-static void put_fwd(hx_buf *o, const fwd_in *f, const hx_req *r)
+static char *put_fwd(char *o, const fwd_in *f, const hx_req *r)
 {
     if (f->trusted && f->fwd.len) {
-        hx_buf_append(o, f->fwd.ptr, f->fwd.len);
-        append(o, ", ");
+        o = put(o, f->fwd.ptr, f->fwd.len);
+        o = putl(o, ", ");
     }
-    if (strchr(f->peer, ':')) {
-        append(o, "for=\"[");
-        append(o, f->peer);
-        append(o, "]\"");
+    if (f->peer_v6) {
+        o = putl(o, "for=\"[");
+        o = put(o, f->peer, f->peer_len);
+        o = putl(o, "]\"");
     } else {
-        append(o, "for=");
-        append(o, f->peer);
+        o = putl(o, "for=");
+        o = put(o, f->peer, f->peer_len);
     }
     if (r->host.len) {
-        append(o, ";host=\"");
-        hx_buf_append(o, r->host.ptr, r->host.len);
-        append(o, "\"");
+        o = putl(o, ";host=\"");
+        o = put(o, r->host.ptr, r->host.len);
+        o = putl(o, "\"");
     }
-    append(o, ";proto=");
-    append(o, f->scheme);
+    o = putl(o, ";proto=");
+    return put(o, f->scheme, f->scheme_len);
 }
 
-static const char *buf_dup(hx_req *r, hx_buf *b)
+/* O..END as a string in R's arena. */
+static const char *fwd_dup(hx_req *r, const char *o, const char *end)
 {
-    const char *s = hx_arena_strndup(&r->arena, hx_buf_head(b), hx_buf_size(b));
-    hx_buf_reset(b);
-    return s;
+    return hx_arena_strndup(&r->arena, o, (size_t)(end - o));
 }
 
 /* The four values as strings in R's arena, for the HTTP/2 upstream side;
@@ -455,36 +475,54 @@ int hx_proxy_forwarded(hx_req *r, const char **xff, const char **xfp, const char
     f.fwd = hx_hdrs_get(&r->hdrs, "forwarded");
     f.xfp = hx_hdrs_get(&r->hdrs, "x-forwarded-proto");
     f.xfh = hx_hdrs_get(&r->hdrs, "x-forwarded-host");
-    hx_buf b = {0};
-    put_xff(&b, &f);
-    *xff = buf_dup(r, &b);
-    put_xfp(&b, &f);
-    *xfp = buf_dup(r, &b);
-    *xfh = put_xfh(&b, &f, r, "") ? buf_dup(r, &b) : NULL;
-    put_fwd(&b, &f, r);
-    *fwd = buf_dup(r, &b);
-    hx_buf_free(&b);
+    char *b = hx_arena_alloc(&r->arena, fwd_room(&f, r));
+    if (b == NULL)
+        return -1;
+    char *e = put_xff(b, &f);
+    *xff = fwd_dup(r, b, e);
+    e = put_xfp(b, &f);
+    *xfp = fwd_dup(r, b, e);
+    e = put_xfh(b, &f, r, "", 0);
+    *xfh = e != b ? fwd_dup(r, b, e) : NULL;
+    e = put_fwd(b, &f, r);
+    *fwd = fwd_dup(r, b, e);
     return *xff && *xfp && *fwd ? 0 : -1;
 }
 
 static int is_named(const hx_hdr *h, const char *name, size_t n)
 {
-    return h->name.len == n && strncasecmp(h->name.ptr, name, n) == 0;
+    return hx_name_is(h->name.ptr, h->name.len, name, n);
 }
 
-
+/* The request head for an HTTP/1.1 backend, into O. Room for it all is
+ * reserved once (every header's length summed first), then plain copies.
+ * 0, or -1 out of memory. */
 static int serialize_request(hx_req *r, hx_buf *o)
 {
     if (r->sub)
         return hx_sub_serialize(r, o);
-    hx_buf_append(o, r->method.ptr, r->method.len);
-    hx_buf_append(o, " ", 1);
-    hx_buf_append(o, r->target.ptr, r->target.len);
-    append(o, " HTTP/1.1\r\n");
     fwd_in f = {0};
     fwd_start(&f, r);
-    int have_host = 0;
-    int has_connection = hx_hdrs_get(&r->hdrs, "connection").ptr != NULL;
+    int have_host = 0, has_connection = 0;
+    size_t need = r->method.len + r->target.len + 16;
+    for (size_t i = 0; i < r->hdrs.n; i++) {
+        const hx_hdr *h = &r->hdrs.v[i];
+        need += h->name.len + h->value.len + 4;
+        has_connection |= is_named(h, "connection", 10);
+    }
+    /* what the client's headers become is counted above (each one is
+     * copied once at most); the rest: Host, the forwarding headers, the
+     * framing and Connection lines */
+    const char *baddr = r->backend->address;
+    size_t bal = strlen(baddr);
+    need += bal + fwd_room(&f, r) + 256;
+    if (hx_buf_reserve(o, need) != 0)
+        return -1;
+    char *p = o->data + o->len;
+    p = put(p, r->method.ptr, r->method.len);
+    *p++ = ' ';
+    p = put(p, r->target.ptr, r->target.len);
+    p = putl(p, " HTTP/1.1\r\n");
     for (size_t i = 0; i < r->hdrs.n; i++) {
         const hx_hdr *h = &r->hdrs.v[i];
         if (hx_is_hop_header(h->name.ptr, h->name.len) || is_named(h, "content-length", 14) ||
@@ -508,44 +546,45 @@ static int serialize_request(hx_req *r, hx_buf *o)
         }
         if (is_named(h, "host", 4))
             have_host = 1;
-        hx_buf_append(o, h->name.ptr, h->name.len);
-        hx_buf_append(o, ": ", 2);
-        hx_buf_append(o, h->value.ptr, h->value.len);
-        hx_buf_append(o, "\r\n", 2);
+        p = put(p, h->name.ptr, h->name.len);
+        p = putl(p, ": ");
+        p = put(p, h->value.ptr, h->value.len);
+        p = putl(p, "\r\n");
     }
     if (!have_host) {
-        append(o, "Host: ");
-        append(o, r->backend->address);
-        append(o, "\r\n");
+        p = putl(p, "Host: ");
+        p = put(p, baddr, bal);
+        p = putl(p, "\r\n");
     }
-    append(o, "X-Forwarded-For: ");
-    put_xff(o, &f);
-    append(o, "\r\nX-Forwarded-Proto: ");
-    put_xfp(o, &f);
-    put_xfh(o, &f, r, "\r\nX-Forwarded-Host: ");
-    append(o, "\r\nForwarded: ");
-    put_fwd(o, &f, r);
-    append(o, "\r\n");
+    p = putl(p, "X-Forwarded-For: ");
+    p = put_xff(p, &f);
+    p = putl(p, "\r\nX-Forwarded-Proto: ");
+    p = put_xfp(p, &f);
+    static const char xfh_name[] = "\r\nX-Forwarded-Host: ";
+    p = put_xfh(p, &f, r, xfh_name, sizeof(xfh_name) - 1);
+    p = putl(p, "\r\nForwarded: ");
+    p = put_fwd(p, &f, r);
+    p = putl(p, "\r\n");
     if (r->up_chunked) {
-        append(o, "Transfer-Encoding: chunked\r\n");
+        p = putl(p, "Transfer-Encoding: chunked\r\n");
     } else if (r->content_length >= 0 && (r->has_body || r->method_id == HTTP_POST ||
                                           r->method_id == HTTP_PUT)) {
-        char cl[48];
-        append(o, "Content-Length: ");
-        hx_buf_append(o, cl, hx_u64_dec(cl, (unsigned long long)r->content_length));
-        append(o, "\r\n");
+        p = putl(p, "Content-Length: ");
+        p += hx_u64_dec(p, (unsigned long long)r->content_length);
+        p = putl(p, "\r\n");
     }
     if (r->ws_upgrade) {
         /* WebSocket (tunnel.c): the hop-by-hop upgrade is asked again on
          * this hop; the connection is never pooled after a 101 */
         helios_buf up = hx_hdrs_get(&r->hdrs, "upgrade");
-        append(o, "Upgrade: ");
-        hx_buf_append(o, up.ptr, up.len);
-        append(o, "\r\nConnection: upgrade\r\n");
+        p = putl(p, "Upgrade: ");
+        p = put(p, up.ptr, up.len);
+        p = putl(p, "\r\nConnection: upgrade\r\n");
     } else if (r->route->upstream->keepalive_max_idle == 0) {
-        append(o, "Connection: close\r\n");
+        p = putl(p, "Connection: close\r\n");
     }
-    append(o, "\r\n");
+    p = putl(p, "\r\n");
+    o->len = (size_t)(p - o->data);
     return 0;
 }
 
@@ -1198,7 +1237,10 @@ static void start_exchange(hx_upconn *u)
     u->reading_paused = 0;
     u->body_queued_all = !r->has_body;
     hx_buf_reset(&u->out);
-    serialize_request(r, &u->out);
+    if (serialize_request(r, &u->out) != 0) {
+        up_fail(u, HELIOS_OUTCOME_CONNECT_FAILED, "out of memory for the request head");
+        return;
+    }
     if (r->body_mem.ptr) {
         /* A body held in memory (buffered, or a subrequest's) goes with the
          * head, on every attempt: a whole one can be sent again on a retry;
@@ -1254,8 +1296,12 @@ static void try_backend(hx_req *r)
     if (p->idle) {
         hx_upconn *u = p->idle;
         pool_remove(u);
-        ev_io_stop(w->loop, &u->rio);
-        ev_timer_stop(w->loop, &u->timer);
+        /* its read watcher stays on: start_exchange gives it the
+         * exchange's callback; an idle event still pending is dropped. Its
+         * timer too: start_exchange re-arms it (up_update_timer) unless the
+         * idle deadline is the exchange's to 50 ms (the defaults: 60 s) */
+        ev_clear_pending(w->loop, &u->rio);
+        ev_clear_pending(w->loop, &u->timer);
         u->req = r;
         u->reused = 1;
         r->up = u;

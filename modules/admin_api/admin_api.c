@@ -220,12 +220,14 @@ static void aa_config_free(void *cfg)
     aa_config *c = cfg;
     if (c == NULL)
         return;
+    aa_listen_unclaim(c);
     free(c->auth.key);
     free(c->allow.v);
     free(c->deny.v);
     free(c->audit_path);
     pthread_mutex_destroy(&c->reload_lock);
     pthread_mutex_destroy(&c->audit_lock);
+    pthread_mutex_destroy(&c->quiesce_lock);
     free(c);
 }
 
@@ -245,6 +247,7 @@ static int aa_config_new(const helios_conf *conf, void **out)
     }
     pthread_mutex_init(&c->reload_lock, NULL);
     pthread_mutex_init(&c->audit_lock, NULL);
+    pthread_mutex_init(&c->quiesce_lock, NULL);
     c->audit_fd = -1;
     int rc = aa_api->conf_check_keys(conf, keys) ? -1 : 0;
     const char *listen = NULL;
@@ -270,6 +273,7 @@ static int aa_config_new(const helios_conf *conf, void **out)
         aa_config_free(c);
         return -1;
     }
+    aa_listen_claim(c);
     *out = c;
     return 0;
 }
@@ -281,9 +285,13 @@ static int aa_start(void *cfg)
     aa_config *c = cfg;
     atomic_store(&c->stopping, 0);
     atomic_store(&c->active, 0);
+    atomic_store(&c->fresh, 0);
+    c->quiesced = 0;
+    c->gen = aa_api->generation();
     if (c->audit_path) {
         c->audit_fd = open(c->audit_path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
         if (c->audit_fd < 0) {
+            aa_http_drop_kept(c);
             aa_api->log(HELIOS_LOG_ERROR, AA_NAME, "cannot open audit_log %s: %s", c->audit_path,
                         strerror(errno));
             return -1;

@@ -93,7 +93,11 @@ typedef struct aa_config {
     pthread_mutex_t audit_lock; /* audit_fd swaps (one thread per connection) */
     atomic_int stopping;     /* stop() began: refuse reloads */
     atomic_long active;      /* requests between intake and completion */
+    atomic_long fresh;       /* connections accepted, no request begun yet */
     pthread_mutex_t reload_lock; /* one ctl_reload per instance at a time */
+    pthread_mutex_t quiesce_lock; /* aa_http_quiesce: main thread or a reload's thread */
+    int quiesced;                 /* the daemon no longer accepts (under quiesce_lock) */
+    uint32_t gen;                 /* the generation this instance started with */
 } aa_config;
 
 /* ---- admin_auth.c ---- */
@@ -140,6 +144,18 @@ typedef struct aa_req {
 
 int aa_http_start(aa_config *c);
 void aa_http_stop(aa_config *c);
+/* Stops accepting (once; any thread): the listening socket is parked for
+ * the next generation's instance when it claims the same address, else
+ * closed (D76). stop() calls it; so does POST /v1/reload once its reload
+ * succeeded, so that the client's next connection waits for the new
+ * instance instead of reaching this one. */
+void aa_http_quiesce(aa_config *c);
+/* The listener's address is wanted by C (config_new) / no longer
+ * (config_free); aa_http_drop_kept closes a socket parked for C's address
+ * when C cannot start. */
+void aa_listen_claim(aa_config *c);
+void aa_listen_unclaim(aa_config *c);
+void aa_http_drop_kept(aa_config *c);
 
 /* Sets the reply to {"error": {"status": S, "message": ...}}; returns S. */
 int aa_fail(aa_req *q, int status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));

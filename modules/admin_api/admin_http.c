@@ -9,11 +9,19 @@
  *   scope (403) -> Content-Length cap (413) -> body, capped as it streams
  *   (413) -> JSON parse (400) -> the endpoint -> audit line for changes.
  *
- * stop() is graceful: the listening socket is closed first (quiesce), the
+ * stop() is graceful: the daemon stops accepting first (quiesce), the
  * requests already being answered get up to AA_STOP_WAIT_MS to finish and
  * have their responses sent (counted with NOTIFY_COMPLETED), and only then
  * is the daemon stopped. That is what lets POST /v1/reload answer its
  * client: heliosd stops this instance right after ctl_reload returns.
+ *
+ * The listening socket outlives a reload when the address stays (D76): the
+ * quiesced socket is parked in a module-level table (the .so stays loaded)
+ * for the new generation's instance, which claimed the address in
+ * config_new and serves on it with MHD_OPTION_LISTEN_SOCKET. Connections
+ * arriving in between wait in the backlog; none is refused. Answers given
+ * once this instance is stopping say Connection: close, so that a client's
+ * next request opens a connection the new instance accepts.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -30,6 +38,8 @@
 #include <unistd.h>
 
 #include <microhttpd.h>
+
+#include <helios/util/listen_keep.h>
 
 #include "admin_api.h"
 
@@ -129,6 +139,8 @@ static enum MHD_Result send_reply(aa_state *s, const char *www_auth)
         add_header(r, MHD_HTTP_HEADER_WWW_AUTHENTICATE, www_auth);
     if (q->allow)
         add_header(r, MHD_HTTP_HEADER_ALLOW, q->allow);
+    if (atomic_load(&q->cfg->stopping))
+        add_header(r, MHD_HTTP_HEADER_CONNECTION, "close");
     enum MHD_Result rc = MHD_queue_response(s->q.conn, (unsigned)q->status, r);
     MHD_destroy_response(r);
     s->answered = 1;
@@ -359,6 +371,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         if (s == NULL)
             return MHD_NO;
         atomic_fetch_add(&c->active, 1);
+        const union MHD_ConnectionInfo *sc =
+            MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+        helios_listen_conn_used(&c->fresh, sc ? sc->socket_context : NULL);
         *con_cls = s;
         s->q.cfg = c;
         s->q.conn = conn;
@@ -406,6 +421,17 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     atomic_fetch_sub(&c->active, 1);
 }
 
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                          enum MHD_ConnectionNotificationCode toe)
+{
+    (void)conn;
+    aa_config *c = cls;
+    if (toe == MHD_CONNECTION_NOTIFY_STARTED)
+        helios_listen_conn_open(&c->fresh, socket_context);
+    else
+        helios_listen_conn_closed(&c->fresh, socket_context);
+}
+
 static __attribute__((format(printf, 2, 0))) void on_mhd_log(void *cls, const char *fmt,
                                                              va_list ap)
 {
@@ -420,6 +446,29 @@ static __attribute__((format(printf, 2, 0))) void on_mhd_log(void *cls, const ch
 
 /* ---- lifecycle ---- */
 
+/* Module-level: the .so stays loaded across reloads. */
+static helios_listen_keep aa_keep = HELIOS_LISTEN_KEEP_INIT;
+
+void aa_listen_claim(aa_config *c)
+{
+    if (helios_listen_claim(&aa_keep, c, &c->listen) != 0)
+        aa_api->log(HELIOS_LOG_WARN, AA_NAME,
+                    "too many configurations at once: %s will be bound again at the next reload",
+                    c->listen_text);
+}
+
+void aa_listen_unclaim(aa_config *c)
+{
+    helios_listen_unclaim(&aa_keep, c);
+}
+
+void aa_http_drop_kept(aa_config *c)
+{
+    int fd = helios_listen_take(&aa_keep, &c->listen);
+    if (fd >= 0)
+        close(fd); /* refused, not left waiting in a backlog nobody reads */
+}
+
 int aa_http_start(aa_config *c)
 {
     unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD |
@@ -429,40 +478,64 @@ int aa_http_start(aa_config *c)
     uint16_t port = c->listen.ss_family == AF_INET6
                         ? ntohs(((struct sockaddr_in6 *)&c->listen)->sin6_port)
                         : ntohs(((struct sockaddr_in *)&c->listen)->sin_port);
+    int kept = helios_listen_take(&aa_keep, &c->listen);
     errno = 0;
-    /* the logger first: libmicrohttpd warns when another option precedes it */
-    c->daemon = MHD_start_daemon(
-        flags, port, NULL, NULL, on_request, c, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, c,
-        MHD_OPTION_SOCK_ADDR, (const struct sockaddr *)&c->listen, MHD_OPTION_NOTIFY_COMPLETED,
-        on_completed, c, MHD_OPTION_CONNECTION_LIMIT,
-        (unsigned)AA_CONN_LIMIT, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)AA_CONN_TIMEOUT_S,
-        MHD_OPTION_END);
+    /* the logger first: libmicrohttpd warns when another option precedes it;
+     * a kept socket replaces the address (nothing to bind) */
+    if (kept >= 0)
+        c->daemon = MHD_start_daemon(
+            flags, port, NULL, NULL, on_request, c, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, c,
+            MHD_OPTION_LISTEN_SOCKET, (MHD_socket)kept, MHD_OPTION_NOTIFY_COMPLETED,
+            on_completed, c, MHD_OPTION_NOTIFY_CONNECTION, on_connection, c,
+            MHD_OPTION_CONNECTION_LIMIT, (unsigned)AA_CONN_LIMIT,
+            MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)AA_CONN_TIMEOUT_S, MHD_OPTION_END);
+    else
+        c->daemon = MHD_start_daemon(
+            flags, port, NULL, NULL, on_request, c, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, c,
+            MHD_OPTION_SOCK_ADDR, (const struct sockaddr *)&c->listen,
+            MHD_OPTION_NOTIFY_COMPLETED, on_completed, c, MHD_OPTION_NOTIFY_CONNECTION,
+            on_connection, c, MHD_OPTION_CONNECTION_LIMIT,
+            (unsigned)AA_CONN_LIMIT, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)AA_CONN_TIMEOUT_S,
+            MHD_OPTION_END);
     if (c->daemon == NULL) {
         int e = errno;
+        if (kept >= 0)
+            close(kept); /* refused, not left waiting in a backlog nobody reads */
         aa_api->log(HELIOS_LOG_ERROR, AA_NAME, "cannot listen on %s: %s", c->listen_text,
                     e ? strerror(e) : "libmicrohttpd could not start");
         return -1;
     }
+    if (kept >= 0)
+        aa_api->log(HELIOS_LOG_INFO, AA_NAME, "listening socket on %s kept across the reload",
+                    c->listen_text);
     return 0;
+}
+
+void aa_http_quiesce(aa_config *c)
+{
+    pthread_mutex_lock(&c->quiesce_lock);
+    atomic_store(&c->stopping, 1);
+    if (c->daemon != NULL && !c->quiesced) {
+        c->quiesced = 1;
+        MHD_socket fd = MHD_quiesce_daemon(c->daemon);
+        if (fd != MHD_INVALID_SOCKET)
+            helios_listen_park(&aa_keep, c, &c->listen, fd); /* or closed: nobody wants it */
+    }
+    pthread_mutex_unlock(&c->quiesce_lock);
 }
 
 void aa_http_stop(aa_config *c)
 {
     if (c->daemon == NULL)
         return;
-    atomic_store(&c->stopping, 1);
-    MHD_socket fd = MHD_quiesce_daemon(c->daemon);
-    if (fd != MHD_INVALID_SOCKET)
-        close(fd);
-    /* let the requests being answered finish and their responses go out */
-    struct timespec step = {0, 10 * 1000 * 1000};
-    for (int waited = 0; atomic_load(&c->active) > 0 && waited < AA_STOP_WAIT_MS; waited += 10)
-        nanosleep(&step, NULL);
-    long left = atomic_load(&c->active);
+    aa_http_quiesce(c);
+    /* let the requests being answered finish and their responses go out,
+     * and the connections accepted before the quiesce ask and be answered */
+    long left = helios_listen_drain(&c->active, &c->fresh, AA_STOP_WAIT_MS);
     if (left > 0)
         aa_api->log(HELIOS_LOG_WARN, AA_NAME,
-                    "stopping with %ld request(s) still being answered after %d ms", left,
-                    AA_STOP_WAIT_MS);
+                    "stopping with %ld request(s) or new connection(s) still open after %d ms",
+                    left, AA_STOP_WAIT_MS);
     MHD_stop_daemon(c->daemon);
     c->daemon = NULL;
 }

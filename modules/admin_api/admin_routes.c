@@ -774,12 +774,27 @@ static int ep_reload(aa_req *q, const char *a1, const char *a2)
         rc = 1;
     } else {
         rc = aa_api->ctl_reload(&gen, err, AA_RELOAD_ERR_MAX);
-        if (rc == 0)
+        /* gen == c->gen: asked of this instance while the reload that
+         * started it still starts the other services, and answered with
+         * that reload; but it read the files before this request came (the
+         * client may have just got the previous reload's answer and changed
+         * them). Once that reload is over, reload for real (bounded). */
+        struct timespec step = {0, 5 * 1000 * 1000};
+        for (int i = 0; rc == 0 && gen == c->gen && i < 400; i++) {
+            nanosleep(&step, NULL);
+            rc = aa_api->ctl_reload(&gen, err, AA_RELOAD_ERR_MAX);
+        }
+        if (rc == 0 && gen != c->gen)
             atomic_store(&c->stopping, 1);
     }
     pthread_mutex_unlock(&c->reload_lock);
+    /* the new generation's instance takes the socket over: from now on a
+     * new connection waits for it instead of reaching this instance */
+    if (rc == 0 && gen != c->gen)
+        aa_http_quiesce(c);
     if (rc == 1)
-        aa_fail(q, 503, "a reload just replaced this admin listener; retry");
+        aa_fail(q, 503, "a reload just replaced this admin listener; retry on a new "
+                        "connection");
     else if (rc == 0)
         aa_ok(q, 200, json_pack("{s:I,s:I}", "generation", (json_int_t)gen, "previous",
                                 (json_int_t)before));

@@ -137,6 +137,7 @@ static void mx_config_free(void *cfg)
     mx_config *c = cfg;
     if (c == NULL)
         return;
+    mx_listen_unclaim(c);
     mx_store_put(c->store);
     free(c->path);
     free(c);
@@ -187,6 +188,7 @@ static int mx_config_new(const helios_conf *conf, void **cfg)
         mx_config_free(c);
         return -1;
     }
+    mx_listen_claim(c);
     *cfg = c;
     return 0;
 }

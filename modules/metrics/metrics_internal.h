@@ -104,7 +104,9 @@ typedef struct mx_config {
     char listen[128];
     char *path;
     struct MHD_Daemon *daemon;       /* service start .. stop */
-    helios_prometheus_export export; /* listen: admin */
+    atomic_int stopping;             /* stop() began: answers say Connection: close */
+    atomic_long active;              /* requests between intake and completion */
+    atomic_long fresh;               /* connections accepted, no request begun yet */
 } mx_config;
 
 /* ---- a scrape (metrics_collect.c, metrics_render.c) ---- */
@@ -161,5 +163,10 @@ int mx_render(void *ctx, char **out, size_t *len);
 
 int mx_start(void *cfg);
 void mx_stop(void *cfg);
+/* C exists (config_new) / no longer (config_free): what lets stop() hand
+ * the own listener's socket, or the admin export, to the next generation
+ * (D76). */
+void mx_listen_claim(mx_config *c);
+void mx_listen_unclaim(mx_config *c);
 
 #endif

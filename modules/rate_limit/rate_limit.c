@@ -16,14 +16,18 @@
  * is no lock everybody bounces. A full set evicts the entry with the
  * smallest TAT: the bucket closest to full, and one that carries no
  * information at all once its TAT is in the past (an absent key and a full
- * bucket behave alike). Memory is fixed at start: max_keys entries.
+ * bucket behave alike). Memory is fixed: max_keys entries per table, and a
+ * reload keeps the table of a policy whose zone, key and max_keys stay
+ * (see rl_table), so a client being limited is still limited after it.
  *
  * Shared mode (`redis:`): the same algorithm runs as a Lua script inside
  * Redis (EVALSHA, EVAL when the script cache was flushed), on Redis' clock,
  * so several heliosd instances enforce one limit. Each worker owns one
  * hiredis async connection on its libev loop; the request PAUSEs until the
  * reply, a per-request timer or a connection error, and then `on_error`
- * decides: allow (fail open) or deny (503). Nothing blocks a worker.
+ * decides: allow (fail open) or deny (503). Nothing blocks a worker. A
+ * generation's requests wait for its first connection (start, reload)
+ * rather than taking on_error for the moment after each reload.
  */
 #define _POSIX_C_SOURCE 200809L
 
@@ -31,6 +35,7 @@
 #include <math.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <stdalign.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -59,6 +64,13 @@
 #define RL_BACKOFF_MIN_MS 100
 #define RL_BACKOFF_MAX_MS 5000
 #define RL_LOG_EVERY_MS 1000 /* at most one error line per worker and second */
+/* An entry's TAT carries, in its top byte, which rate (emission interval)
+ * it is counted in: a table kept across a reload is used by generations
+ * with different rates at once. Microseconds of CLOCK_MONOTONIC fit in the
+ * low 56 bits for 2283 years. */
+#define RL_TAG_SHIFT 56
+#define RL_TAT_MASK ((UINT64_C(1) << RL_TAG_SHIFT) - 1)
+#define RL_RATES 256 /* distinct rates of one table in use at once */
 
 static const helios_host_api *api;
 
@@ -72,13 +84,51 @@ static const char *const rl_redis_keys[] = {"address", "timeout", "on_error", NU
 /* One key: 16 bytes. key 0 means empty (a real hash of 0 is stored as 1). */
 typedef struct rl_entry {
     uint64_t key;
-    uint64_t tat_us; /* theoretical arrival time, microseconds (CLOCK_MONOTONIC) */
+    uint64_t tat_us; /* theoretical arrival time, microseconds (CLOCK_MONOTONIC),
+                      * and the rate's tag in the top byte (RL_TAG_SHIFT) */
 } rl_entry;
 
 typedef struct rl_set {
     alignas(64) atomic_flag lock;
     rl_entry e[RL_WAYS];
 } rl_set;
+
+/*
+ * Local mode's table, kept across reloads (nginx keeps a limit_req_zone
+ * whose name and size are unchanged). Its identity is what gives its
+ * entries their meaning: the zone name, the key expression (kind, header
+ * or cookie name, address prefixes) and its size (max_keys). rate and
+ * burst are not part of it: each entry is tagged with the rate it is
+ * counted in, and a configuration with another rate converts what the
+ * client owes, in requests, to its own rate when it first touches the
+ * entry, capped at its burst (rl_rescale): the new rate and burst apply to
+ * the kept buckets from then on, as nginx applies a new rate to a kept
+ * zone's excess.
+ *
+ * Tables live in a registry of this file (the .so is never unloaded,
+ * D4); config_new and config_free run on the main thread (D5). A new
+ * generation's instance with the same identity as one of the running
+ * generation's tables uses that very table: both generations' workers
+ * then update the same entries under the same per-set spinlocks until the
+ * old generation drains, so nothing counted in between is lost and no
+ * copy is made. Several instances of one identity in a configuration are
+ * matched in order (the first new one takes the first old one's table).
+ */
+typedef struct rl_table {
+    struct rl_table *next; /* registry, in creation order */
+    char *zone;
+    helios_reqkey key;
+    int ipv4_prefix, ipv6_prefix;
+    size_t nsets;
+    rl_set *sets;
+    unsigned refs; /* configs that use it */
+    uint64_t mark; /* build sequence of the newest config that uses it */
+    /* rate tags: the emission interval of each, and how many configs use
+     * it; set on the main thread before a worker can see the config */
+    _Atomic uint64_t tag_t_us[RL_RATES];
+    unsigned tag_refs[RL_RATES];
+    unsigned tag_next; /* where the search for a free tag starts (round robin) */
+} rl_table;
 
 typedef struct rl_config {
     double rate;       /* requests per second */
@@ -91,7 +141,11 @@ typedef struct rl_config {
     const char *zone;  /* part of the Redis key: instances sharing a limit share it */
     /* local mode */
     size_t nsets;
-    rl_set *sets;
+    rl_set *sets;       /* = table->sets, copied for the request path */
+    rl_table *table;    /* shared with other generations' configs (registry) */
+    uint64_t tag;       /* this config's rate tag, shifted into place */
+    uint64_t mark;      /* build sequence that made this config */
+    uint64_t prev_mark; /* the table's mark before this config took it over */
     /* shared mode */
     int redis; /* 1 when `redis:` is configured */
     char redis_host[256];
@@ -189,12 +243,184 @@ static int rl_parse_redis(rl_config *cfg, const helios_conf *r)
     return bad ? -1 : 0;
 }
 
+static pthread_mutex_t rl_tables_lock = PTHREAD_MUTEX_INITIALIZER;
+static rl_table *rl_tables;
+
+/*
+ * Which configuration build is this? 0 for the first one (generation() is
+ * 0 while it is built), else the number of successful reloads after it
+ * succeeds: reloads + 1. So the running generation was built with
+ * sequence `reloads`, and only its tables may be taken over; a table only
+ * a draining older generation still uses (its policy was removed) is
+ * never revived: a removed then re-added policy starts fresh.
+ */
+static void rl_build_seq(uint64_t *building, uint64_t *running)
+{
+    helios_core_stats st = {.size = sizeof(st)};
+    if (!HELIOS_API_HAS(api, generation) || !HELIOS_API_HAS(api, core_stats) ||
+        api->generation() == 0 || api->core_stats(&st) != 0) {
+        *building = 0;
+        *running = UINT64_MAX; /* nothing to take over */
+        return;
+    }
+    *building = st.reloads + 1;
+    *running = st.reloads;
+}
+
+static int rl_same_identity(const rl_table *t, const rl_config *cfg, size_t nsets)
+{
+    return t->nsets == nsets && t->key.kind == cfg->key.kind &&
+           strcmp(t->key.name, cfg->key.name) == 0 && strcmp(t->zone, cfg->zone) == 0 &&
+           t->ipv4_prefix == cfg->ipv4_prefix && t->ipv6_prefix == cfg->ipv6_prefix;
+}
+
+static void rl_key_text(const helios_reqkey *k, char *buf, size_t len)
+{
+    const char *kind = k->kind == RL_KEY_ROUTE           ? "route"
+                       : k->kind == HELIOS_REQKEY_PATH   ? "path"
+                       : k->kind == HELIOS_REQKEY_HEADER ? "header:"
+                       : k->kind == HELIOS_REQKEY_COOKIE ? "cookie:"
+                                                         : "client";
+    snprintf(buf, len, "%s%s", kind, k->name);
+}
+
+/* Gives CFG the tag of its rate in T (registry lock held). Returns 0, or -1
+ * when RL_RATES other rates are in use by live configurations. A tag that
+ * no config uses any more is given out again as late as possible; an
+ * entry still carrying it by then is read with the new tag's rate (and
+ * clamped to the policy's burst), which at worst misjudges one stale
+ * bucket once. */
+static int rl_tag_get(rl_table *t, rl_config *cfg)
+{
+    unsigned tag = RL_RATES;
+    for (unsigned i = 0; i < RL_RATES && tag == RL_RATES; i++)
+        if (atomic_load(&t->tag_t_us[i]) == cfg->t_us) /* in use, or its entries' rate */
+            tag = i;
+    for (unsigned k = 0; k < RL_RATES && tag == RL_RATES; k++) {
+        unsigned i = (t->tag_next + k) % RL_RATES;
+        if (t->tag_refs[i] == 0) {
+            tag = i;
+            atomic_store(&t->tag_t_us[i], cfg->t_us);
+            t->tag_next = (i + 1) % RL_RATES;
+        }
+    }
+    if (tag == RL_RATES)
+        return -1;
+    t->tag_refs[tag]++;
+    cfg->tag = (uint64_t)tag << RL_TAG_SHIFT;
+    return 0;
+}
+
+/* Takes over the running generation's table of CFG's identity, or makes a
+ * new one. Returns 0, or -1 when out of memory. */
+static int rl_table_get(rl_config *cfg, size_t nsets)
+{
+    uint64_t building, running;
+    rl_build_seq(&building, &running);
+    pthread_mutex_lock(&rl_tables_lock);
+    rl_table *t = NULL;
+    for (rl_table *it = rl_tables; it != NULL && t == NULL; it = it->next)
+        if (it->mark == running && rl_same_identity(it, cfg, nsets))
+            t = it;
+    cfg->mark = building;
+    if (t != NULL && rl_tag_get(t, cfg) < 0) {
+        pthread_mutex_unlock(&rl_tables_lock);
+        api->log(HELIOS_LOG_WARN, RL_NAME,
+                 "zone %s: %d other rates still in use by draining configurations: "
+                 "buckets start full",
+                 cfg->zone, RL_RATES);
+        t = NULL;
+        pthread_mutex_lock(&rl_tables_lock);
+    }
+    if (t != NULL) {
+        cfg->prev_mark = t->mark;
+        t->mark = building;
+        t->refs++;
+        pthread_mutex_unlock(&rl_tables_lock);
+        cfg->table = t;
+        cfg->sets = t->sets;
+        api->log(HELIOS_LOG_INFO, RL_NAME, "zone %s: buckets kept across the reload", cfg->zone);
+        return 0;
+    }
+    pthread_mutex_unlock(&rl_tables_lock);
+    if (building != 0) {
+        char key[HELIOS_REQKEY_NAME_MAX + 16];
+        rl_key_text(&cfg->key, key, sizeof(key));
+        api->log(HELIOS_LOG_INFO, RL_NAME,
+                 "zone %s: new buckets (the running configuration has no local limiter of this "
+                 "zone with key %s, prefixes /%d and /%d and max_keys %zu)",
+                 cfg->zone, key, cfg->ipv4_prefix, cfg->ipv6_prefix, nsets * RL_WAYS);
+    }
+    t = calloc(1, sizeof(*t));
+    if (t == NULL)
+        return -1;
+    t->sets = aligned_alloc(64, nsets * sizeof(rl_set));
+    if (t->sets == NULL) {
+        free(t);
+        return -1;
+    }
+    memset(t->sets, 0, nsets * sizeof(rl_set));
+    for (size_t i = 0; i < nsets; i++)
+        atomic_flag_clear(&t->sets[i].lock);
+    t->nsets = nsets;
+    t->key = cfg->key;
+    t->ipv4_prefix = cfg->ipv4_prefix;
+    t->ipv6_prefix = cfg->ipv6_prefix;
+    t->refs = 1;
+    t->mark = building;
+    rl_tag_get(t, cfg); /* a new table has every tag free */
+    t->zone = strdup(cfg->zone);
+    if (t->zone == NULL) {
+        free(t->sets);
+        free(t);
+        return -1;
+    }
+    cfg->prev_mark = UINT64_MAX;
+    cfg->table = t;
+    cfg->sets = t->sets;
+    pthread_mutex_lock(&rl_tables_lock);
+    rl_table **tail;
+    for (tail = &rl_tables; *tail != NULL; tail = &(*tail)->next)
+        ;
+    *tail = t;
+    pthread_mutex_unlock(&rl_tables_lock);
+    return 0;
+}
+
+/* CFG is gone: the table goes with its last config. A config of a build
+ * that failed gives the table back to the running generation. */
+static void rl_table_put(rl_config *cfg)
+{
+    rl_table *t = cfg->table, *dead = NULL;
+    if (t == NULL)
+        return;
+    pthread_mutex_lock(&rl_tables_lock);
+    if (t->mark == cfg->mark)
+        t->mark = cfg->prev_mark;
+    t->tag_refs[cfg->tag >> RL_TAG_SHIFT]--;
+    if (--t->refs == 0) {
+        for (rl_table **pp = &rl_tables; *pp != NULL; pp = &(*pp)->next) {
+            if (*pp == t) {
+                *pp = t->next;
+                break;
+            }
+        }
+        dead = t;
+    }
+    pthread_mutex_unlock(&rl_tables_lock);
+    if (dead != NULL) {
+        free(dead->zone);
+        free(dead->sets);
+        free(dead);
+    }
+}
+
 static void rl_config_free(void *p)
 {
     rl_config *cfg = p;
     if (cfg == NULL)
         return;
-    free(cfg->sets);
+    rl_table_put(cfg);
     free(cfg);
 }
 
@@ -245,16 +471,13 @@ static int rl_config_new(const helios_conf *conf, void **out)
     cfg->cap_us = cfg->t_us * (uint64_t)cfg->burst;
     if (!cfg->redis) {
         cfg->nsets = ((size_t)max_keys + RL_WAYS - 1) / RL_WAYS;
-        cfg->sets = aligned_alloc(64, cfg->nsets * sizeof(rl_set));
-        if (cfg->sets == NULL) {
-            api->conf_error(api->conf_get(conf, "max_keys"), "cannot allocate %zu bytes",
-                            cfg->nsets * sizeof(rl_set));
+        if (rl_table_get(cfg, cfg->nsets) < 0) {
+            api->conf_error(api->conf_get(conf, "max_keys") ? api->conf_get(conf, "max_keys")
+                                                            : conf,
+                            "cannot allocate %zu bytes", cfg->nsets * sizeof(rl_set));
             rl_config_free(cfg);
             return -1;
         }
-        memset(cfg->sets, 0, cfg->nsets * sizeof(rl_set));
-        for (size_t i = 0; i < cfg->nsets; i++)
-            atomic_flag_clear(&cfg->sets[i].lock);
     }
     *out = cfg;
     return 0;
@@ -413,13 +636,41 @@ static int rl_deny(const rl_config *cfg, helios_request *r, const rl_verdict *v)
     return HELIOS_RESPONDED;
 }
 
-/* GCRA step shared by both modes' semantics (the Lua script mirrors it). */
+/*
+ * A TAT counted at another rate (a reload changed it; the table was kept):
+ * the requests the client owes carry over, as nginx carries a zone's
+ * excess: DEBT microseconds at the other emission interval are
+ * DEBT / T_other requests, which cost that many of our intervals.
+ */
+static uint64_t rl_rescale(const rl_config *cfg, uint64_t raw, uint64_t now)
+{
+    uint64_t tat = raw & RL_TAT_MASK;
+    if (tat <= now)
+        return tat; /* a full bucket is full at any rate */
+    uint64_t other =
+        atomic_load_explicit(&cfg->table->tag_t_us[raw >> RL_TAG_SHIFT], memory_order_relaxed);
+    if (other == 0)
+        return tat;
+    double debt = (double)(tat - now) * (double)cfg->t_us / (double)other;
+    return debt >= (double)cfg->cap_us ? now + cfg->cap_us : now + (uint64_t)debt;
+}
+
+/* GCRA step of local mode (the Lua script mirrors it for shared mode).
+ * *TAT carries the tag of the rate it was counted at. */
 static void rl_gcra(const rl_config *cfg, uint64_t *tat, uint64_t now, rl_verdict *v)
 {
-    uint64_t base = *tat > now ? *tat : now;
+    uint64_t t = *tat & RL_TAT_MASK;
+    if ((*tat & ~RL_TAT_MASK) != cfg->tag) {
+        /* converted once, from then on it drains at our rate */
+        t = rl_rescale(cfg, *tat, now);
+        *tat = t | cfg->tag;
+    }
+    uint64_t base = t > now ? t : now;
+    if (base - now > cfg->cap_us)
+        base = now + cfg->cap_us; /* owed more than this policy's burst: empty */
     uint64_t next = base + cfg->t_us;
     if (next - now <= cfg->cap_us) {
-        *tat = next;
+        *tat = next | cfg->tag;
         v->allowed = 1;
         v->remaining = (long long)((cfg->cap_us - (next - now)) / cfg->t_us);
         v->reset_us = next - now;
@@ -454,14 +705,15 @@ static void rl_local(rl_config *cfg, uint64_t key, rl_verdict *v)
             e = &s->e[i];
             break;
         }
-        if (s->e[i].key == 0 || (victim->key != 0 && s->e[i].tat_us < victim->tat_us))
+        if (s->e[i].key == 0 ||
+            (victim->key != 0 && (s->e[i].tat_us & RL_TAT_MASK) < (victim->tat_us & RL_TAT_MASK)))
             victim = &s->e[i];
     }
     if (e == NULL) {
         /* New key: replace an empty slot, else the fullest bucket. */
         e = victim;
         e->key = key;
-        e->tat_us = 0;
+        e->tat_us = cfg->tag; /* TAT 0: a full bucket */
     }
     rl_gcra(cfg, &e->tat_us, now, v);
     atomic_flag_clear_explicit(&s->lock, memory_order_release);
@@ -481,6 +733,7 @@ static const char rl_lua[] = "local t = redis.call('TIME')\n"
                              "local tat = tonumber(redis.call('GET', KEYS[1]) or '0')\n"
                              "local base = tat\n"
                              "if base < now then base = now end\n"
+                             "if base - now > cap then base = now + cap end\n"
                              "local nxt = base + T\n"
                              "if nxt - now <= cap then\n"
                              "  redis.call('SET', KEYS[1], string.format('%.0f', nxt), 'PX',\n"
@@ -501,6 +754,8 @@ typedef struct rl_worker {
     uint64_t backoff_ms;
     uint64_t last_log_ms;
     unsigned long suppressed; /* error lines not written since last_log_ms */
+    int ever_connected;       /* 0 during the generation's first connect */
+    struct rl_req *waiting;   /* requests waiting for that first connect */
 } rl_worker;
 
 /* Per-request record. In shared mode it lives outside the request arena
@@ -508,13 +763,14 @@ typedef struct rl_worker {
  * freed when both on_log has run (done) and Redis has answered. */
 typedef struct rl_req {
     rl_verdict v;
-    int have_verdict; /* add RateLimit-* to the response */
-    int heap;         /* malloc'd (shared mode) */
-    int done;         /* on_log ran: the request must not be touched */
-    int in_redis;     /* a command with this record as privdata is pending */
-    int settled;      /* resumed already (reply, timeout or error) */
-    int busy;         /* rl_finish is answering: on_log must not free */
-    int used_eval;    /* the script text was sent (EVAL), no more fallback */
+    int have_verdict;            /* add RateLimit-* to the response */
+    int heap;                    /* malloc'd (shared mode) */
+    int done;                    /* on_log ran: the request must not be touched */
+    int in_redis;                /* a command with this record as privdata is pending */
+    int settled;                 /* resumed already (reply, timeout or error) */
+    int busy;                    /* rl_finish is answering: on_log must not free */
+    int used_eval;               /* the script text was sent (EVAL), no more fallback */
+    struct rl_req *next_waiting; /* in ws->waiting (in_redis is set meanwhile) */
     uint64_t key;
     helios_request *req;
     rl_worker *ws;
@@ -567,13 +823,46 @@ static void rl_script_loaded(redisAsyncContext *ac, void *reply, void *priv)
     }
 }
 
+static void rl_finish(rl_req *rr, int error, const char *what, const char *detail);
+static int rl_send(rl_req *rr);
+static void rl_req_release(rl_req *rr);
+
+/* The generation's first connect ended: the requests that waited for it
+ * are sent, or get on_error. Called with ws->connected set or not. */
+static void rl_flush_waiting(rl_worker *ws, const char *err)
+{
+    rl_req *rr = NULL;
+    while (ws->waiting != NULL) { /* pushed in front: reverse, oldest first */
+        rl_req *w = ws->waiting;
+        ws->waiting = w->next_waiting;
+        w->next_waiting = rr;
+        rr = w;
+    }
+    while (rr != NULL) {
+        rl_req *next = rr->next_waiting;
+        rr->next_waiting = NULL;
+        rr->in_redis = 0;
+        if (rr->done || rr->settled)
+            rl_req_release(rr); /* ended, or timed out, while waiting */
+        else if (err != NULL)
+            rl_finish(rr, 1, "connect failed", err);
+        else if (rl_send(rr) != 0)
+            rl_finish(rr, 1, "send failed", ws->ac ? ws->ac->errstr : "");
+        rr = next;
+    }
+}
+
 static void rl_connected(const redisAsyncContext *ac, int status)
 {
     rl_worker *ws = ac->data;
+    if (ws == NULL)
+        return; /* worker_fini detached it */
+    ws->ever_connected = 1;
     if (status != REDIS_OK) {
         rl_log_error(ws, "connect failed", ac->errstr);
         ws->ac = NULL; /* hiredis frees it after this callback */
         ws->connected = 0;
+        rl_flush_waiting(ws, ac->errstr);
         rl_schedule_reconnect(ws);
         return;
     }
@@ -582,11 +871,14 @@ static void rl_connected(const redisAsyncContext *ac, int status)
     api->log(HELIOS_LOG_INFO, RL_NAME, "worker %u connected to redis %s:%d",
              api->worker_index(ws->w), ws->cfg->redis_host, ws->cfg->redis_port);
     redisAsyncCommand(ws->ac, rl_script_loaded, ws, "SCRIPT LOAD %s", rl_lua);
+    rl_flush_waiting(ws, NULL); /* EVAL: the SHA is not known yet */
 }
 
 static void rl_disconnected(const redisAsyncContext *ac, int status)
 {
     rl_worker *ws = ac->data;
+    if (ws == NULL)
+        return; /* worker_fini detached it */
     ws->ac = NULL;
     ws->connected = 0;
     ws->sha[0] = '\0';
@@ -643,8 +935,20 @@ static void rl_worker_fini(void *cfg, helios_worker *w, void *wstate)
         return;
     ws->closing = 1;
     ev_timer_stop(ws->loop, &ws->retry);
-    if (ws->ac != NULL)
+    if (ws->ac != NULL) {
+        /* fini may run inside a hiredis callback (the generation's last
+         * request ended in rl_reply): hiredis then frees the context, and
+         * calls rl_disconnected, only after that callback returns, when
+         * WS is gone. Detached, the late callback does nothing. */
+        ws->ac->data = NULL;
         redisAsyncFree(ws->ac); /* pending callbacks run with a NULL reply */
+    }
+    /* requests of this generation have all ended: waiting ones are done */
+    for (rl_req *rr = ws->waiting, *next; rr != NULL; rr = next) {
+        next = rr->next_waiting;
+        rr->in_redis = 0;
+        rl_req_release(rr);
+    }
     free(ws);
 }
 
@@ -784,6 +1088,16 @@ static int rl_shared(helios_ctx *c, rl_config *cfg, uint64_t key)
     rr->req = c->req;
     rr->ws = ws;
     *c->rstate = rr;
+    if (ws->ac != NULL && !ws->connected && !ws->ever_connected) {
+        /* The generation's first connect (start, reload) is under way:
+         * wait for it, up to timeout, instead of letting on_error admit
+         * everyone for the moment after each reload. */
+        rr->in_redis = 1;
+        rr->next_waiting = ws->waiting;
+        ws->waiting = rr;
+        rr->timer = api->timer_add(c->worker, cfg->timeout_ms, rl_timeout, rr);
+        return HELIOS_PAUSE;
+    }
     if (ws->ac == NULL || !ws->connected) {
         rr->settled = 1;
         return rl_on_error(rr, "not connected", "reconnecting");

@@ -10,8 +10,10 @@
 #include <llhttp.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "base/arena.h"
+#include "base/buf.h"
 #include "base/httputil.h"
 
 static hx_arena arena;
@@ -84,6 +86,63 @@ HX_TEST(hop_by_hop_headers_and_connection_listed_ones_are_recognised)
     HX_CHECK(hx_hdrs_connection_lists(&h, "close", 5)); /* a second Connection header */
     HX_CHECK(!hx_hdrs_connection_lists(&h, "x-priv", 6));
     HX_CHECK(!hx_hdrs_connection_lists(&h, "X-Private-Longer", 16));
+}
+
+/* The inline compares replaced strncasecmp on the hot path (issue 18): they
+ * must answer as it does in the C locale for every pair of bytes. */
+HX_TEST(inline_case_insensitive_compares_agree_with_strncasecmp_on_every_byte_pair)
+{
+    for (int x = 1; x < 256; x++)
+        for (int y = 1; y < 256; y++) {
+            char a[2] = {(char)x, 0}, b[2] = {(char)y, 0};
+            int want = strncasecmp(a, b, 1) == 0;
+            if (hx_ascii_ieq(a, b, 1) != want)
+                HX_FAILED_("hx_ascii_ieq(0x%02x, 0x%02x) != strncasecmp", x, y);
+            char lo = (char)(y >= 'A' && y <= 'Z' ? y + 32 : y);
+            if (hx_name_is(a, 1, &lo, 1) != (strncasecmp(a, &lo, 1) == 0))
+                HX_FAILED_("hx_name_is(0x%02x, 0x%02x) != strncasecmp", x, (unsigned char)lo);
+        }
+    /* the eight-bytes-at-a-time path: every byte value at every position
+     * of a 17-byte name, against both case forms */
+    const char *lits[][2] = {{"te", "TE"},
+                             {"host", "hOST"},
+                             {"expect", "Expect"},
+                             {"keep-alive", "Keep-Alive"},
+                             {"content-length", "Content-LENGTH"},
+                             {"transfer-encoding", "Transfer-ENCODING"}};
+    for (size_t t = 0; t < sizeof(lits) / sizeof(lits[0]); t++) {
+        const char *lit = lits[t][0], *mixed = lits[t][1];
+        size_t n = strlen(lit);
+        for (size_t k = 0; k < n; k++)
+            for (int x = 1; x < 256; x++) {
+                char a[32];
+                memcpy(a, mixed, n + 1);
+                a[k] = (char)x;
+                int want = strncasecmp(a, lit, n) == 0;
+                if (hx_name_is(a, n, lit, n) != want || hx_ascii_ieq(a, lit, n) != want ||
+                    hx_ascii_ieq(lit, a, n) != want || hx_ascii_ieq(a, mixed, n) != want)
+                    HX_FAILED_("'%s', byte 0x%02x at %zu: compares disagree with strncasecmp",
+                               lit, x, k);
+            }
+    }
+    HX_CHECK(hx_ascii_ieq("Content-Length", "cONTENT-lENGTH", 14));
+    HX_CHECK(!hx_ascii_ieq("Content-Length", "Content_Length", 14));
+    HX_CHECK(hx_name_is("Transfer-Encoding", 17, "transfer-encoding", 17));
+    HX_CHECK(!hx_name_is("Transfer-Encoding", 17, "transfer-encodinh", 17));
+    HX_CHECK(!hx_name_is("host", 4, "hos", 3));
+    /* every name of the same length as a hop-by-hop one, one byte off */
+    const char *hop[] = {"connection", "keep-alive", "proxy-connection", "transfer-encoding",
+                         "te", "trailer", "upgrade", "proxy-authenticate"};
+    for (size_t i = 0; i < sizeof(hop) / sizeof(hop[0]); i++) {
+        char m[32];
+        size_t n = strlen(hop[i]);
+        for (size_t k = 0; k < n; k++) {
+            memcpy(m, hop[i], n);
+            m[k] = (char)(m[k] ^ 0x01);
+            if (hx_is_hop_header(m, n))
+                HX_FAILED_("'%.*s' taken for a hop-by-hop header", (int)n, m);
+        }
+    }
 }
 
 HX_TEST(list_tokens_ignore_case_spaces_and_version_suffixes)
@@ -165,16 +224,74 @@ HX_TEST(malformed_hosts_are_refused)
             HX_FAILED_("accepted malformed host '%s'", bad[i]);
 }
 
+HX_TEST(field_value_bytes_are_htab_sp_vchar_and_obs_text)
+{
+    for (int c = 0; c < 256; c++) {
+        int want = !((c < 0x20 && c != '\t') || c == 0x7f);
+        char b = (char)c;
+        if (hx_vchar[c] != want || hx_hdr_value_valid(&b, 1) != want)
+            HX_FAILED_("value byte 0x%02x: table %d, want %d", c, hx_vchar[c], want);
+    }
+}
+
+/* hx_copy (buf.h) writes every head piece: exactly N bytes, whatever N. */
+HX_TEST(short_copies_write_exactly_n_bytes)
+{
+    char src[64], dst[80];
+    for (size_t i = 0; i < sizeof(src); i++)
+        src[i] = (char)('A' + i % 50);
+    for (size_t n = 0; n <= 40; n++) {
+        memset(dst, '#', sizeof(dst));
+        hx_copy(dst + 8, src + 3, n);
+        for (size_t i = 0; i < sizeof(dst); i++) {
+            char want = i >= 8 && i < 8 + n ? src[3 + i - 8] : '#';
+            if (dst[i] != want)
+                HX_FAILED_("hx_copy of %zu bytes: byte %zu is '%c', want '%c'", n, i, dst[i], want);
+        }
+    }
+}
+
+HX_TEST(host_name_bytes_are_exactly_rfc3986_reg_name_ones)
+{
+    for (int c = 1; c < 256; c++) {
+        int want = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                   strchr("-._~!$&'()*+,;=", c) != NULL;
+        /* the byte in a short host (byte by byte) and in a long one (the
+         * four-bytes-a-step path) */
+        char in[4] = {'a', (char)c, 'b', 0}, lin[13] = "ABCDEFGHIJKL";
+        lin[6] = (char)c;
+        arena_fresh();
+        helios_buf out;
+        unsigned port;
+        int got = hx_host_parse(&arena, in, 3, &out, &port) == 0;
+        int lgot = hx_host_parse(&arena, lin, 12, &out, &port) == 0;
+        if (c != '%' && c != ':' && c != '[' && lgot != got)
+            HX_FAILED_("host byte 0x%02x: long host accepted %d, short %d", c, lgot, got);
+        if (lgot && c != '.' && (out.len != 12 || memcmp(out.ptr, "abcdef", 6) != 0 ||
+                                 memcmp(out.ptr + 7, "hijkl", 5) != 0))
+            HX_FAILED_("host byte 0x%02x: long host normalised to '%.*s'", c, (int)out.len,
+                       out.ptr);
+        if (c == '%' || c == ':' || c == '[')
+            continue; /* pct-encoding, the port, IPv6: their own checks */
+        if (got != want)
+            HX_FAILED_("host byte 0x%02x: accepted %d, want %d", c, got, want);
+    }
+}
+
 int main(void)
 {
     HX_RUN(header_list_add_get_remove_is_case_insensitive_and_keeps_order);
     HX_RUN(header_names_are_tokens_and_values_have_no_control_bytes);
     HX_RUN(hop_by_hop_headers_and_connection_listed_ones_are_recognised);
+    HX_RUN(inline_case_insensitive_compares_agree_with_strncasecmp_on_every_byte_pair);
     HX_RUN(list_tokens_ignore_case_spaces_and_version_suffixes);
     HX_RUN(method_ids_are_llhttps_and_other_tokens_are_minus_one);
     HX_RUN(reason_phrases_and_classes_for_unknown_codes);
     HX_RUN(host_is_normalised_once_case_port_trailing_dot_brackets);
     HX_RUN(malformed_hosts_are_refused);
+    HX_RUN(host_name_bytes_are_exactly_rfc3986_reg_name_ones);
+    HX_RUN(short_copies_write_exactly_n_bytes);
+    HX_RUN(field_value_bytes_are_htab_sp_vchar_and_obs_text);
     hx_arena_reset(&arena);
     free(first);
     return hx_test_summary();

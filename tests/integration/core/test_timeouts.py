@@ -292,6 +292,24 @@ def test_short_client_timeouts_do_not_cut_a_slow_upstream_response(heliosd, back
         assert r is not None and r.status == 200
 
 
+def test_keepalive_timeout_still_closes_after_a_response_longer_than_it(heliosd, backend):
+    # While a request is served the client timer is left armed (issue 18:
+    # no stop and start per request); its early firing during a 2.5 s
+    # response must neither cut the response nor leave the connection
+    # without its keep-alive deadline afterwards.
+    h = heliosd(proxy_config(free_port(), backend, timeouts=SHORT,
+                             upstream_extra={"timeouts": {"read": "10s"}}))
+    with RawConn(h.port, timeout=30) as c:
+        for path in ("/", "/slow?ms=2500", "/"):
+            c.send(request_bytes("GET", path))
+            r = c.read_response(timeout=30)
+            assert r is not None and r.status == 200, (path, r)
+        start = time.monotonic()
+        elapsed = closed_after(c, start)
+        assert bytes(c.buf) == b"" or bytes(c.buf).startswith(b"HTTP/1.1 408")
+    assert NOT_BEFORE <= elapsed <= FIRE_WITHIN, elapsed
+
+
 def test_client_body_timeout_is_between_reads_not_total(heliosd, backend):
     h = heliosd(proxy_config(free_port(), backend, timeouts=SHORT))
     n = 10
