@@ -15,7 +15,8 @@
 # table reports the median of rounds.
 #
 # PROXIES picks which ones run, in that order (nginx is the reference of the
-# ratio columns): heliosd, nginx, haproxy (mode http), haproxy-tcp (HAProxy
+# ratio columns): heliosd, heliosd-uring (the same with `io: uring`, D75),
+# nginx, haproxy (mode http), haproxy-tcp (HAProxy
 # in mode tcp: no HTTP work), floor-epoll and floor-uring (bench/floor_proxy.c,
 # built here: a TCP relay with no HTTP work, epoll or io_uring; needs
 # liburing-dev). SYSCALLS=1 adds, after the timed rounds, one counted run
@@ -62,8 +63,8 @@ read -r -a PROXIES <<<"${PROXIES:-heliosd nginx haproxy}"
 declare -A want=()
 for p in "${PROXIES[@]}"; do
     case $p in
-    heliosd | nginx | haproxy | haproxy-tcp | floor-epoll | floor-uring) ;;
-    *) die "PROXIES: unknown proxy '$p' (heliosd nginx haproxy haproxy-tcp floor-epoll floor-uring)" ;;
+    heliosd | heliosd-uring | nginx | haproxy | haproxy-tcp | floor-epoll | floor-uring) ;;
+    *) die "PROXIES: unknown proxy '$p' (heliosd heliosd-uring nginx haproxy haproxy-tcp floor-epoll floor-uring)" ;;
     esac
     [ -z "${want[$p]:-}" ] || die "PROXIES names $p twice"
     want[$p]=1
@@ -86,9 +87,9 @@ heliosd_build=$(bench_heliosd_build "$HELIOSD")
 bench_setup heliosd-bench
 private_heliosd
 
-read -r port_backend port_heliosd port_nginx port_haproxy port_htcp port_fe port_fu < <(free_ports 7)
+read -r port_backend port_heliosd port_nginx port_haproxy port_htcp port_fe port_fu port_hu < <(free_ports 8)
 declare -A port=([heliosd]=$port_heliosd [nginx]=$port_nginx [haproxy]=$port_haproxy
-    [haproxy-tcp]=$port_htcp [floor-epoll]=$port_fe [floor-uring]=$port_fu)
+    [haproxy-tcp]=$port_htcp [floor-epoll]=$port_fe [floor-uring]=$port_fu [heliosd-uring]=$port_hu)
 
 # --- configurations -------------------------------------------------------
 
@@ -103,6 +104,8 @@ routes:
   - {match: {prefix: /}, upstream: app}
 logging: {level: warn, access_log: off}
 EOF
+sed -e "s/127.0.0.1:$port_heliosd/127.0.0.1:$port_hu/" -e '1a io: uring' \
+    "$tmp/heliosd.yaml" >"$tmp/heliosd-uring.yaml"
 
 # keepalive_requests is raised on both sides because heliosd and HAProxy have
 # no per-connection request cap; nginx's default (1000) would make it alone
@@ -164,7 +167,7 @@ fi
 start_backend backend "$BACKEND_CPU" "$port_backend" --name bench --threads 1
 for p in "${PROXIES[@]}"; do
     case $p in
-    heliosd) start_heliosd heliosd "$PROXY_CPU" "$tmp/heliosd.yaml" ;;
+    heliosd*) start_heliosd "$p" "$PROXY_CPU" "$tmp/$p.yaml" ;;
     nginx) start_nginx nginx "$PROXY_CPU" "$tmp/nginx.conf" "$tmp/nginx" ;;
     haproxy*) bench_start "$p" "$PROXY_CPU" "$HAPROXY" -db -f "$tmp/$p.cfg" ;;
     floor-*)

@@ -7,7 +7,7 @@ set -eu
 
 BUILD="build-essential cmake pkg-config git ca-certificates
  libev-dev node-llhttp libnghttp2-dev libssl-dev libjansson-dev libyaml-dev
- zlib1g-dev libjwt-dev libmicrohttpd-dev libhiredis-dev libsystemd-dev"
+ zlib1g-dev libjwt-dev libmicrohttpd-dev libhiredis-dev libsystemd-dev liburing-dev"
 # CI builds with clang too, and builds, checks and installs the Debian
 # packages (packaging/deb-test.sh); systemd brings systemd-analyze.
 PACKAGE="clang-14 libfuzzer-14-dev debhelper lintian fakeroot systemd"

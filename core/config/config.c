@@ -300,6 +300,24 @@ static hx_instance *new_instance_named(build *b, const char *name, const hx_conf
 
 /* ---- top level scalars ---- */
 
+static void parse_io(build *b, const hx_conf_node *root)
+{
+    const hx_conf_node *n = hx_conf_get(root, "io");
+    b->gen->io_uring = 0;
+    if (is_absent(n))
+        return;
+    if (n->kind == HX_CONF_SCALAR && strcmp(n->scalar, "epoll") == 0)
+        return;
+    if (n->kind == HX_CONF_SCALAR && strcmp(n->scalar, "uring") == 0) {
+        b->gen->io_uring = 1;
+        return;
+    }
+    if (n->kind == HX_CONF_SCALAR)
+        hx_conf_error(n, "invalid value '%s': expected \"epoll\" or \"uring\"", n->scalar);
+    else
+        hx_conf_error(n, "expected \"epoll\" or \"uring\", got %s", a_kind(n->kind));
+}
+
 static void parse_workers(build *b, const hx_conf_node *root)
 {
     const hx_conf_node *n = hx_conf_get(root, "workers");
@@ -1406,7 +1424,7 @@ static void validate(build *b, const char *path, const char *override, const cha
     static const char *const keys[] = {"workers",  "module_path",     "modules", "listeners",
                                        "trusted_proxies", "timeouts", "limits",  "upstreams",
                                        "routes",   "logging",         "http2",   "user",
-                                       "group",    "pid_file",        "state_file", NULL};
+                                       "group",    "pid_file",        "state_file", "io", NULL};
     const hx_conf_node *root = hx_conf_root(b->tree);
 
     if (!root || root->kind == HX_CONF_NULL) {
@@ -1425,6 +1443,7 @@ static void validate(build *b, const char *path, const char *override, const cha
      * out roughly in file order; instance slots follow declaration order
      * (modules, upstreams, routes) as the file comment says. */
     parse_workers(b, root);
+    parse_io(b, root);
     parse_module_dir(b, root, override, def);
     if (!b->gen->module_dir)
         return;

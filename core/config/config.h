@@ -211,6 +211,7 @@ typedef struct hx_gen {
     _Atomic long refs;
     hx_conf_tree *tree;
     unsigned workers;
+    int io_uring; /* io: uring (D75); fixed at start, like workers */
     char *module_dir; /* effective: -m, else module_path, else default */
 
     hx_instance **instances; /* every instance; slot = index */

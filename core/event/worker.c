@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "event/worker.h"
+#include "event/uring.h"
 
 #include "base/log.h"
 
@@ -732,6 +733,8 @@ static void setup_pools(hx_gen *g)
 /* ------------------------------------------------------------------ */
 /* threads                                                             */
 
+static int want_uring; /* io: uring at start (a reload keeps the start's) */
+
 static void *worker_main(void *arg)
 {
     hx_worker *w = arg;
@@ -740,7 +743,12 @@ static void *worker_main(void *arg)
     char name[16];
     snprintf(name, sizeof(name), "heliosd-w%u", w->id % 100000u);
     pthread_setname_np(pthread_self(), name);
+    if (want_uring)
+        w->uring = hx_uring_start(w->loop, w->id) == 0;
     ev_run(w->loop, 0);
+    if (w->uring)
+        hx_uring_stop();
+    w->uring = 0;
     return NULL;
 }
 
@@ -748,6 +756,7 @@ int hx_workers_start(hx_gen *g)
 {
     hx_lfd *set;
     hx_srv.nworkers = g->workers;
+    want_uring = g->io_uring;
     /* aligned: each worker's counters sit on cache lines of their own */
     hx_srv.workers = aligned_alloc(_Alignof(hx_worker), g->workers * sizeof(hx_worker));
     if (hx_srv.workers == NULL)
@@ -788,6 +797,9 @@ int hx_workers_switch(hx_gen *g)
     if (g->workers != hx_srv.nworkers)
         hx_warn("workers: %u in the new configuration; a reload keeps %u (restart to change)",
                 g->workers, hx_srv.nworkers);
+    if (g->io_uring != want_uring)
+        hx_warn("io: %s in the new configuration; a reload keeps %s (restart to change)",
+                g->io_uring ? "uring" : "epoll", want_uring ? "uring" : "epoll");
     hx_lfd *set;
     if (listeners_prepare(g, &set) != 0)
         return -1;

@@ -89,6 +89,7 @@ struct hx_worker {
     struct ev_loop *loop;
     pthread_t thread;
     int started;
+    int uring; /* io: uring and this worker's ring runs (event/uring.h) */
 
     ev_async async; /* wakes the loop for posted tasks */
     pthread_mutex_t qlock;

@@ -31,6 +31,10 @@
 #include "http/http2.h"
 #include "http/transport.h"
 
+/* io: uring (D75): watchers of sockets the ring drives are fed by it */
+#define ev_io_start hx_io_start
+#define ev_io_stop hx_io_stop
+
 #define HX_READ_CHUNK 16384 /* one cached I/O buffer: a read fills it */
 #define HX_SMALL_BUF 4096   /* request line, header name, header value */
 #define HX_WRITEV_MIN 4096 /* below this, copying and coalescing is cheaper */
@@ -337,7 +341,8 @@ int hx_conn_writev(hx_conn *c, const struct iovec *iov, int cnt)
         total += iov[i].iov_len;
     if (c->fd < 0 || (c->head_flags & C_DEAD))
         return -1;
-    if (c->ssl || total < HX_WRITEV_MIN || ev_is_active(&c->wio) || cnt > 7) {
+    if (c->ssl || total < HX_WRITEV_MIN || ev_is_active(&c->wio) || cnt > 7 ||
+        hx_uring_sock(c->fd)) {
         for (int i = 0; i < cnt; i++)
             if (hx_conn_write(c, iov[i].iov_base, iov[i].iov_len) != 0)
                 return -1;
@@ -563,7 +568,7 @@ static void linger_read_cb(struct ev_loop *loop, ev_io *io, int revents)
     hx_conn *c = io->data;
     char buf[16384];
     for (int i = 0; i < 16; i++) {
-        ssize_t n = recv(c->fd, buf, sizeof(buf), 0);
+        ssize_t n = hx_sock_recv(c->fd, NULL, buf, sizeof(buf), NULL);
         if (n > 0)
             continue;
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
@@ -594,7 +599,7 @@ static void conn_linger(hx_conn *c)
         SSL_free(c->ssl); /* no close_notify: the peer misbehaved */
         c->ssl = NULL;
     }
-    shutdown(c->fd, SHUT_WR);
+    hx_sock_shutdown_write(c->fd, NULL);
     ev_io_stop(w->loop, &c->wio);
     ev_io_stop(w->loop, &c->rio);
     ev_set_cb(&c->rio, linger_read_cb);
@@ -1425,6 +1430,8 @@ void hx_conn_accept(hx_lsock *ls, int fd, const struct sockaddr *sa, socklen_t s
     ls->nconns++;
     HX_STAT_ADD(w, accepted, 1);
     HX_STAT_ADD(w, active, 1);
+    if (c->ssl == NULL && w->uring)
+        hx_uring_adopt(fd);
     ev_io_start(w->loop, &c->rio);
     c->reading = 1;
     conn_update_timer(c);
@@ -1467,7 +1474,7 @@ static void conn_close(hx_conn *c)
         c->hs_wg = NULL;
     }
     if (c->fd >= 0)
-        close(c->fd);
+        hx_fd_close(c->fd);
     c->fd = -1;
     if (c->prev)
         c->prev->next = c->next;

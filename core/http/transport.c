@@ -12,5 +12,9 @@ void hx_sock_shutdown_write(int fd, SSL *ssl)
         SSL_shutdown(ssl);
         ERR_clear_error();
     }
-    shutdown(fd, SHUT_WR);
+    hx_usock *s = hx_uring_sock(fd);
+    if (s)
+        hx_usock_shutdown_write(s); /* after the queued bytes */
+    else
+        shutdown(fd, SHUT_WR);
 }

@@ -15,11 +15,16 @@
 #include <openssl/ssl.h>
 
 #include "config/tls.h"
+#include "event/uring.h"
 
 static inline ssize_t hx_sock_send(int fd, SSL *ssl, const void *p, size_t n)
 {
-    if (ssl == NULL)
+    if (ssl == NULL) {
+        hx_usock *s = hx_uring_sock(fd);
+        if (s)
+            return hx_usock_send(s, p, n);
         return send(fd, p, n, MSG_NOSIGNAL);
+    }
     return hx_tls_send(ssl, p, n);
 }
 
@@ -27,8 +32,12 @@ static inline ssize_t hx_sock_send(int fd, SSL *ssl, const void *p, size_t n)
  * on (a key update): the caller waits for writability, then reads again. */
 static inline ssize_t hx_sock_recv(int fd, SSL *ssl, void *p, size_t n, int *want_write)
 {
-    if (ssl == NULL)
+    if (ssl == NULL) {
+        hx_usock *s = hx_uring_sock(fd);
+        if (s)
+            return hx_usock_recv(s, p, n);
         return recv(fd, p, n, 0);
+    }
     return hx_tls_recv(ssl, p, n, want_write);
 }
 

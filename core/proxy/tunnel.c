@@ -36,6 +36,10 @@
 #include "http/transport.h"
 #include "proxy/upstream.h"
 
+/* io: uring (D75): watchers of sockets the ring drives are fed by it */
+#define ev_io_start hx_io_start
+#define ev_io_stop hx_io_stop
+
 #define HX_TUNNEL_READ 65536
 #define HX_TUNNEL_READS 4 /* reads per event before giving others a turn */
 

@@ -27,6 +27,10 @@
 #include "proxy/tunnel.h"
 #include "proxy/upstream.h"
 
+/* io: uring (D75): watchers of sockets the ring drives are fed by it */
+#define ev_io_start hx_io_start
+#define ev_io_stop hx_io_stop
+
 #define HX_UP_READ 65536
 
 typedef struct hx_pool {
@@ -284,7 +288,7 @@ static void up_close(hx_upconn *u)
         u->ssl = NULL;
     }
     if (u->fd >= 0)
-        close(u->fd);
+        hx_fd_close(u->fd);
     hx_buf_free(&u->out);
     hx_buf_free(&u->hb.name);
     hx_buf_free(&u->hb.value);
@@ -766,6 +770,8 @@ static void up_connected(hx_upconn *u)
         up_tls_step(u);
         return;
     }
+    if (u->w->uring)
+        hx_uring_adopt(u->fd);
     ev_set_cb(&u->wio, up_write_cb);
     start_exchange(u);
 }

@@ -1,6 +1,7 @@
 """Configurations: builders of the Python dicts that become heliosd YAML,
 writing them, and `heliosd -t` on them."""
 
+import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,8 +91,18 @@ def write_config_file(directory, config, name="heliosd.yaml"):
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / name
-    path.write_text(config if isinstance(config, str) else to_yaml(config))
+    path.write_text(config if isinstance(config, str) else to_yaml(with_test_io(config)))
     return path
+
+
+def with_test_io(config):
+    """HELIOS_TEST_IO=uring runs a whole test file on the io_uring data path
+    (ctest's integration.uring.* variants): a complete configuration (one
+    with listeners) that does not choose `io:` itself gets it."""
+    io = os.environ.get("HELIOS_TEST_IO")
+    if io and isinstance(config, dict) and "listeners" in config and "io" not in config:
+        config = {**config, "io": io}
+    return config
 
 
 @dataclass(frozen=True)

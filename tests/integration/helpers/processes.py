@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from helpers.clients import http_request
-from helpers.config import to_yaml
+from helpers.config import to_yaml, with_test_io
 from helpers.env import (
     HELIOSD,
     HX_BACKEND,
@@ -147,7 +147,7 @@ class Heliosd:
     # config --------------------------------------------------------------
 
     def write_config(self, config):
-        text = config if isinstance(config, str) else to_yaml(config)
+        text = config if isinstance(config, str) else to_yaml(with_test_io(config))
         if self.port is None and not isinstance(config, str):
             addr = config["listeners"][0]["address"]
             self.port = int(addr.rsplit(":", 1)[1])
