@@ -12,6 +12,7 @@
  * conn_enter() and conn_leave(); only conn_leave() completes requests and
  * frees connections, so no caller ever touches freed memory.
  */
+#include <assert.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <stdatomic.h>
@@ -1587,6 +1588,7 @@ static int http1_write_head(hx_req *r)
     if (hx_buf_reserve(head, need) != 0)
         return -1;
     char *o = head->data + head->len;
+    char *const o0 = o;
     memcpy(o, "HTTP/1.1 ", 9);
     o += 9;
     o += hx_u64_dec(o, (unsigned)status);
@@ -1628,6 +1630,8 @@ static int http1_write_head(hx_req *r)
     else if (r->http_minor == 0)
         o = putl(o, "Connection: keep-alive\r\n");
     o = put(o, "\r\n", 2);
+    assert((size_t)(o - o0) <= need); /* the fixed parts' 128 still hold */
+    (void)o0;
     head->len = (size_t)(o - head->data);
     return 0;
 }

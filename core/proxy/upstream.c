@@ -7,6 +7,7 @@
  * while the client output buffer is below it, so a transfer of any size
  * holds at most about two buffers plus one read per direction.
  */
+#include <assert.h>
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -70,6 +71,7 @@ static void up_close(hx_upconn *u);
 static int retry_allowed(hx_req *r, unsigned cond);
 static void up_fail(hx_upconn *u, int outcome, const char *why);
 static void up_update_timer(hx_upconn *u);
+static int up_time_left(const hx_upconn *u, ev_tstamp *after);
 static const llhttp_settings_t *resp_settings(void);
 
 /* ------------------------------------------------------------------ */
@@ -519,6 +521,7 @@ static int serialize_request(hx_req *r, hx_buf *o)
     if (hx_buf_reserve(o, need) != 0)
         return -1;
     char *p = o->data + o->len;
+    char *const p0 = p;
     p = put(p, r->method.ptr, r->method.len);
     *p++ = ' ';
     p = put(p, r->target.ptr, r->target.len);
@@ -584,6 +587,8 @@ static int serialize_request(hx_req *r, hx_buf *o)
         p = putl(p, "Connection: close\r\n");
     }
     p = putl(p, "\r\n");
+    assert((size_t)(p - p0) <= need); /* the fixed parts' 256 still hold */
+    (void)p0;
     o->len = (size_t)(p - o->data);
     return 0;
 }
@@ -887,6 +892,17 @@ static void up_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
         up_close(u);
         return;
     }
+    /* A timer kept armed from the idle state into an exchange (D68) may
+     * fire up to 50 ms before the exchange's deadline, or when none
+     * applies any more: time is only up when the deadline says so. */
+    ev_tstamp left;
+    if (!up_time_left(u, &left))
+        return;
+    if (left >= 0.001) {
+        ev_timer_set(&u->timer, left, 0.);
+        ev_timer_start(u->w->loop, &u->timer);
+        return;
+    }
     hx_req *r = u->req;
     hx_req_enter(r);
     char why[160];
@@ -900,31 +916,42 @@ static void up_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
     hx_req_leave(r);
 }
 
-static void up_update_timer(hx_upconn *u)
+/* Seconds left before U's current deadline, in *AFTER; 0 when none applies
+ * (an exchange whose response is complete or whose reading is paused). */
+static int up_time_left(const hx_upconn *u, ev_tstamp *after)
 {
-    ev_tstamp after = 0;
     ev_tstamp now = ev_now(u->w->loop);
     switch (u->state) {
     case UP_CONNECTING:
-        after = u->u->connect_timeout_ms / 1000.0 - (now - u->last_io);
-        break;
+        *after = u->u->connect_timeout_ms / 1000.0 - (now - u->last_io);
+        return 1;
     case UP_IDLE:
-        after = u->u->keepalive_idle_ms / 1000.0 - (now - u->last_io);
-        break;
+        *after = u->u->keepalive_idle_ms / 1000.0 - (now - u->last_io);
+        return 1;
     case UP_ACTIVE:
-        if (hx_buf_size(&u->out))
-            after = u->u->send_timeout_ms / 1000.0 - (now - u->last_io);
-        else if (!u->reading_paused && !u->resp_complete)
-            after = (u->req && !u->req->upstream_bytes_seen && u->u->per_try_timeout_ms
-                         ? u->u->per_try_timeout_ms
-                         : u->u->read_timeout_ms) /
-                        1000.0 -
-                    (now - u->last_io);
-        break;
+        if (hx_buf_size(&u->out)) {
+            *after = u->u->send_timeout_ms / 1000.0 - (now - u->last_io);
+            return 1;
+        }
+        if (!u->reading_paused && !u->resp_complete) {
+            *after = (u->req && !u->req->upstream_bytes_seen && u->u->per_try_timeout_ms
+                          ? u->u->per_try_timeout_ms
+                          : u->u->read_timeout_ms) /
+                         1000.0 -
+                     (now - u->last_io);
+            return 1;
+        }
+        return 0;
     default:
-        break;
+        *after = 0;
+        return 1;
     }
-    if (after == 0 && u->state == UP_ACTIVE && (u->reading_paused || u->resp_complete)) {
+}
+
+static void up_update_timer(hx_upconn *u)
+{
+    ev_tstamp after = 0;
+    if (!up_time_left(u, &after)) {
         ev_timer_stop(u->w->loop, &u->timer);
         return;
     }
